@@ -1,0 +1,171 @@
+//! The coordinator's API in domain terms. Converts through `flotilla_common::wire`; the rest of
+//! the client never sees protocol types.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_common::data::{Plan, SiteStats};
+use flotilla_common::train::Evaluation;
+use flotilla_common::wire::{self, ModelReceiver, UpdateHeader};
+use flotilla_common::FlatParams;
+use flotilla_proto::pb::{self, federation_client::FederationClient};
+use flotilla_proto::PROTOCOL_VERSION;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ClientError;
+
+/// What the coordinator asks of the site.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    Fit { round: u32, model_hash: String, plan_fingerprint: String, local_epochs: u32 },
+    Evaluate { round: u32, model_hash: String, plan_fingerprint: String },
+    Wait { millis: u32, current_round: u32 },
+    Done { reason: String },
+}
+
+/// The answer to a join.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub client_id: String,
+    pub task_toml: String,
+    pub seed: u64,
+}
+
+/// A connection to the coordinator.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    rpc: FederationClient<Channel>,
+}
+
+impl Connection {
+    /// Connects, retrying with backoff for up to `patience` (the coordinator may still be starting).
+    pub async fn connect(url: &str, patience: Duration) -> Result<Self, ClientError> {
+        let err = |m: String| ClientError::Connect { url: url.to_owned(), message: m };
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| err(format!("not a valid URL: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let start = std::time::Instant::now();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match endpoint.connect().await {
+                Ok(channel) => return Ok(Self { rpc: FederationClient::new(channel) }),
+                Err(e) if start.elapsed() + delay > patience => return Err(err(source_chain(&e))),
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    pub async fn join(&self, site: &str, num_rows: u64, columns: Vec<String>) -> Result<Joined, ClientError> {
+        let r = self
+            .rpc
+            .clone()
+            .join(pb::JoinRequest { site: site.to_owned(), protocol_version: PROTOCOL_VERSION, num_rows, columns })
+            .await
+            .map_err(|s| ClientError::rpc(format!("join as `{site}`"), s))?
+            .into_inner();
+        Ok(Joined { client_id: r.client_id, task_toml: r.task_toml, seed: r.seed })
+    }
+
+    pub async fn report_stats(&self, client_id: &str, stats: &SiteStats, num_train: u64) -> Result<(), ClientError> {
+        let req = pb::ReportStatsRequest { client_id: client_id.to_owned(), columns: wire::stats_to_pb(stats), num_train_examples: num_train };
+        self.rpc.clone().report_stats(req).await.map_err(|s| ClientError::rpc("report aggregates", s))?;
+        Ok(())
+    }
+
+    pub async fn plan(&self, client_id: &str) -> Result<Option<Plan>, ClientError> {
+        let p = self
+            .rpc
+            .clone()
+            .get_plan(pb::GetPlanRequest { client_id: client_id.to_owned() })
+            .await
+            .map_err(|s| ClientError::rpc("get the preprocessing plan", s))?
+            .into_inner();
+        Ok(wire::plan_from_pb(p)?)
+    }
+
+    pub async fn pull_work(&self, client_id: &str, known_round: u32) -> Result<Work, ClientError> {
+        use pb::work_item::Kind;
+        let w = self
+            .rpc
+            .clone()
+            .pull_work(pb::PullWorkRequest { client_id: client_id.to_owned(), known_round })
+            .await
+            .map_err(|s| ClientError::rpc("pull work", s))?
+            .into_inner();
+        Ok(match w.kind.ok_or(wire::WireError::Missing("work kind"))? {
+            Kind::Fit(f) => Work::Fit { round: f.round, model_hash: f.model_hash, plan_fingerprint: f.plan_fingerprint, local_epochs: f.local_epochs },
+            Kind::Evaluate(e) => Work::Evaluate { round: e.round, model_hash: e.model_hash, plan_fingerprint: e.plan_fingerprint },
+            Kind::Wait(w) => Work::Wait { millis: w.millis, current_round: w.current_round },
+            Kind::Done(d) => Work::Done { reason: d.reason },
+        })
+    }
+
+    pub async fn heartbeat(&self, client_id: &str) -> Result<(), ClientError> {
+        self.rpc
+            .clone()
+            .heartbeat(pb::HeartbeatRequest { client_id: client_id.to_owned() })
+            .await
+            .map_err(|s| ClientError::rpc("heartbeat", s))?;
+        Ok(())
+    }
+
+    /// Downloads a global model chunk by chunk into one buffer and checks its hash.
+    pub async fn download_model(&self, client_id: &str, round: u32, hash: &str) -> Result<FlatParams, ClientError> {
+        let what = || format!("download the model of round {round}");
+        let mut stream = self
+            .rpc
+            .clone()
+            .download_model(pb::DownloadModelRequest { client_id: client_id.to_owned(), round, model_hash: hash.to_owned() })
+            .await
+            .map_err(|s| ClientError::rpc(what(), s))?
+            .into_inner();
+        let mut rx = ModelReceiver::default();
+        while let Some(chunk) = stream.message().await.map_err(|s| ClientError::rpc(what(), s))? {
+            rx.push(chunk)?;
+        }
+        let (header, params) = rx.finish()?;
+        if header.hash != hash {
+            return Err(wire::WireError::Invalid(format!("asked for model {hash}, got {}", header.hash)).into());
+        }
+        Ok(params)
+    }
+
+    /// Streams an update (a delta) up, header first; chunks are made as they are sent.
+    pub async fn upload_update(&self, header: UpdateHeader, delta: Arc<FlatParams>) -> Result<(), ClientError> {
+        let round = header.round;
+        let chunks = tokio_stream::iter(wire::update_chunks(header, delta));
+        self.rpc.clone().upload_update(chunks).await.map_err(|s| ClientError::rpc(format!("upload the update of round {round}"), s))?;
+        Ok(())
+    }
+
+    pub async fn submit_evaluation(&self, client_id: &str, round: u32, hash: &str, e: &Evaluation) -> Result<(), ClientError> {
+        self.rpc
+            .clone()
+            .submit_evaluation(wire::evaluation_to_pb(client_id, round, hash, e))
+            .await
+            .map_err(|s| ClientError::rpc(format!("submit the evaluation of round {round}"), s))?;
+        Ok(())
+    }
+
+    pub async fn leave(&self, client_id: &str) -> Result<(), ClientError> {
+        self.rpc.clone().leave(pb::LeaveRequest { client_id: client_id.to_owned() }).await.map_err(|s| ClientError::rpc("leave", s))?;
+        Ok(())
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

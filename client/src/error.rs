@@ -1,0 +1,40 @@
+//! Errors of a site client.
+
+use flotilla_common::wire::WireError;
+use flotilla_common::{DataError, TaskError, TrainError};
+
+/// Why a site stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the coordinator at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("{what}: the coordinator answered {code:?}: {message}")]
+    Rpc { what: String, code: tonic::Code, message: String },
+    #[error("the coordinator refused site `{site}`: {message}")]
+    Refused { site: String, message: String },
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("the federation's task: {0}")]
+    Task(#[from] TaskError),
+    #[error("local training: {0}")]
+    Train(#[from] TrainError),
+    #[error("from the coordinator: {0}")]
+    Wire(#[from] WireError),
+    #[error("a local task failed: {0}")]
+    Join(String),
+}
+
+impl ClientError {
+    /// Wraps a status with what was being done.
+    pub fn rpc(what: impl Into<String>, s: tonic::Status) -> Self {
+        ClientError::Rpc { what: what.into(), code: s.code(), message: s.message().to_owned() }
+    }
+
+    /// The gRPC code, for statuses.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Rpc { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The Flotilla site client: joins a federation, keeps its data at home, and trains.
+//!
+//! - [`connection`]: the coordinator's gRPC API in domain terms (the only module that names `pb::`).
+//! - [`site`]: the site's loop: join, report aggregates, pull work, train or evaluate, upload.
+//! - [`error`]: what can go wrong, with the round and the site named.
+
+pub mod connection;
+pub mod error;
+pub mod site;
+
+pub use error::ClientError;
+pub use site::{run_site, SiteOptions, SiteReport};

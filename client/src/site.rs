@@ -1,0 +1,229 @@
+//! A site's life in a federation: join, report aggregates, then pull work until done.
+//!
+//! Raw rows never leave this module's process: the coordinator gets column aggregates once,
+//! then only weight deltas and evaluation metrics. Training runs on a blocking thread while a
+//! heartbeat keeps the site's lease alive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_common::data::{Plan, RawTable};
+use flotilla_common::model::ModelShape;
+use flotilla_common::seed::derive_seed;
+use flotilla_common::site::{PreparedSite, SiteData};
+use flotilla_common::train::local::LocalConfig;
+use flotilla_common::train::{evaluate, train_local};
+use flotilla_common::wire::UpdateHeader;
+use flotilla_common::{FlatParams, Task};
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::{Connection, Joined, Work};
+use crate::error::ClientError;
+
+/// How a site connects and behaves.
+#[derive(Debug, Clone)]
+pub struct SiteOptions {
+    /// `http://host:port` of the coordinator.
+    pub coordinator: String,
+    /// The site's name; it identifies the site in the federation.
+    pub site: String,
+    /// Interval of heartbeats while busy; well under the coordinator's lease.
+    pub heartbeat: Duration,
+    /// How long to keep trying to reach the coordinator at start.
+    pub connect_patience: Duration,
+}
+
+impl SiteOptions {
+    /// Options with the defaults for everything but the address and the name.
+    pub fn new(coordinator: impl Into<String>, site: impl Into<String>) -> Self {
+        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30) }
+    }
+}
+
+/// What a site did, reported when the federation is done.
+#[derive(Debug, Clone, Default)]
+pub struct SiteReport {
+    pub rounds_trained: u32,
+    pub evaluations: u32,
+    pub train_examples: usize,
+    pub test_examples: usize,
+    /// Rows skipped as unparseable (`bad_rows = "skip"`).
+    pub skipped_rows: usize,
+    /// Why the federation ended.
+    pub reason: String,
+}
+
+/// What the site knows after joining.
+struct Session {
+    client_id: String,
+    task: Task,
+    seed: u64,
+    prepared: PreparedSite,
+    /// The plan and the data encoded with it, once known.
+    encoded: Option<(String, Arc<SiteData>, ModelShape)>,
+    /// The last global model downloaded, by hash (evaluation and the next fit share it).
+    model: Option<(String, Arc<FlatParams>)>,
+}
+
+/// Runs a site until the federation is done or `shutdown` is cancelled.
+pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: CancellationToken) -> Result<SiteReport, ClientError> {
+    let conn = Connection::connect(&opts.coordinator, opts.connect_patience).await?;
+    let mut report = SiteReport::default();
+    let mut session = join(&conn, &opts, &table).await?;
+    report.train_examples = session.prepared.num_train();
+    report.test_examples = session.prepared.test.len();
+    report.skipped_rows = session.prepared.rows.skipped.len();
+    let mut known_round = 0;
+    loop {
+        if shutdown.is_cancelled() {
+            let _ = conn.leave(&session.client_id).await;
+            report.reason = "stopped".into();
+            return Ok(report);
+        }
+        let result = step(&conn, &opts, &mut session, &mut report, &mut known_round, &shutdown).await;
+        match result {
+            Ok(Some(reason)) => {
+                // Best effort: lets the coordinator stop without waiting for our lease to expire.
+                let _ = conn.leave(&session.client_id).await;
+                report.reason = reason;
+                return Ok(report);
+            }
+            Ok(None) => {}
+            // The coordinator forgot us (lease expired, or it restarted): join again.
+            Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+                tracing::warn!(site = %opts.site, error = %e, "rejoining");
+                session = join(&conn, &opts, &table).await?;
+            }
+            // A round closed under us, or we were too late: resynchronise by pulling work.
+            Err(e) if matches!(e.code(), Some(tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists | tonic::Code::PermissionDenied)) => {
+                tracing::info!(site = %opts.site, error = %e, "resynchronising");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn join(conn: &Connection, opts: &SiteOptions, table: &RawTable) -> Result<Session, ClientError> {
+    let Joined { client_id, task_toml, seed } = conn
+        .join(&opts.site, table.rows.len() as u64, table.header.clone())
+        .await
+        .map_err(|e| match e {
+            ClientError::Rpc { code: tonic::Code::InvalidArgument | tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition, message, .. } => {
+                ClientError::Refused { site: opts.site.clone(), message }
+            }
+            other => other,
+        })?;
+    let task = Task::from_toml(&task_toml, "the coordinator's task")?;
+    let prepared = PreparedSite::new(&opts.site, table, &task, seed)?;
+    for skipped in &prepared.rows.skipped {
+        tracing::warn!(site = %opts.site, "skipped row: {skipped}");
+    }
+    conn.report_stats(&client_id, &prepared.stats, prepared.num_train() as u64).await?;
+    tracing::info!(site = %opts.site, %client_id, train = prepared.num_train(), test = prepared.test.len(), "joined");
+    Ok(Session { client_id, task, seed, prepared, encoded: None, model: None })
+}
+
+/// One piece of work; `Some(reason)` when the federation is done.
+async fn step(conn: &Connection, opts: &SiteOptions, s: &mut Session, report: &mut SiteReport, known_round: &mut u32, shutdown: &CancellationToken) -> Result<Option<String>, ClientError> {
+    let work = tokio::select! {
+        w = conn.pull_work(&s.client_id, *known_round) => w?,
+        _ = shutdown.cancelled() => return Ok(None),
+    };
+    match work {
+        Work::Done { reason } => Ok(Some(reason)),
+        Work::Wait { millis, current_round } => {
+            *known_round = current_round;
+            if millis > 0 {
+                tokio::time::sleep(Duration::from_millis(u64::from(millis))).await;
+            }
+            Ok(None)
+        }
+        Work::Fit { round, model_hash, plan_fingerprint, local_epochs } => {
+            *known_round = round;
+            let (data, shape) = ensure_plan(conn, s, &plan_fingerprint).await?;
+            let global = ensure_model(conn, s, round, &model_hash).await?;
+            let cfg = LocalConfig {
+                epochs: local_epochs,
+                batch_size: s.task.training.batch_size,
+                learning_rate: s.task.training.learning_rate,
+                seed: derive_seed(s.seed, &[&opts.site, "train", &round.to_string()]),
+            };
+            let g = global.clone();
+            let trained = with_heartbeat(conn, &s.client_id, opts.heartbeat, move || train_local(&g, &shape, &data.train, &cfg)).await?;
+            let (local, metrics) = trained?;
+            let delta = Arc::new(local.delta_from(&global).map_err(flotilla_common::TrainError::from)?);
+            let header = UpdateHeader {
+                client_id: s.client_id.clone(),
+                round,
+                base_model_hash: model_hash,
+                layout_fingerprint: delta.layout().fingerprint().to_owned(),
+                total_values: delta.values().len() as u64,
+                num_examples: s.prepared.num_train() as u64,
+                metrics,
+            };
+            conn.upload_update(header, delta).await?;
+            report.rounds_trained += 1;
+            tracing::debug!(site = %opts.site, round, loss = metrics.loss, "update sent");
+            Ok(None)
+        }
+        Work::Evaluate { round, model_hash, plan_fingerprint } => {
+            *known_round = round;
+            let (data, shape) = ensure_plan(conn, s, &plan_fingerprint).await?;
+            let global = ensure_model(conn, s, round, &model_hash).await?;
+            let eval = with_heartbeat(conn, &s.client_id, opts.heartbeat, move || evaluate(&global, &shape, &data.test)).await??;
+            conn.submit_evaluation(&s.client_id, round, &model_hash, &eval).await?;
+            report.evaluations += 1;
+            Ok(None)
+        }
+    }
+}
+
+/// The site's data encoded with the federation's current plan (fetched when it changed).
+async fn ensure_plan(conn: &Connection, s: &mut Session, fingerprint: &str) -> Result<(Arc<SiteData>, ModelShape), ClientError> {
+    if let Some((fp, data, shape)) = &s.encoded {
+        if fp == fingerprint {
+            return Ok((data.clone(), shape.clone()));
+        }
+    }
+    let plan: Plan = conn
+        .plan(&s.client_id)
+        .await?
+        .ok_or_else(|| ClientError::Rpc { what: "get the plan".into(), code: tonic::Code::FailedPrecondition, message: "plan not ready".into() })?;
+    let data = Arc::new(s.prepared.encode(&plan, &s.task, s.seed)?);
+    let shape = ModelShape::for_task(&s.task, plan.width());
+    s.encoded = Some((plan.fingerprint(), data.clone(), shape.clone()));
+    Ok((data, shape))
+}
+
+async fn ensure_model(conn: &Connection, s: &mut Session, round: u32, hash: &str) -> Result<Arc<FlatParams>, ClientError> {
+    if let Some((h, m)) = &s.model {
+        if h == hash {
+            return Ok(m.clone());
+        }
+    }
+    s.model = None; // free the old copy before the new one arrives
+    let m = Arc::new(conn.download_model(&s.client_id, round, hash).await?);
+    s.model = Some((hash.to_owned(), m.clone()));
+    Ok(m)
+}
+
+/// Runs CPU work on a blocking thread while heartbeats keep the lease alive.
+async fn with_heartbeat<T: Send + 'static>(conn: &Connection, client_id: &str, every: Duration, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ClientError> {
+    let beat = {
+        let conn = conn.clone();
+        let id = client_id.to_owned();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = conn.heartbeat(&id).await {
+                    tracing::debug!(error = %e, "heartbeat failed");
+                }
+            }
+        })
+    };
+    let out = tokio::task::spawn_blocking(work).await;
+    beat.abort();
+    out.map_err(|e| ClientError::Join(e.to_string()))
+}

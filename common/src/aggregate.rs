@@ -1,0 +1,193 @@
+//! Federated averaging as pure functions over flat parameters. No I/O, no tensor backend.
+//!
+//! The weighted sum `Σ n_k Δ_k` is accumulated exactly in 128-bit fixed point, so the result
+//! does not depend on the order in which updates arrive (floating-point sums do): the same
+//! cohort gives the same global model, bit for bit, however the network interleaves it.
+
+use crate::error::AggregateError;
+use crate::params::{FlatParams, Layout};
+
+/// Fixed-point scale: 2^64. Products `v · n` (exact in f64) are multiplied by it and truncated.
+const SCALE: f64 = 18_446_744_073_709_551_616.0;
+/// Largest `|v · n|` accepted: every term `v · n · 2^64` stays below 2^112.
+const MAX_WEIGHTED_VALUE: f64 = 281_474_976_710_656.0; // 2^48
+/// Most updates one sum takes (2^14), so that the i128 accumulator cannot overflow.
+pub const MAX_UPDATES: usize = 16_384;
+
+/// Running, order-independent sum of example-weighted deltas for one round.
+///
+/// Holds one accumulator the size of the model, whatever the number of updates.
+#[derive(Debug, Clone)]
+pub struct WeightedSum {
+    layout: Layout,
+    acc: Vec<i128>,
+    total_weight: u64,
+    count: usize,
+}
+
+impl WeightedSum {
+    /// An empty sum for models of `layout`.
+    pub fn new(layout: Layout) -> Self {
+        let acc = vec![0; layout.total()];
+        Self { layout, acc, total_weight: 0, count: 0 }
+    }
+
+    /// Adds `weight · delta` (`weight` up to 2^24, so `v · weight` is exact in f64).
+    /// On error the sum is left exactly as it was.
+    pub fn add(&mut self, delta: &FlatParams, weight: u64) -> Result<(), AggregateError> {
+        self.layout.ensure_same(delta.layout())?;
+        if weight == 0 {
+            return Err(AggregateError::ZeroWeight);
+        }
+        if weight > (1 << 24) {
+            return Err(AggregateError::WeightTooLarge(weight));
+        }
+        let w = weight as f64;
+        // Validate everything first so a bad value never leaves a half-added update behind.
+        for (i, &v) in delta.values().iter().enumerate() {
+            let x = f64::from(v) * w;
+            if !x.is_finite() || x.abs() > MAX_WEIGHTED_VALUE {
+                return Err(AggregateError::ValueOutOfRange { index: i, value: v });
+            }
+        }
+        if self.count >= MAX_UPDATES {
+            return Err(AggregateError::TooManyUpdates);
+        }
+        // In place and without checks: each term is below 2^112 and there are fewer than
+        // 2^14 of them, so the sum stays below 2^126 and cannot overflow.
+        for (a, &v) in self.acc.iter_mut().zip(delta.values()) {
+            *a += (f64::from(v) * w * SCALE) as i128;
+        }
+        self.total_weight += weight;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Number of updates added.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Sum of the weights added.
+    pub fn total_weight(&self) -> u64 {
+        self.total_weight
+    }
+
+    /// The weighted mean `Σ n_k Δ_k / Σ n_k`, or `None` when nothing was added.
+    pub fn mean(&self) -> Option<FlatParams> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        let n = self.total_weight as f64;
+        let values = self.acc.iter().map(|&a| ((a as f64) / SCALE / n) as f32).collect();
+        FlatParams::new(self.layout.clone(), values).ok()
+    }
+}
+
+/// The server step: `w ← w + η · Δ̄`.
+pub fn apply_delta(global: &FlatParams, mean_delta: &FlatParams, server_lr: f32) -> Result<FlatParams, AggregateError> {
+    global.layout().ensure_same(mean_delta.layout())?;
+    let values = global.values().iter().zip(mean_delta.values()).map(|(w, d)| w + server_lr * d).collect();
+    Ok(FlatParams::new(global.layout().clone(), values)?)
+}
+
+/// FedAvg of a whole cohort at once: `w + η · Σ (n_k / Σ n) Δ_k`. `None` keeps the model.
+pub fn fedavg(global: &FlatParams, updates: &[(FlatParams, u64)], server_lr: f32) -> Result<Option<FlatParams>, AggregateError> {
+    let mut sum = WeightedSum::new(global.layout().clone());
+    for (delta, n) in updates {
+        sum.add(delta, *n)?;
+    }
+    sum.mean().map(|m| apply_delta(global, &m, server_lr)).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::TensorSpec;
+
+    fn layout(n: usize) -> Layout {
+        Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![n] }])
+    }
+
+    fn params(v: &[f32]) -> FlatParams {
+        FlatParams::new(layout(v.len()), v.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn fedavg_matches_hand_computed_values() {
+        // global [1, 2]; deltas [1, -1] (n=1) and [4, 2] (n=3):
+        // mean = ([1,-1] + 3·[4,2]) / 4 = [13/4, 5/4] = [3.25, 1.25]; w = [4.25, 3.25].
+        let global = params(&[1.0, 2.0]);
+        let updates = vec![(params(&[1.0, -1.0]), 1), (params(&[4.0, 2.0]), 3)];
+        let new = fedavg(&global, &updates, 1.0).unwrap().unwrap();
+        assert_eq!(new.values(), &[4.25, 3.25]);
+        // Server learning rate 0.5 halves the step: [1 + 1.625, 2 + 0.625].
+        let half = fedavg(&global, &updates, 0.5).unwrap().unwrap();
+        assert_eq!(half.values(), &[2.625, 2.625]);
+    }
+
+    #[test]
+    fn equal_weights_give_the_plain_mean() {
+        let global = params(&[0.0, 0.0, 0.0]);
+        let updates = vec![(params(&[0.3, 0.6, -0.9]), 10), (params(&[0.1, 0.0, 0.3]), 10)];
+        let new = fedavg(&global, &updates, 1.0).unwrap().unwrap();
+        let expected = [0.2f32, 0.3, -0.3];
+        for (a, b) in new.values().iter().zip(expected) {
+            assert!((a - b).abs() < 1e-7, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn no_updates_keeps_the_model() {
+        assert!(fedavg(&params(&[1.0]), &[], 1.0).unwrap().is_none());
+    }
+
+    #[test]
+    fn sum_is_independent_of_order() {
+        // Values chosen so that f32/f64 summation in different orders differs.
+        let deltas: Vec<(FlatParams, u64)> = (0..50)
+            .map(|i| {
+                let x = (i as f32 * 0.7311).sin() * 10f32.powi(i % 7 - 3);
+                (params(&[x, -x * 1.0001, 1e-3 + x]), 1 + (i as u64 * 37) % 101)
+            })
+            .collect();
+        let mut a = WeightedSum::new(layout(3));
+        let mut b = WeightedSum::new(layout(3));
+        for (d, n) in &deltas {
+            a.add(d, *n).unwrap();
+        }
+        for (d, n) in deltas.iter().rev() {
+            b.add(d, *n).unwrap();
+        }
+        let (ma, mb) = (a.mean().unwrap(), b.mean().unwrap());
+        assert_eq!(ma.hash(), mb.hash());
+    }
+
+    #[test]
+    fn layout_mismatch_is_rejected_and_leaves_the_sum_unchanged() {
+        let mut sum = WeightedSum::new(layout(2));
+        sum.add(&params(&[1.0, 1.0]), 2).unwrap();
+        let err = sum.add(&params(&[1.0, 1.0, 1.0]), 1).unwrap_err();
+        assert!(matches!(err, AggregateError::Params(_)), "{err}");
+        let wrong_name = FlatParams::new(
+            Layout::new(vec![TensorSpec { name: "v".into(), shape: vec![2] }]),
+            vec![0.0, 0.0],
+        )
+        .unwrap();
+        assert!(sum.add(&wrong_name, 1).is_err());
+        assert_eq!(sum.count(), 1);
+        assert_eq!(sum.mean().unwrap().values(), &[1.0, 1.0]);
+    }
+
+    #[test]
+    fn non_finite_values_are_rejected_without_touching_the_sum() {
+        let mut sum = WeightedSum::new(layout(2));
+        sum.add(&params(&[0.5, 0.5]), 1).unwrap();
+        let err = sum.add(&params(&[1.0, f32::NAN]), 1).unwrap_err();
+        assert!(matches!(err, AggregateError::ValueOutOfRange { index: 1, .. }), "{err}");
+        assert!(sum.add(&params(&[f32::INFINITY, 0.0]), 1).is_err());
+        assert!(sum.add(&params(&[0.0, 0.0]), 0).is_err());
+        assert_eq!(sum.total_weight(), 1);
+        assert_eq!(sum.mean().unwrap().values(), &[0.5, 0.5]);
+    }
+}

@@ -1,0 +1,221 @@
+//! The federation-wide preprocessing plan: how every site encodes its rows.
+//!
+//! Built by the coordinator from the sites' aggregates alone, so every site standardises
+//! with the same means and deviations and one-hot encodes over the same vocabulary,
+//! without any row leaving its site.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sha2::{Digest, Sha256};
+
+use super::dataset::Dataset;
+use super::rows::{Row, SiteRows};
+use super::stats::SiteStats;
+use crate::error::DataError;
+
+/// The category that stands for a missing value of a categorical column.
+pub const MISSING_CATEGORY: &str = "<missing>";
+
+/// How one feature column is encoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnKind {
+    /// `(x − mean) / std`; missing values take the mean (encode to 0).
+    Numeric { mean: f64, std: f64 },
+    /// One-hot over the vocabulary; a missing value is its own category.
+    Categorical { vocabulary: Vec<String> },
+}
+
+/// One feature column of the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnPlan {
+    pub name: String,
+    pub kind: ColumnKind,
+}
+
+/// The shared encoding of every feature column, in encoding order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub columns: Vec<ColumnPlan>,
+}
+
+impl Plan {
+    /// Combines sites' aggregates. Sites are taken in the given order; callers sort them
+    /// (by site name) so the plan does not depend on who joined first.
+    pub fn combine(sites: &[&SiteStats]) -> Plan {
+        let mut order: Vec<String> = Vec::new();
+        let mut merged: BTreeMap<String, (bool, u64, f64, f64, BTreeSet<String>, u64)> = BTreeMap::new();
+        for site in sites {
+            for c in &site.columns {
+                if !merged.contains_key(&c.name) {
+                    order.push(c.name.clone());
+                }
+                let m = merged.entry(c.name.clone()).or_default();
+                m.0 |= c.categorical;
+                m.1 += c.numeric_count;
+                m.2 += c.sum;
+                m.3 += c.sum_squares;
+                m.4.extend(c.categories.keys().cloned());
+                m.5 += c.missing;
+            }
+        }
+        let columns = order
+            .into_iter()
+            .map(|name| {
+                let (categorical, n, sum, sum_sq, cats, missing) = &merged[&name];
+                let kind = if *categorical {
+                    let mut vocabulary: Vec<String> = cats.iter().cloned().collect();
+                    if *missing > 0 {
+                        vocabulary.push(MISSING_CATEGORY.to_owned());
+                    }
+                    ColumnKind::Categorical { vocabulary }
+                } else if *n == 0 {
+                    ColumnKind::Numeric { mean: 0.0, std: 1.0 }
+                } else {
+                    let mean = sum / *n as f64;
+                    let var = (sum_sq / *n as f64 - mean * mean).max(0.0);
+                    let std = if var.sqrt() > 1e-12 { var.sqrt() } else { 1.0 };
+                    ColumnKind::Numeric { mean, std }
+                };
+                ColumnPlan { name, kind }
+            })
+            .collect();
+        Plan { columns }
+    }
+
+    /// Number of encoded features.
+    pub fn width(&self) -> usize {
+        self.columns
+            .iter()
+            .map(|c| match &c.kind {
+                ColumnKind::Numeric { .. } => 1,
+                ColumnKind::Categorical { vocabulary } => vocabulary.len(),
+            })
+            .sum()
+    }
+
+    /// Positions of the standardised numeric features (for jitter).
+    pub fn numeric_positions(&self) -> Vec<usize> {
+        let mut pos = 0;
+        let mut out = Vec::new();
+        for c in &self.columns {
+            match &c.kind {
+                ColumnKind::Numeric { .. } => {
+                    out.push(pos);
+                    pos += 1;
+                }
+                ColumnKind::Categorical { vocabulary } => pos += vocabulary.len(),
+            }
+        }
+        out
+    }
+
+    /// Hex SHA-256 of the plan, so a site can tell whether it holds the current one.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        for c in &self.columns {
+            h.update(c.name.as_bytes());
+            h.update([0]);
+            match &c.kind {
+                ColumnKind::Numeric { mean, std } => {
+                    h.update([1]);
+                    h.update(mean.to_le_bytes());
+                    h.update(std.to_le_bytes());
+                }
+                ColumnKind::Categorical { vocabulary } => {
+                    h.update([2]);
+                    for v in vocabulary {
+                        h.update(v.as_bytes());
+                        h.update([0]);
+                    }
+                }
+            }
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// Encodes the selected rows of a site with this plan.
+    pub fn encode(&self, site: &SiteRows, indices: &[usize], num_classes: usize) -> Result<Dataset, DataError> {
+        let positions: Vec<Option<usize>> =
+            self.columns.iter().map(|c| site.columns.iter().position(|s| *s == c.name)).collect();
+        let width = self.width();
+        let mut features = Vec::with_capacity(indices.len() * width);
+        let mut labels = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let row: &Row = &site.rows[i];
+            for (c, pos) in self.columns.iter().zip(&positions) {
+                let value = pos.and_then(|p| row.values[p].as_deref());
+                encode_value(c, value, &mut features);
+            }
+            labels.push(row.label);
+        }
+        if labels.iter().any(|&l| l as usize >= num_classes) {
+            return Err(DataError::Spec(format!("a label is outside the task's {num_classes} classes")));
+        }
+        Ok(Dataset { features, n_features: width, labels, num_classes })
+    }
+}
+
+fn encode_value(c: &ColumnPlan, value: Option<&str>, out: &mut Vec<f32>) {
+    match &c.kind {
+        ColumnKind::Numeric { mean, std } => {
+            // A non-numeric value in a numeric column is impossible after cleaning; treat as missing.
+            let x = value.and_then(|v| v.parse::<f64>().ok()).map_or(0.0, |x| (x - mean) / std);
+            out.push(x as f32);
+        }
+        ColumnKind::Categorical { vocabulary } => {
+            let key = value.unwrap_or(MISSING_CATEGORY);
+            // Unknown categories (never reported by any site) encode as all zeros.
+            out.extend(vocabulary.iter().map(|v| if v == key { 1.0f32 } else { 0.0 }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::data::table::RawTable;
+    use crate::task::Task;
+
+    fn site(text: &str) -> SiteRows {
+        let mut spec = Task::banks().data;
+        spec.label.column = "y".into();
+        SiteRows::from_table(&RawTable::from_reader(text.as_bytes(), Path::new("s.csv")).unwrap(), &spec).unwrap()
+    }
+
+    #[test]
+    fn combined_moments_equal_pooled_moments() {
+        let a = site("x,c,y\n1,red,bad\n2,,good\n");
+        let b = site("x,c,y\n3,blue,good\n6,red,good\n");
+        let sa = SiteStats::of_rows(&a, &[0, 1]);
+        let sb = SiteStats::of_rows(&b, &[0, 1]);
+        let plan = Plan::combine(&[&sa, &sb]);
+        // Pooled x = [1, 2, 3, 6]: mean 3, population variance (4 + 1 + 0 + 9) / 4 = 3.5.
+        match &plan.columns[0].kind {
+            ColumnKind::Numeric { mean, std } => {
+                assert!((mean - 3.0).abs() < 1e-12);
+                assert!((std - 3.5f64.sqrt()).abs() < 1e-12);
+            }
+            k => panic!("{k:?}"),
+        }
+        assert_eq!(
+            plan.columns[1].kind,
+            ColumnKind::Categorical { vocabulary: vec!["blue".into(), "red".into(), MISSING_CATEGORY.into()] }
+        );
+        assert_eq!(plan.width(), 4);
+        let ds = plan.encode(&a, &[0, 1], 2).unwrap();
+        let s = 3.5f32.sqrt();
+        assert_eq!(ds.row(0), &[(1.0 - 3.0) / s, 0.0, 1.0, 0.0]);
+        assert_eq!(ds.row(1), &[(2.0 - 3.0) / s, 0.0, 0.0, 1.0]);
+        assert_eq!(ds.labels, vec![1, 0]);
+    }
+
+    #[test]
+    fn fingerprint_changes_with_the_plan() {
+        let a = SiteStats::of_rows(&site("x,c,y\n1,red,bad\n2,blue,good\n"), &[0, 1]);
+        let b = SiteStats::of_rows(&site("x,c,y\n1,red,bad\n3,blue,good\n"), &[0, 1]);
+        assert_ne!(Plan::combine(&[&a]).fingerprint(), Plan::combine(&[&b]).fingerprint());
+        assert_eq!(Plan::combine(&[&a]).fingerprint(), Plan::combine(&[&a]).fingerprint());
+    }
+}

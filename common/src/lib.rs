@@ -1,0 +1,26 @@
+//! Flotilla's shared library: everything both the coordinator and the sites need.
+//!
+//! - [`params`]: models as flat `f32` vectors with a layout and a fingerprint.
+//! - [`aggregate`]: federated averaging as pure, order-independent functions.
+//! - [`task`]: the federation's task (model, training, data spec), read from TOML.
+//! - [`data`]: the site-side data pipeline (CSV, cleaning, split, aggregates, shared plan).
+//! - [`model`]: the burn MLP and the one bridge between burn modules and flat parameters.
+//! - [`train`]: local training and evaluation on the CPU.
+//! - [`wire`]: conversions between domain types and the protocol (the only module here that names `pb::`).
+//! - [`site`]: a site's data from file to encoded train/test splits.
+
+pub mod aggregate;
+pub mod data;
+pub mod error;
+pub mod model;
+pub mod model_file;
+pub mod params;
+pub mod seed;
+pub mod site;
+pub mod task;
+pub mod train;
+pub mod wire;
+
+pub use error::{AggregateError, DataError, ParamsError, TaskError, TrainError};
+pub use params::{FlatParams, Layout, TensorSpec};
+pub use task::Task;

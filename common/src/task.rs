@@ -1,0 +1,283 @@
+//! The federation's task: model, local training and data specification.
+//!
+//! Written by an operator as TOML (see `examples/*.toml`), validated once, then sent to
+//! every site at join so that all of them train the same model on the same schema.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TaskError;
+
+/// Everything a site needs to know to take part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    /// A short name shown in logs and summaries.
+    #[serde(default = "default_name")]
+    pub name: String,
+    pub model: ModelSpec,
+    pub training: TrainingSpec,
+    pub data: DataSpec,
+}
+
+fn default_name() -> String {
+    "federation".to_owned()
+}
+
+/// A multilayer perceptron `inputs → hidden… → outputs`, ReLU between layers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Hidden layer widths; the seed article's model is `[64, 32]`.
+    #[serde(default = "default_hidden")]
+    pub hidden: Vec<usize>,
+}
+
+fn default_hidden() -> Vec<usize> {
+    vec![64, 32]
+}
+
+/// Local training on each site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    /// Local epochs per round.
+    #[serde(default = "default_epochs")]
+    pub local_epochs: u32,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Adam's learning rate on the sites.
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    /// Server learning rate η in `w ← w + η · Σ (n_k / n) Δ_k`.
+    #[serde(default = "default_server_lr")]
+    pub server_learning_rate: f32,
+}
+
+fn default_epochs() -> u32 {
+    1
+}
+fn default_batch() -> usize {
+    32
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_server_lr() -> f32 {
+    1.0
+}
+
+/// How a site turns its CSV into examples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub label: LabelSpec,
+    /// Columns that are not features (identifiers, the site column).
+    #[serde(default)]
+    pub drop: Vec<String>,
+    /// Which feature columns are categorical; the rest are numeric.
+    #[serde(default)]
+    pub categorical: Categorical,
+    /// Extra spellings of "missing" per column, e.g. `chol = ["0"]` (empty is always missing).
+    #[serde(default)]
+    pub missing_values: BTreeMap<String, Vec<String>>,
+    /// What to do with a row that cannot be parsed.
+    #[serde(default)]
+    pub bad_rows: BadRows,
+    /// Share of each site's rows held out for evaluation.
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f64,
+    #[serde(default)]
+    pub augmentation: Augmentation,
+}
+
+fn default_test_fraction() -> f64 {
+    0.2
+}
+
+/// The label column and how its values become classes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelSpec {
+    pub column: String,
+    /// Binary task: numeric labels above this value are the positive class (hospitals: `num > 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positive_above: Option<f64>,
+    /// Binary task: these label values are the positive class (banks: `["bad"]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positive_values: Option<Vec<String>>,
+    /// Multi-class task (softmax): the label values, in class order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<String>>,
+}
+
+/// The rule that maps a label value to a class index.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LabelRule {
+    PositiveAbove(f64),
+    PositiveValues(Vec<String>),
+    Classes(Vec<String>),
+}
+
+impl LabelSpec {
+    /// The one rule this spec names.
+    pub fn rule(&self) -> Result<LabelRule, TaskError> {
+        match (&self.positive_above, &self.positive_values, &self.classes) {
+            (Some(t), None, None) => Ok(LabelRule::PositiveAbove(*t)),
+            (None, Some(v), None) if !v.is_empty() => Ok(LabelRule::PositiveValues(v.clone())),
+            (None, None, Some(c)) if c.len() >= 2 => Ok(LabelRule::Classes(c.clone())),
+            _ => Err(TaskError::Invalid(format!(
+                "label `{}` needs exactly one of positive_above, positive_values (non-empty) or classes (two or more)",
+                self.column
+            ))),
+        }
+    }
+
+    /// Number of classes of the task (2 for binary tasks).
+    pub fn num_classes(&self) -> usize {
+        match &self.classes {
+            Some(c) => c.len(),
+            None => 2,
+        }
+    }
+}
+
+/// Categorical columns: listed, or inferred (a column with a non-numeric value anywhere).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Categorical {
+    Listed(Vec<String>),
+    Rule(InferRule),
+}
+
+/// The only rule besides a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InferRule {
+    Infer,
+}
+
+impl Default for Categorical {
+    fn default() -> Self {
+        Categorical::Rule(InferRule::Infer)
+    }
+}
+
+/// Policy for rows that cannot be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BadRows {
+    /// The first bad row stops the site with an error naming file, line and column.
+    #[default]
+    Reject,
+    /// Bad rows are skipped, counted and reported.
+    Skip,
+}
+
+/// Augmentation of a site's training split (off by default).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Augmentation {
+    /// Standard deviation of Gaussian noise added to standardised numeric features (0 = off).
+    #[serde(default)]
+    pub jitter_std: f64,
+    /// Extra jittered copies of each training row (needs `jitter_std > 0`).
+    #[serde(default)]
+    pub jitter_copies: u32,
+    /// Randomly duplicate minority-class rows until classes are balanced.
+    #[serde(default)]
+    pub oversample_minority: bool,
+}
+
+impl Task {
+    /// Parses and validates a task from TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, TaskError> {
+        let task: Task =
+            toml::from_str(text).map_err(|e| TaskError::Parse { origin: origin.to_owned(), message: e.to_string() })?;
+        task.validate()?;
+        Ok(task)
+    }
+
+    /// Reads a task file.
+    pub fn from_file(path: &Path) -> Result<Self, TaskError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TaskError::Io { path: path.to_owned(), source })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The task as TOML, as sent to sites.
+    pub fn to_toml(&self) -> String {
+        // Serialising plain structs of strings and numbers cannot fail.
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks the values a site or the coordinator would otherwise trip over later.
+    pub fn validate(&self) -> Result<(), TaskError> {
+        self.data.label.rule()?;
+        if self.model.hidden.iter().any(|&h| h == 0) {
+            return Err(TaskError::Invalid("model.hidden: every layer needs at least one unit".into()));
+        }
+        let t = &self.training;
+        if t.local_epochs == 0 || t.batch_size == 0 {
+            return Err(TaskError::Invalid("training: local_epochs and batch_size must be positive".into()));
+        }
+        if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
+            return Err(TaskError::Invalid(format!("training.learning_rate must be positive, got {}", t.learning_rate)));
+        }
+        if !(t.server_learning_rate.is_finite() && t.server_learning_rate > 0.0) {
+            return Err(TaskError::Invalid("training.server_learning_rate must be positive".into()));
+        }
+        let f = self.data.test_fraction;
+        if !(0.0..1.0).contains(&f) || f == 0.0 {
+            return Err(TaskError::Invalid(format!("data.test_fraction must be in (0, 1), got {f}")));
+        }
+        if self.data.augmentation.jitter_std < 0.0 {
+            return Err(TaskError::Invalid("data.augmentation.jitter_std must be >= 0".into()));
+        }
+        Ok(())
+    }
+
+    /// The hospitals task (UCI Heart Disease, the seed article's model).
+    pub fn hospitals() -> Self {
+        // The bundled example file is the source of truth; this keeps the CLI scenario equal to it.
+        Self::from_toml(include_str!("../../examples/hospitals.toml"), "examples/hospitals.toml")
+            .unwrap_or_else(|e| panic!("bundled hospitals task is invalid: {e}"))
+    }
+
+    /// The banks task (German credit).
+    pub fn banks() -> Self {
+        Self::from_toml(include_str!("../../examples/banks.toml"), "examples/banks.toml")
+            .unwrap_or_else(|e| panic!("bundled banks task is invalid: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_tasks_parse_and_round_trip() {
+        for task in [Task::hospitals(), Task::banks()] {
+            let again = Task::from_toml(&task.to_toml(), "round trip").unwrap();
+            assert_eq!(task, again);
+        }
+        assert_eq!(Task::hospitals().data.label.rule().unwrap(), LabelRule::PositiveAbove(0.0));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let text = include_str!("../../examples/hospitals.toml").replace("local_epochs", "local_epoch");
+        let err = Task::from_toml(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("x.toml") && err.contains("local_epoch"), "{err}");
+        let text = include_str!("../../examples/hospitals.toml").replace("batch_size = 32", "batch_size = 0");
+        let err = Task::from_toml(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn label_needs_exactly_one_rule() {
+        let spec = LabelSpec { column: "y".into(), positive_above: Some(0.0), positive_values: Some(vec!["a".into()]), classes: None };
+        assert!(spec.rule().is_err());
+    }
+}

@@ -1,0 +1,9 @@
+//! Local training and evaluation of the MLP on a site's examples, with burn on the CPU.
+
+pub mod device;
+pub mod evaluate;
+pub mod local;
+pub mod metrics;
+
+pub use evaluate::{evaluate, Evaluation};
+pub use local::{train_local, TrainReport};

@@ -1,0 +1,415 @@
+//! Conversions between domain types and the `flotilla.v1` protocol, and model chunking.
+//!
+//! The only module of this crate that names `pb::` types. Incoming messages are checked
+//! here (fingerprints recomputed, sizes bounded) before they become domain values.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flotilla_proto::pb;
+
+use crate::data::{ColumnKind, ColumnPlan, ColumnStats, Plan, SiteStats};
+use crate::params::{extend_from_le_bytes, FlatParams, Layout, TensorSpec};
+use crate::train::{Evaluation, TrainReport};
+
+/// Bytes of f32 data per chunk: 1 MiB, far below tonic's 4 MiB message limit.
+pub const CHUNK_BYTES: usize = 1 << 20;
+const CHUNK_VALUES: usize = CHUNK_BYTES / 4;
+/// Most values a layout may declare (1 Gi values = 4 GiB); anything larger is refused unread.
+pub const MAX_VALUES: u64 = 1 << 30;
+
+/// A message that does not make sense.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    #[error("layout fingerprint {claimed} does not match its tensors ({computed})")]
+    Fingerprint { claimed: String, computed: String },
+    #[error("stream declared {declared} values but sent more")]
+    TooMuchData { declared: u64 },
+    #[error("stream declared {declared} values but ended after {received}")]
+    Truncated { declared: u64, received: u64 },
+    #[error("declared {0} values, more than the limit of {MAX_VALUES}")]
+    TooLarge(u64),
+    #[error("a header arrived in the middle of the stream")]
+    UnexpectedHeader,
+    #[error("data arrived before the header")]
+    DataBeforeHeader,
+    #[error("empty stream")]
+    Empty,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+// ---- layout -------------------------------------------------------------------------------
+
+/// The protocol form of a layout.
+pub fn layout_to_pb(layout: &Layout) -> pb::Layout {
+    pb::Layout {
+        tensors: layout
+            .tensors()
+            .iter()
+            .map(|t| pb::Tensor { name: t.name.clone(), shape: t.shape.iter().map(|&d| d as u64).collect() })
+            .collect(),
+        fingerprint: layout.fingerprint().to_owned(),
+    }
+}
+
+/// A layout from the wire; its fingerprint must match its tensors.
+pub fn layout_from_pb(l: &pb::Layout) -> Result<Layout, WireError> {
+    let mut total: u64 = 0;
+    let mut tensors = Vec::with_capacity(l.tensors.len());
+    for t in &l.tensors {
+        let n = t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or(WireError::TooLarge(u64::MAX))?;
+        total = total.checked_add(n).ok_or(WireError::TooLarge(u64::MAX))?;
+        tensors.push(TensorSpec { name: t.name.clone(), shape: t.shape.iter().map(|&d| d as usize).collect() });
+    }
+    if total > MAX_VALUES {
+        return Err(WireError::TooLarge(total));
+    }
+    let layout = Layout::new(tensors);
+    if layout.fingerprint() != l.fingerprint {
+        return Err(WireError::Fingerprint { claimed: l.fingerprint.clone(), computed: layout.fingerprint().to_owned() });
+    }
+    Ok(layout)
+}
+
+// ---- model download -----------------------------------------------------------------------
+
+/// The chunks of a global model: a header, then 1 MiB data chunks produced lazily, so the
+/// sender holds the shared model and one chunk, never a serialised copy of the whole.
+pub fn model_chunks(model: Arc<FlatParams>, round: u32, hash: String) -> impl Iterator<Item = pb::ModelChunk> + Send {
+    let header = pb::ModelChunk {
+        kind: Some(pb::model_chunk::Kind::Header(pb::ModelHeader {
+            layout: Some(layout_to_pb(model.layout())),
+            model_hash: hash,
+            round,
+            total_values: model.values().len() as u64,
+        })),
+    };
+    let n_chunks = model.values().len().div_ceil(CHUNK_VALUES);
+    std::iter::once(header).chain((0..n_chunks).map(move |i| {
+        let v = model.values();
+        let slice = &v[i * CHUNK_VALUES..((i + 1) * CHUNK_VALUES).min(v.len())];
+        pb::ModelChunk { kind: Some(pb::model_chunk::Kind::Data(Bytes::from(crate::params::f32_to_le_bytes(slice)))) }
+    }))
+}
+
+/// The header of a model download, as a domain value.
+#[derive(Debug, Clone)]
+pub struct ModelHeader {
+    pub layout: Layout,
+    pub hash: String,
+    pub round: u32,
+}
+
+/// Reassembles a stream of values into one preallocated buffer, refusing more than declared.
+#[derive(Debug)]
+pub struct Assembler {
+    declared: u64,
+    values: Vec<f32>,
+}
+
+impl Assembler {
+    /// An assembler for `declared` values; the buffer is allocated once, up front.
+    pub fn new(declared: u64) -> Result<Self, WireError> {
+        if declared > MAX_VALUES {
+            return Err(WireError::TooLarge(declared));
+        }
+        Ok(Self { declared, values: Vec::with_capacity(declared as usize) })
+    }
+
+    /// Appends one data chunk.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        if self.values.len() as u64 + (bytes.len() as u64) / 4 > self.declared {
+            return Err(WireError::TooMuchData { declared: self.declared });
+        }
+        extend_from_le_bytes(&mut self.values, bytes).map_err(|e| WireError::Invalid(e.to_string()))
+    }
+
+    /// The values, once exactly `declared` have arrived.
+    pub fn finish(self) -> Result<Vec<f32>, WireError> {
+        if self.values.len() as u64 != self.declared {
+            return Err(WireError::Truncated { declared: self.declared, received: self.values.len() as u64 });
+        }
+        Ok(self.values)
+    }
+}
+
+/// Reads a downloaded model: header first, then data, verified against the declared hash.
+pub fn model_from_chunks(chunks: impl IntoIterator<Item = pb::ModelChunk>) -> Result<(ModelHeader, FlatParams), WireError> {
+    let mut it = chunks.into_iter();
+    let mut state = ModelReceiver::default();
+    for c in it.by_ref() {
+        state.push(c)?;
+    }
+    state.finish()
+}
+
+/// Incremental form of [`model_from_chunks`] for streams.
+#[derive(Debug, Default)]
+pub struct ModelReceiver {
+    header: Option<(ModelHeader, Assembler)>,
+}
+
+impl ModelReceiver {
+    /// Takes the next chunk.
+    pub fn push(&mut self, chunk: pb::ModelChunk) -> Result<(), WireError> {
+        match (chunk.kind, &mut self.header) {
+            (Some(pb::model_chunk::Kind::Header(h)), None) => {
+                let layout = layout_from_pb(h.layout.as_ref().ok_or(WireError::Missing("layout"))?)?;
+                if layout.total() as u64 != h.total_values {
+                    return Err(WireError::Invalid(format!(
+                        "header declares {} values but its layout holds {}",
+                        h.total_values,
+                        layout.total()
+                    )));
+                }
+                let asm = Assembler::new(h.total_values)?;
+                self.header = Some((ModelHeader { layout, hash: h.model_hash, round: h.round }, asm));
+                Ok(())
+            }
+            (Some(pb::model_chunk::Kind::Header(_)), Some(_)) => Err(WireError::UnexpectedHeader),
+            (Some(pb::model_chunk::Kind::Data(d)), Some((_, asm))) => asm.push(&d),
+            (Some(pb::model_chunk::Kind::Data(_)), None) => Err(WireError::DataBeforeHeader),
+            (None, _) => Err(WireError::Missing("chunk kind")),
+        }
+    }
+
+    /// The model; its hash must equal the one the header announced.
+    pub fn finish(self) -> Result<(ModelHeader, FlatParams), WireError> {
+        let (header, asm) = self.header.ok_or(WireError::Empty)?;
+        let params = FlatParams::new(header.layout.clone(), asm.finish()?).map_err(|e| WireError::Invalid(e.to_string()))?;
+        let hash = params.hash();
+        if hash != header.hash {
+            return Err(WireError::Invalid(format!("model hash {hash} does not match the announced {}", header.hash)));
+        }
+        Ok((header, params))
+    }
+}
+
+// ---- update upload ------------------------------------------------------------------------
+
+/// What a site says about its update, before the values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateHeader {
+    pub client_id: String,
+    pub round: u32,
+    pub base_model_hash: String,
+    pub layout_fingerprint: String,
+    pub total_values: u64,
+    pub num_examples: u64,
+    pub metrics: TrainReport,
+}
+
+/// The chunks of an update (a delta), header first; produced lazily like [`model_chunks`].
+pub fn update_chunks(header: UpdateHeader, delta: Arc<FlatParams>) -> impl Iterator<Item = pb::UpdateChunk> + Send {
+    let m = header.metrics;
+    let first = pb::UpdateChunk {
+        kind: Some(pb::update_chunk::Kind::Header(pb::UpdateHeader {
+            client_id: header.client_id,
+            round: header.round,
+            base_model_hash: header.base_model_hash,
+            layout_fingerprint: header.layout_fingerprint,
+            total_values: header.total_values,
+            num_examples: header.num_examples,
+            metrics: Some(pb::TrainMetrics { loss: m.loss, accuracy: m.accuracy, steps: m.steps, seconds: m.seconds }),
+        })),
+    };
+    let n_chunks = delta.values().len().div_ceil(CHUNK_VALUES);
+    std::iter::once(first).chain((0..n_chunks).map(move |i| {
+        let v = delta.values();
+        let slice = &v[i * CHUNK_VALUES..((i + 1) * CHUNK_VALUES).min(v.len())];
+        pb::UpdateChunk { kind: Some(pb::update_chunk::Kind::Data(Bytes::from(crate::params::f32_to_le_bytes(slice)))) }
+    }))
+}
+
+/// Splits an upload chunk into header or data.
+pub enum UpdatePart {
+    Header(UpdateHeader),
+    Data(Bytes),
+}
+
+/// Reads one upload chunk.
+pub fn update_part(chunk: pb::UpdateChunk) -> Result<UpdatePart, WireError> {
+    match chunk.kind.ok_or(WireError::Missing("chunk kind"))? {
+        pb::update_chunk::Kind::Header(h) => {
+            let m = h.metrics.unwrap_or_default();
+            Ok(UpdatePart::Header(UpdateHeader {
+                client_id: h.client_id,
+                round: h.round,
+                base_model_hash: h.base_model_hash,
+                layout_fingerprint: h.layout_fingerprint,
+                total_values: h.total_values,
+                num_examples: h.num_examples,
+                metrics: TrainReport { loss: m.loss, accuracy: m.accuracy, steps: m.steps, seconds: m.seconds },
+            }))
+        }
+        pb::update_chunk::Kind::Data(d) => Ok(UpdatePart::Data(d)),
+    }
+}
+
+// ---- data aggregates and plan -------------------------------------------------------------
+
+/// A site's aggregates on the wire.
+pub fn stats_to_pb(stats: &SiteStats) -> Vec<pb::ColumnStats> {
+    stats
+        .columns
+        .iter()
+        .map(|c| pb::ColumnStats {
+            name: c.name.clone(),
+            numeric_count: c.numeric_count,
+            sum: c.sum,
+            sum_squares: c.sum_squares,
+            missing: c.missing,
+            categories: c.categories.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            categorical: c.categorical,
+        })
+        .collect()
+}
+
+/// A site's aggregates from the wire; sums must be finite.
+pub fn stats_from_pb(columns: Vec<pb::ColumnStats>) -> Result<SiteStats, WireError> {
+    let mut out = Vec::with_capacity(columns.len());
+    for c in columns {
+        if !(c.sum.is_finite() && c.sum_squares.is_finite() && c.sum_squares >= 0.0) {
+            return Err(WireError::Invalid(format!("column `{}`: sums must be finite", c.name)));
+        }
+        if out.iter().any(|o: &ColumnStats| o.name == c.name) {
+            return Err(WireError::Invalid(format!("column `{}` reported twice", c.name)));
+        }
+        out.push(ColumnStats {
+            name: c.name,
+            categorical: c.categorical,
+            numeric_count: c.numeric_count,
+            sum: c.sum,
+            sum_squares: c.sum_squares,
+            missing: c.missing,
+            categories: c.categories.into_iter().collect::<BTreeMap<_, _>>(),
+        });
+    }
+    Ok(SiteStats { columns: out })
+}
+
+/// The plan on the wire.
+pub fn plan_to_pb(plan: &Plan) -> pb::Plan {
+    pb::Plan {
+        ready: true,
+        fingerprint: plan.fingerprint(),
+        columns: plan
+            .columns
+            .iter()
+            .map(|c| pb::ColumnPlan {
+                name: c.name.clone(),
+                kind: Some(match &c.kind {
+                    ColumnKind::Numeric { mean, std } => pb::column_plan::Kind::Numeric(pb::NumericPlan { mean: *mean, std: *std }),
+                    ColumnKind::Categorical { vocabulary } => {
+                        pb::column_plan::Kind::Categorical(pb::CategoricalPlan { vocabulary: vocabulary.clone() })
+                    }
+                }),
+            })
+            .collect(),
+    }
+}
+
+/// The plan from the wire; `None` while it is not ready. Its fingerprint must match.
+pub fn plan_from_pb(p: pb::Plan) -> Result<Option<Plan>, WireError> {
+    if !p.ready {
+        return Ok(None);
+    }
+    let mut columns = Vec::with_capacity(p.columns.len());
+    for c in p.columns {
+        let kind = match c.kind.ok_or(WireError::Missing("column kind"))? {
+            pb::column_plan::Kind::Numeric(n) => {
+                if !(n.mean.is_finite() && n.std.is_finite() && n.std > 0.0) {
+                    return Err(WireError::Invalid(format!("column `{}`: bad mean or std", c.name)));
+                }
+                ColumnKind::Numeric { mean: n.mean, std: n.std }
+            }
+            pb::column_plan::Kind::Categorical(v) => ColumnKind::Categorical { vocabulary: v.vocabulary },
+        };
+        columns.push(ColumnPlan { name: c.name, kind });
+    }
+    let plan = Plan { columns };
+    if plan.fingerprint() != p.fingerprint {
+        return Err(WireError::Invalid("plan fingerprint does not match its contents".into()));
+    }
+    Ok(Some(plan))
+}
+
+// ---- evaluation ---------------------------------------------------------------------------
+
+/// A site's evaluation of a global model on the wire.
+pub fn evaluation_to_pb(client_id: &str, round: u32, model_hash: &str, e: &Evaluation) -> pb::EvaluationResult {
+    pb::EvaluationResult {
+        client_id: client_id.to_owned(),
+        round,
+        model_hash: model_hash.to_owned(),
+        num_examples: e.examples,
+        loss: e.loss,
+        accuracy: e.accuracy,
+        auc: e.auc,
+    }
+}
+
+/// An evaluation from the wire; metrics must be in range.
+pub fn evaluation_from_pb(r: &pb::EvaluationResult) -> Result<Evaluation, WireError> {
+    let ok01 = |x: f64| (0.0..=1.0).contains(&x);
+    if r.num_examples == 0 || !ok01(r.accuracy) || !(r.loss.is_finite() && r.loss >= 0.0) || r.auc.is_some_and(|a| !ok01(a)) {
+        return Err(WireError::Invalid("evaluation metrics out of range".into()));
+    }
+    Ok(Evaluation { examples: r.num_examples, loss: r.loss, accuracy: r.accuracy, auc: r.auc })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelShape;
+
+    #[test]
+    fn model_round_trips_through_chunks() {
+        // 600k values: three chunks, the last one partial.
+        let shape = ModelShape { inputs: 1000, hidden: vec![600], outputs: 1 };
+        let model = Arc::new(shape.init_params(1));
+        let hash = model.hash();
+        let chunks: Vec<_> = model_chunks(model.clone(), 3, hash.clone()).collect();
+        assert_eq!(chunks.len(), 1 + model.values().len().div_ceil(CHUNK_VALUES));
+        let (header, back) = model_from_chunks(chunks).unwrap();
+        assert_eq!((header.round, header.hash), (3, hash));
+        assert_eq!(&back, model.as_ref());
+    }
+
+    #[test]
+    fn tampered_streams_are_refused() {
+        let shape = ModelShape { inputs: 4, hidden: vec![3], outputs: 1 };
+        let model = Arc::new(shape.init_params(1));
+        let good: Vec<_> = model_chunks(model.clone(), 1, model.hash()).collect();
+
+        let mut extra = good.clone();
+        extra.push(good[1].clone());
+        assert!(matches!(model_from_chunks(extra), Err(WireError::TooMuchData { .. })));
+
+        assert!(matches!(model_from_chunks(good[..1].to_vec()), Err(WireError::Truncated { .. })));
+        assert!(matches!(model_from_chunks(good[1..].to_vec()), Err(WireError::DataBeforeHeader)));
+
+        let mut flipped = good.clone();
+        if let Some(pb::model_chunk::Kind::Data(d)) = &flipped[1].kind {
+            let mut b = d.to_vec();
+            b[0] ^= 1;
+            flipped[1].kind = Some(pb::model_chunk::Kind::Data(Bytes::from(b)));
+        }
+        assert!(model_from_chunks(flipped).unwrap_err().to_string().contains("hash"));
+
+        let mut wrong_fp = good.clone();
+        if let Some(pb::model_chunk::Kind::Header(h)) = &mut wrong_fp[0].kind {
+            h.layout.as_mut().unwrap().tensors[0].shape = vec![3, 4];
+        }
+        assert!(matches!(model_from_chunks(wrong_fp), Err(WireError::Fingerprint { .. })));
+    }
+
+    #[test]
+    fn oversized_declarations_are_refused_before_allocating() {
+        assert!(matches!(Assembler::new(MAX_VALUES + 1), Err(WireError::TooLarge(_))));
+    }
+}

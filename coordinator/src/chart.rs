@@ -1,0 +1,40 @@
+//! The picture of a run: global accuracy (and AUC) per round, as an SVG.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::federation::RoundRecord;
+
+/// Draws accuracy and AUC per round; horizontal guides show optional reference accuracies.
+pub fn write_accuracy_chart(path: &Path, history: &[RoundRecord]) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let last = history.iter().map(|r| r.round).max().unwrap_or(1).max(1);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Federated global model, pooled test split", ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0u32..last, 0f64..1f64)?;
+    chart
+        .configure_mesh()
+        .x_desc("round")
+        .y_desc("accuracy / ROC AUC")
+        .y_label_formatter(&|v| format!("{v:.1}"))
+        .draw()?;
+    let acc: Vec<(u32, f64)> = history.iter().filter(|r| r.accuracy.is_finite()).map(|r| (r.round, r.accuracy)).collect();
+    chart
+        .draw_series(LineSeries::new(acc.clone(), BLUE.stroke_width(2)))?
+        .label("accuracy")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+    chart.draw_series(acc.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))?;
+    let auc: Vec<(u32, f64)> = history.iter().filter_map(|r| r.auc.map(|a| (r.round, a))).collect();
+    chart
+        .draw_series(LineSeries::new(auc, RED.stroke_width(2)))?
+        .label("ROC AUC")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+    chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Command-line flags of `flotilla-coordinator`, and their validation into settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use flotilla_common::data::partition::Partition;
+use flotilla_common::Task;
+
+use crate::federation::Policy;
+use crate::scenario::{Scenario, SiteSource};
+
+/// The Flotilla coordinator: runs federated training rounds over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "flotilla-coordinator", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (e.g. warn, info, flotilla_coordinator=debug).
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a whole federation in this process: a coordinator and one client per site over
+    /// real gRPC on loopback, then the local-only and centralised baselines.
+    Simulate(SimulateArgs),
+    /// Serve a federation to remote sites (`flotilla-client`).
+    Serve(ServeArgs),
+}
+
+/// Flags shared by `simulate` and `serve`: the round policy and the run.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Training rounds.
+    #[arg(long, default_value_t = 20)]
+    pub rounds: u32,
+    /// Seed of every random choice (initial model, splits, shuffles, cohorts).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Run directory: metrics.csv, checkpoint, model.safetensors, summary.json, accuracy.svg.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Share of sites sampled to train in each round.
+    #[arg(long, default_value_t = 1.0, value_name = "F")]
+    pub fraction_fit: f64,
+    /// Updates needed to change the global model in a round.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub min_fit_results: usize,
+    /// Seconds without contact after which a site is dropped from the round.
+    #[arg(long, default_value_t = 15.0, value_name = "SECONDS")]
+    pub lease: f64,
+    /// Seconds after which a training or evaluation phase closes with what it has.
+    #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
+    pub round_timeout: f64,
+    /// Override the task's local epochs per round.
+    #[arg(long, value_name = "E")]
+    pub local_epochs: Option<u32>,
+    /// Federation task (model, training, data spec) as TOML; see examples/.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// A bundled scenario.
+    #[arg(long, value_enum, conflicts_with_all = ["data", "clients_dir"])]
+    pub scenario: Option<Scenario>,
+    /// A CSV file to split across simulated sites (needs --config and --clients).
+    #[arg(long, value_name = "FILE.csv", conflicts_with = "clients_dir")]
+    pub data: Option<PathBuf>,
+    /// Number of simulated sites for --data.
+    #[arg(long, value_name = "N")]
+    pub clients: Option<usize>,
+    /// How --data is split: iid, dirichlet:ALPHA or column:NAME.
+    #[arg(long, default_value = "iid", value_name = "HOW")]
+    pub partition: String,
+    /// A directory with one CSV per site (the file stem is the site name; needs --config).
+    #[arg(long, value_name = "DIR")]
+    pub clients_dir: Option<PathBuf>,
+    /// Skip the local-only and centralised baselines.
+    #[arg(long)]
+    pub no_baselines: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:50051", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Sites that must have joined before training starts.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub min_clients: usize,
+    /// The task of a bundled scenario (instead of --config).
+    #[arg(long, value_enum, conflicts_with = "config")]
+    pub scenario: Option<Scenario>,
+    /// Serve without TLS. Required for now (TLS is not implemented yet); refused on a
+    /// non-loopback address unless --allow-insecure-network is given too.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Allow plaintext on a non-loopback address. Anyone on the path can read and alter models.
+    #[arg(long)]
+    pub allow_insecure_network: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl RunArgs {
+    /// The round policy these flags describe.
+    pub fn policy(&self, min_clients: usize) -> Result<Policy, String> {
+        let secs = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 { Ok(Duration::from_secs_f64(v)) } else { Err(format!("--{name} must be a positive number of seconds")) }
+        };
+        let p = Policy {
+            rounds: self.rounds,
+            min_clients,
+            fraction_fit: self.fraction_fit,
+            min_fit_results: self.min_fit_results,
+            lease: secs("lease", self.lease)?,
+            round_timeout: secs("round-timeout", self.round_timeout)?,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// The task: the config file if given, else `fallback`; with flag overrides applied.
+    pub fn task(&self, fallback: Option<Scenario>) -> Result<Task, String> {
+        let mut task = match (&self.config, fallback) {
+            (Some(path), _) => Task::from_file(path).map_err(|e| e.to_string())?,
+            (None, Some(s)) => s.task(),
+            (None, None) => return Err("a task is needed: pass --config FILE.toml or --scenario".into()),
+        };
+        if let Some(e) = self.local_epochs {
+            task.training.local_epochs = e;
+        }
+        task.validate().map_err(|e| e.to_string())?;
+        Ok(task)
+    }
+}
+
+impl SimulateArgs {
+    /// Where the simulated sites come from.
+    pub fn source(&self) -> Result<SiteSource, String> {
+        match (&self.scenario, &self.data, &self.clients_dir) {
+            (Some(s), None, None) => Ok(SiteSource::Scenario(*s)),
+            (None, Some(file), None) => {
+                let clients = self.clients.ok_or("--data needs --clients N")?;
+                let partition: Partition = self.partition.parse()?;
+                if self.run.config.is_none() {
+                    return Err("--data needs --config FILE.toml (label and columns of the task)".into());
+                }
+                Ok(SiteSource::Csv { file: file.clone(), clients, partition })
+            }
+            (None, None, Some(dir)) => {
+                if self.run.config.is_none() {
+                    return Err("--clients-dir needs --config FILE.toml (label and columns of the task)".into());
+                }
+                Ok(SiteSource::Dir(dir.clone()))
+            }
+            _ => Err("say where the sites come from: --scenario hospitals|banks, --data FILE.csv --clients N, or --clients-dir DIR".into()),
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The one task that owns the federation's state. gRPC handlers send it requests through a
+//! [`FederationHandle`]; it applies them in order, ticks leases and deadlines, and turns
+//! events into the run directory's records and into progress for whoever watches.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_common::data::{Plan, SiteStats};
+use flotilla_common::train::{Evaluation, TrainReport};
+use flotilla_common::{FlatParams, Layout};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::record::RoundRecord;
+use super::rejection::Rejection;
+use super::state::{Event, Federation, Joined, Outcome, Work};
+use crate::run_dir::RunDir;
+
+/// How often leases and deadlines are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// What watchers see: the latest closed round and whether the federation is done.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub last: Option<RoundRecord>,
+    pub rounds: u32,
+    pub done: bool,
+    /// Sites currently connected.
+    pub connected: usize,
+    /// Incremented on every state change, so long-polling handlers wake up.
+    pub epoch: u64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, Rejection>>;
+
+enum Request {
+    Join { site: String, columns: Vec<String>, reply: Reply<Joined> },
+    Stats { client: String, stats: SiteStats, num_train: u64, reply: Reply<()> },
+    Plan { client: String, reply: Reply<Option<Arc<Plan>>> },
+    Pull { client: String, reply: Reply<Work> },
+    Touch { client: String, reply: Reply<()> },
+    Model { client: String, round: u32, hash: String, reply: Reply<Arc<FlatParams>> },
+    BeginUpdate { client: String, round: u32, base: String, fingerprint: String, total: u64, examples: u64, reply: Reply<Layout> },
+    Update { client: String, round: u32, base: String, delta: FlatParams, examples: u64, metrics: TrainReport, reply: Reply<()> },
+    Evaluation { client: String, round: u32, hash: String, eval: Evaluation, reply: Reply<()> },
+    Leave { client: String },
+}
+
+/// A cheap, cloneable way to talk to the federation actor.
+#[derive(Clone, Debug)]
+pub struct FederationHandle {
+    tx: mpsc::Sender<Request>,
+    progress: watch::Receiver<Progress>,
+}
+
+fn gone() -> Rejection {
+    Rejection::Closed("the coordinator is shutting down".into())
+}
+
+macro_rules! ask {
+    ($self:ident, $variant:ident { $($field:ident : $value:expr),* $(,)? }) => {{
+        let (reply, rx) = oneshot::channel();
+        $self.tx.send(Request::$variant { $($field: $value,)* reply }).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }};
+}
+
+impl FederationHandle {
+    pub async fn join(&self, site: String, columns: Vec<String>) -> Result<Joined, Rejection> {
+        ask!(self, Join { site: site, columns: columns })
+    }
+    pub async fn report_stats(&self, client: String, stats: SiteStats, num_train: u64) -> Result<(), Rejection> {
+        ask!(self, Stats { client: client, stats: stats, num_train: num_train })
+    }
+    pub async fn plan(&self, client: String) -> Result<Option<Arc<Plan>>, Rejection> {
+        ask!(self, Plan { client: client })
+    }
+    pub async fn pull_work(&self, client: String) -> Result<Work, Rejection> {
+        ask!(self, Pull { client: client })
+    }
+    pub async fn touch(&self, client: String) -> Result<(), Rejection> {
+        ask!(self, Touch { client: client })
+    }
+    pub async fn model(&self, client: String, round: u32, hash: String) -> Result<Arc<FlatParams>, Rejection> {
+        ask!(self, Model { client: client, round: round, hash: hash })
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub async fn begin_update(&self, client: String, round: u32, base: String, fingerprint: String, total: u64, examples: u64) -> Result<Layout, Rejection> {
+        ask!(self, BeginUpdate { client: client, round: round, base: base, fingerprint: fingerprint, total: total, examples: examples })
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update(&self, client: String, round: u32, base: String, delta: FlatParams, examples: u64, metrics: TrainReport) -> Result<(), Rejection> {
+        ask!(self, Update { client: client, round: round, base: base, delta: delta, examples: examples, metrics: metrics })
+    }
+    pub async fn evaluation(&self, client: String, round: u32, hash: String, eval: Evaluation) -> Result<(), Rejection> {
+        ask!(self, Evaluation { client: client, round: round, hash: hash, eval: eval })
+    }
+    pub async fn leave(&self, client: String) {
+        let _ = self.tx.send(Request::Leave { client }).await;
+    }
+
+    /// A receiver of progress updates.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+}
+
+/// Starts the actor. It runs until `shutdown` is cancelled and then returns the outcome
+/// (if the federation finished). `run_dir` receives every closed round.
+pub fn spawn(federation: Federation, rounds: u32, run_dir: Option<RunDir>, shutdown: CancellationToken) -> (FederationHandle, JoinHandle<Option<Outcome>>) {
+    let (tx, rx) = mpsc::channel(1024);
+    let (progress_tx, progress) = watch::channel(Progress { rounds, ..Progress::default() });
+    let task = tokio::spawn(run(federation, rx, progress_tx, run_dir, shutdown));
+    (FederationHandle { tx, progress }, task)
+}
+
+async fn run(mut fed: Federation, mut rx: mpsc::Receiver<Request>, progress: watch::Sender<Progress>, mut run_dir: Option<RunDir>, shutdown: CancellationToken) -> Option<Outcome> {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let events = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => fed.tick(Instant::now()),
+            req = rx.recv() => match req {
+                Some(req) => handle(&mut fed, req),
+                None => break,
+            },
+        };
+        if !events.is_empty() {
+            record(&fed, &events, &mut run_dir, &progress);
+        }
+    }
+    fed.outcome()
+}
+
+fn handle(fed: &mut Federation, req: Request) -> Vec<Event> {
+    let now = Instant::now();
+    // A handler that gave up (client gone) drops its receiver; replies to it are ignored.
+    match req {
+        Request::Join { site, columns, reply } => match fed.join(&site, &columns, now) {
+            Ok((joined, events)) => {
+                let _ = reply.send(Ok(joined));
+                events
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                Vec::new()
+            }
+        },
+        Request::Stats { client, stats, num_train, reply } => respond(reply, fed.report_stats(&client, stats, num_train, now)),
+        Request::Plan { client, reply } => {
+            let _ = reply.send(fed.touch(&client, now).map(|()| fed.plan()));
+            Vec::new()
+        }
+        Request::Pull { client, reply } => {
+            let _ = reply.send(fed.pull_work(&client, now));
+            Vec::new()
+        }
+        Request::Touch { client, reply } => {
+            let _ = reply.send(fed.touch(&client, now));
+            Vec::new()
+        }
+        Request::Model { client, round, hash, reply } => {
+            let _ = reply.send(fed.model(&client, round, &hash, now));
+            Vec::new()
+        }
+        Request::BeginUpdate { client, round, base, fingerprint, total, examples, reply } => {
+            let _ = reply.send(fed.begin_update(&client, round, &base, &fingerprint, total, examples, now));
+            Vec::new()
+        }
+        Request::Update { client, round, base, delta, examples, metrics, reply } => {
+            respond(reply, fed.submit_update(&client, round, &base, &delta, examples, metrics, now))
+        }
+        Request::Evaluation { client, round, hash, eval, reply } => respond(reply, fed.submit_evaluation(&client, round, &hash, eval, now)),
+        Request::Leave { client } => fed.leave(&client, now),
+    }
+}
+
+fn respond(reply: Reply<()>, result: Result<Vec<Event>, Rejection>) -> Vec<Event> {
+    match result {
+        Ok(events) => {
+            let _ = reply.send(Ok(()));
+            events
+        }
+        Err(e) => {
+            let _ = reply.send(Err(e));
+            Vec::new()
+        }
+    }
+}
+
+fn record(fed: &Federation, events: &[Event], run_dir: &mut Option<RunDir>, progress: &watch::Sender<Progress>) {
+    for ev in events {
+        match ev {
+            Event::Joined { site, client_id } => tracing::info!(%site, %client_id, "site joined"),
+            Event::Dropped { site, round, reason } => tracing::warn!(%site, round, %reason, "site dropped"),
+            Event::Left { site } => tracing::info!(%site, "site left"),
+            Event::PlanReady { features, params } => tracing::info!(features, params, "preprocessing plan ready; global model initialised"),
+            Event::FitOpened { round, cohort } => tracing::info!(round, cohort = ?cohort, "training round opened"),
+            Event::EvaluationOpened { round, sites } => tracing::debug!(round, sites, "evaluation opened"),
+            Event::UpdateAccepted { site, round } => tracing::debug!(%site, round, "update accepted"),
+            Event::RoundClosed(r) => {
+                tracing::info!(round = r.round, accuracy = r.accuracy, loss = r.loss, auc = ?r.auc, clients = r.clients, "round closed");
+                if let (Some(dir), Some((model, _))) = (run_dir.as_mut(), fed.global()) {
+                    if let Err(e) = dir.record_round(r, &model) {
+                        tracing::error!(error = %e, "could not write the round to the run directory");
+                    }
+                }
+            }
+            Event::Done => tracing::info!("federation finished"),
+        }
+    }
+    let connected = fed.connected_sites().len();
+    progress.send_modify(|p| {
+        p.epoch += 1;
+        p.connected = connected;
+        for ev in events {
+            match ev {
+                Event::RoundClosed(r) => p.last = Some(r.clone()),
+                Event::Done => p.done = true,
+                _ => {}
+            }
+        }
+    });
+}

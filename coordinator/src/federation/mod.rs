@@ -1,0 +1,13 @@
+//! The federation: round policy, the round state machine, and the actor that owns it.
+
+pub mod actor;
+pub mod policy;
+pub mod record;
+pub mod rejection;
+pub mod state;
+
+pub use actor::{spawn, FederationHandle, Progress};
+pub use policy::Policy;
+pub use record::RoundRecord;
+pub use rejection::Rejection;
+pub use state::{Event, Federation, Joined, Outcome, Work};

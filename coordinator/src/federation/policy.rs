@@ -1,0 +1,82 @@
+//! How rounds are run: how many, who takes part, and when a round stops waiting.
+
+use std::time::Duration;
+
+/// The round policy of a federation.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Rounds of training after the initial evaluation.
+    pub rounds: u32,
+    /// Sites that must have joined (and reported their aggregates) before training starts.
+    /// Later rounds open as soon as `min_fit_results` sites are connected.
+    pub min_clients: usize,
+    /// Share of eligible sites sampled for each round's training (seeded).
+    pub fraction_fit: f64,
+    /// Updates needed to change the global model; with fewer the round keeps it.
+    pub min_fit_results: usize,
+    /// A site that has not been heard from for this long is dropped (and rejoins later).
+    pub lease: Duration,
+    /// A training or evaluation phase closes with what it has after this long.
+    pub round_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            rounds: 20,
+            min_clients: 1,
+            fraction_fit: 1.0,
+            min_fit_results: 1,
+            lease: Duration::from_secs(15),
+            round_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Policy {
+    /// How long a `PullWork` call may wait for work: well inside the lease, so a waiting
+    /// site is never mistaken for a dead one.
+    pub fn long_poll(&self) -> Duration {
+        (self.lease / 3).min(Duration::from_secs(2))
+    }
+
+    /// Refuses policies that could never run.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rounds == 0 {
+            return Err("rounds must be at least 1".into());
+        }
+        if self.min_clients == 0 {
+            return Err("min-clients must be at least 1".into());
+        }
+        if !(self.fraction_fit > 0.0 && self.fraction_fit <= 1.0) {
+            return Err(format!("fraction-fit must be in (0, 1], got {}", self.fraction_fit));
+        }
+        if self.min_fit_results == 0 {
+            return Err("min-fit-results must be at least 1".into());
+        }
+        if self.lease < Duration::from_millis(100) {
+            return Err("the lease must be at least 100 ms".into());
+        }
+        Ok(())
+    }
+
+    /// How many of `eligible` sites train in a round.
+    pub fn cohort_size(&self, eligible: usize) -> usize {
+        ((eligible as f64 * self.fraction_fit).ceil() as usize).clamp(1.min(eligible), eligible)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cohort_size_rounds_up_and_stays_in_range() {
+        let p = Policy { fraction_fit: 0.3, ..Policy::default() };
+        assert_eq!(p.cohort_size(10), 3);
+        assert_eq!(p.cohort_size(4), 2);
+        assert_eq!(p.cohort_size(1), 1);
+        assert_eq!(p.cohort_size(0), 0);
+        assert!(Policy { fraction_fit: 0.0, ..Policy::default() }.validate().is_err());
+    }
+}

@@ -1,0 +1,52 @@
+//! What a finished round leaves behind: one row of `metrics.csv`.
+
+use serde::Serialize;
+
+/// The metrics of one round (round 0 is the initial model, before any training).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoundRecord {
+    pub round: u32,
+    /// Example-weighted federated evaluation of the new global model on the sites' test splits.
+    pub accuracy: f64,
+    pub loss: f64,
+    /// Example-weighted over the sites whose test split holds both classes; empty if none.
+    pub auc: Option<f64>,
+    /// Sites whose update was aggregated.
+    pub clients: usize,
+    /// Sites selected for training.
+    pub selected: usize,
+    /// Selected sites that did not deliver (dropped, timed out, refused).
+    pub failed: usize,
+    /// Sites that evaluated the model.
+    pub evaluated: usize,
+    /// Example-weighted mean of the sites' local training loss.
+    pub train_loss: Option<f64>,
+    /// Wall time of the round, training and evaluation.
+    pub seconds: f64,
+    /// SHA-256 of the global model after the round.
+    pub model_hash: String,
+}
+
+impl RoundRecord {
+    /// Column names of `metrics.csv`, in order.
+    pub const HEADER: [&'static str; 11] =
+        ["round", "accuracy", "loss", "auc", "clients", "selected", "failed", "evaluated", "train_loss", "seconds", "model_hash"];
+
+    /// The record as CSV fields (empty for absent values).
+    pub fn fields(&self) -> Vec<String> {
+        let opt = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
+        vec![
+            self.round.to_string(),
+            format!("{:.6}", self.accuracy),
+            format!("{:.6}", self.loss),
+            opt(self.auc),
+            self.clients.to_string(),
+            self.selected.to_string(),
+            self.failed.to_string(),
+            self.evaluated.to_string(),
+            opt(self.train_loss),
+            format!("{:.3}", self.seconds),
+            self.model_hash.clone(),
+        ]
+    }
+}

@@ -1,0 +1,576 @@
+//! The round state machine of a federation, free of I/O and of the wire.
+//!
+//! Every method takes the current time and returns the [`Event`]s it caused; the actor
+//! (`federation::actor`) owns one `Federation`, feeds it requests and timer ticks, and turns
+//! events into files and progress. Sites are keyed by name, not by connection, so the
+//! sampling, the aggregation and hence the global model do not depend on who joined first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use flotilla_common::aggregate::{apply_delta, WeightedSum};
+use flotilla_common::data::{Plan, SiteStats};
+use flotilla_common::model::ModelShape;
+use flotilla_common::seed::derive_seed;
+use flotilla_common::train::{Evaluation, TrainReport};
+use flotilla_common::{FlatParams, Layout, Task};
+use rand::SeedableRng;
+use rand::seq::IndexedRandom;
+use rand_chacha::ChaCha8Rng;
+
+use super::policy::Policy;
+use super::record::RoundRecord;
+use super::rejection::Rejection;
+
+/// What a site should do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    Fit { round: u32, model_hash: String, plan_fingerprint: String, local_epochs: u32 },
+    Evaluate { round: u32, model_hash: String, plan_fingerprint: String },
+    Wait { current_round: u32 },
+    Done { reason: String },
+}
+
+/// Something that happened and that the outside world may want to record or show.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Joined { site: String, client_id: String },
+    Dropped { site: String, round: u32, reason: String },
+    Left { site: String },
+    PlanReady { features: usize, params: usize },
+    FitOpened { round: u32, cohort: Vec<String> },
+    EvaluationOpened { round: u32, sites: usize },
+    UpdateAccepted { site: String, round: u32 },
+    RoundClosed(RoundRecord),
+    Done,
+}
+
+/// The answer to a join.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub client_id: String,
+    pub task_toml: String,
+    pub seed: u64,
+}
+
+/// What a federation leaves behind once its last round is closed.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub history: Vec<RoundRecord>,
+    pub model: Arc<FlatParams>,
+    pub plan: Arc<Plan>,
+    pub shape: ModelShape,
+    /// Every site that joined, with its number of training examples.
+    pub sites: BTreeMap<String, u64>,
+    /// Per site, the evaluation of the final model on its own test split.
+    pub final_site_metrics: BTreeMap<String, Evaluation>,
+}
+
+#[derive(Debug)]
+struct Client {
+    site: String,
+    last_seen: Instant,
+    /// Set once the site reported its aggregates.
+    stats: Option<SiteStats>,
+    /// Training examples the site declared: the most an update may claim.
+    num_train: u64,
+}
+
+#[derive(Debug)]
+struct FitRound {
+    round: u32,
+    started: Instant,
+    cohort: BTreeSet<String>,
+    pending: BTreeSet<String>,
+    sum: WeightedSum,
+    contributors: BTreeMap<String, (u64, TrainReport)>,
+    failed: BTreeSet<String>,
+}
+
+#[derive(Debug)]
+struct EvalRound {
+    round: u32,
+    started: Instant,
+    pending: BTreeSet<String>,
+    results: BTreeMap<String, Evaluation>,
+    /// When the training half of the round started (round 0 has none).
+    fit: Option<FitSummary>,
+}
+
+#[derive(Debug, Clone)]
+struct FitSummary {
+    started: Instant,
+    clients: usize,
+    selected: usize,
+    failed: usize,
+    train_loss: Option<f64>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for enough sites (and their aggregates) before round `next`: `min_clients`
+    /// before the first round, `min_fit_results` before later ones.
+    Gathering { next: u32 },
+    Fit(FitRound),
+    Evaluate(EvalRound),
+    Done,
+}
+
+/// A federation's whole state.
+#[derive(Debug)]
+pub struct Federation {
+    task: Task,
+    task_toml: String,
+    seed: u64,
+    policy: Policy,
+    clients: BTreeMap<String, Client>,
+    next_client: u64,
+    plan: Option<Arc<Plan>>,
+    shape: Option<ModelShape>,
+    global: Option<Arc<FlatParams>>,
+    global_hash: String,
+    phase: Phase,
+    history: Vec<RoundRecord>,
+    final_site_metrics: BTreeMap<String, Evaluation>,
+    sites_seen: BTreeMap<String, u64>,
+}
+
+impl Federation {
+    /// A federation that has not started.
+    pub fn new(task: Task, seed: u64, policy: Policy) -> Self {
+        let task_toml = task.to_toml();
+        Self {
+            task,
+            task_toml,
+            seed,
+            policy,
+            clients: BTreeMap::new(),
+            next_client: 1,
+            plan: None,
+            shape: None,
+            global: None,
+            global_hash: String::new(),
+            phase: Phase::Gathering { next: 0 },
+            history: Vec::new(),
+            final_site_metrics: BTreeMap::new(),
+            sites_seen: BTreeMap::new(),
+        }
+    }
+
+    /// The current round (0 until training starts).
+    pub fn round(&self) -> u32 {
+        match &self.phase {
+            Phase::Gathering { next } => *next,
+            Phase::Fit(f) => f.round,
+            Phase::Evaluate(e) => e.round,
+            Phase::Done => self.policy.rounds,
+        }
+    }
+
+    /// True once the last round is closed.
+    pub fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    /// Sites currently connected.
+    pub fn connected_sites(&self) -> BTreeSet<String> {
+        self.clients.values().map(|c| c.site.clone()).collect()
+    }
+
+    /// A site joins (or rejoins: a new connection replaces the old one of the same name).
+    pub fn join(&mut self, site: &str, columns: &[String], now: Instant) -> Result<(Joined, Vec<Event>), Rejection> {
+        if site.is_empty() || site.len() > 128 || site.chars().any(char::is_control) {
+            return Err(Rejection::InvalidArgument(format!("site name `{site}` is empty, too long or has control characters")));
+        }
+        let needed = std::iter::once(&self.task.data.label.column);
+        if let Some(missing) = needed.filter(|c| !columns.contains(c)).next() {
+            return Err(Rejection::InvalidArgument(format!("site `{site}`: its data has no column `{missing}` (the label)")));
+        }
+        self.clients.retain(|_, c| c.site != site);
+        let client_id = format!("{site}#{}", self.next_client);
+        self.next_client += 1;
+        self.clients.insert(client_id.clone(), Client { site: site.to_owned(), last_seen: now, stats: None, num_train: 0 });
+        let joined = Joined { client_id: client_id.clone(), task_toml: self.task_toml.clone(), seed: self.seed };
+        Ok((joined, vec![Event::Joined { site: site.to_owned(), client_id }]))
+    }
+
+    /// A site's aggregates and number of training examples.
+    pub fn report_stats(&mut self, client_id: &str, stats: SiteStats, num_train: u64, now: Instant) -> Result<Vec<Event>, Rejection> {
+        if num_train == 0 {
+            return Err(Rejection::InvalidArgument("a site needs at least one training example".into()));
+        }
+        let c = self.client_mut(client_id, now)?;
+        c.stats = Some(stats);
+        c.num_train = num_train;
+        let site = c.site.clone();
+        self.sites_seen.insert(site, num_train);
+        Ok(self.advance(now))
+    }
+
+    /// The plan, once there is one.
+    pub fn plan(&self) -> Option<Arc<Plan>> {
+        self.plan.clone()
+    }
+
+    /// Marks a site as alive (any request does).
+    pub fn touch(&mut self, client_id: &str, now: Instant) -> Result<(), Rejection> {
+        self.client_mut(client_id, now).map(|_| ())
+    }
+
+    /// The next piece of work for a site.
+    pub fn pull_work(&mut self, client_id: &str, now: Instant) -> Result<Work, Rejection> {
+        let site = self.client_mut(client_id, now)?.site.clone();
+        let plan_fingerprint = self.plan.as_ref().map(|p| p.fingerprint()).unwrap_or_default();
+        Ok(match &self.phase {
+            Phase::Done => Work::Done { reason: format!("the federation finished its {} rounds", self.policy.rounds) },
+            Phase::Fit(f) if f.pending.contains(&site) => Work::Fit {
+                round: f.round,
+                model_hash: self.global_hash.clone(),
+                plan_fingerprint,
+                local_epochs: self.task.training.local_epochs,
+            },
+            Phase::Evaluate(e) if e.pending.contains(&site) => {
+                Work::Evaluate { round: e.round, model_hash: self.global_hash.clone(), plan_fingerprint }
+            }
+            _ => Work::Wait { current_round: self.round() },
+        })
+    }
+
+    /// The global model a site asks for, if it is the current one.
+    pub fn model(&mut self, client_id: &str, round: u32, hash: &str, now: Instant) -> Result<Arc<FlatParams>, Rejection> {
+        self.client_mut(client_id, now)?;
+        match &self.global {
+            Some(g) if hash == self.global_hash => Ok(g.clone()),
+            _ => Err(Rejection::Stale(format!(
+                "model {} of round {round} is not the current global model (round {} is {})",
+                short(hash),
+                self.round(),
+                short(&self.global_hash)
+            ))),
+        }
+    }
+
+    /// Checks an update's header before its values are received; returns the layout to expect.
+    pub fn begin_update(&mut self, client_id: &str, round: u32, base_hash: &str, fingerprint: &str, total: u64, num_examples: u64, now: Instant) -> Result<Layout, Rejection> {
+        let c = self.client_mut(client_id, now)?;
+        let (site, num_train) = (c.site.clone(), c.num_train);
+        let f = self.open_fit(&site, round)?;
+        let _ = f;
+        let global = self.global.as_ref().ok_or_else(|| Rejection::Stale("no global model yet".into()))?;
+        if base_hash != self.global_hash {
+            return Err(Rejection::Stale(format!(
+                "update of site `{site}` for round {round} was computed from model {}, not the current {}",
+                short(base_hash),
+                short(&self.global_hash)
+            )));
+        }
+        let layout = global.layout();
+        if fingerprint != layout.fingerprint() || total != layout.total() as u64 {
+            return Err(Rejection::InvalidArgument(format!(
+                "update of site `{site}` for round {round} has layout {} with {total} values; the federation's is {} with {}",
+                short(fingerprint),
+                short(layout.fingerprint()),
+                layout.total()
+            )));
+        }
+        if num_examples == 0 || num_examples > num_train {
+            return Err(Rejection::InvalidArgument(format!(
+                "update of site `{site}` for round {round} claims {num_examples} examples; it declared {num_train} at join"
+            )));
+        }
+        Ok(layout.clone())
+    }
+
+    /// Adds a received update to the round. A rejected update leaves the round untouched.
+    pub fn submit_update(&mut self, client_id: &str, round: u32, base_hash: &str, delta: &FlatParams, num_examples: u64, metrics: TrainReport, now: Instant) -> Result<Vec<Event>, Rejection> {
+        // The header checks again: the round may have closed while the values streamed in.
+        self.begin_update(client_id, round, base_hash, delta.layout().fingerprint(), delta.values().len() as u64, num_examples, now)?;
+        let site = self.clients[client_id].site.clone();
+        let Phase::Fit(f) = &mut self.phase else { unreachable!("begin_update checked the phase") };
+        f.sum.add(delta, num_examples).map_err(|e| Rejection::InvalidArgument(format!("update of site `{site}` for round {round}: {e}")))?;
+        f.pending.remove(&site);
+        f.contributors.insert(site.clone(), (num_examples, metrics));
+        let mut events = vec![Event::UpdateAccepted { site, round }];
+        events.extend(self.advance(now));
+        Ok(events)
+    }
+
+    /// A site's evaluation of the current global model.
+    pub fn submit_evaluation(&mut self, client_id: &str, round: u32, hash: &str, eval: Evaluation, now: Instant) -> Result<Vec<Event>, Rejection> {
+        let site = self.client_mut(client_id, now)?.site.clone();
+        let current = self.round();
+        let Phase::Evaluate(e) = &mut self.phase else {
+            return Err(Rejection::Closed(format!("evaluation of round {round} is closed; the federation is in round {current}")));
+        };
+        if e.round != round || hash != self.global_hash {
+            return Err(Rejection::Closed(format!("evaluation of round {round} is closed; the federation evaluates round {}", e.round)));
+        }
+        if !e.pending.remove(&site) {
+            return Err(Rejection::Duplicate(format!("site `{site}` was not asked to evaluate round {round}, or already did")));
+        }
+        e.results.insert(site, eval);
+        Ok(self.advance(now))
+    }
+
+    /// A site leaves; it is treated as failed in the current round.
+    pub fn leave(&mut self, client_id: &str, now: Instant) -> Vec<Event> {
+        match self.clients.remove(client_id) {
+            Some(c) => {
+                let mut ev = self.forget_site(&c.site, "left the federation");
+                ev.extend(self.advance(now));
+                ev
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Expires leases and deadlines.
+    pub fn tick(&mut self, now: Instant) -> Vec<Event> {
+        let lease = self.policy.lease;
+        let expired: Vec<String> =
+            self.clients.iter().filter(|(_, c)| now.duration_since(c.last_seen) > lease).map(|(id, _)| id.clone()).collect();
+        let mut events = Vec::new();
+        for id in expired {
+            if let Some(c) = self.clients.remove(&id) {
+                events.extend(self.forget_site(&c.site, &format!("no contact for {:.1} s (lease expired)", lease.as_secs_f64())));
+            }
+        }
+        let deadline = self.policy.round_timeout;
+        let timed_out = match &mut self.phase {
+            Phase::Fit(f) if now.duration_since(f.started) > deadline => std::mem::take(&mut f.pending),
+            Phase::Evaluate(e) if now.duration_since(e.started) > deadline => std::mem::take(&mut e.pending),
+            _ => BTreeSet::new(),
+        };
+        let round = self.round();
+        for site in timed_out {
+            if let Phase::Fit(f) = &mut self.phase {
+                f.failed.insert(site.clone());
+            }
+            events.push(Event::Dropped { site, round, reason: "round deadline passed".into() });
+        }
+        events.extend(self.advance(now));
+        events
+    }
+
+    /// What the federation produced, once done.
+    pub fn outcome(&self) -> Option<Outcome> {
+        if !self.is_done() {
+            return None;
+        }
+        Some(Outcome {
+            history: self.history.clone(),
+            model: self.global.clone()?,
+            plan: self.plan.clone()?,
+            shape: self.shape.clone()?,
+            sites: self.sites_seen.clone(),
+            final_site_metrics: self.final_site_metrics.clone(),
+        })
+    }
+
+    /// The current global model and its hash, if any.
+    pub fn global(&self) -> Option<(Arc<FlatParams>, String)> {
+        self.global.clone().map(|g| (g, self.global_hash.clone()))
+    }
+
+    // ---- internals ----------------------------------------------------------------------
+
+    fn client_mut(&mut self, client_id: &str, now: Instant) -> Result<&mut Client, Rejection> {
+        let c = self
+            .clients
+            .get_mut(client_id)
+            .ok_or_else(|| Rejection::UnknownClient(format!("client `{client_id}` is unknown or its lease expired; join again")))?;
+        c.last_seen = now;
+        Ok(c)
+    }
+
+    fn open_fit(&self, site: &str, round: u32) -> Result<&FitRound, Rejection> {
+        let current = self.round();
+        match &self.phase {
+            Phase::Fit(f) if f.round == round => {
+                if f.contributors.contains_key(site) {
+                    Err(Rejection::Duplicate(format!("site `{site}` already sent its update for round {round}")))
+                } else if !f.cohort.contains(site) {
+                    Err(Rejection::NotSelected(format!("site `{site}` was not selected for round {round}")))
+                } else if !f.pending.contains(site) {
+                    Err(Rejection::Closed(format!("site `{site}` was dropped from round {round} (late)")))
+                } else {
+                    Ok(f)
+                }
+            }
+            _ => Err(Rejection::Closed(format!("training of round {round} is not open; the federation is in round {current}"))),
+        }
+    }
+
+    fn forget_site(&mut self, site: &str, reason: &str) -> Vec<Event> {
+        if self.clients.values().any(|c| c.site == site) {
+            return Vec::new(); // the site rejoined under a new connection and keeps its role
+        }
+        let round = self.round();
+        let was_pending = match &mut self.phase {
+            Phase::Fit(f) => {
+                let p = f.pending.remove(site);
+                if p {
+                    f.failed.insert(site.to_owned());
+                }
+                p
+            }
+            Phase::Evaluate(e) => e.pending.remove(site),
+            _ => false,
+        };
+        if was_pending {
+            vec![Event::Dropped { site: site.to_owned(), round, reason: reason.to_owned() }]
+        } else {
+            vec![Event::Left { site: site.to_owned() }]
+        }
+    }
+
+    /// Moves the state machine forward as far as it can go right now.
+    fn advance(&mut self, now: Instant) -> Vec<Event> {
+        let mut events = Vec::new();
+        loop {
+            let progressed = match &self.phase {
+                Phase::Gathering { next } => {
+                    let next = *next;
+                    let ready = self.clients.values().filter(|c| c.stats.is_some()).count();
+                    let all_reported = ready == self.clients.len();
+                    // `min_clients` gates the start; later rounds go on with whoever is there.
+                    let needed = if self.plan.is_none() { self.policy.min_clients } else { self.policy.min_fit_results };
+                    if ready >= needed && all_reported {
+                        if self.plan.is_none() {
+                            events.extend(self.make_plan());
+                            events.push(self.open_evaluate(0, None, now));
+                        } else {
+                            events.extend(self.open_fit_round(next, now));
+                        }
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Phase::Fit(f) if f.pending.is_empty() => {
+                    events.extend(self.close_fit(now));
+                    true
+                }
+                Phase::Evaluate(e) if e.pending.is_empty() => {
+                    events.extend(self.close_evaluate(now));
+                    true
+                }
+                _ => false,
+            };
+            if !progressed {
+                return events;
+            }
+        }
+    }
+
+    fn make_plan(&mut self) -> Vec<Event> {
+        // Sorted by site name: the plan does not depend on arrival order.
+        let mut by_site: Vec<(&String, &SiteStats)> =
+            self.clients.values().filter_map(|c| c.stats.as_ref().map(|s| (&c.site, s))).collect();
+        by_site.sort_by(|a, b| a.0.cmp(b.0));
+        let stats: Vec<&SiteStats> = by_site.into_iter().map(|(_, s)| s).collect();
+        let plan = Plan::combine(&stats);
+        let shape = ModelShape::for_task(&self.task, plan.width());
+        let global = shape.init_params(self.seed);
+        self.global_hash = global.hash();
+        self.global = Some(Arc::new(global));
+        let ev = Event::PlanReady { features: plan.width(), params: shape.num_params() };
+        self.plan = Some(Arc::new(plan));
+        self.shape = Some(shape);
+        vec![ev]
+    }
+
+    fn eligible_sites(&self) -> Vec<String> {
+        self.clients.values().filter(|c| c.stats.is_some()).map(|c| c.site.clone()).collect::<BTreeSet<_>>().into_iter().collect()
+    }
+
+    fn open_fit_round(&mut self, round: u32, now: Instant) -> Vec<Event> {
+        let eligible = self.eligible_sites();
+        let k = self.policy.cohort_size(eligible.len());
+        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(self.seed, &["cohort", &round.to_string()]));
+        let cohort: BTreeSet<String> = eligible.choose_multiple(&mut rng, k).cloned().collect();
+        let layout = self.global.as_ref().map(|g| g.layout().clone()).unwrap_or_else(|| Layout::new(Vec::new()));
+        self.phase = Phase::Fit(FitRound {
+            round,
+            started: now,
+            pending: cohort.clone(),
+            cohort: cohort.clone(),
+            sum: WeightedSum::new(layout),
+            contributors: BTreeMap::new(),
+            failed: BTreeSet::new(),
+        });
+        vec![Event::FitOpened { round, cohort: cohort.into_iter().collect() }]
+    }
+
+    fn close_fit(&mut self, now: Instant) -> Vec<Event> {
+        let Phase::Fit(f) = std::mem::replace(&mut self.phase, Phase::Done) else { return Vec::new() };
+        let total: u64 = f.contributors.values().map(|(n, _)| n).sum();
+        let train_loss = (total > 0)
+            .then(|| f.contributors.values().map(|(n, m)| *n as f64 * m.loss).sum::<f64>() / total as f64);
+        if f.sum.count() >= self.policy.min_fit_results {
+            if let (Some(global), Some(mean)) = (&self.global, f.sum.mean()) {
+                // Layouts were checked on the way in; a failure here would keep the old model.
+                if let Ok(next) = apply_delta(global, &mean, self.task.training.server_learning_rate) {
+                    self.global_hash = next.hash();
+                    self.global = Some(Arc::new(next));
+                }
+            }
+        }
+        let summary = FitSummary {
+            started: f.started,
+            clients: f.contributors.len(),
+            selected: f.cohort.len(),
+            failed: f.failed.len(),
+            train_loss,
+        };
+        vec![self.open_evaluate(f.round, Some(summary), now)]
+    }
+
+    fn open_evaluate(&mut self, round: u32, fit: Option<FitSummary>, now: Instant) -> Event {
+        let pending: BTreeSet<String> = self.eligible_sites().into_iter().collect();
+        let sites = pending.len();
+        self.phase = Phase::Evaluate(EvalRound { round, started: now, pending, results: BTreeMap::new(), fit });
+        Event::EvaluationOpened { round, sites }
+    }
+
+    fn close_evaluate(&mut self, now: Instant) -> Vec<Event> {
+        let Phase::Evaluate(e) = std::mem::replace(&mut self.phase, Phase::Done) else { return Vec::new() };
+        let n: u64 = e.results.values().map(|r| r.examples).sum();
+        let weighted = |f: &dyn Fn(&Evaluation) -> f64| {
+            if n == 0 { f64::NAN } else { e.results.values().map(|r| r.examples as f64 * f(r)).sum::<f64>() / n as f64 }
+        };
+        let with_auc: Vec<&Evaluation> = e.results.values().filter(|r| r.auc.is_some()).collect();
+        let n_auc: u64 = with_auc.iter().map(|r| r.examples).sum();
+        let auc = (n_auc > 0)
+            .then(|| with_auc.iter().map(|r| r.examples as f64 * r.auc.unwrap_or(0.0)).sum::<f64>() / n_auc as f64);
+        let fit = e.fit.clone();
+        let record = RoundRecord {
+            round: e.round,
+            accuracy: weighted(&|r| r.accuracy),
+            loss: weighted(&|r| r.loss),
+            auc,
+            clients: fit.as_ref().map_or(0, |f| f.clients),
+            selected: fit.as_ref().map_or(0, |f| f.selected),
+            failed: fit.as_ref().map_or(0, |f| f.failed),
+            evaluated: e.results.len(),
+            train_loss: fit.as_ref().and_then(|f| f.train_loss),
+            seconds: now.duration_since(fit.as_ref().map_or(e.started, |f| f.started)).as_secs_f64(),
+            model_hash: self.global_hash.clone(),
+        };
+        self.final_site_metrics = e.results;
+        self.history.push(record.clone());
+        let mut events = vec![Event::RoundClosed(record)];
+        if e.round >= self.policy.rounds {
+            self.phase = Phase::Done;
+            events.push(Event::Done);
+        } else {
+            self.phase = Phase::Gathering { next: e.round + 1 };
+        }
+        events
+    }
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}

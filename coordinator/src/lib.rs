@@ -1,0 +1,23 @@
+//! The Flotilla coordinator: holds the global model, runs rounds, aggregates updates.
+//!
+//! - [`federation`]: the round policy, the round state machine and the actor that owns it.
+//! - [`service`]: the gRPC handlers (with `flotilla_common::wire`, the only code that names `pb::`).
+//! - [`server`]: serving the service on a listener until shutdown.
+//! - [`runner`]: a running coordinator (actor + server) and its orderly stop.
+//! - [`run_dir`]: `metrics.csv`, checkpoints, `model.safetensors`, `summary.json`.
+//! - [`chart`]: the accuracy chart.
+//! - [`scenario`]: bundled scenarios and other sources of simulated sites.
+//! - [`simulate`]: a whole federation in one process, with baselines and the comparison table.
+//! - [`summary`]: the content of `summary.json`.
+//! - [`cli`]: command-line flags and the two-step config (flags and TOML, then validated settings).
+
+pub mod chart;
+pub mod cli;
+pub mod federation;
+pub mod run_dir;
+pub mod runner;
+pub mod scenario;
+pub mod server;
+pub mod service;
+pub mod simulate;
+pub mod summary;

@@ -1,0 +1,103 @@
+//! `flotilla-coordinator`: parses flags, sets up logging, and runs `simulate` or `serve`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use flotilla_coordinator::cli::{Cli, Command, ServeArgs, SimulateArgs};
+use flotilla_coordinator::run_dir::{write_final, RunDir};
+use flotilla_coordinator::simulate::{report, simulate, SimulateOptions};
+use flotilla_coordinator::{runner, summary};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The simulation draws a progress bar: only warnings go to the log by default there.
+    let default = match cli.command {
+        Command::Simulate(_) => "warn",
+        Command::Serve(_) => "info",
+    };
+    let filter = cli.log.clone().unwrap_or_else(|| default.to_owned());
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_target(false).with_writer(std::io::stderr).init();
+    let result = match cli.command {
+        Command::Simulate(a) => run_simulate(a),
+        Command::Serve(a) => run_serve(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flotilla-coordinator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
+    let source = a.source().map_err(anyhow::Error::msg)?;
+    let task = a.run.task(a.scenario).map_err(anyhow::Error::msg)?;
+    let policy = a.run.policy(1).map_err(anyhow::Error::msg)?;
+    let sim = simulate(SimulateOptions {
+        source,
+        task,
+        seed: a.run.seed,
+        policy,
+        out: a.run.out.clone(),
+        progress: !a.quiet,
+        baselines: !a.no_baselines,
+    })
+    .await?;
+    if let Some(c) = &sim.comparison {
+        println!("{}", report::comparison_table(c));
+        println!(
+            "federated pooled accuracy {:.3} vs. local-only mean {:.3} vs. centralized {:.3}",
+            c.federated.pooled.accuracy,
+            report::local_mean_accuracy(c),
+            c.centralized.pooled.accuracy
+        );
+    } else if let Some(last) = sim.outcome.history.last() {
+        println!("final global model: accuracy {:.3}, loss {:.4}", last.accuracy, last.loss);
+    }
+    println!("{} rounds in {:.1} s; run directory {}", a.run.rounds, sim.seconds, a.run.out.display());
+    println!("model sha256 {}", sim.model_sha256);
+    Ok(())
+}
+
+#[tokio::main]
+async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
+    if !a.insecure {
+        anyhow::bail!("TLS is not available yet: pass --insecure to serve in plaintext (loopback or a trusted network only)");
+    }
+    if !a.listen.ip().is_loopback() {
+        if !a.allow_insecure_network {
+            anyhow::bail!("refusing plaintext on non-loopback address {}: add --allow-insecure-network if you really mean it", a.listen);
+        }
+        tracing::warn!(listen = %a.listen, "SERVING PLAINTEXT ON A NETWORK ADDRESS: models and updates can be read and altered in transit");
+    }
+    let task = a.run.task(a.scenario).map_err(anyhow::Error::msg)?;
+    let policy = a.run.policy(a.min_clients).map_err(anyhow::Error::msg)?;
+    let run_dir = RunDir::create(&a.run.out)?;
+    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
+    let running = runner::start(task.clone(), a.run.seed, policy, Some(run_dir), listener)?;
+    tracing::info!(url = %running.url(), rounds = a.run.rounds, min_clients = a.min_clients, "coordinator listening");
+    let interrupted = CancellationToken::new();
+    let on_signal = interrupted.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.cancel();
+        }
+    });
+    let finished = running.wait_done(&interrupted).await;
+    let outcome = running.stop(Duration::from_secs(if finished { 10 } else { 0 })).await;
+    let Some(outcome) = outcome else {
+        tracing::warn!("stopped before the last round; the last checkpoint is in {}", a.run.out.display());
+        return Ok(());
+    };
+    let summary = summary::summary(&task, a.run.seed, &outcome, None);
+    let sha = write_final(&a.run.out, &outcome.model, &summary)?;
+    if let Some(last) = outcome.history.last() {
+        tracing::info!(accuracy = last.accuracy, loss = last.loss, model_sha256 = %sha, "federation finished");
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! The run directory: `metrics.csv` (a row per round), an atomic checkpoint after every
+//! round, and at the end `model.safetensors`, `summary.json` and `accuracy.svg`.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use flotilla_common::model_file::to_safetensors;
+use flotilla_common::FlatParams;
+use sha2::{Digest, Sha256};
+
+use crate::chart;
+use crate::federation::RoundRecord;
+
+/// Errors writing the run directory name the file.
+#[derive(Debug, thiserror::Error)]
+pub enum RunDirError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Other { path: PathBuf, message: String },
+}
+
+/// A run directory being written.
+#[derive(Debug)]
+pub struct RunDir {
+    root: PathBuf,
+    metrics: csv::Writer<File>,
+    /// Every round so far, for the chart.
+    history: Vec<RoundRecord>,
+}
+
+impl RunDir {
+    /// Creates the directory (if needed) and starts `metrics.csv` afresh.
+    pub fn create(root: &Path) -> Result<Self, RunDirError> {
+        std::fs::create_dir_all(root).map_err(|source| RunDirError::Io { path: root.to_owned(), source })?;
+        let path = root.join("metrics.csv");
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|source| RunDirError::Io { path: path.clone(), source })?;
+        let mut metrics = csv::Writer::from_writer(file);
+        metrics.write_record(RoundRecord::HEADER).map_err(|e| other(&path, e))?;
+        metrics.flush().map_err(|source| RunDirError::Io { path: path.clone(), source })?;
+        Ok(Self { root: root.to_owned(), metrics, history: Vec::new() })
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Appends a round to `metrics.csv` and checkpoints the global model after it.
+    pub fn record_round(&mut self, record: &RoundRecord, model: &FlatParams) -> Result<(), RunDirError> {
+        let path = self.root.join("metrics.csv");
+        self.metrics.write_record(record.fields()).map_err(|e| other(&path, e))?;
+        self.metrics.flush().map_err(|source| RunDirError::Io { path, source })?;
+        self.history.push(record.clone());
+        let meta = HashMap::from([("round".to_owned(), record.round.to_string()), ("model_hash".to_owned(), record.model_hash.clone())]);
+        let bytes = to_safetensors(model, meta).map_err(|e| other(&self.root.join("checkpoint.safetensors"), e))?;
+        write_atomic(&self.root.join("checkpoint.safetensors"), &bytes)?;
+        // The chart is cheap and a person watching a long run likes to see it grow.
+        chart::write_accuracy_chart(&self.root.join("accuracy.svg"), &self.history).map_err(|e| other(&self.root.join("accuracy.svg"), e))?;
+        Ok(())
+    }
+
+}
+
+/// Writes the final model and `summary.json` into `root`; returns the model file's SHA-256.
+pub fn write_final(root: &Path, model: &FlatParams, summary: &serde_json::Value) -> Result<String, RunDirError> {
+    let path = root.join("model.safetensors");
+    let bytes = to_safetensors(model, HashMap::new()).map_err(|e| other(&path, e))?;
+    write_atomic(&path, &bytes)?;
+    let sha = hex::encode(Sha256::digest(&bytes));
+    let mut summary = summary.clone();
+    summary["model_sha256"] = serde_json::Value::String(sha.clone());
+    let path = root.join("summary.json");
+    let text = serde_json::to_string_pretty(&summary).map_err(|e| other(&path, e))?;
+    write_atomic(&path, text.as_bytes())?;
+    Ok(sha)
+}
+
+/// Writes a file so that readers see the old content or the new, never a mix: a temporary
+/// file is written and synced, renamed over the target, and the directory is synced.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunDirError> {
+    let io = |source| RunDirError::Io { path: path.to_owned(), source };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    {
+        let mut f = File::create(&tmp).map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
+fn other(path: &Path, e: impl std::fmt::Display) -> RunDirError {
+    RunDirError::Other { path: path.to_owned(), message: e.to_string() }
+}

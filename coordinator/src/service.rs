@@ -1,0 +1,161 @@
+//! The gRPC face of the federation: each handler validates and converts its message (through
+//! `flotilla_common::wire`), asks the federation actor, and maps refusals to statuses.
+//! Together with `wire`, the only code of the coordinator that names `pb::` types.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use flotilla_common::wire::{self, Assembler, UpdatePart};
+use flotilla_common::FlatParams;
+use flotilla_proto::pb::{self, federation_server::Federation as FederationRpc};
+use flotilla_proto::PROTOCOL_VERSION;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::federation::{FederationHandle, Rejection, Work};
+
+/// The `flotilla.v1.Federation` service.
+#[derive(Debug, Clone)]
+pub struct FederationService {
+    handle: FederationHandle,
+    /// How long `PullWork` waits for work before answering "wait" (see `Policy::long_poll`).
+    long_poll: Duration,
+}
+
+impl FederationService {
+    pub fn new(handle: FederationHandle, long_poll: Duration) -> Self {
+        Self { handle, long_poll }
+    }
+}
+
+/// Maps a refusal to the status a client acts on.
+fn status(r: Rejection) -> Status {
+    match r {
+        Rejection::UnknownClient(m) => Status::not_found(m),
+        Rejection::InvalidArgument(m) => Status::invalid_argument(m),
+        Rejection::Closed(m) | Rejection::Stale(m) => Status::failed_precondition(m),
+        Rejection::NotSelected(m) => Status::permission_denied(m),
+        Rejection::Duplicate(m) => Status::already_exists(m),
+    }
+}
+
+fn bad(e: wire::WireError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+type ModelStream = Pin<Box<dyn Stream<Item = Result<pb::ModelChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FederationRpc for FederationService {
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let r = req.into_inner();
+        if r.protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "site `{}` speaks protocol version {}, this coordinator speaks {PROTOCOL_VERSION}",
+                r.site, r.protocol_version
+            )));
+        }
+        let joined = self.handle.join(r.site, r.columns).await.map_err(status)?;
+        Ok(Response::new(pb::JoinResponse { client_id: joined.client_id, task_toml: joined.task_toml, seed: joined.seed }))
+    }
+
+    async fn report_stats(&self, req: Request<pb::ReportStatsRequest>) -> Result<Response<pb::Ack>, Status> {
+        let r = req.into_inner();
+        let stats = wire::stats_from_pb(r.columns).map_err(bad)?;
+        self.handle.report_stats(r.client_id, stats, r.num_train_examples).await.map_err(status)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn get_plan(&self, req: Request<pb::GetPlanRequest>) -> Result<Response<pb::Plan>, Status> {
+        let plan = self.handle.plan(req.into_inner().client_id).await.map_err(status)?;
+        Ok(Response::new(plan.map_or_else(pb::Plan::default, |p| wire::plan_to_pb(&p))))
+    }
+
+    async fn pull_work(&self, req: Request<pb::PullWorkRequest>) -> Result<Response<pb::WorkItem>, Status> {
+        let client = req.into_inner().client_id;
+        let mut progress = self.handle.progress();
+        let deadline = tokio::time::Instant::now() + self.long_poll;
+        // Long poll: answer as soon as there is work, so rounds do not wait on a polling interval.
+        let work = loop {
+            progress.borrow_and_update();
+            let work = self.handle.pull_work(client.clone()).await.map_err(status)?;
+            if !matches!(work, Work::Wait { .. }) {
+                break work;
+            }
+            match tokio::time::timeout_at(deadline, progress.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => break work,
+            }
+        };
+        Ok(Response::new(work_to_pb(work)))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::Ack>, Status> {
+        self.handle.touch(req.into_inner().client_id).await.map_err(status)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    type DownloadModelStream = ModelStream;
+
+    async fn download_model(&self, req: Request<pb::DownloadModelRequest>) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let r = req.into_inner();
+        let model = self.handle.model(r.client_id, r.round, r.model_hash.clone()).await.map_err(status)?;
+        // Chunks are made as the client reads them: memory stays one shared model plus a chunk.
+        let chunks = wire::model_chunks(model, r.round, r.model_hash).map(Ok);
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn upload_update(&self, req: Request<Streaming<pb::UpdateChunk>>) -> Result<Response<pb::Ack>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty update stream"))?;
+        let UpdatePart::Header(h) = wire::update_part(first).map_err(bad)? else {
+            return Err(Status::invalid_argument("an update stream must start with its header"));
+        };
+        // The header is checked before any value is read, so a refused update costs nothing.
+        let layout = self
+            .handle
+            .begin_update(h.client_id.clone(), h.round, h.base_model_hash.clone(), h.layout_fingerprint.clone(), h.total_values, h.num_examples)
+            .await
+            .map_err(status)?;
+        let mut asm = Assembler::new(h.total_values).map_err(bad)?;
+        while let Some(chunk) = stream.message().await? {
+            match wire::update_part(chunk).map_err(bad)? {
+                UpdatePart::Data(d) => asm.push(&d).map_err(|e| {
+                    Status::invalid_argument(format!("update of `{}` for round {}: {e}", h.client_id, h.round))
+                })?,
+                UpdatePart::Header(_) => return Err(bad(wire::WireError::UnexpectedHeader)),
+            }
+            // Receiving is progress: keep the lease of a site with a slow link alive.
+            self.handle.touch(h.client_id.clone()).await.map_err(status)?;
+        }
+        let values = asm.finish().map_err(|e| Status::invalid_argument(format!("update of `{}` for round {}: {e}", h.client_id, h.round)))?;
+        let delta = FlatParams::new(layout, values).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.handle.update(h.client_id, h.round, h.base_model_hash, delta, h.num_examples, h.metrics).await.map_err(status)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn submit_evaluation(&self, req: Request<pb::EvaluationResult>) -> Result<Response<pb::Ack>, Status> {
+        let r = req.into_inner();
+        let eval = wire::evaluation_from_pb(&r).map_err(|e| Status::invalid_argument(format!("evaluation of `{}` for round {}: {e}", r.client_id, r.round)))?;
+        self.handle.evaluation(r.client_id, r.round, r.model_hash, eval).await.map_err(status)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::Ack>, Status> {
+        self.handle.leave(req.into_inner().client_id).await;
+        Ok(Response::new(pb::Ack {}))
+    }
+}
+
+fn work_to_pb(w: Work) -> pb::WorkItem {
+    use pb::work_item::Kind;
+    let kind = match w {
+        Work::Fit { round, model_hash, plan_fingerprint, local_epochs } => {
+            Kind::Fit(pb::FitWork { round, model_hash, plan_fingerprint, local_epochs })
+        }
+        Work::Evaluate { round, model_hash, plan_fingerprint } => Kind::Evaluate(pb::EvaluateWork { round, model_hash, plan_fingerprint }),
+        Work::Wait { current_round } => Kind::Wait(pb::WaitWork { millis: 0, current_round }),
+        Work::Done { reason } => Kind::Done(pb::DoneWork { reason }),
+    };
+    pb::WorkItem { kind: Some(kind) }
+}

@@ -1,0 +1,193 @@
+//! `simulate`: a whole federation in one process — a coordinator and one client per site,
+//! talking real gRPC over loopback — followed by the baselines and the comparison table.
+
+pub mod baselines;
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use flotilla_client::{run_site, SiteOptions};
+use flotilla_common::site::{PreparedSite, SiteData};
+use flotilla_common::Task;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::federation::{Outcome, Policy};
+use crate::run_dir::{write_final, RunDir, RunDirError};
+use crate::runner;
+use crate::scenario::{load_sites, ScenarioError, SiteSource};
+use crate::summary;
+use baselines::Comparison;
+
+/// A simulation to run.
+#[derive(Debug, Clone)]
+pub struct SimulateOptions {
+    pub source: SiteSource,
+    pub task: Task,
+    pub seed: u64,
+    /// Round policy; `min_clients` is raised to the number of sites so all take part.
+    pub policy: Policy,
+    pub out: PathBuf,
+    /// Show a progress bar (off in tests).
+    pub progress: bool,
+    /// Compute the local-only and centralised baselines.
+    pub baselines: bool,
+}
+
+/// What a simulation produced.
+#[derive(Debug)]
+pub struct Simulation {
+    pub outcome: Outcome,
+    pub comparison: Option<Comparison>,
+    pub summary: serde_json::Value,
+    pub model_sha256: String,
+    pub seconds: f64,
+}
+
+/// Why a simulation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    #[error("round policy: {0}")]
+    Policy(String),
+    #[error("cannot listen on loopback: {0}")]
+    Listen(std::io::Error),
+    #[error("{0}")]
+    Site(String),
+    #[error("the federation stopped before its last round")]
+    Unfinished,
+    #[error("baselines: {0}")]
+    Baselines(String),
+}
+
+/// Runs the federation, then the baselines; writes the run directory.
+pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError> {
+    let start = Instant::now();
+    let sites = load_sites(&opts.source, &opts.task, opts.seed)?;
+    let mut policy = opts.policy.clone();
+    policy.min_clients = policy.min_clients.max(sites.len());
+    policy.validate().map_err(SimulateError::Policy)?;
+    let run_dir = RunDir::create(&opts.out)?;
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(SimulateError::Listen)?;
+    let running = runner::start(opts.task.clone(), opts.seed, policy.clone(), Some(run_dir), listener).map_err(SimulateError::Listen)?;
+    tracing::info!(url = %running.url(), sites = sites.len(), "coordinator listening");
+
+    let stop_clients = CancellationToken::new();
+    // In a simulation every site is ours: one that fails (bad data, say) stops the run.
+    let site_failed = CancellationToken::new();
+    let failure = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let mut clients = Vec::new();
+    for (name, table) in &sites {
+        let opts = SiteOptions::new(running.url(), name.clone());
+        let (table, token, name) = (table.clone(), stop_clients.child_token(), name.clone());
+        let (failed, failure) = (site_failed.clone(), failure.clone());
+        clients.push(tokio::spawn(async move {
+            let r = run_site(opts, table, token).await;
+            if let Err(e) = &r {
+                if let Ok(mut f) = failure.lock() {
+                    f.get_or_insert_with(|| format!("site `{name}`: {e}"));
+                }
+                failed.cancel();
+            }
+            r
+        }));
+    }
+
+    let bar = progress_bar(opts.progress, policy.rounds);
+    let watcher = {
+        let mut rx = running.handle.progress();
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let p = rx.borrow_and_update().clone();
+                if let Some(r) = &p.last {
+                    bar.set_position(u64::from(r.round));
+                    bar.set_message(format!("accuracy {:.3}  auc {}", r.accuracy, r.auc.map_or("–".into(), |a| format!("{a:.3}"))));
+                }
+                if p.done {
+                    break;
+                }
+            }
+        })
+    };
+    let finished = running.wait_done(&site_failed).await;
+    if !finished {
+        bar.abandon();
+        stop_clients.cancel();
+        let _ = running.stop(Duration::ZERO).await;
+        let message = failure.lock().ok().and_then(|f| f.clone()).unwrap_or_else(|| "a site failed".into());
+        return Err(SimulateError::Site(message));
+    }
+    let _ = watcher.await;
+    bar.finish();
+    for c in clients {
+        let _ = tokio::time::timeout(Duration::from_secs(10), c).await;
+    }
+    stop_clients.cancel();
+    let outcome = running.stop(Duration::from_secs(2)).await.filter(|_| finished).ok_or(SimulateError::Unfinished)?;
+    let federation_seconds = start.elapsed().as_secs_f64();
+
+    // The baselines see all the data at once: only a simulation can compute them.
+    let comparison = if opts.baselines {
+        let (task, seed, rounds, o) = (opts.task.clone(), opts.seed, policy.rounds, outcome.clone());
+        let b = bar_spinner(opts.progress, "training the local-only and centralized baselines");
+        let c = tokio::task::spawn_blocking(move || -> Result<Comparison, String> {
+            let data = encode_sites(&sites, &task, &o, seed).map_err(|e| e.to_string())?;
+            baselines::compare(&task, &o.plan, &o.shape, &data, &o.model, rounds, seed).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| SimulateError::Baselines(e.to_string()))?
+        .map_err(SimulateError::Baselines)?;
+        b.finish_and_clear();
+        Some(c)
+    } else {
+        None
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let mut summary = summary::summary(&opts.task, opts.seed, &outcome, comparison.as_ref());
+    summary["timings"] = serde_json::json!({ "total_seconds": seconds, "federation_seconds": federation_seconds });
+    let model_sha256 = write_final(&opts.out, &outcome.model, &summary)?;
+    summary["model_sha256"] = serde_json::Value::String(model_sha256.clone());
+    Ok(Simulation { outcome, comparison, summary, model_sha256, seconds })
+}
+
+/// Every site's data, encoded with the federation's final plan (as the sites did).
+fn encode_sites(sites: &[(String, flotilla_common::data::RawTable)], task: &Task, o: &Outcome, seed: u64) -> Result<BTreeMap<String, SiteData>, flotilla_common::DataError> {
+    let mut out = BTreeMap::new();
+    for (name, table) in sites {
+        let prepared = PreparedSite::new(name, table, task, seed)?;
+        out.insert(name.clone(), prepared.encode(&o.plan, task, seed)?);
+    }
+    Ok(out)
+}
+
+fn progress_bar(visible: bool, rounds: u32) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(u64::from(rounds));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} round {pos:>3}/{len} [{bar:30.cyan/blue}] {msg}  {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message("waiting for sites");
+    bar
+}
+
+fn bar_spinner(visible: bool, msg: &'static str) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new_spinner();
+    b.set_message(msg);
+    b.enable_steady_tick(Duration::from_millis(120));
+    b
+}

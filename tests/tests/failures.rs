@@ -1,0 +1,163 @@
+//! Failure is a normal outcome: a site that vanishes mid-round, requests for closed rounds,
+//! and bad data files.
+
+use std::time::Duration;
+
+use flotilla_client::run_site;
+use flotilla_common::data::RawTable;
+use flotilla_common::site::PreparedSite;
+use flotilla_common::train::evaluate;
+use flotilla_common::model::ModelShape;
+use flotilla_common::wire;
+use flotilla_common::Task;
+use flotilla_proto::pb::{self, federation_client::FederationClient};
+use flotilla_proto::PROTOCOL_VERSION;
+use flotilla_tests::{hospital_sites, start_coordinator, test_policy, test_site};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// A site driven by hand: joins and reports like a real one, evaluates when asked, and
+/// disappears without a word as soon as it is asked to train.
+async fn vanishing_site(url: String, name: String, table: RawTable) -> u32 {
+    let mut rpc = FederationClient::<Channel>::connect(url).await.unwrap();
+    let joined = rpc
+        .join(pb::JoinRequest { site: name.clone(), protocol_version: PROTOCOL_VERSION, num_rows: table.rows.len() as u64, columns: table.header.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let task = Task::from_toml(&joined.task_toml, "task").unwrap();
+    let prepared = PreparedSite::new(&name, &table, &task, joined.seed).unwrap();
+    let id = joined.client_id.clone();
+    rpc.report_stats(pb::ReportStatsRequest { client_id: id.clone(), columns: wire::stats_to_pb(&prepared.stats), num_train_examples: prepared.num_train() as u64 })
+        .await
+        .unwrap();
+    loop {
+        let work = rpc.pull_work(pb::PullWorkRequest { client_id: id.clone(), known_round: 0 }).await.unwrap().into_inner();
+        match work.kind.unwrap() {
+            pb::work_item::Kind::Fit(f) => return f.round, // vanish: no update, no heartbeat, no goodbye
+            pb::work_item::Kind::Evaluate(e) => {
+                let plan = wire::plan_from_pb(rpc.get_plan(pb::GetPlanRequest { client_id: id.clone() }).await.unwrap().into_inner()).unwrap().unwrap();
+                let data = prepared.encode(&plan, &task, joined.seed).unwrap();
+                let mut stream = rpc
+                    .download_model(pb::DownloadModelRequest { client_id: id.clone(), round: e.round, model_hash: e.model_hash.clone() })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let mut chunks = Vec::new();
+                while let Some(c) = stream.message().await.unwrap() {
+                    chunks.push(c);
+                }
+                let (_, model) = wire::model_from_chunks(chunks).unwrap();
+                let shape = ModelShape::for_task(&task, plan.width());
+                let eval = evaluate(&model, &shape, &data.test).unwrap();
+                rpc.submit_evaluation(wire::evaluation_to_pb(&id, e.round, &e.model_hash, &eval)).await.unwrap();
+            }
+            pb::work_item::Kind::Wait(_) => {}
+            pb::work_item::Kind::Done(_) => panic!("the federation ended before asking this site to train"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_that_vanishes_mid_round_does_not_hang_the_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let sites = hospital_sites(1);
+    let running = start_coordinator(Task::hospitals(), 1, test_policy(2, 4), dir.path()).await;
+    let token = CancellationToken::new();
+    let mut honest = Vec::new();
+    for (name, table) in sites.iter().take(3).cloned() {
+        honest.push(tokio::spawn(run_site(test_site(running.url(), &name), table, token.clone())));
+    }
+    let (name, table) = sites[3].clone();
+    let vanished_in = vanishing_site(running.url(), name, table).await;
+    assert_eq!(vanished_in, 1);
+
+    // Bounded so a regression fails instead of hanging CI.
+    let finished = tokio::time::timeout(Duration::from_secs(120), running.wait_done(&CancellationToken::new())).await;
+    assert_eq!(finished, Ok(true), "the federation must finish without the vanished site");
+    for h in honest {
+        let report = h.await.unwrap().unwrap();
+        assert_eq!(report.rounds_trained, 2);
+    }
+    let outcome = running.stop(Duration::from_secs(1)).await.unwrap();
+    let round1 = &outcome.history[1];
+    assert_eq!((round1.selected, round1.clients, round1.failed), (4, 3, 1), "{round1:?}");
+    assert_eq!(outcome.history[2].selected, 3, "the vanished site is no longer sampled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_closed_rounds_and_unknown_clients_get_clear_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let sites = hospital_sites(1);
+    let running = start_coordinator(Task::hospitals(), 1, test_policy(1, 1), dir.path()).await;
+    let mut rpc = FederationClient::<Channel>::connect(running.url()).await.unwrap();
+
+    let err = rpc.pull_work(pb::PullWorkRequest { client_id: "nobody#1".into(), known_round: 0 }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("join again"), "{}", err.message());
+
+    let err = rpc
+        .join(pb::JoinRequest { site: "Cleveland".into(), protocol_version: 99, num_rows: 1, columns: vec!["num".into()] })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("protocol version 99"), "{}", err.message());
+
+    let err = rpc
+        .join(pb::JoinRequest { site: "Cleveland".into(), protocol_version: PROTOCOL_VERSION, num_rows: 1, columns: vec!["age".into()] })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("`num`"), "{}", err.message());
+
+    // A joined site uploads for a round that is not open.
+    let (name, table) = sites[0].clone();
+    let joined = rpc
+        .join(pb::JoinRequest { site: name.clone(), protocol_version: PROTOCOL_VERSION, num_rows: table.rows.len() as u64, columns: table.header.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let header = pb::UpdateChunk {
+        kind: Some(pb::update_chunk::Kind::Header(pb::UpdateHeader {
+            client_id: joined.client_id.clone(),
+            round: 5,
+            base_model_hash: "00".into(),
+            layout_fingerprint: "00".into(),
+            total_values: 1,
+            num_examples: 1,
+            metrics: None,
+        })),
+    };
+    let err = rpc.upload_update(tokio_stream::iter(vec![header])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("round 5") && err.message().contains("not open"), "{}", err.message());
+    running.stop(std::time::Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_csv_is_reported_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad-hospital.csv");
+    let (_, cleveland) = hospital_sites(1).into_iter().next().unwrap();
+    let mut text = cleveland.header.join(",") + "\n";
+    for (i, row) in cleveland.rows.iter().take(20).enumerate() {
+        let mut fields = row.fields.clone();
+        if i == 3 {
+            fields[1] = "sixty-one".into(); // age, data line 4 = file line 5
+        }
+        text += &(fields.iter().map(|f| if f.contains(',') { format!("\"{f}\"") } else { f.clone() }).collect::<Vec<_>>().join(",") + "\n");
+    }
+    std::fs::write(&path, text).unwrap();
+    let table = RawTable::read(&path).unwrap();
+
+    let running = start_coordinator(Task::hospitals(), 1, test_policy(1, 1), &dir.path().join("run")).await;
+    let err = run_site(test_site(running.url(), "Bad"), table, CancellationToken::new()).await.unwrap_err().to_string();
+    assert!(err.contains("bad-hospital.csv:5"), "{err}");
+    assert!(err.contains("column `age`") && err.contains("sixty-one"), "{err}");
+    running.stop(std::time::Duration::ZERO).await;
+
+    // A ragged row is caught when the file is read, before anything is sent.
+    std::fs::write(&path, "age,num\n63,0\n64\n").unwrap();
+    let err = RawTable::read(&path).unwrap_err().to_string();
+    assert!(err.contains("bad-hospital.csv:3") && err.contains("1 fields"), "{err}");
+}
