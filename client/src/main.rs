@@ -34,6 +34,10 @@ struct Args {
     /// Seconds to keep trying to reach the coordinator at start.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     connect_timeout: f64,
+    /// Seed of this site's randomness (train/test split, shuffles, augmentation).
+    /// Default: the federation's seed, so the coordinator's --seed reproduces the whole run.
+    #[arg(long, value_name = "SEED")]
+    seed: Option<u64>,
     /// Log filter (e.g. info, debug, flotilla_client=debug).
     #[arg(long, default_value = "info", value_name = "FILTER")]
     log: String,
@@ -63,6 +67,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut opts = SiteOptions::new(args.coordinator.clone(), args.site.clone());
     opts.heartbeat = Duration::from_secs_f64(args.heartbeat);
     opts.connect_patience = Duration::from_secs_f64(args.connect_timeout);
+    opts.seed = args.seed;
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

@@ -31,12 +31,15 @@ pub struct SiteOptions {
     pub heartbeat: Duration,
     /// How long to keep trying to reach the coordinator at start.
     pub connect_patience: Duration,
+    /// Seed of the site's own randomness (split, shuffles, augmentation). `None` uses the
+    /// federation's seed, so a whole run is reproducible from the coordinator's seed alone.
+    pub seed: Option<u64>,
 }
 
 impl SiteOptions {
     /// Options with the defaults for everything but the address and the name.
     pub fn new(coordinator: impl Into<String>, site: impl Into<String>) -> Self {
-        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30) }
+        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), seed: None }
     }
 }
 
@@ -114,6 +117,7 @@ async fn join(conn: &Connection, opts: &SiteOptions, table: &RawTable) -> Result
             other => other,
         })?;
     let task = Task::from_toml(&task_toml, "the coordinator's task")?;
+    let seed = opts.seed.unwrap_or(seed);
     let prepared = PreparedSite::new(&opts.site, table, &task, seed)?;
     for skipped in &prepared.rows.skipped {
         tracing::warn!(site = %opts.site, "skipped row: {skipped}");

@@ -6,8 +6,11 @@ use plotters::prelude::*;
 
 use crate::federation::RoundRecord;
 
-/// Draws accuracy and AUC per round; horizontal guides show optional reference accuracies.
-pub fn write_accuracy_chart(path: &Path, history: &[RoundRecord]) -> Result<(), Box<dyn std::error::Error>> {
+/// A horizontal guide: a labelled reference accuracy (a baseline).
+pub type Reference = (String, f64);
+
+/// Draws accuracy and AUC per round; horizontal guides show reference accuracies.
+pub fn write_accuracy_chart(path: &Path, history: &[RoundRecord], references: &[Reference]) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let last = history.iter().map(|r| r.round).max().unwrap_or(1).max(1);
@@ -34,6 +37,15 @@ pub fn write_accuracy_chart(path: &Path, history: &[RoundRecord]) -> Result<(), 
         .draw_series(LineSeries::new(auc, RED.stroke_width(2)))?
         .label("ROC AUC")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+    let palette = [RGBColor(0x2c, 0xa0, 0x2c), RGBColor(0x99, 0x99, 0x99), RGBColor(0xff, 0x7f, 0x0e)];
+    for (i, (label, value)) in references.iter().enumerate() {
+        let color = palette[i % palette.len()];
+        let style = ShapeStyle { color: color.to_rgba(), filled: false, stroke_width: 1 };
+        chart
+            .draw_series(DashedLineSeries::new(vec![(0, *value), (last, *value)], 6, 4, style))?
+            .label(format!("{label} {value:.3}"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
     chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     root.present()?;
     Ok(())

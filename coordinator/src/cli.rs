@@ -29,6 +29,8 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Serve a federation to remote sites (`flotilla-client`).
     Serve(ServeArgs),
+    /// Write one CSV per site (a bundled scenario, or a CSV split), for `flotilla-client --data`.
+    Split(SplitArgs),
 }
 
 /// Flags shared by `simulate` and `serve`: the round policy and the run.
@@ -63,8 +65,9 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
 }
 
+/// Where simulated sites come from.
 #[derive(Debug, Args)]
-pub struct SimulateArgs {
+pub struct SourceArgs {
     /// A bundled scenario.
     #[arg(long, value_enum, conflicts_with_all = ["data", "clients_dir"])]
     pub scenario: Option<Scenario>,
@@ -80,6 +83,12 @@ pub struct SimulateArgs {
     /// A directory with one CSV per site (the file stem is the site name; needs --config).
     #[arg(long, value_name = "DIR")]
     pub clients_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Skip the local-only and centralised baselines.
     #[arg(long)]
     pub no_baselines: bool,
@@ -88,6 +97,22 @@ pub struct SimulateArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// Writes each simulated site's rows to its own CSV, for `flotilla-client --data`.
+#[derive(Debug, Args)]
+pub struct SplitArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Federation task (needed with --data for the label of a Dirichlet split).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Seed of the split.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Directory for `<site>.csv` files.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -145,23 +170,22 @@ impl RunArgs {
     }
 }
 
-impl SimulateArgs {
-    /// Where the simulated sites come from.
-    pub fn source(&self) -> Result<SiteSource, String> {
+impl SourceArgs {
+    /// Where the simulated sites come from; custom data needs a task file (`has_config`).
+    pub fn source(&self, has_config: bool) -> Result<SiteSource, String> {
+        let need_config = |flag: &str| {
+            if has_config { Ok(()) } else { Err(format!("{flag} needs --config FILE.toml (label and columns of the task)")) }
+        };
         match (&self.scenario, &self.data, &self.clients_dir) {
             (Some(s), None, None) => Ok(SiteSource::Scenario(*s)),
             (None, Some(file), None) => {
                 let clients = self.clients.ok_or("--data needs --clients N")?;
                 let partition: Partition = self.partition.parse()?;
-                if self.run.config.is_none() {
-                    return Err("--data needs --config FILE.toml (label and columns of the task)".into());
-                }
+                need_config("--data")?;
                 Ok(SiteSource::Csv { file: file.clone(), clients, partition })
             }
             (None, None, Some(dir)) => {
-                if self.run.config.is_none() {
-                    return Err("--clients-dir needs --config FILE.toml (label and columns of the task)".into());
-                }
+                need_config("--clients-dir")?;
                 Ok(SiteSource::Dir(dir.clone()))
             }
             _ => Err("say where the sites come from: --scenario hospitals|banks, --data FILE.csv --clients N, or --clients-dir DIR".into()),

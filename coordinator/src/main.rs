@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use flotilla_coordinator::cli::{Cli, Command, ServeArgs, SimulateArgs};
+use flotilla_coordinator::cli::{Cli, Command, ServeArgs, SimulateArgs, SplitArgs};
+use flotilla_coordinator::scenario::load_sites;
+use flotilla_common::Task;
 use flotilla_coordinator::run_dir::{write_final, RunDir};
 use flotilla_coordinator::simulate::{report, simulate, SimulateOptions};
 use flotilla_coordinator::{runner, summary};
@@ -16,13 +18,14 @@ fn main() -> ExitCode {
     // The simulation draws a progress bar: only warnings go to the log by default there.
     let default = match cli.command {
         Command::Simulate(_) => "warn",
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Split(_) => "info",
     };
     let filter = cli.log.clone().unwrap_or_else(|| default.to_owned());
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_target(false).with_writer(std::io::stderr).init();
     let result = match cli.command {
         Command::Simulate(a) => run_simulate(a),
         Command::Serve(a) => run_serve(a),
+        Command::Split(a) => run_split(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -35,8 +38,8 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
-    let source = a.source().map_err(anyhow::Error::msg)?;
-    let task = a.run.task(a.scenario).map_err(anyhow::Error::msg)?;
+    let source = a.source.source(a.run.config.is_some()).map_err(anyhow::Error::msg)?;
+    let task = a.run.task(a.source.scenario).map_err(anyhow::Error::msg)?;
     let policy = a.run.policy(1).map_err(anyhow::Error::msg)?;
     let sim = simulate(SimulateOptions {
         source,
@@ -98,6 +101,23 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     let sha = write_final(&a.run.out, &outcome.model, &summary)?;
     if let Some(last) = outcome.history.last() {
         tracing::info!(accuracy = last.accuracy, loss = last.loss, model_sha256 = %sha, "federation finished");
+    }
+    Ok(())
+}
+
+fn run_split(a: SplitArgs) -> anyhow::Result<()> {
+    let source = a.source.source(a.config.is_some()).map_err(anyhow::Error::msg)?;
+    let task = match (&a.config, a.source.scenario) {
+        (Some(path), _) => Task::from_file(path)?,
+        (None, Some(s)) => s.task(),
+        (None, None) => anyhow::bail!("--config FILE.toml is needed to split --data"),
+    };
+    let sites = load_sites(&source, &task, a.seed)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    for (name, table) in &sites {
+        let path = a.out.join(format!("{name}.csv"));
+        table.write(&path)?;
+        println!("{} rows -> {}", table.rows.len(), path.display());
     }
     Ok(())
 }

@@ -63,7 +63,7 @@ impl RunDir {
         let bytes = to_safetensors(model, meta).map_err(|e| other(&self.root.join("checkpoint.safetensors"), e))?;
         write_atomic(&self.root.join("checkpoint.safetensors"), &bytes)?;
         // The chart is cheap and a person watching a long run likes to see it grow.
-        chart::write_accuracy_chart(&self.root.join("accuracy.svg"), &self.history).map_err(|e| other(&self.root.join("accuracy.svg"), e))?;
+        chart::write_accuracy_chart(&self.root.join("accuracy.svg"), &self.history, &[]).map_err(|e| other(&self.root.join("accuracy.svg"), e))?;
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::federation::{Outcome, Policy};
 use crate::run_dir::{write_final, RunDir, RunDirError};
-use crate::runner;
+use crate::{chart, runner};
 use crate::scenario::{load_sites, ScenarioError, SiteSource};
 use crate::summary;
 use baselines::Comparison;
@@ -149,6 +149,15 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     } else {
         None
     };
+    if let Some(c) = &comparison {
+        let refs = vec![
+            ("centralized".to_owned(), c.centralized.pooled.accuracy),
+            ("local-only mean".to_owned(), report::local_mean_accuracy(c)),
+        ];
+        let path = opts.out.join("accuracy.svg");
+        chart::write_accuracy_chart(&path, &outcome.history, &refs)
+            .map_err(|e| RunDirError::Other { path, message: e.to_string() })?;
+    }
     let seconds = start.elapsed().as_secs_f64();
     let mut summary = summary::summary(&opts.task, opts.seed, &outcome, comparison.as_ref());
     summary["timings"] = serde_json::json!({ "total_seconds": seconds, "federation_seconds": federation_seconds });
