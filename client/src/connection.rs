@@ -13,6 +13,7 @@ use flotilla_proto::PROTOCOL_VERSION;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ClientError;
+use crate::tls::{install_crypto_provider, ClientTls};
 
 /// What the coordinator asks of the site.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,21 +39,34 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects, retrying with backoff for up to `patience` (the coordinator may still be starting).
-    pub async fn connect(url: &str, patience: Duration) -> Result<Self, ClientError> {
+    /// Connects, retrying with backoff for up to `patience` (the coordinator may still be
+    /// starting). `https://` URLs need `tls`; a refused certificate is not retried.
+    pub async fn connect(url: &str, tls: Option<&ClientTls>, patience: Duration) -> Result<Self, ClientError> {
         let err = |m: String| ClientError::Connect { url: url.to_owned(), message: m };
-        let endpoint = Endpoint::from_shared(url.to_owned())
+        let https = url.starts_with("https://");
+        if https != tls.is_some() {
+            return Err(err(if https {
+                "an https:// coordinator needs the site's certificate (--ca, --cert, --key)".into()
+            } else {
+                "TLS material was given but the URL is not https://".into()
+            }));
+        }
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| err(format!("not a valid URL: {e}")))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
+        if let Some(tls) = tls {
+            install_crypto_provider();
+            endpoint = endpoint.tls_config(tls.config()).map_err(|e| err(format!("TLS configuration: {}", source_chain(&e))))?;
+        }
         let start = std::time::Instant::now();
         let mut delay = Duration::from_millis(50);
         loop {
             match endpoint.connect().await {
                 Ok(channel) => return Ok(Self { rpc: FederationClient::new(channel) }),
-                Err(e) if start.elapsed() + delay > patience => return Err(err(source_chain(&e))),
+                Err(e) if start.elapsed() + delay > patience || is_tls_refusal(&source_chain(&e)) => return Err(err(source_chain(&e))),
                 Err(_) => {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
@@ -157,6 +171,12 @@ impl Connection {
         self.rpc.clone().leave(pb::LeaveRequest { client_id: client_id.to_owned() }).await.map_err(|s| ClientError::rpc("leave", s))?;
         Ok(())
     }
+}
+
+/// A handshake the other side refused will be refused again: do not retry it.
+fn is_tls_refusal(chain: &str) -> bool {
+    let c = chain.to_ascii_lowercase();
+    c.contains("certificate") || c.contains("alert") || c.contains("handshake")
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

@@ -20,6 +20,8 @@ pub enum ClientError {
     Train(#[from] TrainError),
     #[error("from the coordinator: {0}")]
     Wire(#[from] WireError),
+    #[error("this site's certificate: {0}")]
+    Certificate(String),
     #[error("a local task failed: {0}")]
     Join(String),
 }

@@ -6,27 +6,38 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
-use flotilla_client::{run_site, SiteOptions};
+use clap::{Parser, Subcommand};
+use flotilla_client::{run_site, ClientTls, SiteOptions};
+use flotilla_common::pki;
 use flotilla_common::data::RawTable;
 use tokio_util::sync::CancellationToken;
 
 /// A site of a Flotilla federation: trains on local data, sends only weight deltas.
 #[derive(Debug, Parser)]
-#[command(name = "flotilla-client", version, about, long_about = None)]
+#[command(name = "flotilla-client", version, about, long_about = None, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Args {
-    /// The coordinator's URL, e.g. http://127.0.0.1:50051.
-    #[arg(long, value_name = "URL")]
-    coordinator: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The coordinator's URL: https://HOST:PORT (mutual TLS) or, with --insecure, http://.
+    #[arg(long, value_name = "URL", required = true)]
+    coordinator: Option<String>,
     /// This site's CSV file (a header row, then only this site's rows).
-    #[arg(long, value_name = "FILE")]
-    data: PathBuf,
-    /// This site's name in the federation.
-    #[arg(long, value_name = "NAME")]
-    site: String,
-    /// Connect without TLS. Required for now: TLS is not implemented yet, so only use this
-    /// on loopback or a network you trust.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE", required = true)]
+    data: Option<PathBuf>,
+    /// This site's name in the federation (must match the name in its certificate).
+    #[arg(long, value_name = "NAME", required = true)]
+    site: Option<String>,
+    /// The federation CA certificate (PEM): the only issuer trusted for the coordinator.
+    #[arg(long, value_name = "CA.pem", requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// This site's certificate (PEM).
+    #[arg(long, value_name = "SITE.pem", requires = "ca")]
+    cert: Option<PathBuf>,
+    /// This site's private key (PEM).
+    #[arg(long, value_name = "SITE.key", requires = "ca")]
+    key: Option<PathBuf>,
+    /// Connect in plaintext to an http:// coordinator: no authentication, no confidentiality.
+    #[arg(long, conflicts_with = "ca")]
     insecure: bool,
     /// Seconds between heartbeats while training.
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
@@ -43,10 +54,35 @@ struct Args {
     log: String,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Certificates: make this site's key and a signing request for the federation's CA.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Write <site>.key (mode 0600, stays here) and <site>.csr (send it to the CA holder,
+    /// who runs `flotilla-coordinator certs sign`).
+    Request {
+        /// This site's name.
+        #[arg(long, value_name = "NAME")]
+        site: String,
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(&args.log)).with_target(false).init();
-    match run(args) {
+    let result = match args.command {
+        Some(Command::Certs(CertsCommand::Request { site, out })) => request(&site, &out),
+        None => run(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flotilla-client: {e:#}");
@@ -55,16 +91,32 @@ fn main() -> ExitCode {
     }
 }
 
+fn request(site: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    let req = pki::request(site)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    pki::write_pem(&out.join(format!("{site}.key")), &req.key_pem, true)?;
+    pki::write_pem(&out.join(format!("{site}.csr")), &req.csr_pem, false)?;
+    println!("wrote {0}.key (keep it here) and {0}.csr (send it to the federation's CA) in {1}", site, out.display());
+    Ok(())
+}
+
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
-    if !args.insecure {
-        anyhow::bail!("TLS is not available yet: pass --insecure to connect in plaintext (loopback or a trusted network only)");
-    }
+    // clap enforces these without a subcommand.
+    let (Some(coordinator), Some(data), Some(site)) = (args.coordinator.clone(), args.data.clone(), args.site.clone()) else {
+        anyhow::bail!("--coordinator, --data and --site are required");
+    };
+    let tls = match (&args.ca, &args.cert, &args.key) {
+        (Some(ca), Some(cert), Some(key)) => Some(ClientTls::from_files(ca, cert, key)?),
+        _ if args.insecure => None,
+        _ => anyhow::bail!("give the site its certificate (--ca ca.pem --cert SITE.pem --key SITE.key), or pass --insecure for plaintext"),
+    };
     if !(args.heartbeat > 0.0 && args.connect_timeout >= 0.0) {
         anyhow::bail!("--heartbeat must be positive and --connect-timeout non-negative");
     }
-    let table = RawTable::read(&args.data).with_context(|| format!("reading the data of site `{}`", args.site))?;
-    let mut opts = SiteOptions::new(args.coordinator.clone(), args.site.clone());
+    let table = RawTable::read(&data).with_context(|| format!("reading the data of site `{site}`"))?;
+    let mut opts = SiteOptions::new(coordinator, site.clone());
+    opts.tls = tls;
     opts.heartbeat = Duration::from_secs_f64(args.heartbeat);
     opts.connect_patience = Duration::from_secs_f64(args.connect_timeout);
     opts.seed = args.seed;
@@ -76,7 +128,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             signal.cancel();
         }
     });
-    let report = run_site(opts, table, shutdown).await.with_context(|| format!("site `{}`", args.site))?;
+    let report = run_site(opts, table, shutdown).await.with_context(|| format!("site `{site}`"))?;
     tracing::info!(
         trained = report.rounds_trained,
         evaluations = report.evaluations,

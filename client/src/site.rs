@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Connection, Joined, Work};
 use crate::error::ClientError;
+use crate::tls::ClientTls;
 
 /// How a site connects and behaves.
 #[derive(Debug, Clone)]
@@ -31,6 +32,8 @@ pub struct SiteOptions {
     pub heartbeat: Duration,
     /// How long to keep trying to reach the coordinator at start.
     pub connect_patience: Duration,
+    /// Mutual TLS material; required for an `https://` coordinator.
+    pub tls: Option<ClientTls>,
     /// Seed of the site's own randomness (split, shuffles, augmentation). `None` uses the
     /// federation's seed, so a whole run is reproducible from the coordinator's seed alone.
     pub seed: Option<u64>,
@@ -39,7 +42,7 @@ pub struct SiteOptions {
 impl SiteOptions {
     /// Options with the defaults for everything but the address and the name.
     pub fn new(coordinator: impl Into<String>, site: impl Into<String>) -> Self {
-        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), seed: None }
+        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), tls: None, seed: None }
     }
 }
 
@@ -70,7 +73,10 @@ struct Session {
 
 /// Runs a site until the federation is done or `shutdown` is cancelled.
 pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: CancellationToken) -> Result<SiteReport, ClientError> {
-    let conn = Connection::connect(&opts.coordinator, opts.connect_patience).await?;
+    if let Some(tls) = &opts.tls {
+        flotilla_common::pki::check_validity(&tls.cert_pem).map_err(|e| ClientError::Certificate(e.to_string()))?;
+    }
+    let conn = Connection::connect(&opts.coordinator, opts.tls.as_ref(), opts.connect_patience).await?;
     let mut report = SiteReport::default();
     let mut session = join(&conn, &opts, &table).await?;
     report.train_examples = session.prepared.num_train();
@@ -106,13 +112,33 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
     }
 }
 
+fn is_handshake_refusal(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("certificate") || m.contains("alert") || m.contains("tls") || m.contains("handshake")
+}
+
 async fn join(conn: &Connection, opts: &SiteOptions, table: &RawTable) -> Result<Session, ClientError> {
     let Joined { client_id, task_toml, seed } = conn
         .join(&opts.site, table.rows.len() as u64, table.header.clone())
         .await
         .map_err(|e| match e {
-            ClientError::Rpc { code: tonic::Code::InvalidArgument | tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition, message, .. } => {
-                ClientError::Refused { site: opts.site.clone(), message }
+            ClientError::Rpc {
+                code: tonic::Code::InvalidArgument | tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition | tonic::Code::Unauthenticated,
+                message,
+                ..
+            } => ClientError::Refused { site: opts.site.clone(), message },
+            // Over TLS 1.3 a refused client certificate shows up as a connection closed
+            // during the first call.
+            ClientError::Rpc { code: tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled, message, .. }
+                if opts.tls.is_some() || is_handshake_refusal(&message) =>
+            {
+                ClientError::Refused {
+                    site: opts.site.clone(),
+                    message: format!(
+                        "the coordinator closed the connection at the first call; it did not accept this site's certificate \
+                         (another CA, expired, or revoked?): {message}"
+                    ),
+                }
             }
             other => other,
         })?;

@@ -7,6 +7,7 @@
 //! - [`model`]: the burn MLP and the one bridge between burn modules and flat parameters.
 //! - [`train`]: local training and evaluation on the CPU.
 //! - [`wire`]: conversions between domain types and the protocol (the only module here that names `pb::`).
+//! - [`pki`]: the federation's certificates (CA, coordinator, sites, CSRs); identity = CN.
 //! - [`site`]: a site's data from file to encoded train/test splits.
 
 pub mod aggregate;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod model;
 pub mod model_file;
 pub mod params;
+pub mod pki;
 pub mod seed;
 pub mod site;
 pub mod task;

@@ -31,6 +31,50 @@ pub enum Command {
     Serve(ServeArgs),
     /// Write one CSV per site (a bundled scenario, or a CSV split), for `flotilla-client --data`.
     Split(SplitArgs),
+    /// Certificates for mutual TLS: a federation CA, the coordinator's and the sites'.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a CA, a coordinator certificate and one certificate per site in DIR:
+    /// ca.pem, ca.key, coordinator.pem, coordinator.key, <site>.pem, <site>.key (keys 0600).
+    Init {
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A site to certify (repeat for each site).
+        #[arg(long = "site", value_name = "NAME")]
+        sites: Vec<String>,
+        /// DNS names of the coordinator (repeatable; default localhost).
+        #[arg(long = "dns", value_name = "NAME")]
+        dns: Vec<String>,
+        /// IP addresses of the coordinator (repeatable; default 127.0.0.1).
+        #[arg(long = "ip", value_name = "IP")]
+        ips: Vec<std::net::IpAddr>,
+        /// Days the certificates are valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Sign a site's certificate signing request (from `flotilla-client certs request`).
+    Sign {
+        /// The CA certificate.
+        #[arg(long, value_name = "CA.pem")]
+        ca: PathBuf,
+        /// The CA's private key.
+        #[arg(long, value_name = "CA.key")]
+        ca_key: PathBuf,
+        /// The site's request.
+        #[arg(long, value_name = "SITE.csr")]
+        csr: PathBuf,
+        /// Where to write the site's certificate.
+        #[arg(long, value_name = "SITE.pem")]
+        out: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
 }
 
 /// Flags shared by `simulate` and `serve`: the round policy and the run.
@@ -57,6 +101,12 @@ pub struct RunArgs {
     /// Seconds after which a training or evaluation phase closes with what it has.
     #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
     pub round_timeout: f64,
+    /// Refuse updates whose L2 norm exceeds this bound.
+    #[arg(long, value_name = "NORM")]
+    pub max_update_norm: Option<f64>,
+    /// Only these sites may join (repeat the flag; default: any site with a valid certificate).
+    #[arg(long = "allow-site", value_name = "NAME")]
+    pub allow_sites: Vec<String>,
     /// Override the task's local epochs per round.
     #[arg(long, value_name = "E")]
     pub local_epochs: Option<u32>,
@@ -95,6 +145,9 @@ pub struct SimulateArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Talk plaintext on loopback instead of mutual TLS with a throwaway CA.
+    #[arg(long)]
+    pub insecure: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -126,9 +179,18 @@ pub struct ServeArgs {
     /// The task of a bundled scenario (instead of --config).
     #[arg(long, value_enum, conflicts_with = "config")]
     pub scenario: Option<Scenario>,
-    /// Serve without TLS. Required for now (TLS is not implemented yet); refused on a
-    /// non-loopback address unless --allow-insecure-network is given too.
-    #[arg(long)]
+    /// The coordinator's certificate (PEM), e.g. from `certs init`.
+    #[arg(long, value_name = "FILE.pem", requires_all = ["tls_key", "client_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The coordinator's private key (PEM).
+    #[arg(long, value_name = "FILE.key", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA whose certificates identify sites (mutual TLS).
+    #[arg(long, value_name = "CA.pem", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Serve plaintext, without TLS: no authentication of sites, no confidentiality.
+    /// Refused on a non-loopback address unless --allow-insecure-network is given too.
+    #[arg(long, conflicts_with = "tls_cert")]
     pub insecure: bool,
     /// Allow plaintext on a non-loopback address. Anyone on the path can read and alter models.
     #[arg(long)]
@@ -150,6 +212,8 @@ impl RunArgs {
             min_fit_results: self.min_fit_results,
             lease: secs("lease", self.lease)?,
             round_timeout: secs("round-timeout", self.round_timeout)?,
+            max_update_norm: self.max_update_norm,
+            allowed_sites: (!self.allow_sites.is_empty()).then(|| self.allow_sites.iter().cloned().collect()),
         };
         p.validate()?;
         Ok(p)

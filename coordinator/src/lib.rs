@@ -9,6 +9,7 @@
 //! - [`scenario`]: bundled scenarios and other sources of simulated sites.
 //! - [`simulate`]: a whole federation in one process, with baselines and the comparison table.
 //! - [`summary`]: the content of `summary.json`.
+//! - [`tls`]: the coordinator's mutual-TLS material.
 //! - [`cli`]: command-line flags and the two-step config (flags and TOML, then validated settings).
 
 pub mod chart;
@@ -21,3 +22,4 @@ pub mod server;
 pub mod service;
 pub mod simulate;
 pub mod summary;
+pub mod tls;

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use flotilla_coordinator::cli::{Cli, Command, ServeArgs, SimulateArgs, SplitArgs};
+use flotilla_coordinator::cli::{CertsCommand, Cli, Command, ServeArgs, SimulateArgs, SplitArgs};
+use flotilla_coordinator::tls::ServerTls;
+use flotilla_common::pki;
 use flotilla_coordinator::scenario::load_sites;
 use flotilla_common::Task;
 use flotilla_coordinator::run_dir::{write_final, RunDir};
@@ -18,7 +20,7 @@ fn main() -> ExitCode {
     // The simulation draws a progress bar: only warnings go to the log by default there.
     let default = match cli.command {
         Command::Simulate(_) => "warn",
-        Command::Serve(_) | Command::Split(_) => "info",
+        Command::Serve(_) | Command::Split(_) | Command::Certs(_) => "info",
     };
     let filter = cli.log.clone().unwrap_or_else(|| default.to_owned());
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_target(false).with_writer(std::io::stderr).init();
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
         Command::Simulate(a) => run_simulate(a),
         Command::Serve(a) => run_serve(a),
         Command::Split(a) => run_split(a),
+        Command::Certs(c) => run_certs(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,6 +52,7 @@ async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
         out: a.run.out.clone(),
         progress: !a.quiet,
         baselines: !a.no_baselines,
+        tls: !a.insecure,
     })
     .await?;
     if let Some(c) = &sim.comparison {
@@ -69,10 +73,15 @@ async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
-    if !a.insecure {
-        anyhow::bail!("TLS is not available yet: pass --insecure to serve in plaintext (loopback or a trusted network only)");
-    }
-    if !a.listen.ip().is_loopback() {
+    let tls = match (&a.tls_cert, &a.tls_key, &a.client_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(ServerTls::from_files(cert, key, ca)?),
+        _ if a.insecure => None,
+        _ => anyhow::bail!(
+            "give the coordinator its certificate (--tls-cert coordinator.pem --tls-key coordinator.key --client-ca ca.pem; \
+             `flotilla-coordinator certs init` makes them), or pass --insecure for plaintext"
+        ),
+    };
+    if tls.is_none() && !a.listen.ip().is_loopback() {
         if !a.allow_insecure_network {
             anyhow::bail!("refusing plaintext on non-loopback address {}: add --allow-insecure-network if you really mean it", a.listen);
         }
@@ -82,7 +91,7 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     let policy = a.run.policy(a.min_clients).map_err(anyhow::Error::msg)?;
     let run_dir = RunDir::create(&a.run.out)?;
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
-    let running = runner::start(task.clone(), a.run.seed, policy, Some(run_dir), listener)?;
+    let running = runner::start(task.clone(), a.run.seed, policy, Some(run_dir), listener, tls)?;
     tracing::info!(url = %running.url(), rounds = a.run.rounds, min_clients = a.min_clients, "coordinator listening");
     let interrupted = CancellationToken::new();
     let on_signal = interrupted.clone();
@@ -118,6 +127,25 @@ fn run_split(a: SplitArgs) -> anyhow::Result<()> {
         let path = a.out.join(format!("{name}.csv"));
         table.write(&path)?;
         println!("{} rows -> {}", table.rows.len(), path.display());
+    }
+    Ok(())
+}
+
+fn run_certs(c: CertsCommand) -> anyhow::Result<()> {
+    match c {
+        CertsCommand::Init { out, sites, dns, ips, days } => {
+            let dns = if dns.is_empty() { vec!["localhost".to_owned()] } else { dns };
+            let ips = if ips.is_empty() { vec![std::net::IpAddr::from([127, 0, 0, 1])] } else { ips };
+            pki::init_dir(&out, &sites, &dns, &ips, days)?;
+            println!("wrote ca.pem, ca.key, coordinator.pem, coordinator.key and {} site certificate(s) to {}", sites.len(), out.display());
+            println!("keep ca.key offline; give each site its <site>.pem, <site>.key and ca.pem");
+        }
+        CertsCommand::Sign { ca, ca_key, csr, out, days } => {
+            let ca = pki::Issued { cert_pem: pki::read_pem(&ca)?, key_pem: pki::read_pem(&ca_key)? };
+            let (cert, site) = pki::sign_request(&ca, &pki::read_pem(&csr)?, pki::Validity::days(days))?;
+            pki::write_pem(&out, &cert, false)?;
+            println!("signed a certificate for site `{site}`, valid {days} days: {}", out.display());
+        }
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::federation::{self, Federation, FederationHandle, Outcome, Policy};
 use crate::run_dir::RunDir;
 use crate::server;
+use crate::tls::ServerTls;
 
 /// A coordinator serving a federation.
 #[derive(Debug)]
@@ -22,22 +23,25 @@ pub struct Running {
     shutdown: CancellationToken,
     actor: JoinHandle<Option<Outcome>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Whether clients must use `https://` (mutual TLS).
+    https: bool,
 }
 
-/// Starts a federation on `listener`, recording into `run_dir`.
-pub fn start(task: Task, seed: u64, policy: Policy, run_dir: Option<RunDir>, listener: TcpListener) -> std::io::Result<Running> {
+/// Starts a federation on `listener`, recording into `run_dir`; `tls` turns on mutual TLS.
+pub fn start(task: Task, seed: u64, policy: Policy, run_dir: Option<RunDir>, listener: TcpListener, tls: Option<ServerTls>) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let (rounds, long_poll) = (policy.rounds, policy.long_poll());
     let (handle, actor) = federation::spawn(Federation::new(task, seed, policy), rounds, run_dir, shutdown.child_token());
-    let server = tokio::spawn(server::serve(listener, handle.clone(), long_poll, shutdown.child_token()));
-    Ok(Running { addr, handle, shutdown, actor, server })
+    let server = tokio::spawn(server::serve(listener, handle.clone(), long_poll, tls.clone(), shutdown.child_token()));
+    Ok(Running { addr, handle, shutdown, actor, server, https: tls.is_some() })
 }
 
 impl Running {
     /// The URL clients use.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        // Certificates name 127.0.0.1 and localhost; the URL uses the address as bound.
+        format!("{}://{}", if self.https { "https" } else { "http" }, self.addr)
     }
 
     /// Waits until the last round is closed, or `cancel` fires (then returns false).

@@ -12,6 +12,9 @@ use flotilla_proto::PROTOCOL_VERSION;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use flotilla_common::pki;
+
+use crate::federation::state::site_of_client_id;
 use crate::federation::{FederationHandle, Rejection, Work};
 
 /// The `flotilla.v1.Federation` service.
@@ -20,11 +23,36 @@ pub struct FederationService {
     handle: FederationHandle,
     /// How long `PullWork` waits for work before answering "wait" (see `Policy::long_poll`).
     long_poll: Duration,
+    /// With mutual TLS every request must carry a site certificate, and the site it names is
+    /// the only site the request may speak for.
+    mtls: bool,
 }
 
 impl FederationService {
-    pub fn new(handle: FederationHandle, long_poll: Duration) -> Self {
-        Self { handle, long_poll }
+    pub fn new(handle: FederationHandle, long_poll: Duration, mtls: bool) -> Self {
+        Self { handle, long_poll, mtls }
+    }
+
+    /// The site named by the caller's certificate (`None` without TLS).
+    fn caller<T>(&self, req: &Request<T>) -> Result<Option<String>, Status> {
+        if !self.mtls {
+            return Ok(None);
+        }
+        let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let leaf = certs.first().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        pki::site_of_certificate(leaf.as_ref()).map(Some).map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    /// Refuses a request whose client id belongs to another site than the certificate's.
+    fn authorize<T>(&self, req: &Request<T>, client_id: &str) -> Result<(), Status> {
+        if let Some(site) = self.caller(req)? {
+            if site_of_client_id(client_id) != Some(site.as_str()) {
+                return Err(Status::permission_denied(format!(
+                    "the certificate is for site `{site}` but the request speaks for client `{client_id}`"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -34,7 +62,7 @@ fn status(r: Rejection) -> Status {
         Rejection::UnknownClient(m) => Status::not_found(m),
         Rejection::InvalidArgument(m) => Status::invalid_argument(m),
         Rejection::Closed(m) | Rejection::Stale(m) => Status::failed_precondition(m),
-        Rejection::NotSelected(m) => Status::permission_denied(m),
+        Rejection::NotSelected(m) | Rejection::Forbidden(m) => Status::permission_denied(m),
         Rejection::Duplicate(m) => Status::already_exists(m),
     }
 }
@@ -48,7 +76,13 @@ type ModelStream = Pin<Box<dyn Stream<Item = Result<pb::ModelChunk, Status>> + S
 #[tonic::async_trait]
 impl FederationRpc for FederationService {
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
+        if let Some(site) = caller {
+            if site != r.site {
+                return Err(Status::permission_denied(format!("the certificate is for site `{site}` but the request claims to be `{}`", r.site)));
+            }
+        }
         if r.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
                 "site `{}` speaks protocol version {}, this coordinator speaks {PROTOCOL_VERSION}",
@@ -60,6 +94,7 @@ impl FederationRpc for FederationService {
     }
 
     async fn report_stats(&self, req: Request<pb::ReportStatsRequest>) -> Result<Response<pb::Ack>, Status> {
+        self.authorize(&req, &req.get_ref().client_id)?;
         let r = req.into_inner();
         let stats = wire::stats_from_pb(r.columns).map_err(bad)?;
         self.handle.report_stats(r.client_id, stats, r.num_train_examples).await.map_err(status)?;
@@ -67,11 +102,13 @@ impl FederationRpc for FederationService {
     }
 
     async fn get_plan(&self, req: Request<pb::GetPlanRequest>) -> Result<Response<pb::Plan>, Status> {
+        self.authorize(&req, &req.get_ref().client_id)?;
         let plan = self.handle.plan(req.into_inner().client_id).await.map_err(status)?;
         Ok(Response::new(plan.map_or_else(pb::Plan::default, |p| wire::plan_to_pb(&p))))
     }
 
     async fn pull_work(&self, req: Request<pb::PullWorkRequest>) -> Result<Response<pb::WorkItem>, Status> {
+        self.authorize(&req, &req.get_ref().client_id)?;
         let client = req.into_inner().client_id;
         let mut progress = self.handle.progress();
         let deadline = tokio::time::Instant::now() + self.long_poll;
@@ -91,6 +128,7 @@ impl FederationRpc for FederationService {
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::Ack>, Status> {
+        self.authorize(&req, &req.get_ref().client_id)?;
         self.handle.touch(req.into_inner().client_id).await.map_err(status)?;
         Ok(Response::new(pb::Ack {}))
     }
@@ -98,6 +136,7 @@ impl FederationRpc for FederationService {
     type DownloadModelStream = ModelStream;
 
     async fn download_model(&self, req: Request<pb::DownloadModelRequest>) -> Result<Response<Self::DownloadModelStream>, Status> {
+        self.authorize(&req, &req.get_ref().client_id)?;
         let r = req.into_inner();
         let model = self.handle.model(r.client_id, r.round, r.model_hash.clone()).await.map_err(status)?;
         // Chunks are made as the client reads them: memory stays one shared model plus a chunk.
@@ -106,35 +145,40 @@ impl FederationRpc for FederationService {
     }
 
     async fn upload_update(&self, req: Request<Streaming<pb::UpdateChunk>>) -> Result<Response<pb::Ack>, Status> {
+        let caller = self.caller(&req)?;
         let mut stream = req.into_inner();
         let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty update stream"))?;
         let UpdatePart::Header(h) = wire::update_part(first).map_err(bad)? else {
             return Err(Status::invalid_argument("an update stream must start with its header"));
         };
+        if let Some(site) = caller {
+            if site_of_client_id(&h.client_id) != Some(site.as_str()) {
+                return Err(Status::permission_denied(format!(
+                    "the certificate is for site `{site}` but the update speaks for client `{}`",
+                    h.client_id
+                )));
+            }
+        }
         // The header is checked before any value is read, so a refused update costs nothing.
         let layout = self
             .handle
             .begin_update(h.client_id.clone(), h.round, h.base_model_hash.clone(), h.layout_fingerprint.clone(), h.total_values, h.num_examples)
             .await
             .map_err(status)?;
-        let mut asm = Assembler::new(h.total_values).map_err(bad)?;
-        while let Some(chunk) = stream.message().await? {
-            match wire::update_part(chunk).map_err(bad)? {
-                UpdatePart::Data(d) => asm.push(&d).map_err(|e| {
-                    Status::invalid_argument(format!("update of `{}` for round {}: {e}", h.client_id, h.round))
-                })?,
-                UpdatePart::Header(_) => return Err(bad(wire::WireError::UnexpectedHeader)),
+        let values = match self.receive_values(&mut stream, &h).await {
+            Ok(v) => v,
+            Err(s) => {
+                self.handle.upload_failed(h.client_id.clone(), h.round, s.message().to_owned()).await;
+                return Err(s);
             }
-            // Receiving is progress: keep the lease of a site with a slow link alive.
-            self.handle.touch(h.client_id.clone()).await.map_err(status)?;
-        }
-        let values = asm.finish().map_err(|e| Status::invalid_argument(format!("update of `{}` for round {}: {e}", h.client_id, h.round)))?;
+        };
         let delta = FlatParams::new(layout, values).map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.handle.update(h.client_id, h.round, h.base_model_hash, delta, h.num_examples, h.metrics).await.map_err(status)?;
         Ok(Response::new(pb::Ack {}))
     }
 
     async fn submit_evaluation(&self, req: Request<pb::EvaluationResult>) -> Result<Response<pb::Ack>, Status> {
+        self.authorize(&req, &req.get_ref().client_id)?;
         let r = req.into_inner();
         let eval = wire::evaluation_from_pb(&r).map_err(|e| Status::invalid_argument(format!("evaluation of `{}` for round {}: {e}", r.client_id, r.round)))?;
         self.handle.evaluation(r.client_id, r.round, r.model_hash, eval).await.map_err(status)?;
@@ -142,8 +186,26 @@ impl FederationRpc for FederationService {
     }
 
     async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::Ack>, Status> {
+        self.authorize(&req, &req.get_ref().client_id)?;
         self.handle.leave(req.into_inner().client_id).await;
         Ok(Response::new(pb::Ack {}))
+    }
+}
+
+impl FederationService {
+    /// Reads an update's values into one buffer of the declared size, refusing anything more.
+    async fn receive_values(&self, stream: &mut Streaming<pb::UpdateChunk>, h: &wire::UpdateHeader) -> Result<Vec<f32>, Status> {
+        let what = |e: wire::WireError| Status::invalid_argument(format!("update of `{}` for round {}: {e}", h.client_id, h.round));
+        let mut asm = Assembler::new(h.total_values).map_err(what)?;
+        while let Some(chunk) = stream.message().await? {
+            match wire::update_part(chunk).map_err(what)? {
+                UpdatePart::Data(d) => asm.push(&d).map_err(what)?,
+                UpdatePart::Header(_) => return Err(what(wire::WireError::UnexpectedHeader)),
+            }
+            // Receiving is progress: keep the lease of a site with a slow link alive.
+            self.handle.touch(h.client_id.clone()).await.map_err(status)?;
+        }
+        asm.finish().map_err(what)
     }
 }
 

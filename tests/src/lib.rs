@@ -31,7 +31,7 @@ pub fn test_site(url: String, name: &str) -> flotilla_client::SiteOptions {
 pub async fn start_coordinator(task: Task, seed: u64, policy: Policy, out: &std::path::Path) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let run_dir = RunDir::create(out).expect("run dir");
-    runner::start(task, seed, policy, Some(run_dir), listener).expect("start coordinator")
+    runner::start(task, seed, policy, Some(run_dir), listener, None).expect("start coordinator")
 }
 
 /// A small synthetic CSV table: `rows` rows of `x1,x2,x3,y` with a learnable label.

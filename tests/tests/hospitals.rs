@@ -16,6 +16,7 @@ fn options(out: &std::path::Path, seed: u64, rounds: u32, baselines: bool) -> Si
         out: out.to_owned(),
         progress: false,
         baselines,
+        tls: true,
     }
 }
 

@@ -92,7 +92,9 @@ impl SiteRows {
                             _ => {
                                 return Err(DataError::Row {
                                     at: at(&columns[j]),
-                                    message: format!("`{v}` is not a number (the column is numeric)"),
+                                    // The value itself is not repeated: error messages end up in logs,
+                                    // and logs must not carry data.
+                                    message: "the value is not a number, and the column is numeric".into(),
                                 });
                             }
                         }
@@ -127,14 +129,14 @@ pub fn parse_label(v: &str, rule: &LabelRule) -> Result<u32, String> {
     match rule {
         LabelRule::PositiveAbove(t) => match v.parse::<f64>() {
             Ok(x) if x.is_finite() => Ok(u32::from(x > *t)),
-            _ => Err(format!("label `{v}` is not a number")),
+            _ => Err("the label is not a number".into()),
         },
         LabelRule::PositiveValues(pos) => Ok(u32::from(pos.iter().any(|p| p == v))),
         LabelRule::Classes(classes) => classes
             .iter()
             .position(|c| c == v)
             .map(|i| i as u32)
-            .ok_or_else(|| format!("label `{v}` is not one of the classes {classes:?}")),
+            .ok_or_else(|| format!("the label is not one of the task's {} classes", classes.len())),
     }
 }
 
@@ -174,7 +176,8 @@ mod tests {
              2,sixty,Male,Cleveland,asymptomatic,160,286,FALSE,lv hypertrophy,108,TRUE,1.5,flat,3,normal,2\n"
         ));
         let err = SiteRows::from_table(&t, &Task::hospitals().data).unwrap_err().to_string();
-        assert!(err.contains("site.csv:3") && err.contains("column `age`") && err.contains("sixty"), "{err}");
+        assert!(err.contains("site.csv:3") && err.contains("column `age`") && err.contains("not a number"), "{err}");
+        assert!(!err.contains("sixty"), "errors must not repeat data values: {err}");
 
         let mut spec = Task::hospitals().data;
         spec.bad_rows = BadRows::Skip;

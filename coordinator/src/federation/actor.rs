@@ -45,6 +45,7 @@ enum Request {
     Update { client: String, round: u32, base: String, delta: FlatParams, examples: u64, metrics: TrainReport, reply: Reply<()> },
     Evaluation { client: String, round: u32, hash: String, eval: Evaluation, reply: Reply<()> },
     Leave { client: String },
+    UploadFailed { client: String, round: u32, reason: String },
 }
 
 /// A cheap, cloneable way to talk to the federation actor.
@@ -96,6 +97,12 @@ impl FederationHandle {
     pub async fn evaluation(&self, client: String, round: u32, hash: String, eval: Evaluation) -> Result<(), Rejection> {
         ask!(self, Evaluation { client: client, round: round, hash: hash, eval: eval })
     }
+    /// Tells the actor that an upload failed after its header was accepted (a broken or
+    /// oversized stream), so the refusal is logged and counted in the round.
+    pub async fn upload_failed(&self, client: String, round: u32, reason: String) {
+        let _ = self.tx.send(Request::UploadFailed { client, round, reason }).await;
+    }
+
     pub async fn leave(&self, client: String) {
         let _ = self.tx.send(Request::Leave { client }).await;
     }
@@ -166,14 +173,27 @@ fn handle(fed: &mut Federation, req: Request) -> Vec<Event> {
             Vec::new()
         }
         Request::BeginUpdate { client, round, base, fingerprint, total, examples, reply } => {
-            let _ = reply.send(fed.begin_update(&client, round, &base, &fingerprint, total, examples, now));
+            let result = fed.begin_update(&client, round, &base, &fingerprint, total, examples, now);
+            if let Err(reason) = &result {
+                tracing::warn!(%client, round, %reason, "update rejected");
+            }
+            let _ = reply.send(result);
             Vec::new()
         }
         Request::Update { client, round, base, delta, examples, metrics, reply } => {
-            respond(reply, fed.submit_update(&client, round, &base, &delta, examples, metrics, now))
+            let result = fed.submit_update(&client, round, &base, &delta, examples, metrics, now);
+            if let Err(reason) = &result {
+                tracing::warn!(%client, round, %reason, "update rejected");
+            }
+            respond(reply, result)
         }
         Request::Evaluation { client, round, hash, eval, reply } => respond(reply, fed.submit_evaluation(&client, round, &hash, eval, now)),
         Request::Leave { client } => fed.leave(&client, now),
+        Request::UploadFailed { client, round, reason } => {
+            tracing::warn!(%client, round, %reason, "update rejected");
+            fed.upload_failed(round);
+            Vec::new()
+        }
     }
 }
 

@@ -18,6 +18,10 @@ pub struct Policy {
     pub lease: Duration,
     /// A training or evaluation phase closes with what it has after this long.
     pub round_timeout: Duration,
+    /// Largest L2 norm an update may have; larger ones are refused (`None`: no bound).
+    pub max_update_norm: Option<f64>,
+    /// Sites allowed to join (`None`: any site with a valid certificate).
+    pub allowed_sites: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Default for Policy {
@@ -29,6 +33,8 @@ impl Default for Policy {
             min_fit_results: 1,
             lease: Duration::from_secs(15),
             round_timeout: Duration::from_secs(600),
+            max_update_norm: None,
+            allowed_sites: None,
         }
     }
 }
@@ -53,6 +59,12 @@ impl Policy {
         }
         if self.min_fit_results == 0 {
             return Err("min-fit-results must be at least 1".into());
+        }
+        if self.max_update_norm.is_some_and(|n| !(n.is_finite() && n > 0.0)) {
+            return Err("max-update-norm must be a positive number".into());
+        }
+        if self.allowed_sites.as_ref().is_some_and(|s| s.is_empty()) {
+            return Err("the allow list of sites is empty: nobody could join".into());
         }
         if self.lease < Duration::from_millis(100) {
             return Err("the lease must be at least 100 ms".into());

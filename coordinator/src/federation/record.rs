@@ -17,6 +17,8 @@ pub struct RoundRecord {
     pub selected: usize,
     /// Selected sites that did not deliver (dropped, timed out, refused).
     pub failed: usize,
+    /// Updates refused by validation (each logged with site, round and reason).
+    pub rejected: usize,
     /// Sites that evaluated the model.
     pub evaluated: usize,
     /// Example-weighted mean of the sites' local training loss.
@@ -29,8 +31,8 @@ pub struct RoundRecord {
 
 impl RoundRecord {
     /// Column names of `metrics.csv`, in order.
-    pub const HEADER: [&'static str; 11] =
-        ["round", "accuracy", "loss", "auc", "clients", "selected", "failed", "evaluated", "train_loss", "seconds", "model_hash"];
+    pub const HEADER: [&'static str; 12] =
+        ["round", "accuracy", "loss", "auc", "clients", "selected", "failed", "rejected", "evaluated", "train_loss", "seconds", "model_hash"];
 
     /// The record as CSV fields (empty for absent values).
     pub fn fields(&self) -> Vec<String> {
@@ -43,6 +45,7 @@ impl RoundRecord {
             self.clients.to_string(),
             self.selected.to_string(),
             self.failed.to_string(),
+            self.rejected.to_string(),
             self.evaluated.to_string(),
             opt(self.train_loss),
             format!("{:.3}", self.seconds),

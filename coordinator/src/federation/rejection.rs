@@ -18,6 +18,9 @@ pub enum Rejection {
     /// The site was not selected for this round.
     #[error("{0}")]
     NotSelected(String),
+    /// The site may not do this (not on the allow list, or its certificate names another site).
+    #[error("{0}")]
+    Forbidden(String),
     /// The site already did this.
     #[error("{0}")]
     Duplicate(String),

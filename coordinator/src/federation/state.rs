@@ -86,6 +86,8 @@ struct FitRound {
     sum: WeightedSum,
     contributors: BTreeMap<String, (u64, TrainReport)>,
     failed: BTreeSet<String>,
+    /// Updates refused by validation in this round.
+    rejected: usize,
 }
 
 #[derive(Debug)]
@@ -104,6 +106,7 @@ struct FitSummary {
     clients: usize,
     selected: usize,
     failed: usize,
+    rejected: usize,
     train_loss: Option<f64>,
 }
 
@@ -183,6 +186,11 @@ impl Federation {
         if site.is_empty() || site.len() > 128 || site.chars().any(char::is_control) {
             return Err(Rejection::InvalidArgument(format!("site name `{site}` is empty, too long or has control characters")));
         }
+        if let Some(allowed) = &self.policy.allowed_sites {
+            if !allowed.contains(site) {
+                return Err(Rejection::Forbidden(format!("site `{site}` is not on this federation's allow list")));
+            }
+        }
         let needed = std::iter::once(&self.task.data.label.column);
         if let Some(missing) = needed.filter(|c| !columns.contains(c)).next() {
             return Err(Rejection::InvalidArgument(format!("site `{site}`: its data has no column `{missing}` (the label)")));
@@ -199,6 +207,9 @@ impl Federation {
     pub fn report_stats(&mut self, client_id: &str, stats: SiteStats, num_train: u64, now: Instant) -> Result<Vec<Event>, Rejection> {
         if num_train == 0 {
             return Err(Rejection::InvalidArgument("a site needs at least one training example".into()));
+        }
+        if stats.columns.is_empty() {
+            return Err(Rejection::InvalidArgument("a site must report at least one feature column".into()));
         }
         let c = self.client_mut(client_id, now)?;
         c.stats = Some(stats);
@@ -252,7 +263,17 @@ impl Federation {
     }
 
     /// Checks an update's header before its values are received; returns the layout to expect.
+    /// A refusal is counted in the round's metrics.
     pub fn begin_update(&mut self, client_id: &str, round: u32, base_hash: &str, fingerprint: &str, total: u64, num_examples: u64, now: Instant) -> Result<Layout, Rejection> {
+        let result = self.check_update_header(client_id, round, base_hash, fingerprint, total, num_examples, now);
+        if result.is_err() {
+            self.count_rejection(round);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_update_header(&mut self, client_id: &str, round: u32, base_hash: &str, fingerprint: &str, total: u64, num_examples: u64, now: Instant) -> Result<Layout, Rejection> {
         let c = self.client_mut(client_id, now)?;
         let (site, num_train) = (c.site.clone(), c.num_train);
         let f = self.open_fit(&site, round)?;
@@ -287,8 +308,26 @@ impl Federation {
         // The header checks again: the round may have closed while the values streamed in.
         self.begin_update(client_id, round, base_hash, delta.layout().fingerprint(), delta.values().len() as u64, num_examples, now)?;
         let site = self.clients[client_id].site.clone();
+        if let Some((i, v)) = delta.values().iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            self.count_rejection(round);
+            return Err(Rejection::InvalidArgument(format!(
+                "update of site `{site}` for round {round}: value {v} at index {i} is not finite"
+            )));
+        }
+        if let Some(bound) = self.policy.max_update_norm {
+            let norm = delta.l2_norm();
+            if norm > bound {
+                self.count_rejection(round);
+                return Err(Rejection::InvalidArgument(format!(
+                    "update of site `{site}` for round {round} has L2 norm {norm:.4e}, above the bound {bound}"
+                )));
+            }
+        }
         let Phase::Fit(f) = &mut self.phase else { unreachable!("begin_update checked the phase") };
-        f.sum.add(delta, num_examples).map_err(|e| Rejection::InvalidArgument(format!("update of site `{site}` for round {round}: {e}")))?;
+        if let Err(e) = f.sum.add(delta, num_examples) {
+            f.rejected += 1;
+            return Err(Rejection::InvalidArgument(format!("update of site `{site}` for round {round}: {e}")));
+        }
         f.pending.remove(&site);
         f.contributors.insert(site.clone(), (num_examples, metrics));
         let mut events = vec![Event::UpdateAccepted { site, round }];
@@ -402,6 +441,19 @@ impl Federation {
         }
     }
 
+    /// An upload whose header was accepted broke off or overflowed: count it as rejected.
+    pub fn upload_failed(&mut self, round: u32) {
+        self.count_rejection(round);
+    }
+
+    fn count_rejection(&mut self, round: u32) {
+        if let Phase::Fit(f) = &mut self.phase {
+            if f.round == round {
+                f.rejected += 1;
+            }
+        }
+    }
+
     fn forget_site(&mut self, site: &str, reason: &str) -> Vec<Event> {
         if self.clients.values().any(|c| c.site == site) {
             return Vec::new(); // the site rejoined under a new connection and keeps its role
@@ -499,6 +551,7 @@ impl Federation {
             sum: WeightedSum::new(layout),
             contributors: BTreeMap::new(),
             failed: BTreeSet::new(),
+            rejected: 0,
         });
         vec![Event::FitOpened { round, cohort: cohort.into_iter().collect() }]
     }
@@ -522,6 +575,7 @@ impl Federation {
             clients: f.contributors.len(),
             selected: f.cohort.len(),
             failed: f.failed.len(),
+            rejected: f.rejected,
             train_loss,
         };
         vec![self.open_evaluate(f.round, Some(summary), now)]
@@ -553,6 +607,7 @@ impl Federation {
             clients: fit.as_ref().map_or(0, |f| f.clients),
             selected: fit.as_ref().map_or(0, |f| f.selected),
             failed: fit.as_ref().map_or(0, |f| f.failed),
+            rejected: fit.as_ref().map_or(0, |f| f.rejected),
             evaluated: e.results.len(),
             train_loss: fit.as_ref().and_then(|f| f.train_loss),
             seconds: now.duration_since(fit.as_ref().map_or(e.started, |f| f.started)).as_secs_f64(),
@@ -571,6 +626,128 @@ impl Federation {
     }
 }
 
+/// The site a client id was issued to (ids are `<site>#<n>`), to check it against the
+/// caller's certificate.
+pub fn site_of_client_id(client_id: &str) -> Option<&str> {
+    client_id.rsplit_once('#').map(|(site, _)| site)
+}
+
 fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use flotilla_common::data::ColumnStats;
+
+    use super::*;
+
+    fn stats() -> SiteStats {
+        SiteStats { columns: vec![ColumnStats { name: "x".into(), numeric_count: 4, sum: 2.0, sum_squares: 3.0, ..Default::default() }] }
+    }
+
+    fn eval() -> Evaluation {
+        Evaluation { examples: 10, loss: 0.5, accuracy: 0.5, auc: None }
+    }
+
+    /// Two sites joined, round 0 evaluated, round 1 open for training.
+    fn in_round_one(policy: Policy) -> (Federation, String, String, Instant) {
+        let now = Instant::now();
+        let mut f = Federation::new(Task::banks(), 1, Policy { min_clients: 2, rounds: 2, ..policy });
+        let cols = vec!["creditability".to_owned(), "x".to_owned()];
+        let a = f.join("a", &cols, now).unwrap().0.client_id;
+        let b = f.join("b", &cols, now).unwrap().0.client_id;
+        f.report_stats(&a, stats(), 10, now).unwrap();
+        f.report_stats(&b, stats(), 20, now).unwrap();
+        let (_, h) = f.global().unwrap();
+        f.submit_evaluation(&a, 0, &h, eval(), now).unwrap();
+        f.submit_evaluation(&b, 0, &h, eval(), now).unwrap();
+        assert!(matches!(f.pull_work(&a, now).unwrap(), Work::Fit { round: 1, .. }));
+        (f, a, b, now)
+    }
+
+    fn delta(f: &Federation, v: f32) -> FlatParams {
+        let (g, _) = f.global().unwrap();
+        FlatParams::new(g.layout().clone(), vec![v; g.layout().total()]).unwrap()
+    }
+
+    #[test]
+    fn a_second_update_for_the_same_round_is_refused_and_not_counted() {
+        let (mut f, a, _, now) = in_round_one(Policy::default());
+        let (_, h) = f.global().unwrap();
+        let d = delta(&f, 0.01);
+        f.submit_update(&a, 1, &h, &d, 10, TrainReport::default(), now).unwrap();
+        let err = f.submit_update(&a, 1, &h, &d, 10, TrainReport::default(), now).unwrap_err();
+        assert!(matches!(err, Rejection::Duplicate(_)), "{err:?}");
+        let Phase::Fit(round) = &f.phase else { panic!("round 1 must still be open") };
+        assert_eq!((round.sum.count(), round.rejected), (1, 1));
+    }
+
+    #[test]
+    fn every_bad_update_is_refused_with_its_reason_and_leaves_the_model_alone() {
+        let (mut f, a, b, now) = in_round_one(Policy { max_update_norm: Some(100.0), ..Policy::default() });
+        let (g, h) = f.global().unwrap();
+        let (fp, total) = (g.layout().fingerprint().to_owned(), g.layout().total() as u64);
+        let mut nan = delta(&f, 0.01);
+        nan.values_mut()[3] = f32::NAN;
+        let mut inf = delta(&f, 0.01);
+        inf.values_mut()[0] = f32::INFINITY;
+        let huge = delta(&f, 10.0);
+        let ok = delta(&f, 0.01);
+        let m = TrainReport::default();
+        let cases: Vec<(&str, Result<Vec<Event>, Rejection>)> = vec![
+            ("not finite", f.submit_update(&a, 1, &h, &nan, 10, m, now)),
+            ("not finite", f.submit_update(&a, 1, &h, &inf, 10, m, now)),
+            ("L2 norm", f.submit_update(&a, 1, &h, &huge, 10, m, now)),
+            ("claims 11 examples", f.submit_update(&a, 1, &h, &ok, 11, m, now)),
+            ("computed from model", f.submit_update(&a, 1, "ffff", &ok, 10, m, now)),
+            ("not open", f.submit_update(&a, 2, &h, &ok, 10, m, now)),
+            ("has layout", f.begin_update(&a, 1, &h, "beef", total, 10, now).map(|_| Vec::new())),
+            ("has layout", f.begin_update(&a, 1, &h, &fp, total - 1, 10, now).map(|_| Vec::new())),
+            ("unknown", f.submit_update("a#99", 1, &h, &ok, 10, m, now)),
+        ];
+        for (reason, result) in cases {
+            let err = result.expect_err(reason);
+            assert!(err.to_string().contains(reason), "expected `{reason}`, got `{err}`");
+        }
+        assert_eq!(f.global().unwrap().1, h, "nothing changed the global model");
+        let Phase::Fit(round) = &f.phase else { panic!("round 1 must still be open") };
+        assert_eq!((round.sum.count(), round.rejected), (0, 8), "the update for round 2 counts against round 2, not this one");
+
+        // The honest updates still close the round.
+        f.submit_update(&a, 1, &h, &ok, 10, m, now).unwrap();
+        f.submit_update(&b, 1, &h, &ok, 20, m, now).unwrap();
+        assert_ne!(f.global().unwrap().1, h);
+    }
+
+    #[test]
+    fn the_allow_list_and_the_label_column_are_checked_at_join() {
+        let allowed = Some(["a".to_owned()].into_iter().collect());
+        let mut f = Federation::new(Task::banks(), 1, Policy { allowed_sites: allowed, ..Policy::default() });
+        let cols = vec!["creditability".to_owned()];
+        let now = Instant::now();
+        assert!(matches!(f.join("b", &cols, now), Err(Rejection::Forbidden(_))));
+        assert!(matches!(f.join("a", &["x".to_owned()], now), Err(Rejection::InvalidArgument(_))));
+        assert!(f.join("a", &cols, now).is_ok());
+    }
+
+    #[test]
+    fn a_silent_site_loses_its_lease_and_the_round_closes_without_it() {
+        let (mut f, a, b, now) = in_round_one(Policy { lease: Duration::from_secs(1), ..Policy::default() });
+        let (_, h) = f.global().unwrap();
+        f.submit_update(&a, 1, &h, &delta(&f, 0.01), 10, TrainReport::default(), now).unwrap();
+        f.touch(&a, now + Duration::from_secs(2)).unwrap();
+        let events = f.tick(now + Duration::from_secs(2));
+        assert!(events.iter().any(|e| matches!(e, Event::Dropped { site, .. } if site == "b")), "{events:?}");
+        assert!(matches!(f.pull_work(&a, now + Duration::from_secs(2)).unwrap(), Work::Evaluate { round: 1, .. }));
+        assert!(matches!(f.pull_work(&b, now), Err(Rejection::UnknownClient(_))));
+    }
+
+    #[test]
+    fn client_ids_name_their_site() {
+        assert_eq!(site_of_client_id("VA Long Beach#3"), Some("VA Long Beach"));
+        assert_eq!(site_of_client_id("nohash"), None);
+    }
 }

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use flotilla_client::{run_site, SiteOptions};
+use flotilla_client::{run_site, ClientTls, SiteOptions};
+use flotilla_common::pki;
 use flotilla_common::site::{PreparedSite, SiteData};
 use flotilla_common::Task;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::federation::{Outcome, Policy};
 use crate::run_dir::{write_final, RunDir, RunDirError};
+use crate::tls::ServerTls;
 use crate::{chart, runner};
 use crate::scenario::{load_sites, ScenarioError, SiteSource};
 use crate::summary;
@@ -35,6 +37,8 @@ pub struct SimulateOptions {
     pub progress: bool,
     /// Compute the local-only and centralised baselines.
     pub baselines: bool,
+    /// Mutual TLS with a throwaway CA written to `<out>/pki` (plaintext loopback otherwise).
+    pub tls: bool,
 }
 
 /// What a simulation produced.
@@ -62,6 +66,8 @@ pub enum SimulateError {
     Site(String),
     #[error("the federation stopped before its last round")]
     Unfinished,
+    #[error("certificates: {0}")]
+    Pki(#[from] flotilla_common::pki::PkiError),
     #[error("baselines: {0}")]
     Baselines(String),
 }
@@ -74,8 +80,10 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     policy.min_clients = policy.min_clients.max(sites.len());
     policy.validate().map_err(SimulateError::Policy)?;
     let run_dir = RunDir::create(&opts.out)?;
+    let pki = if opts.tls { Some(provision(&opts.out.join("pki"), &sites)?) } else { None };
     let listener = TcpListener::bind("127.0.0.1:0").await.map_err(SimulateError::Listen)?;
-    let running = runner::start(opts.task.clone(), opts.seed, policy.clone(), Some(run_dir), listener).map_err(SimulateError::Listen)?;
+    let server_tls = pki.as_ref().map(|p| p.server.clone());
+    let running = runner::start(opts.task.clone(), opts.seed, policy.clone(), Some(run_dir), listener, server_tls).map_err(SimulateError::Listen)?;
     tracing::info!(url = %running.url(), sites = sites.len(), "coordinator listening");
 
     let stop_clients = CancellationToken::new();
@@ -84,7 +92,8 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     let failure = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
     let mut clients = Vec::new();
     for (name, table) in &sites {
-        let opts = SiteOptions::new(running.url(), name.clone());
+        let mut opts = SiteOptions::new(running.url(), name.clone());
+        opts.tls = pki.as_ref().and_then(|p| p.sites.get(name).cloned());
         let (table, token, name) = (table.clone(), stop_clients.child_token(), name.clone());
         let (failed, failure) = (site_failed.clone(), failure.clone());
         clients.push(tokio::spawn(async move {
@@ -164,6 +173,24 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     let model_sha256 = write_final(&opts.out, &outcome.model, &summary)?;
     summary["model_sha256"] = serde_json::Value::String(model_sha256.clone());
     Ok(Simulation { outcome, comparison, summary, model_sha256, seconds })
+}
+
+/// A throwaway PKI for one simulation: the files go to `dir` so they can be inspected.
+struct SimulationPki {
+    server: ServerTls,
+    sites: BTreeMap<String, ClientTls>,
+}
+
+fn provision(dir: &std::path::Path, sites: &[(String, flotilla_common::data::RawTable)]) -> Result<SimulationPki, SimulateError> {
+    let names: Vec<String> = sites.iter().map(|(n, _)| n.clone()).collect();
+    pki::init_dir(dir, &names, &["localhost".to_owned()], &[std::net::IpAddr::from([127, 0, 0, 1])], 2)?;
+    let server = ServerTls::from_files(&dir.join("coordinator.pem"), &dir.join("coordinator.key"), &dir.join("ca.pem"))?;
+    let mut out = BTreeMap::new();
+    for n in names {
+        let tls = ClientTls::from_files(&dir.join("ca.pem"), &dir.join(format!("{n}.pem")), &dir.join(format!("{n}.key")))?;
+        out.insert(n, tls);
+    }
+    Ok(SimulationPki { server, sites: out })
 }
 
 /// Every site's data, encoded with the federation's final plan (as the sites did).

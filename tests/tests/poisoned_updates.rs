@@ -1,0 +1,149 @@
+//! Every malformed or dishonest update is refused with its reason, counted, and never
+//! changes the global model: the model is bit-identical to a run without that site's update.
+
+use std::time::Duration;
+
+use flotilla_client::run_site;
+use flotilla_common::site::PreparedSite;
+use flotilla_common::wire;
+use flotilla_common::Task;
+use flotilla_coordinator::federation::Policy;
+use flotilla_proto::pb::{self, federation_client::FederationClient};
+use flotilla_proto::PROTOCOL_VERSION;
+use flotilla_tests::{start_coordinator, synthetic_table, synthetic_task, test_site};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// Streams an update made of `values` under `header`; returns the status, or Ok.
+async fn upload(rpc: &mut FederationClient<Channel>, header: pb::UpdateHeader, values: Vec<f32>) -> Result<(), tonic::Status> {
+    let mut chunks = vec![pb::UpdateChunk { kind: Some(pb::update_chunk::Kind::Header(header)) }];
+    for part in values.chunks(1 << 18) {
+        let bytes = part.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        chunks.push(pb::UpdateChunk { kind: Some(pb::update_chunk::Kind::Data(bytes.into())) });
+    }
+    rpc.upload_update(tokio_stream::iter(chunks)).await.map(|_| ())
+}
+
+/// Joins like an honest site, evaluates round 0 honestly, then (if `attack`) sends every kind
+/// of bad update for round 1, and vanishes. Returns the refusals it got.
+async fn mallory(url: String, attack: bool) -> Vec<(tonic::Code, String)> {
+    let table = synthetic_table("mallory", 60, 500);
+    let mut rpc = FederationClient::<Channel>::connect(url).await.unwrap();
+    let j = rpc
+        .join(pb::JoinRequest { site: "mallory".into(), protocol_version: PROTOCOL_VERSION, num_rows: 60, columns: table.header.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let task = Task::from_toml(&j.task_toml, "task").unwrap();
+    let prepared = PreparedSite::new("mallory", &table, &task, j.seed).unwrap();
+    let declared = prepared.num_train() as u64;
+    let id = j.client_id;
+    rpc.report_stats(pb::ReportStatsRequest { client_id: id.clone(), columns: wire::stats_to_pb(&prepared.stats), num_train_examples: declared })
+        .await
+        .unwrap();
+    let mut refusals = Vec::new();
+    loop {
+        let w = rpc.pull_work(pb::PullWorkRequest { client_id: id.clone(), known_round: 0 }).await.unwrap().into_inner();
+        match w.kind.unwrap() {
+            pb::work_item::Kind::Evaluate(e) => {
+                let r = pb::EvaluationResult { client_id: id.clone(), round: e.round, model_hash: e.model_hash, num_examples: 12, loss: 0.7, accuracy: 0.5, auc: None };
+                rpc.submit_evaluation(r).await.unwrap();
+            }
+            pb::work_item::Kind::Fit(fit) if attack => {
+                let mut s = rpc
+                    .download_model(pb::DownloadModelRequest { client_id: id.clone(), round: fit.round, model_hash: fit.model_hash.clone() })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let mut chunks = Vec::new();
+                while let Some(c) = s.message().await.unwrap() {
+                    chunks.push(c);
+                }
+                let (_, global) = wire::model_from_chunks(chunks).unwrap();
+                let n = global.values().len();
+                let header = pb::UpdateHeader {
+                    client_id: id.clone(),
+                    round: fit.round,
+                    base_model_hash: fit.model_hash.clone(),
+                    layout_fingerprint: global.layout().fingerprint().to_owned(),
+                    total_values: n as u64,
+                    num_examples: declared,
+                    metrics: None,
+                };
+                let small = vec![0.001f32; n];
+                let mut nan = small.clone();
+                nan[7] = f32::NAN;
+                let mut inf = small.clone();
+                inf[0] = f32::NEG_INFINITY;
+                let attempts = vec![
+                    (header.clone(), nan),
+                    (header.clone(), inf),
+                    (pb::UpdateHeader { total_values: n as u64 - 1, ..header.clone() }, vec![0.001; n - 1]),
+                    (pb::UpdateHeader { layout_fingerprint: "00".repeat(32), ..header.clone() }, small.clone()),
+                    (pb::UpdateHeader { round: fit.round + 1, ..header.clone() }, small.clone()),
+                    (pb::UpdateHeader { base_model_hash: "11".repeat(32), ..header.clone() }, small.clone()),
+                    (pb::UpdateHeader { num_examples: declared * 10, ..header.clone() }, small.clone()),
+                    (header.clone(), vec![0.001; n + 1000]),
+                    (header.clone(), vec![50.0; n]),
+                ];
+                for (h, values) in attempts {
+                    let status = upload(&mut rpc, h, values).await.expect_err("a bad update must be refused");
+                    refusals.push((status.code(), status.message().to_owned()));
+                }
+                return refusals; // and vanish
+            }
+            pb::work_item::Kind::Fit(_) => return refusals, // vanish without a word
+            pb::work_item::Kind::Wait(_) => {}
+            pb::work_item::Kind::Done(_) => panic!("done before round 1"),
+        }
+    }
+}
+
+async fn run(attack: bool) -> (String, Vec<(tonic::Code, String)>, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Policy { rounds: 1, min_clients: 3, lease: Duration::from_millis(1500), max_update_norm: Some(100.0), ..Policy::default() };
+    let running = start_coordinator(synthetic_task(vec![16]), 9, policy, dir.path()).await;
+    let token = CancellationToken::new();
+    let honest: Vec<_> = ["alice", "bob"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| tokio::spawn(run_site(test_site(running.url(), name), synthetic_table(name, 60, i * 60), token.clone())))
+        .collect();
+    let refusals = mallory(running.url(), attack).await;
+    for h in honest {
+        h.await.unwrap().unwrap();
+    }
+    let outcome = running.stop(Duration::from_secs(1)).await.unwrap();
+    let round = &outcome.history[1];
+    assert_eq!((round.clients, round.selected, round.failed), (2, 3, 1), "{round:?}");
+    (outcome.model.hash(), refusals, round.rejected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_updates_are_refused_and_the_model_is_as_if_they_were_never_sent() {
+    let (attacked, refusals, rejected) = run(true).await;
+    let expected = [
+        (tonic::Code::InvalidArgument, "is not finite"),
+        (tonic::Code::InvalidArgument, "is not finite"),
+        (tonic::Code::InvalidArgument, "has layout"),
+        (tonic::Code::InvalidArgument, "has layout"),
+        (tonic::Code::FailedPrecondition, "round 2 is not open"),
+        (tonic::Code::FailedPrecondition, "was computed from model"),
+        (tonic::Code::InvalidArgument, "it declared"),
+        (tonic::Code::InvalidArgument, "sent more"),
+        (tonic::Code::InvalidArgument, "L2 norm"),
+    ];
+    assert_eq!(refusals.len(), expected.len());
+    for ((code, message), (want_code, want)) in refusals.iter().zip(expected) {
+        assert_eq!(*code, want_code, "{message}");
+        assert!(message.contains(want), "expected `{want}` in `{message}`");
+        assert!(message.contains("mallory") || message.contains("round"), "the reason names the site or round: {message}");
+    }
+    // The update for round 2 counts against round 2, which never opened.
+    assert_eq!(rejected, expected.len() - 1);
+
+    let (clean, none, rejected) = run(false).await;
+    assert!(none.is_empty());
+    assert_eq!(rejected, 0);
+    assert_eq!(attacked, clean, "the global model is bit-identical to the run without mallory's update");
+}
