@@ -210,11 +210,10 @@ async fn step(conn: &Connection, opts: &SiteOptions, s: &mut Session, report: &m
 
 /// The site's data encoded with the federation's current plan (fetched when it changed).
 async fn ensure_plan(conn: &Connection, s: &mut Session, fingerprint: &str) -> Result<(Arc<SiteData>, ModelShape), ClientError> {
-    if let Some((fp, data, shape)) = &s.encoded {
-        if fp == fingerprint {
+    if let Some((fp, data, shape)) = &s.encoded
+        && fp == fingerprint {
             return Ok((data.clone(), shape.clone()));
         }
-    }
     let plan: Plan = conn
         .plan(&s.client_id)
         .await?
@@ -226,11 +225,10 @@ async fn ensure_plan(conn: &Connection, s: &mut Session, fingerprint: &str) -> R
 }
 
 async fn ensure_model(conn: &Connection, s: &mut Session, round: u32, hash: &str) -> Result<Arc<FlatParams>, ClientError> {
-    if let Some((h, m)) = &s.model {
-        if h == hash {
+    if let Some((h, m)) = &s.model
+        && h == hash {
             return Ok(m.clone());
         }
-    }
     s.model = None; // free the old copy before the new one arrives
     let m = Arc::new(conn.download_model(&s.client_id, round, hash).await?);
     s.model = Some((hash.to_owned(), m.clone()));

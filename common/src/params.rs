@@ -163,7 +163,7 @@ pub fn f32_to_le_bytes(values: &[f32]) -> Vec<u8> {
 
 /// Appends little-endian f32 values decoded from `bytes` to `out`; `bytes.len()` must be a multiple of 4.
 pub fn extend_from_le_bytes(out: &mut Vec<f32>, bytes: &[u8]) -> Result<(), ParamsError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(ParamsError::RaggedBytes { len: bytes.len() });
     }
     out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));

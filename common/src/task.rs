@@ -215,7 +215,7 @@ impl Task {
     /// Checks the values a site or the coordinator would otherwise trip over later.
     pub fn validate(&self) -> Result<(), TaskError> {
         self.data.label.rule()?;
-        if self.model.hidden.iter().any(|&h| h == 0) {
+        if self.model.hidden.contains(&0) {
             return Err(TaskError::Invalid("model.hidden: every layer needs at least one unit".into()));
         }
         let t = &self.training;

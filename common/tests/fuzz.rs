@@ -35,13 +35,12 @@ fn chunk_strategy() -> impl Strategy<Value = pb::ModelChunk> {
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic_the_message_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        if let Ok(c) = pb::UpdateChunk::decode(bytes.as_slice()) {
-            if let Ok(UpdatePart::Data(d)) = wire::update_part(c) {
+        if let Ok(c) = pb::UpdateChunk::decode(bytes.as_slice())
+            && let Ok(UpdatePart::Data(d)) = wire::update_part(c) {
                 let mut asm = Assembler::new(16).unwrap();
                 let _ = asm.push(&d);
                 let _ = asm.finish();
             }
-        }
         if let Ok(p) = pb::Plan::decode(bytes.as_slice()) {
             let _ = wire::plan_from_pb(p);
         }

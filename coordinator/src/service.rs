@@ -45,13 +45,12 @@ impl FederationService {
 
     /// Refuses a request whose client id belongs to another site than the certificate's.
     fn authorize<T>(&self, req: &Request<T>, client_id: &str) -> Result<(), Status> {
-        if let Some(site) = self.caller(req)? {
-            if site_of_client_id(client_id) != Some(site.as_str()) {
+        if let Some(site) = self.caller(req)?
+            && site_of_client_id(client_id) != Some(site.as_str()) {
                 return Err(Status::permission_denied(format!(
                     "the certificate is for site `{site}` but the request speaks for client `{client_id}`"
                 )));
             }
-        }
         Ok(())
     }
 }
@@ -78,11 +77,10 @@ impl FederationRpc for FederationService {
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
-        if let Some(site) = caller {
-            if site != r.site {
+        if let Some(site) = caller
+            && site != r.site {
                 return Err(Status::permission_denied(format!("the certificate is for site `{site}` but the request claims to be `{}`", r.site)));
             }
-        }
         if r.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
                 "site `{}` speaks protocol version {}, this coordinator speaks {PROTOCOL_VERSION}",
@@ -151,14 +149,13 @@ impl FederationRpc for FederationService {
         let UpdatePart::Header(h) = wire::update_part(first).map_err(bad)? else {
             return Err(Status::invalid_argument("an update stream must start with its header"));
         };
-        if let Some(site) = caller {
-            if site_of_client_id(&h.client_id) != Some(site.as_str()) {
+        if let Some(site) = caller
+            && site_of_client_id(&h.client_id) != Some(site.as_str()) {
                 return Err(Status::permission_denied(format!(
                     "the certificate is for site `{site}` but the update speaks for client `{}`",
                     h.client_id
                 )));
             }
-        }
         // The header is checked before any value is read, so a refused update costs nothing.
         let layout = self
             .handle

@@ -37,11 +37,10 @@ impl std::str::FromStr for Partition {
                 _ => Err(format!("dirichlet alpha must be a positive number, got `{a}`")),
             };
         }
-        if let Some(c) = s.strip_prefix("column:") {
-            if !c.is_empty() {
+        if let Some(c) = s.strip_prefix("column:")
+            && !c.is_empty() {
                 return Ok(Partition::Column(c.to_owned()));
             }
-        }
         Err(format!("unknown partition `{s}`: use iid, dirichlet:ALPHA or column:NAME"))
     }
 }

@@ -42,37 +42,47 @@ impl Plan {
     /// Combines sites' aggregates. Sites are taken in the given order; callers sort them
     /// (by site name) so the plan does not depend on who joined first.
     pub fn combine(sites: &[&SiteStats]) -> Plan {
+        /// One column's aggregates summed over sites.
+        #[derive(Default)]
+        struct Pooled {
+            categorical: bool,
+            n: u64,
+            sum: f64,
+            sum_sq: f64,
+            categories: BTreeSet<String>,
+            missing: u64,
+        }
         let mut order: Vec<String> = Vec::new();
-        let mut merged: BTreeMap<String, (bool, u64, f64, f64, BTreeSet<String>, u64)> = BTreeMap::new();
+        let mut merged: BTreeMap<String, Pooled> = BTreeMap::new();
         for site in sites {
             for c in &site.columns {
                 if !merged.contains_key(&c.name) {
                     order.push(c.name.clone());
                 }
                 let m = merged.entry(c.name.clone()).or_default();
-                m.0 |= c.categorical;
-                m.1 += c.numeric_count;
-                m.2 += c.sum;
-                m.3 += c.sum_squares;
-                m.4.extend(c.categories.keys().cloned());
-                m.5 += c.missing;
+                m.categorical |= c.categorical;
+                m.n += c.numeric_count;
+                m.sum += c.sum;
+                m.sum_sq += c.sum_squares;
+                m.categories.extend(c.categories.keys().cloned());
+                m.missing += c.missing;
             }
         }
         let columns = order
             .into_iter()
             .map(|name| {
-                let (categorical, n, sum, sum_sq, cats, missing) = &merged[&name];
-                let kind = if *categorical {
-                    let mut vocabulary: Vec<String> = cats.iter().cloned().collect();
-                    if *missing > 0 {
+                let p = &merged[&name];
+                let kind = if p.categorical {
+                    let mut vocabulary: Vec<String> = p.categories.iter().cloned().collect();
+                    if p.missing > 0 {
                         vocabulary.push(MISSING_CATEGORY.to_owned());
                     }
                     ColumnKind::Categorical { vocabulary }
-                } else if *n == 0 {
+                } else if p.n == 0 {
                     ColumnKind::Numeric { mean: 0.0, std: 1.0 }
                 } else {
-                    let mean = sum / *n as f64;
-                    let var = (sum_sq / *n as f64 - mean * mean).max(0.0);
+                    let mean = p.sum / p.n as f64;
+                    let var = (p.sum_sq / p.n as f64 - mean * mean).max(0.0);
                     let std = if var.sqrt() > 1e-12 { var.sqrt() } else { 1.0 };
                     ColumnKind::Numeric { mean, std }
                 };

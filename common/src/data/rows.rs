@@ -46,14 +46,13 @@ impl SiteRows {
         if features.is_empty() {
             return Err(DataError::File { file: table.source.clone(), message: "no feature columns left after drop".into() });
         }
-        if let Categorical::Listed(list) = &spec.categorical {
-            if let Some(missing) = list.iter().find(|c| !table.header.contains(c)) {
+        if let Categorical::Listed(list) = &spec.categorical
+            && let Some(missing) = list.iter().find(|c| !table.header.contains(c)) {
                 return Err(DataError::File {
                     file: table.source.clone(),
                     message: format!("categorical column `{missing}` is not in the header"),
                 });
             }
-        }
         let columns: Vec<String> = features.iter().map(|&i| table.header[i].clone()).collect();
         let missing_spellings: Vec<&[String]> =
             columns.iter().map(|c| spec.missing_values.get(c).map_or(&[][..], Vec::as_slice)).collect();

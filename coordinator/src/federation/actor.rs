@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::record::RoundRecord;
 use super::rejection::Rejection;
-use super::state::{Event, Federation, Joined, Outcome, Work};
+use super::state::{Event, Federation, Joined, Outcome, UpdateClaim, Work};
 use crate::run_dir::RunDir;
 
 /// How often leases and deadlines are checked.
@@ -173,7 +173,8 @@ fn handle(fed: &mut Federation, req: Request) -> Vec<Event> {
             Vec::new()
         }
         Request::BeginUpdate { client, round, base, fingerprint, total, examples, reply } => {
-            let result = fed.begin_update(&client, round, &base, &fingerprint, total, examples, now);
+            let claim = UpdateClaim { client_id: client.clone(), round, base_hash: base, fingerprint, total, num_examples: examples };
+            let result = fed.begin_update(&claim, now);
             if let Err(reason) = &result {
                 tracing::warn!(%client, round, %reason, "update rejected");
             }
@@ -181,7 +182,8 @@ fn handle(fed: &mut Federation, req: Request) -> Vec<Event> {
             Vec::new()
         }
         Request::Update { client, round, base, delta, examples, metrics, reply } => {
-            let result = fed.submit_update(&client, round, &base, &delta, examples, metrics, now);
+            let claim = UpdateClaim { client_id: client.clone(), round, base_hash: base, fingerprint: String::new(), total: 0, num_examples: examples };
+            let result = fed.submit_update(&claim, &delta, metrics, now);
             if let Err(reason) = &result {
                 tracing::warn!(%client, round, %reason, "update rejected");
             }
@@ -222,11 +224,10 @@ fn record(fed: &Federation, events: &[Event], run_dir: &mut Option<RunDir>, prog
             Event::UpdateAccepted { site, round } => tracing::debug!(%site, round, "update accepted"),
             Event::RoundClosed(r) => {
                 tracing::info!(round = r.round, accuracy = r.accuracy, loss = r.loss, auc = ?r.auc, clients = r.clients, "round closed");
-                if let (Some(dir), Some((model, _))) = (run_dir.as_mut(), fed.global()) {
-                    if let Err(e) = dir.record_round(r, &model) {
+                if let (Some(dir), Some((model, _))) = (run_dir.as_mut(), fed.global())
+                    && let Err(e) = dir.record_round(r, &model) {
                         tracing::error!(error = %e, "could not write the round to the run directory");
                     }
-                }
             }
             Event::Done => tracing::info!("federation finished"),
         }

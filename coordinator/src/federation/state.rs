@@ -46,6 +46,18 @@ pub enum Event {
     Done,
 }
 
+/// What an update's header claims, checked before its values are accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateClaim {
+    pub client_id: String,
+    pub round: u32,
+    /// Hash of the global model the delta was computed from.
+    pub base_hash: String,
+    pub fingerprint: String,
+    pub total: u64,
+    pub num_examples: u64,
+}
+
 /// The answer to a join.
 #[derive(Debug, Clone)]
 pub struct Joined {
@@ -186,14 +198,13 @@ impl Federation {
         if site.is_empty() || site.len() > 128 || site.chars().any(char::is_control) {
             return Err(Rejection::InvalidArgument(format!("site name `{site}` is empty, too long or has control characters")));
         }
-        if let Some(allowed) = &self.policy.allowed_sites {
-            if !allowed.contains(site) {
+        if let Some(allowed) = &self.policy.allowed_sites
+            && !allowed.contains(site) {
                 return Err(Rejection::Forbidden(format!("site `{site}` is not on this federation's allow list")));
             }
-        }
-        let needed = std::iter::once(&self.task.data.label.column);
-        if let Some(missing) = needed.filter(|c| !columns.contains(c)).next() {
-            return Err(Rejection::InvalidArgument(format!("site `{site}`: its data has no column `{missing}` (the label)")));
+        let label = &self.task.data.label.column;
+        if !columns.contains(label) {
+            return Err(Rejection::InvalidArgument(format!("site `{site}`: its data has no column `{label}` (the label)")));
         }
         self.clients.retain(|_, c| c.site != site);
         let client_id = format!("{site}#{}", self.next_client);
@@ -264,22 +275,23 @@ impl Federation {
 
     /// Checks an update's header before its values are received; returns the layout to expect.
     /// A refusal is counted in the round's metrics.
-    pub fn begin_update(&mut self, client_id: &str, round: u32, base_hash: &str, fingerprint: &str, total: u64, num_examples: u64, now: Instant) -> Result<Layout, Rejection> {
-        let result = self.check_update_header(client_id, round, base_hash, fingerprint, total, num_examples, now);
+    pub fn begin_update(&mut self, claim: &UpdateClaim, now: Instant) -> Result<Layout, Rejection> {
+        let result = self.check_update_header(claim, now);
         if result.is_err() {
-            self.count_rejection(round);
+            self.count_rejection(claim.round);
         }
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn check_update_header(&mut self, client_id: &str, round: u32, base_hash: &str, fingerprint: &str, total: u64, num_examples: u64, now: Instant) -> Result<Layout, Rejection> {
+    fn check_update_header(&mut self, claim: &UpdateClaim, now: Instant) -> Result<Layout, Rejection> {
+        let UpdateClaim { client_id, round, base_hash, fingerprint, total, num_examples } = claim;
+        let (round, total, num_examples) = (*round, *total, *num_examples);
         let c = self.client_mut(client_id, now)?;
         let (site, num_train) = (c.site.clone(), c.num_train);
         let f = self.open_fit(&site, round)?;
         let _ = f;
         let global = self.global.as_ref().ok_or_else(|| Rejection::Stale("no global model yet".into()))?;
-        if base_hash != self.global_hash {
+        if *base_hash != self.global_hash {
             return Err(Rejection::Stale(format!(
                 "update of site `{site}` for round {round} was computed from model {}, not the current {}",
                 short(base_hash),
@@ -304,9 +316,12 @@ impl Federation {
     }
 
     /// Adds a received update to the round. A rejected update leaves the round untouched.
-    pub fn submit_update(&mut self, client_id: &str, round: u32, base_hash: &str, delta: &FlatParams, num_examples: u64, metrics: TrainReport, now: Instant) -> Result<Vec<Event>, Rejection> {
+    pub fn submit_update(&mut self, claim: &UpdateClaim, delta: &FlatParams, metrics: TrainReport, now: Instant) -> Result<Vec<Event>, Rejection> {
         // The header checks again: the round may have closed while the values streamed in.
-        self.begin_update(client_id, round, base_hash, delta.layout().fingerprint(), delta.values().len() as u64, num_examples, now)?;
+        let claim = UpdateClaim { fingerprint: delta.layout().fingerprint().to_owned(), total: delta.values().len() as u64, ..claim.clone() };
+        self.begin_update(&claim, now)?;
+        let UpdateClaim { client_id, round, num_examples, .. } = claim;
+        let client_id = client_id.as_str();
         let site = self.clients[client_id].site.clone();
         if let Some((i, v)) = delta.values().iter().enumerate().find(|(_, v)| !v.is_finite()) {
             self.count_rejection(round);
@@ -447,11 +462,10 @@ impl Federation {
     }
 
     fn count_rejection(&mut self, round: u32) {
-        if let Phase::Fit(f) = &mut self.phase {
-            if f.round == round {
+        if let Phase::Fit(f) = &mut self.phase
+            && f.round == round {
                 f.rejected += 1;
             }
-        }
     }
 
     fn forget_site(&mut self, site: &str, reason: &str) -> Vec<Event> {
@@ -561,15 +575,14 @@ impl Federation {
         let total: u64 = f.contributors.values().map(|(n, _)| n).sum();
         let train_loss = (total > 0)
             .then(|| f.contributors.values().map(|(n, m)| *n as f64 * m.loss).sum::<f64>() / total as f64);
-        if f.sum.count() >= self.policy.min_fit_results {
-            if let (Some(global), Some(mean)) = (&self.global, f.sum.mean()) {
+        if f.sum.count() >= self.policy.min_fit_results
+            && let (Some(global), Some(mean)) = (&self.global, f.sum.mean()) {
                 // Layouts were checked on the way in; a failure here would keep the old model.
                 if let Ok(next) = apply_delta(global, &mean, self.task.training.server_learning_rate) {
                     self.global_hash = next.hash();
                     self.global = Some(Arc::new(next));
                 }
             }
-        }
         let summary = FitSummary {
             started: f.started,
             clients: f.contributors.len(),
@@ -668,6 +681,11 @@ mod tests {
         (f, a, b, now)
     }
 
+    /// A claim for `submit_update` (which fills in the layout from the delta itself).
+    fn claim(client: &str, round: u32, base: &str, n: u64) -> UpdateClaim {
+        UpdateClaim { client_id: client.into(), round, base_hash: base.into(), fingerprint: String::new(), total: 0, num_examples: n }
+    }
+
     fn delta(f: &Federation, v: f32) -> FlatParams {
         let (g, _) = f.global().unwrap();
         FlatParams::new(g.layout().clone(), vec![v; g.layout().total()]).unwrap()
@@ -678,8 +696,8 @@ mod tests {
         let (mut f, a, _, now) = in_round_one(Policy::default());
         let (_, h) = f.global().unwrap();
         let d = delta(&f, 0.01);
-        f.submit_update(&a, 1, &h, &d, 10, TrainReport::default(), now).unwrap();
-        let err = f.submit_update(&a, 1, &h, &d, 10, TrainReport::default(), now).unwrap_err();
+        f.submit_update(&claim(&a, 1, &h, 10), &d, TrainReport::default(), now).unwrap();
+        let err = f.submit_update(&claim(&a, 1, &h, 10), &d, TrainReport::default(), now).unwrap_err();
         assert!(matches!(err, Rejection::Duplicate(_)), "{err:?}");
         let Phase::Fit(round) = &f.phase else { panic!("round 1 must still be open") };
         assert_eq!((round.sum.count(), round.rejected), (1, 1));
@@ -698,15 +716,15 @@ mod tests {
         let ok = delta(&f, 0.01);
         let m = TrainReport::default();
         let cases: Vec<(&str, Result<Vec<Event>, Rejection>)> = vec![
-            ("not finite", f.submit_update(&a, 1, &h, &nan, 10, m, now)),
-            ("not finite", f.submit_update(&a, 1, &h, &inf, 10, m, now)),
-            ("L2 norm", f.submit_update(&a, 1, &h, &huge, 10, m, now)),
-            ("claims 11 examples", f.submit_update(&a, 1, &h, &ok, 11, m, now)),
-            ("computed from model", f.submit_update(&a, 1, "ffff", &ok, 10, m, now)),
-            ("not open", f.submit_update(&a, 2, &h, &ok, 10, m, now)),
-            ("has layout", f.begin_update(&a, 1, &h, "beef", total, 10, now).map(|_| Vec::new())),
-            ("has layout", f.begin_update(&a, 1, &h, &fp, total - 1, 10, now).map(|_| Vec::new())),
-            ("unknown", f.submit_update("a#99", 1, &h, &ok, 10, m, now)),
+            ("not finite", f.submit_update(&claim(&a, 1, &h, 10), &nan, m, now)),
+            ("not finite", f.submit_update(&claim(&a, 1, &h, 10), &inf, m, now)),
+            ("L2 norm", f.submit_update(&claim(&a, 1, &h, 10), &huge, m, now)),
+            ("claims 11 examples", f.submit_update(&claim(&a, 1, &h, 11), &ok, m, now)),
+            ("computed from model", f.submit_update(&claim(&a, 1, "ffff", 10), &ok, m, now)),
+            ("not open", f.submit_update(&claim(&a, 2, &h, 10), &ok, m, now)),
+            ("has layout", f.begin_update(&UpdateClaim { fingerprint: "beef".into(), total, ..claim(&a, 1, &h, 10) }, now).map(|_| Vec::new())),
+            ("has layout", f.begin_update(&UpdateClaim { fingerprint: fp.clone(), total: total - 1, ..claim(&a, 1, &h, 10) }, now).map(|_| Vec::new())),
+            ("unknown", f.submit_update(&claim("a#99", 1, &h, 10), &ok, m, now)),
         ];
         for (reason, result) in cases {
             let err = result.expect_err(reason);
@@ -717,8 +735,8 @@ mod tests {
         assert_eq!((round.sum.count(), round.rejected), (0, 8), "the update for round 2 counts against round 2, not this one");
 
         // The honest updates still close the round.
-        f.submit_update(&a, 1, &h, &ok, 10, m, now).unwrap();
-        f.submit_update(&b, 1, &h, &ok, 20, m, now).unwrap();
+        f.submit_update(&claim(&a, 1, &h, 10), &ok, m, now).unwrap();
+        f.submit_update(&claim(&b, 1, &h, 20), &ok, m, now).unwrap();
         assert_ne!(f.global().unwrap().1, h);
     }
 
@@ -737,7 +755,7 @@ mod tests {
     fn a_silent_site_loses_its_lease_and_the_round_closes_without_it() {
         let (mut f, a, b, now) = in_round_one(Policy { lease: Duration::from_secs(1), ..Policy::default() });
         let (_, h) = f.global().unwrap();
-        f.submit_update(&a, 1, &h, &delta(&f, 0.01), 10, TrainReport::default(), now).unwrap();
+        f.submit_update(&claim(&a, 1, &h, 10), &delta(&f, 0.01), TrainReport::default(), now).unwrap();
         f.touch(&a, now + Duration::from_secs(2)).unwrap();
         let events = f.tick(now + Duration::from_secs(2));
         assert!(events.iter().any(|e| matches!(e, Event::Dropped { site, .. } if site == "b")), "{events:?}");

@@ -10,7 +10,7 @@ pub fn comparison_table(c: &Comparison) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     let mut header = vec![Cell::new("model (accuracy on test split)")];
-    header.extend(sites.iter().map(|s| Cell::new(s)));
+    header.extend(sites.iter().map(Cell::new));
     header.push(Cell::new("pooled"));
     header.push(Cell::new("pooled AUC"));
     t.set_header(header);
