@@ -37,8 +37,13 @@ struct Args {
     #[arg(long, value_name = "SITE.key", requires = "ca")]
     key: Option<PathBuf>,
     /// Connect in plaintext to an http:// coordinator: no authentication, no confidentiality.
+    /// Refused for a non-loopback coordinator unless --allow-insecure-network is given too.
     #[arg(long, conflicts_with = "ca")]
     insecure: bool,
+    /// Allow plaintext to a coordinator that is not on this machine. Anyone on the path can
+    /// read the model and alter what the site receives.
+    #[arg(long, requires = "insecure")]
+    allow_insecure_network: bool,
     /// Seconds between heartbeats while training.
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
     heartbeat: f64,
@@ -111,6 +116,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ if args.insecure => None,
         _ => anyhow::bail!("give the site its certificate (--ca ca.pem --cert SITE.pem --key SITE.key), or pass --insecure for plaintext"),
     };
+    if tls.is_none() && !is_loopback_url(&coordinator) {
+        if !args.allow_insecure_network {
+            anyhow::bail!("refusing plaintext to {coordinator}, which is not on this machine: use TLS, or add --allow-insecure-network if you really mean it");
+        }
+        tracing::warn!(%coordinator, "TALKING PLAINTEXT OVER A NETWORK: the model and this site's updates can be read and altered in transit");
+    }
     if !(args.heartbeat > 0.0 && args.connect_timeout >= 0.0) {
         anyhow::bail!("--heartbeat must be positive and --connect-timeout non-negative");
     }
@@ -138,4 +149,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         report.reason
     );
     Ok(())
+}
+
+/// True for http(s) URLs whose host is localhost or a loopback address.
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = if let Some(v6) = authority.strip_prefix('[') { v6.split(']').next().unwrap_or("") } else { authority.rsplit_once(':').map_or(authority, |(h, _)| h) };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_url;
+
+    #[test]
+    fn loopback_urls_are_recognised() {
+        assert!(is_loopback_url("http://127.0.0.1:50051"));
+        assert!(is_loopback_url("http://localhost:1"));
+        assert!(is_loopback_url("http://[::1]:5"));
+        assert!(!is_loopback_url("http://10.0.0.5:50051"));
+        assert!(!is_loopback_url("http://coordinator.example.org:50051"));
+    }
 }
