@@ -11,5 +11,5 @@ pub mod site;
 pub mod tls;
 
 pub use error::ClientError;
-pub use site::{run_site, SiteOptions, SiteReport};
+pub use site::{run_site, Attack, SiteOptions, SiteReport};
 pub use tls::ClientTls;

@@ -34,6 +34,8 @@ pub struct SiteOptions {
     pub connect_patience: Duration,
     /// Mutual TLS material; required for an `https://` coordinator.
     pub tls: Option<ClientTls>,
+    /// Experiments only: the site misbehaves this way (see [`Attack`]).
+    pub attack: Option<Attack>,
     /// Seed of the site's own randomness (split, shuffles, augmentation). `None` uses the
     /// federation's seed, so a whole run is reproducible from the coordinator's seed alone.
     pub seed: Option<u64>,
@@ -42,8 +44,15 @@ pub struct SiteOptions {
 impl SiteOptions {
     /// Options with the defaults for everything but the address and the name.
     pub fn new(coordinator: impl Into<String>, site: impl Into<String>) -> Self {
-        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), tls: None, seed: None }
+        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), tls: None, attack: None, seed: None }
     }
+}
+
+/// A poisoning attack, for robustness experiments: a real site never sets one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Attack {
+    /// Send `−scale · Δ` instead of the honest delta Δ.
+    SignFlip { scale: f32 },
 }
 
 /// What a site did, reported when the federation is done.
@@ -168,7 +177,10 @@ async fn step(conn: &Connection, opts: &SiteOptions, s: &mut Session, report: &m
             }
             Ok(None)
         }
-        Work::Fit { round, model_hash, plan_fingerprint, local_epochs } => {
+        Work::Fit { round, model_hash, plan_fingerprint, local_epochs, proximal_mu } => {
+            if !(proximal_mu.is_finite() && proximal_mu >= 0.0) {
+                return Err(flotilla_common::wire::WireError::Invalid(format!("proximal mu {proximal_mu} must be >= 0")).into());
+            }
             *known_round = round;
             let (data, shape) = ensure_plan(conn, s, &plan_fingerprint).await?;
             let global = ensure_model(conn, s, round, &model_hash).await?;
@@ -177,11 +189,16 @@ async fn step(conn: &Connection, opts: &SiteOptions, s: &mut Session, report: &m
                 batch_size: s.task.training.batch_size,
                 learning_rate: s.task.training.learning_rate,
                 seed: derive_seed(s.seed, &[&opts.site, "train", &round.to_string()]),
+                proximal_mu,
             };
             let g = global.clone();
             let trained = with_heartbeat(conn, &s.client_id, opts.heartbeat, move || train_local(&g, &shape, &data.train, &cfg)).await?;
             let (local, metrics) = trained?;
-            let delta = Arc::new(local.delta_from(&global).map_err(flotilla_common::TrainError::from)?);
+            let mut delta = local.delta_from(&global).map_err(flotilla_common::TrainError::from)?;
+            if let Some(Attack::SignFlip { scale }) = opts.attack {
+                delta.values_mut().iter_mut().for_each(|v| *v *= -scale);
+            }
+            let delta = Arc::new(delta);
             let header = UpdateHeader {
                 client_id: s.client_id.clone(),
                 round,

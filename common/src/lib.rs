@@ -8,6 +8,7 @@
 //! - [`train`]: local training and evaluation on the CPU.
 //! - [`wire`]: conversions between domain types and the protocol (the only module here that names `pb::`).
 //! - [`pki`]: the federation's certificates (CA, coordinator, sites, CSRs); identity = CN.
+//! - [`strategy`]: robust aggregation rules and server optimisers, pure functions.
 //! - [`site`]: a site's data from file to encoded train/test splits.
 
 pub mod aggregate;
@@ -19,6 +20,7 @@ pub mod params;
 pub mod pki;
 pub mod seed;
 pub mod site;
+pub mod strategy;
 pub mod task;
 pub mod train;
 pub mod wire;

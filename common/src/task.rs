@@ -20,6 +20,9 @@ pub struct Task {
     pub model: ModelSpec,
     pub training: TrainingSpec,
     pub data: DataSpec,
+    /// How updates are combined (FedAvg unless configured).
+    #[serde(default)]
+    pub strategy: crate::strategy::StrategyConfig,
 }
 
 fn default_name() -> String {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use flotilla_common::data::partition::Partition;
+use flotilla_common::strategy::StrategyName;
 use flotilla_common::Task;
 
 use crate::federation::Policy;
@@ -113,6 +114,61 @@ pub struct RunArgs {
     /// Federation task (model, training, data spec) as TOML; see examples/.
     #[arg(long, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub strategy: StrategyArgs,
+}
+
+/// The aggregation strategy and its parameters (override the task's `[strategy]`).
+#[derive(Debug, Args)]
+pub struct StrategyArgs {
+    /// fedavg, fedavgm, fedprox, fedadagrad, fedadam, fedyogi, median, trimmed-mean, krum,
+    /// multi-krum or bulyan.
+    #[arg(long, value_name = "NAME")]
+    pub strategy: Option<StrategyName>,
+    /// Server learning rate η (overrides the task's server_learning_rate).
+    #[arg(long, value_name = "ETA")]
+    pub server_lr: Option<f32>,
+    /// FedProx: μ of the proximal term.
+    #[arg(long, value_name = "MU")]
+    pub proximal_mu: Option<f64>,
+    /// FedAvgM momentum / adaptive β₁.
+    #[arg(long, value_name = "B")]
+    pub beta1: Option<f64>,
+    /// Adaptive β₂.
+    #[arg(long, value_name = "B")]
+    pub beta2: Option<f64>,
+    /// Adaptive τ.
+    #[arg(long, value_name = "TAU")]
+    pub tau: Option<f64>,
+    /// Trimmed mean: share trimmed from each end.
+    #[arg(long, value_name = "BETA")]
+    pub trim_fraction: Option<f64>,
+    /// Krum, Multi-Krum, Bulyan: Byzantine sites to tolerate.
+    #[arg(long, value_name = "F")]
+    pub byzantine: Option<usize>,
+    /// Multi-Krum: how many updates to average.
+    #[arg(long, value_name = "M")]
+    pub multi_krum_select: Option<usize>,
+}
+
+impl StrategyArgs {
+    /// Applies the flags that were given to the task's strategy.
+    pub fn apply(&self, task: &mut Task) {
+        let s = &mut task.strategy;
+        if let Some(n) = self.strategy {
+            s.name = n;
+        }
+        if let Some(v) = self.server_lr {
+            task.training.server_learning_rate = v;
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { s.$f = v; } )* };
+        }
+        set!(proximal_mu, beta1, beta2, tau, trim_fraction, byzantine);
+        if self.multi_krum_select.is_some() {
+            s.multi_krum_select = self.multi_krum_select;
+        }
+    }
 }
 
 /// Where simulated sites come from.
@@ -148,6 +204,13 @@ pub struct SimulateArgs {
     /// Talk plaintext on loopback instead of mutual TLS with a throwaway CA.
     #[arg(long)]
     pub insecure: bool,
+    /// Experiments: this many sites (the last by name) are malicious and send their delta
+    /// flipped and scaled by --attack-scale.
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub malicious: usize,
+    /// Scale of the malicious sites' sign-flipped updates.
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    pub attack_scale: f32,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -229,6 +292,7 @@ impl RunArgs {
         if let Some(e) = self.local_epochs {
             task.training.local_epochs = e;
         }
+        self.strategy.apply(&mut task);
         task.validate().map_err(|e| e.to_string())?;
         Ok(task)
     }

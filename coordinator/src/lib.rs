@@ -8,6 +8,7 @@
 //! - [`chart`]: the accuracy chart.
 //! - [`scenario`]: bundled scenarios and other sources of simulated sites.
 //! - [`simulate`]: a whole federation in one process, with baselines and the comparison table.
+//! - [`strategy`]: the strategy of a federation and its state across rounds.
 //! - [`summary`]: the content of `summary.json`.
 //! - [`tls`]: the coordinator's mutual-TLS material.
 //! - [`cli`]: command-line flags and the two-step config (flags and TOML, then validated settings).
@@ -21,5 +22,6 @@ pub mod scenario;
 pub mod server;
 pub mod service;
 pub mod simulate;
+pub mod strategy;
 pub mod summary;
 pub mod tls;

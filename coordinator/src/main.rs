@@ -53,6 +53,8 @@ async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
         progress: !a.quiet,
         baselines: !a.no_baselines,
         tls: !a.insecure,
+        malicious: a.malicious,
+        attack_scale: a.attack_scale,
     })
     .await?;
     if let Some(c) = &sim.comparison {
@@ -89,6 +91,7 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     let task = a.run.task(a.scenario).map_err(anyhow::Error::msg)?;
     let policy = a.run.policy(a.min_clients).map_err(anyhow::Error::msg)?;
+    task.strategy.validate(policy.cohort_size(policy.min_clients)).map_err(anyhow::Error::msg)?;
     let run_dir = RunDir::create(&a.run.out)?;
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
     let running = runner::start(task.clone(), a.run.seed, policy, Some(run_dir), listener, tls)?;

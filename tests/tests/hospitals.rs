@@ -17,6 +17,8 @@ fn options(out: &std::path::Path, seed: u64, rounds: u32, baselines: bool) -> Si
         progress: false,
         baselines,
         tls: true,
+        malicious: 0,
+        attack_scale: 1.0,
     }
 }
 

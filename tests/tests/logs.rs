@@ -41,6 +41,8 @@ async fn a_debug_log_of_a_whole_run_holds_no_data() {
         progress: false,
         baselines: false,
         tls: true,
+        malicious: 0,
+        attack_scale: 1.0,
     })
     .await
     .unwrap();

@@ -19,6 +19,19 @@ impl Mlp {
         Self { layers, activation: Relu::new() }
     }
 
+    /// `Σ ‖p − a‖²` over every parameter: FedProx's proximal term against `anchor`.
+    pub fn squared_distance(&self, anchor: &Mlp) -> Tensor<1> {
+        let mut terms = Vec::new();
+        for (l, a) in self.layers.iter().zip(&anchor.layers) {
+            terms.push((l.weight.val() - a.weight.val()).powi_scalar(2).sum());
+            if let (Some(b), Some(ab)) = (&l.bias, &a.bias) {
+                terms.push((b.val() - ab.val()).powi_scalar(2).sum());
+            }
+        }
+        // An MLP has at least one layer, so there is at least one term.
+        terms.into_iter().reduce(|s, t| s + t).unwrap_or_else(|| unreachable!("an MLP has a layer"))
+    }
+
     /// `[batch, inputs]` → logits `[batch, outputs]`.
     pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
         let last = self.layers.len() - 1;

@@ -34,6 +34,8 @@ pub struct LocalConfig {
     pub learning_rate: f64,
     /// Seeds the shuffle; sites derive it from the federation seed, their name and the round.
     pub seed: u64,
+    /// FedProx: adds `(μ/2)·‖w − w_global‖²` to the loss (0 = off).
+    pub proximal_mu: f64,
 }
 
 /// Trains a model of `shape`, starting from `global`, and returns the local model.
@@ -47,6 +49,8 @@ pub fn train_local(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg:
     let start = Instant::now();
     let device = device::training();
     let mut model = bridge::write_params(Mlp::new(shape, &device), global)?;
+    // The anchor of FedProx's proximal term: the global model, outside the graph.
+    let anchor = (cfg.proximal_mu > 0.0).then(|| model.clone().no_grad());
     let mut optim = AdamConfig::new().init();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut order: Vec<usize> = (0..data.len()).collect();
@@ -73,6 +77,10 @@ pub fn train_local(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg:
             correct += count_correct(&logits, &ys, binary);
             let loss = if binary { bce.forward(logits.reshape([b]), y) } else { ce.forward(logits, y) };
             let value = f64::from(loss.clone().into_scalar::<f32>());
+            let loss = match &anchor {
+                Some(a) => loss + model.squared_distance(a).mul_scalar(cfg.proximal_mu / 2.0),
+                None => loss,
+            };
             if !value.is_finite() {
                 return Err(TrainError::Diverged(value));
             }
@@ -126,7 +134,7 @@ mod tests {
         let shape = ModelShape { inputs: 2, hidden: vec![8], outputs: 1 };
         let global = shape.init_params(1);
         let data = blobs(128);
-        let cfg = LocalConfig { epochs: 20, batch_size: 16, learning_rate: 0.01, seed: 5 };
+        let cfg = LocalConfig { epochs: 20, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: 0.0 };
         let (local, report) = train_local(&global, &shape, &data, &cfg).unwrap();
         assert_eq!(report.steps, 20 * 8);
         let before = evaluate(&global, &shape, &data).unwrap();
@@ -138,9 +146,22 @@ mod tests {
     }
 
     #[test]
+    fn the_proximal_term_keeps_the_local_model_near_the_global_one() {
+        let shape = ModelShape { inputs: 2, hidden: vec![8], outputs: 1 };
+        let global = shape.init_params(1);
+        let data = blobs(128);
+        let run = |mu| {
+            let cfg = LocalConfig { epochs: 10, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: mu };
+            train_local(&global, &shape, &data, &cfg).unwrap().0.delta_from(&global).unwrap().l2_norm()
+        };
+        let (free, tied) = (run(0.0), run(10.0));
+        assert!(tied < 0.5 * free, "μ = 10 should shrink the update: {tied} vs {free}");
+    }
+
+    #[test]
     fn wrong_feature_count_is_an_error() {
         let shape = ModelShape { inputs: 3, hidden: vec![4], outputs: 1 };
-        let cfg = LocalConfig { epochs: 1, batch_size: 4, learning_rate: 0.01, seed: 1 };
+        let cfg = LocalConfig { epochs: 1, batch_size: 4, learning_rate: 0.01, seed: 1, proximal_mu: 0.0 };
         let err = train_local(&shape.init_params(1), &shape, &blobs(8), &cfg).unwrap_err();
         assert!(matches!(err, TrainError::FeatureMismatch { expected: 3, found: 2 }));
     }

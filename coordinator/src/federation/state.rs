@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use flotilla_common::aggregate::{apply_delta, WeightedSum};
+use flotilla_common::aggregate::WeightedSum;
 use flotilla_common::data::{Plan, SiteStats};
 use flotilla_common::model::ModelShape;
 use flotilla_common::seed::derive_seed;
@@ -22,11 +22,12 @@ use rand_chacha::ChaCha8Rng;
 use super::policy::Policy;
 use super::record::RoundRecord;
 use super::rejection::Rejection;
+use crate::strategy::{Collected, Strategy};
 
 /// What a site should do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
-    Fit { round: u32, model_hash: String, plan_fingerprint: String, local_epochs: u32 },
+    Fit { round: u32, model_hash: String, plan_fingerprint: String, local_epochs: u32, proximal_mu: f64 },
     Evaluate { round: u32, model_hash: String, plan_fingerprint: String },
     Wait { current_round: u32 },
     Done { reason: String },
@@ -41,6 +42,7 @@ pub enum Event {
     PlanReady { features: usize, params: usize },
     FitOpened { round: u32, cohort: Vec<String> },
     EvaluationOpened { round: u32, sites: usize },
+    ModelKept { round: u32, reason: String },
     UpdateAccepted { site: String, round: u32 },
     RoundClosed(RoundRecord),
     Done,
@@ -95,7 +97,10 @@ struct FitRound {
     started: Instant,
     cohort: BTreeSet<String>,
     pending: BTreeSet<String>,
+    /// The example-weighted sum, for strategies that need only the mean.
     sum: WeightedSum,
+    /// Every update by site, for strategies that need them all (robust rules).
+    all: Option<BTreeMap<String, (FlatParams, u64)>>,
     contributors: BTreeMap<String, (u64, TrainReport)>,
     failed: BTreeSet<String>,
     /// Updates refused by validation in this round.
@@ -149,13 +154,16 @@ pub struct Federation {
     history: Vec<RoundRecord>,
     final_site_metrics: BTreeMap<String, Evaluation>,
     sites_seen: BTreeMap<String, u64>,
+    strategy: Strategy,
 }
 
 impl Federation {
     /// A federation that has not started.
     pub fn new(task: Task, seed: u64, policy: Policy) -> Self {
         let task_toml = task.to_toml();
+        let strategy = Strategy::new(task.strategy.clone(), f64::from(task.training.server_learning_rate));
         Self {
+            strategy,
             task,
             task_toml,
             seed,
@@ -251,6 +259,7 @@ impl Federation {
                 model_hash: self.global_hash.clone(),
                 plan_fingerprint,
                 local_epochs: self.task.training.local_epochs,
+                proximal_mu: self.task.strategy.proximal_mu(),
             },
             Phase::Evaluate(e) if e.pending.contains(&site) => {
                 Work::Evaluate { round: e.round, model_hash: self.global_hash.clone(), plan_fingerprint }
@@ -339,9 +348,16 @@ impl Federation {
             }
         }
         let Phase::Fit(f) = &mut self.phase else { unreachable!("begin_update checked the phase") };
-        if let Err(e) = f.sum.add(delta, num_examples) {
-            f.rejected += 1;
-            return Err(Rejection::InvalidArgument(format!("update of site `{site}` for round {round}: {e}")));
+        match &mut f.all {
+            Some(all) => {
+                all.insert(site.clone(), (delta.clone(), num_examples));
+            }
+            None => {
+                if let Err(e) = f.sum.add(delta, num_examples) {
+                    f.rejected += 1;
+                    return Err(Rejection::InvalidArgument(format!("update of site `{site}` for round {round}: {e}")));
+                }
+            }
         }
         f.pending.remove(&site);
         f.contributors.insert(site.clone(), (num_examples, metrics));
@@ -563,6 +579,7 @@ impl Federation {
             pending: cohort.clone(),
             cohort: cohort.clone(),
             sum: WeightedSum::new(layout),
+            all: self.strategy.needs_all_updates().then(BTreeMap::new),
             contributors: BTreeMap::new(),
             failed: BTreeSet::new(),
             rejected: 0,
@@ -575,14 +592,26 @@ impl Federation {
         let total: u64 = f.contributors.values().map(|(n, _)| n).sum();
         let train_loss = (total > 0)
             .then(|| f.contributors.values().map(|(n, m)| *n as f64 * m.loss).sum::<f64>() / total as f64);
-        if f.sum.count() >= self.policy.min_fit_results
-            && let (Some(global), Some(mean)) = (&self.global, f.sum.mean()) {
-                // Layouts were checked on the way in; a failure here would keep the old model.
-                if let Ok(next) = apply_delta(global, &mean, self.task.training.server_learning_rate) {
+        let mut events = Vec::new();
+        if f.contributors.len() >= self.policy.min_fit_results
+            && let Some(global) = &self.global
+        {
+            let collected = match (&f.all, f.sum.mean()) {
+                (Some(all), _) => Some(Collected::All(all)),
+                (None, Some(mean)) => Some(Collected::Mean(mean)),
+                (None, None) => None,
+            };
+            match collected.map(|c| self.strategy.aggregate(global, c)) {
+                Some(Ok(next)) => {
                     self.global_hash = next.hash();
                     self.global = Some(Arc::new(next));
                 }
+                // The strategy could not run on this cohort (too few updates for its
+                // guarantee, say): the round keeps the current model and says why.
+                Some(Err(reason)) => events.push(Event::ModelKept { round: f.round, reason }),
+                None => {}
             }
+        }
         let summary = FitSummary {
             started: f.started,
             clients: f.contributors.len(),
@@ -591,7 +620,8 @@ impl Federation {
             rejected: f.rejected,
             train_loss,
         };
-        vec![self.open_evaluate(f.round, Some(summary), now)]
+        events.push(self.open_evaluate(f.round, Some(summary), now));
+        events
     }
 
     fn open_evaluate(&mut self, round: u32, fit: Option<FitSummary>, now: Instant) -> Event {

@@ -48,6 +48,7 @@ pub fn compare(task: &Task, plan: &Plan, shape: &ModelShape, sites: &BTreeMap<St
         batch_size: task.training.batch_size,
         learning_rate: task.training.learning_rate,
         seed: derive_seed(seed, &[label, "baseline"]),
+        proximal_mu: 0.0,
     };
     let _ = plan;
     let mut local = BTreeMap::new();

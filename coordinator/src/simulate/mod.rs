@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use flotilla_client::{run_site, ClientTls, SiteOptions};
+use flotilla_client::{run_site, Attack, ClientTls, SiteOptions};
 use flotilla_common::pki;
 use flotilla_common::site::{PreparedSite, SiteData};
 use flotilla_common::Task;
@@ -39,6 +39,10 @@ pub struct SimulateOptions {
     pub baselines: bool,
     /// Mutual TLS with a throwaway CA written to `<out>/pki` (plaintext loopback otherwise).
     pub tls: bool,
+    /// Experiments: the last `malicious` sites (by name) send sign-flipped updates scaled
+    /// by `attack_scale`.
+    pub malicious: usize,
+    pub attack_scale: f32,
 }
 
 /// What a simulation produced.
@@ -79,6 +83,11 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     let mut policy = opts.policy.clone();
     policy.min_clients = policy.min_clients.max(sites.len());
     policy.validate().map_err(SimulateError::Policy)?;
+    opts.task.strategy.validate(policy.cohort_size(policy.min_clients)).map_err(SimulateError::Policy)?;
+    if opts.malicious > sites.len() {
+        return Err(SimulateError::Policy(format!("--malicious {} is more than the {} sites", opts.malicious, sites.len())));
+    }
+    let first_malicious = sites.len() - opts.malicious;
     let run_dir = RunDir::create(&opts.out)?;
     let pki = if opts.tls { Some(provision(&opts.out.join("pki"), &sites)?) } else { None };
     let listener = TcpListener::bind("127.0.0.1:0").await.map_err(SimulateError::Listen)?;
@@ -91,9 +100,13 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     let site_failed = CancellationToken::new();
     let failure = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
     let mut clients = Vec::new();
-    for (name, table) in &sites {
-        let mut opts = SiteOptions::new(running.url(), name.clone());
-        opts.tls = pki.as_ref().and_then(|p| p.sites.get(name).cloned());
+    for (i, (name, table)) in sites.iter().enumerate() {
+        let mut site_opts = SiteOptions::new(running.url(), name.clone());
+        site_opts.tls = pki.as_ref().and_then(|p| p.sites.get(name).cloned());
+        if i >= first_malicious {
+            site_opts.attack = Some(Attack::SignFlip { scale: opts.attack_scale });
+        }
+        let opts = site_opts;
         let (table, token, name) = (table.clone(), stop_clients.child_token(), name.clone());
         let (failed, failure) = (site_failed.clone(), failure.clone());
         clients.push(tokio::spawn(async move {

@@ -1,0 +1,57 @@
+//! Strategies end to end: poisoned updates wreck FedAvg but not the robust rules, and a
+//! strategy that cannot hold its guarantee for the cohort is refused before round 1.
+
+use flotilla_common::data::partition::Partition;
+use flotilla_common::strategy::StrategyName;
+use flotilla_common::Task;
+use flotilla_coordinator::federation::Policy;
+use flotilla_coordinator::scenario::SiteSource;
+use flotilla_coordinator::simulate::{simulate, SimulateError, SimulateOptions};
+
+fn banks_split(dir: &std::path::Path) -> SiteSource {
+    // German credit, 10 banks, IID (the bundled file, written out for --data).
+    let path = dir.join("germancredit.csv");
+    std::fs::write(&path, flotilla_coordinator::scenario::GERMAN_CREDIT_CSV).unwrap();
+    SiteSource::Csv { file: path, clients: 10, partition: Partition::Iid }
+}
+
+async fn run(strategy: StrategyName, byzantine: usize, malicious: usize) -> Result<f64, SimulateError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut task = Task::banks();
+    task.strategy.name = strategy;
+    task.strategy.byzantine = byzantine;
+    task.strategy.trim_fraction = 0.2;
+    let sim = simulate(SimulateOptions {
+        source: banks_split(dir.path()),
+        task,
+        seed: 11,
+        policy: Policy { rounds: 8, ..Policy::default() },
+        out: dir.path().join("run"),
+        progress: false,
+        baselines: false,
+        tls: false,
+        malicious,
+        attack_scale: 10.0,
+    })
+    .await?;
+    Ok(sim.outcome.history.last().unwrap().accuracy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn robust_rules_survive_two_sign_flipping_banks_that_break_fedavg() {
+    let clean = run(StrategyName::Fedavg, 0, 0).await.unwrap();
+    let poisoned = run(StrategyName::Fedavg, 0, 2).await.unwrap();
+    assert!(poisoned < clean - 0.2, "FedAvg should collapse under attack: clean {clean:.3}, poisoned {poisoned:.3}");
+    for (rule, f) in [(StrategyName::Median, 0), (StrategyName::TrimmedMean, 0), (StrategyName::Krum, 2), (StrategyName::MultiKrum, 2), (StrategyName::Bulyan, 1)] {
+        let acc = run(rule, f, 2).await.unwrap();
+        assert!(acc > clean - 0.05, "{rule} under attack: {acc:.3} vs clean FedAvg {clean:.3}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impossible_byzantine_condition_is_refused_at_start() {
+    let err = run(StrategyName::Bulyan, 2, 0).await.unwrap_err().to_string();
+    assert!(err.contains("4f + 3 = 11") && err.contains("cohort is 10"), "{err}");
+    let err = run(StrategyName::Krum, 4, 0).await.unwrap_err().to_string();
+    assert!(err.contains("2f + 3 = 11"), "{err}");
+}
