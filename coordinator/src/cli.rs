@@ -9,6 +9,7 @@ use flotilla_common::data::partition::Partition;
 use flotilla_common::strategy::StrategyName;
 use flotilla_common::Task;
 
+use crate::federation::policy::Sampling;
 use crate::federation::Policy;
 use crate::scenario::{Scenario, SiteSource};
 
@@ -93,6 +94,9 @@ pub struct RunArgs {
     /// Share of sites sampled to train in each round.
     #[arg(long, default_value_t = 1.0, value_name = "F")]
     pub fraction_fit: f64,
+    /// How each round's cohort is drawn: uniform, or weighted by training examples.
+    #[arg(long, value_enum, default_value = "uniform")]
+    pub sampling: Sampling,
     /// Updates needed to change the global model in a round.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub min_fit_results: usize,
@@ -276,6 +280,7 @@ impl RunArgs {
             lease: secs("lease", self.lease)?,
             round_timeout: secs("round-timeout", self.round_timeout)?,
             max_update_norm: self.max_update_norm,
+            sampling: self.sampling,
             allowed_sites: (!self.allow_sites.is_empty()).then(|| self.allow_sites.iter().cloned().collect()),
         };
         p.validate()?;

@@ -93,3 +93,36 @@ impl Strategy {
         FlatParams::new(global.layout().clone(), x).map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use flotilla_common::{Layout, TensorSpec};
+
+    use super::*;
+
+    fn params(v: &[f32]) -> FlatParams {
+        FlatParams::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![v.len()] }]), v.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_robust_rule_with_too_few_updates_keeps_the_model_and_says_why() {
+        let config = StrategyConfig { name: StrategyName::Krum, byzantine: 1, ..Default::default() };
+        let mut s = Strategy::new(config, 1.0);
+        let updates: BTreeMap<String, (FlatParams, u64)> = (0..4).map(|i| (format!("s{i}"), (params(&[i as f32]), 1))).collect();
+        let err = s.aggregate(&params(&[0.0]), Collected::All(&updates)).unwrap_err();
+        assert!(err.contains("at least 5"), "{err}");
+    }
+
+    #[test]
+    fn the_median_ignores_an_outlier_and_fedavgm_accumulates_velocity() {
+        let mut median = Strategy::new(StrategyConfig { name: StrategyName::Median, ..Default::default() }, 1.0);
+        let updates: BTreeMap<String, (FlatParams, u64)> =
+            [("a", 1.0), ("b", 2.0), ("c", 1000.0)].into_iter().map(|(s, v)| (s.to_owned(), (params(&[v]), 1))).collect();
+        assert_eq!(median.aggregate(&params(&[10.0]), Collected::All(&updates)).unwrap().values(), &[12.0]);
+
+        let mut m = Strategy::new(StrategyConfig { name: StrategyName::Fedavgm, beta1: 0.5, ..Default::default() }, 1.0);
+        let x1 = m.aggregate(&params(&[0.0]), Collected::Mean(params(&[1.0]))).unwrap();
+        let x2 = m.aggregate(&x1, Collected::Mean(params(&[1.0]))).unwrap();
+        assert_eq!(x2.values(), &[2.5]); // v = 1 then 1.5
+    }
+}

@@ -2,6 +2,16 @@
 
 use std::time::Duration;
 
+/// How a round's cohort is sampled (seeded either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Sampling {
+    /// Every eligible site equally likely.
+    #[default]
+    Uniform,
+    /// Sites drawn with probability proportional to their number of training examples.
+    Weighted,
+}
+
 /// The round policy of a federation.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -20,6 +30,8 @@ pub struct Policy {
     pub round_timeout: Duration,
     /// Largest L2 norm an update may have; larger ones are refused (`None`: no bound).
     pub max_update_norm: Option<f64>,
+    /// How the cohort of a round is drawn from the eligible sites.
+    pub sampling: Sampling,
     /// Sites allowed to join (`None`: any site with a valid certificate).
     pub allowed_sites: Option<std::collections::BTreeSet<String>>,
 }
@@ -34,6 +46,7 @@ impl Default for Policy {
             lease: Duration::from_secs(15),
             round_timeout: Duration::from_secs(600),
             max_update_norm: None,
+            sampling: Sampling::Uniform,
             allowed_sites: None,
         }
     }

@@ -19,7 +19,7 @@ use rand::SeedableRng;
 use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::policy::Policy;
+use super::policy::{Policy, Sampling};
 use super::record::RoundRecord;
 use super::rejection::Rejection;
 use crate::strategy::{Collected, Strategy};
@@ -571,7 +571,17 @@ impl Federation {
         let eligible = self.eligible_sites();
         let k = self.policy.cohort_size(eligible.len());
         let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(self.seed, &["cohort", &round.to_string()]));
-        let cohort: BTreeSet<String> = eligible.choose_multiple(&mut rng, k).cloned().collect();
+        let cohort: BTreeSet<String> = match self.policy.sampling {
+            Sampling::Uniform => eligible.choose_multiple(&mut rng, k).cloned().collect(),
+            Sampling::Weighted => {
+                let weight = |s: &String| self.sites_seen.get(s).copied().unwrap_or(1).max(1) as f64;
+                match eligible.choose_multiple_weighted(&mut rng, k, weight) {
+                    Ok(chosen) => chosen.cloned().collect(),
+                    // Weights are positive and finite, so this cannot happen; fall back to all.
+                    Err(_) => eligible.iter().take(k).cloned().collect(),
+                }
+            }
+        };
         let layout = self.global.as_ref().map(|g| g.layout().clone()).unwrap_or_else(|| Layout::new(Vec::new()));
         self.phase = Phase::Fit(FitRound {
             round,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_common::data::{Dataset, Plan};
+use flotilla_common::data::Dataset;
 use flotilla_common::model::ModelShape;
 use flotilla_common::seed::derive_seed;
 use flotilla_common::site::SiteData;
@@ -40,7 +40,7 @@ pub fn scorecard(params: &FlatParams, shape: &ModelShape, sites: &BTreeMap<Strin
 }
 
 /// Trains the local-only and centralised baselines and scores them with the federated model.
-pub fn compare(task: &Task, plan: &Plan, shape: &ModelShape, sites: &BTreeMap<String, SiteData>, federated: &FlatParams, rounds: u32, seed: u64) -> Result<Comparison, TrainError> {
+pub fn compare(task: &Task, shape: &ModelShape, sites: &BTreeMap<String, SiteData>, federated: &FlatParams, rounds: u32, seed: u64) -> Result<Comparison, TrainError> {
     let epochs = rounds * task.training.local_epochs;
     let init = shape.init_params(seed);
     let cfg = |label: &str| LocalConfig {
@@ -50,7 +50,6 @@ pub fn compare(task: &Task, plan: &Plan, shape: &ModelShape, sites: &BTreeMap<St
         seed: derive_seed(seed, &[label, "baseline"]),
         proximal_mu: 0.0,
     };
-    let _ = plan;
     let mut local = BTreeMap::new();
     for (name, d) in sites {
         let (model, _) = train_local(&init, shape, &d.train, &cfg(name))?;

@@ -161,7 +161,7 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
         let b = bar_spinner(opts.progress, "training the local-only and centralized baselines");
         let c = tokio::task::spawn_blocking(move || -> Result<Comparison, String> {
             let data = encode_sites(&sites, &task, &o, seed).map_err(|e| e.to_string())?;
-            baselines::compare(&task, &o.plan, &o.shape, &data, &o.model, rounds, seed).map_err(|e| e.to_string())
+            baselines::compare(&task, &o.shape, &data, &o.model, rounds, seed).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| SimulateError::Baselines(e.to_string()))?
