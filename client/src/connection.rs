@@ -18,7 +18,7 @@ use crate::tls::{install_crypto_provider, ClientTls};
 /// What the coordinator asks of the site.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
-    Fit { round: u32, model_hash: String, plan_fingerprint: String, local_epochs: u32, proximal_mu: f64 },
+    Fit { round: u32, model_hash: String, plan_fingerprint: String, local_epochs: u32, proximal_mu: f64, control_hash: String },
     Evaluate { round: u32, model_hash: String, plan_fingerprint: String },
     Wait { millis: u32, current_round: u32 },
     Done { reason: String },
@@ -119,6 +119,7 @@ impl Connection {
                 plan_fingerprint: f.plan_fingerprint,
                 local_epochs: f.local_epochs,
                 proximal_mu: f.proximal_mu,
+                control_hash: f.control_hash,
             },
             Kind::Evaluate(e) => Work::Evaluate { round: e.round, model_hash: e.model_hash, plan_fingerprint: e.plan_fingerprint },
             Kind::Wait(w) => Work::Wait { millis: w.millis, current_round: w.current_round },

@@ -36,6 +36,8 @@ pub struct SiteOptions {
     pub tls: Option<ClientTls>,
     /// Experiments only: the site misbehaves this way (see [`Attack`]).
     pub attack: Option<Attack>,
+    /// Experiments only: a straggler completes at most this many local epochs per round.
+    pub max_epochs: Option<u32>,
     /// Seed of the site's own randomness (split, shuffles, augmentation). `None` uses the
     /// federation's seed, so a whole run is reproducible from the coordinator's seed alone.
     pub seed: Option<u64>,
@@ -44,7 +46,7 @@ pub struct SiteOptions {
 impl SiteOptions {
     /// Options with the defaults for everything but the address and the name.
     pub fn new(coordinator: impl Into<String>, site: impl Into<String>) -> Self {
-        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), tls: None, attack: None, seed: None }
+        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), tls: None, attack: None, max_epochs: None, seed: None }
     }
 }
 
@@ -78,6 +80,8 @@ struct Session {
     encoded: Option<(String, Arc<SiteData>, ModelShape)>,
     /// The last global model downloaded, by hash (evaluation and the next fit share it).
     model: Option<(String, Arc<FlatParams>)>,
+    /// SCAFFOLD: this site's control variate `c_i` (zeros until its first round).
+    control: Option<FlatParams>,
 }
 
 /// Runs a site until the federation is done or `shutdown` is cancelled.
@@ -159,7 +163,7 @@ async fn join(conn: &Connection, opts: &SiteOptions, table: &RawTable) -> Result
     }
     conn.report_stats(&client_id, &prepared.stats, prepared.num_train() as u64).await?;
     tracing::info!(site = %opts.site, %client_id, train = prepared.num_train(), test = prepared.test.len(), "joined");
-    Ok(Session { client_id, task, seed, prepared, encoded: None, model: None })
+    Ok(Session { client_id, task, seed, prepared, encoded: None, model: None, control: None })
 }
 
 /// One piece of work; `Some(reason)` when the federation is done.
@@ -177,20 +181,35 @@ async fn step(conn: &Connection, opts: &SiteOptions, s: &mut Session, report: &m
             }
             Ok(None)
         }
-        Work::Fit { round, model_hash, plan_fingerprint, local_epochs, proximal_mu } => {
+        Work::Fit { round, model_hash, plan_fingerprint, local_epochs, proximal_mu, control_hash } => {
             if !(proximal_mu.is_finite() && proximal_mu >= 0.0) {
                 return Err(flotilla_common::wire::WireError::Invalid(format!("proximal mu {proximal_mu} must be >= 0")).into());
             }
             *known_round = round;
             let (data, shape) = ensure_plan(conn, s, &plan_fingerprint).await?;
             let global = ensure_model(conn, s, round, &model_hash).await?;
+            // SCAFFOLD: download the server control c; the gradient correction is c − c_i.
+            let controls = if control_hash.is_empty() {
+                None
+            } else {
+                let c = conn.download_model(&s.client_id, round, &control_hash).await?;
+                c.layout().ensure_same(global.layout()).map_err(flotilla_common::TrainError::from)?;
+                let ci = s.control.take().filter(|ci| ci.layout() == c.layout()).unwrap_or_else(|| FlatParams::zeros(c.layout().clone()));
+                Some((c, ci))
+            };
+            let scaffold_correction = match &controls {
+                Some((c, ci)) => Some(c.delta_from(ci).map_err(flotilla_common::TrainError::from)?),
+                None => None,
+            };
             let cfg = LocalConfig {
-                epochs: local_epochs,
+                epochs: opts.max_epochs.map_or(local_epochs, |m| m.min(local_epochs)),
                 batch_size: s.task.training.batch_size,
                 learning_rate: s.task.training.learning_rate,
                 seed: derive_seed(s.seed, &[&opts.site, "train", &round.to_string()]),
                 proximal_mu,
+                scaffold_correction,
             };
+            let lr = cfg.learning_rate;
             let g = global.clone();
             let trained = with_heartbeat(conn, &s.client_id, opts.heartbeat, move || train_local(&g, &shape, &data.train, &cfg)).await?;
             let (local, metrics) = trained?;
@@ -198,6 +217,18 @@ async fn step(conn: &Connection, opts: &SiteOptions, s: &mut Session, report: &m
             if let Some(Attack::SignFlip { scale }) = opts.attack {
                 delta.values_mut().iter_mut().for_each(|v| *v *= -scale);
             }
+            let delta = match controls {
+                // Option II: c_i⁺ = c_i − c + (x − y)/(K·η), so Δc = −Δy/(K·η) − c.
+                Some((c, mut ci)) => {
+                    let k_eta = (metrics.steps.max(1) as f64 * lr) as f32;
+                    let values: Vec<f32> = delta.values().iter().zip(c.values()).map(|(d, cv)| -d / k_eta - cv).collect();
+                    let dc = FlatParams::new(c.layout().clone(), values).map_err(flotilla_common::TrainError::from)?;
+                    ci.values_mut().iter_mut().zip(dc.values()).for_each(|(a, b)| *a += b);
+                    s.control = Some(ci);
+                    delta.concat_control(&dc).map_err(flotilla_common::TrainError::from)?
+                }
+                None => delta,
+            };
             let delta = Arc::new(delta);
             let header = UpdateHeader {
                 client_id: s.client_id.clone(),

@@ -67,6 +67,13 @@ impl Layout {
         self.total
     }
 
+    /// The layout of a SCAFFOLD update: the model's tensors, then a `control.`-prefixed copy
+    /// for the change of the site's control variate.
+    pub fn with_control(&self) -> Layout {
+        let control = self.tensors.iter().map(|t| TensorSpec { name: format!("control.{}", t.name), shape: t.shape.clone() });
+        Layout::new(self.tensors.iter().cloned().chain(control).collect())
+    }
+
     /// Fails unless `other` is the same layout.
     pub fn ensure_same(&self, other: &Layout) -> Result<(), ParamsError> {
         if self.fingerprint != other.fingerprint {
@@ -144,6 +151,22 @@ impl FlatParams {
         self.layout.ensure_same(&base.layout)?;
         let values = self.values.iter().zip(&base.values).map(|(a, b)| a - b).collect();
         Ok(FlatParams { layout: self.layout.clone(), values })
+    }
+
+    /// `[self ; other]` under the SCAFFOLD layout of `self`'s layout (see [`Layout::with_control`]).
+    pub fn concat_control(&self, control: &FlatParams) -> Result<FlatParams, ParamsError> {
+        self.layout.ensure_same(&control.layout)?;
+        let mut values = Vec::with_capacity(self.values.len() * 2);
+        values.extend_from_slice(&self.values);
+        values.extend_from_slice(&control.values);
+        FlatParams::new(self.layout.with_control(), values)
+    }
+
+    /// Splits a SCAFFOLD update `[Δy ; Δc]` into its halves, each with the model layout.
+    pub fn split_control(&self, model: &Layout) -> Result<(FlatParams, FlatParams), ParamsError> {
+        self.layout.ensure_same(&model.with_control())?;
+        let (a, b) = self.values.split_at(model.total());
+        Ok((FlatParams::new(model.clone(), a.to_vec())?, FlatParams::new(model.clone(), b.to_vec())?))
     }
 
     /// Euclidean norm, accumulated in f64.

@@ -214,7 +214,7 @@ pub fn update_chunks(header: UpdateHeader, delta: Arc<FlatParams>) -> impl Itera
             layout_fingerprint: header.layout_fingerprint,
             total_values: header.total_values,
             num_examples: header.num_examples,
-            metrics: Some(pb::TrainMetrics { loss: m.loss, accuracy: m.accuracy, steps: m.steps, seconds: m.seconds }),
+            metrics: Some(pb::TrainMetrics { loss: m.loss, accuracy: m.accuracy, steps: m.steps, seconds: m.seconds, epochs: m.epochs }),
         })),
     };
     let n_chunks = delta.values().len().div_ceil(CHUNK_VALUES);
@@ -243,7 +243,7 @@ pub fn update_part(chunk: pb::UpdateChunk) -> Result<UpdatePart, WireError> {
                 layout_fingerprint: h.layout_fingerprint,
                 total_values: h.total_values,
                 num_examples: h.num_examples,
-                metrics: TrainReport { loss: m.loss, accuracy: m.accuracy, steps: m.steps, seconds: m.seconds },
+                metrics: TrainReport { loss: m.loss, accuracy: m.accuracy, steps: m.steps, epochs: m.epochs, seconds: m.seconds },
             }))
         }
         pb::update_chunk::Kind::Data(d) => Ok(UpdatePart::Data(d)),

@@ -112,6 +112,9 @@ pub struct RunArgs {
     /// Only these sites may join (repeat the flag; default: any site with a valid certificate).
     #[arg(long = "allow-site", value_name = "NAME")]
     pub allow_sites: Vec<String>,
+    /// Override the task's local learning rate.
+    #[arg(long, value_name = "LR")]
+    pub learning_rate: Option<f64>,
     /// Override the task's local epochs per round.
     #[arg(long, value_name = "E")]
     pub local_epochs: Option<u32>,
@@ -215,6 +218,13 @@ pub struct SimulateArgs {
     /// Scale of the malicious sites' sign-flipped updates.
     #[arg(long, default_value_t = 10.0, value_name = "S")]
     pub attack_scale: f32,
+    /// Experiments: this share of sites (the first by name) are stragglers that only manage
+    /// --straggler-epochs local epochs per round.
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    pub stragglers: f64,
+    /// Epochs a straggler completes.
+    #[arg(long, default_value_t = 1, value_name = "E")]
+    pub straggler_epochs: u32,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -296,6 +306,9 @@ impl RunArgs {
         };
         if let Some(e) = self.local_epochs {
             task.training.local_epochs = e;
+        }
+        if let Some(lr) = self.learning_rate {
+            task.training.learning_rate = lr;
         }
         self.strategy.apply(&mut task);
         task.validate().map_err(|e| e.to_string())?;

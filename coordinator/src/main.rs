@@ -55,6 +55,8 @@ async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
         tls: !a.insecure,
         malicious: a.malicious,
         attack_scale: a.attack_scale,
+        stragglers: a.stragglers,
+        straggler_epochs: a.straggler_epochs,
     })
     .await?;
     if let Some(c) = &sim.comparison {

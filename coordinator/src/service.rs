@@ -209,8 +209,8 @@ impl FederationService {
 fn work_to_pb(w: Work) -> pb::WorkItem {
     use pb::work_item::Kind;
     let kind = match w {
-        Work::Fit { round, model_hash, plan_fingerprint, local_epochs, proximal_mu } => {
-            Kind::Fit(pb::FitWork { round, model_hash, plan_fingerprint, local_epochs, proximal_mu })
+        Work::Fit { round, model_hash, plan_fingerprint, local_epochs, proximal_mu, control_hash } => {
+            Kind::Fit(pb::FitWork { round, model_hash, plan_fingerprint, local_epochs, proximal_mu, control_hash })
         }
         Work::Evaluate { round, model_hash, plan_fingerprint } => Kind::Evaluate(pb::EvaluateWork { round, model_hash, plan_fingerprint }),
         Work::Wait { current_round } => Kind::Wait(pb::WaitWork { millis: 0, current_round }),

@@ -13,8 +13,9 @@ use flotilla_common::FlatParams;
 /// What a round collected.
 #[derive(Debug)]
 pub enum Collected<'a> {
-    /// The example-weighted mean delta (FedAvg-family strategies stream into it).
-    Mean(FlatParams),
+    /// The example-weighted mean delta (FedAvg-family strategies stream into it), with the
+    /// number of contributors and of eligible sites (SCAFFOLD scales its control by them).
+    Mean { mean: FlatParams, contributors: usize, population: usize },
     /// Every update, by site (robust strategies).
     All(&'a BTreeMap<String, (FlatParams, u64)>),
 }
@@ -28,17 +29,41 @@ pub struct Strategy {
     m: Vec<f64>,
     /// Second moment of the adaptive optimisers.
     v: Vec<f64>,
+    /// SCAFFOLD's server control variate `c`.
+    control: Option<FlatParams>,
 }
 
 impl Strategy {
     /// A fresh strategy; `server_lr` is η of the task.
     pub fn new(config: StrategyConfig, server_lr: f64) -> Self {
-        Self { config, server_lr, m: Vec::new(), v: Vec::new() }
+        Self { config, server_lr, m: Vec::new(), v: Vec::new(), control: None }
+    }
+
+    /// SCAFFOLD's server control variate for a model of `layout` (zeros before round 1).
+    pub fn control(&mut self, layout: &flotilla_common::Layout) -> Option<&FlatParams> {
+        if self.config.name != StrategyName::Scaffold {
+            return None;
+        }
+        if self.control.as_ref().is_none_or(|c| c.layout() != layout) {
+            self.control = Some(FlatParams::zeros(layout.clone()));
+        }
+        self.control.as_ref()
+    }
+
+    /// The layout updates must have: the model's, or `[Δy ; Δc]` for SCAFFOLD.
+    pub fn update_layout(&self, model: &flotilla_common::Layout) -> flotilla_common::Layout {
+        if self.config.name == StrategyName::Scaffold { model.with_control() } else { model.clone() }
     }
 
     /// The configuration.
     pub fn config(&self) -> &StrategyConfig {
         &self.config
+    }
+
+    /// FedProx accepts updates from sites that did fewer local epochs than asked; the others
+    /// drop them, as in the FedProx paper's baselines.
+    pub fn accepts_partial_work(&self) -> bool {
+        self.config.name == StrategyName::Fedprox
     }
 
     /// True when the round must keep every update (robust rules).
@@ -50,7 +75,15 @@ impl Strategy {
     pub fn aggregate(&mut self, global: &FlatParams, collected: Collected<'_>) -> Result<FlatParams, String> {
         let c = &self.config;
         let delta = match collected {
-            Collected::Mean(mean) => mean,
+            Collected::Mean { mean, contributors, population } if c.name == StrategyName::Scaffold => {
+                // x ← x + η·mean(Δy);  c ← c + (|S| / N)·mean(Δc).
+                let (dy, dc) = mean.split_control(global.layout()).map_err(|e| e.to_string())?;
+                let scale = contributors as f32 / population.max(1) as f32;
+                let control = self.control.get_or_insert_with(|| FlatParams::zeros(global.layout().clone()));
+                control.values_mut().iter_mut().zip(dc.values()).for_each(|(ci, d)| *ci += scale * d);
+                dy
+            }
+            Collected::Mean { mean, .. } => mean,
             Collected::All(updates) => {
                 let deltas: Vec<&[f32]> = updates.values().map(|(d, _)| d.values()).collect();
                 let values = match c.name {
@@ -105,6 +138,18 @@ mod tests {
     }
 
     #[test]
+    fn scaffold_steps_the_model_and_the_control_by_hand() {
+        let mut s = Strategy::new(StrategyConfig { name: StrategyName::Scaffold, ..Default::default() }, 1.0);
+        let global = params(&[1.0, 2.0]);
+        assert_eq!(s.control(global.layout()).unwrap().values(), &[0.0, 0.0]);
+        // Mean update [Δy ; Δc] = [0.5, −1 ; 0.2, 0.4] from 2 of 4 sites: x = [1.5, 1], c = ½·[0.2, 0.4].
+        let update = params(&[0.5, -1.0]).concat_control(&params(&[0.2, 0.4])).unwrap();
+        let next = s.aggregate(&global, Collected::Mean { mean: update, contributors: 2, population: 4 }).unwrap();
+        assert_eq!(next.values(), &[1.5, 1.0]);
+        assert_eq!(s.control(global.layout()).unwrap().values(), &[0.1, 0.2]);
+    }
+
+    #[test]
     fn a_robust_rule_with_too_few_updates_keeps_the_model_and_says_why() {
         let config = StrategyConfig { name: StrategyName::Krum, byzantine: 1, ..Default::default() };
         let mut s = Strategy::new(config, 1.0);
@@ -121,8 +166,9 @@ mod tests {
         assert_eq!(median.aggregate(&params(&[10.0]), Collected::All(&updates)).unwrap().values(), &[12.0]);
 
         let mut m = Strategy::new(StrategyConfig { name: StrategyName::Fedavgm, beta1: 0.5, ..Default::default() }, 1.0);
-        let x1 = m.aggregate(&params(&[0.0]), Collected::Mean(params(&[1.0]))).unwrap();
-        let x2 = m.aggregate(&x1, Collected::Mean(params(&[1.0]))).unwrap();
+        let mean = |v| Collected::Mean { mean: params(&[v]), contributors: 1, population: 1 };
+        let x1 = m.aggregate(&params(&[0.0]), mean(1.0)).unwrap();
+        let x2 = m.aggregate(&x1, mean(1.0)).unwrap();
         assert_eq!(x2.values(), &[2.5]); // v = 1 then 1.5
     }
 }

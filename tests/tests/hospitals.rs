@@ -18,6 +18,8 @@ fn options(out: &std::path::Path, seed: u64, rounds: u32, baselines: bool) -> Si
         baselines,
         tls: true,
         malicious: 0,
+        stragglers: 0.0,
+        straggler_epochs: 1,
         attack_scale: 1.0,
     }
 }

@@ -42,6 +42,8 @@ async fn a_debug_log_of_a_whole_run_holds_no_data() {
         baselines: false,
         tls: true,
         malicious: 0,
+        stragglers: 0.0,
+        straggler_epochs: 1,
         attack_scale: 1.0,
     })
     .await

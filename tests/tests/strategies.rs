@@ -31,6 +31,8 @@ async fn run(strategy: StrategyName, byzantine: usize, malicious: usize) -> Resu
         baselines: false,
         tls: false,
         malicious,
+        stragglers: 0.0,
+        straggler_epochs: 1,
         attack_scale: 10.0,
     })
     .await?;

@@ -92,7 +92,7 @@ pub fn partition(table: &RawTable, how: &Partition, clients: usize, label: &Labe
                 }
             }
             let gamma = Gamma::new(*alpha, 1.0).map_err(|e| DataError::Spec(format!("dirichlet alpha: {e}")))?;
-            let min_rows = (table.rows.len() / clients / 4).clamp(2, 20);
+            let min_rows = (table.rows.len() / clients / 20).clamp(4, 20);
             // Redraw until every site holds a usable number of rows (as FL benchmarks do).
             for _ in 0..1000 {
                 let mut parts: Vec<Vec<RawRow>> = vec![Vec::new(); clients];

@@ -18,6 +18,8 @@ pub enum StrategyName {
     Fedadagrad,
     Fedadam,
     Fedyogi,
+    /// SCAFFOLD with control variates, option II (Karimireddy et al. 2020).
+    Scaffold,
     /// Coordinate-wise median.
     Median,
     /// β-trimmed mean (Yin et al. 2018).
@@ -31,13 +33,14 @@ pub enum StrategyName {
 
 impl StrategyName {
     /// Every name, as written in configs and on the command line.
-    pub const ALL: [StrategyName; 11] = [
+    pub const ALL: [StrategyName; 12] = [
         Self::Fedavg,
         Self::Fedavgm,
         Self::Fedprox,
         Self::Fedadagrad,
         Self::Fedadam,
         Self::Fedyogi,
+        Self::Scaffold,
         Self::Median,
         Self::TrimmedMean,
         Self::Krum,
@@ -54,6 +57,7 @@ impl StrategyName {
             Self::Fedadagrad => "fedadagrad",
             Self::Fedadam => "fedadam",
             Self::Fedyogi => "fedyogi",
+            Self::Scaffold => "scaffold",
             Self::Median => "median",
             Self::TrimmedMean => "trimmed-mean",
             Self::Krum => "krum",

@@ -3,7 +3,8 @@
 use std::time::Instant;
 
 use burn::nn::loss::{BinaryCrossEntropyLossConfig, CrossEntropyLossConfig};
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::prelude::*;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -23,11 +24,13 @@ pub struct TrainReport {
     /// Training accuracy over the last epoch (on the batches as they were trained).
     pub accuracy: f64,
     pub steps: u64,
+    /// Local epochs completed (fewer than asked for a straggler).
+    pub epochs: u32,
     pub seconds: f64,
 }
 
 /// Hyperparameters of one local training run.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LocalConfig {
     pub epochs: u32,
     pub batch_size: usize,
@@ -36,6 +39,9 @@ pub struct LocalConfig {
     pub seed: u64,
     /// FedProx: adds `(μ/2)·‖w − w_global‖²` to the loss (0 = off).
     pub proximal_mu: f64,
+    /// SCAFFOLD: the correction `c − c_i` added to every gradient; training then uses plain
+    /// SGD, as the paper's control-variate update assumes.
+    pub scaffold_correction: Option<FlatParams>,
 }
 
 /// Trains a model of `shape`, starting from `global`, and returns the local model.
@@ -51,7 +57,13 @@ pub fn train_local(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg:
     let mut model = bridge::write_params(Mlp::new(shape, &device), global)?;
     // The anchor of FedProx's proximal term: the global model, outside the graph.
     let anchor = (cfg.proximal_mu > 0.0).then(|| model.clone().no_grad());
-    let mut optim = AdamConfig::new().init();
+    let mut optim = match cfg.scaffold_correction {
+        Some(_) => SgdConfig::new().init(),
+        None => AdamConfig::new().init(),
+    };
+    if let Some(c) = &cfg.scaffold_correction {
+        global.layout().ensure_same(c.layout())?;
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut order: Vec<usize> = (0..data.len()).collect();
     let batch = cfg.batch_size.max(1);
@@ -85,15 +97,39 @@ pub fn train_local(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg:
                 return Err(TrainError::Diverged(value));
             }
             loss_sum += value * b as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            if let Some(c) = &cfg.scaffold_correction {
+                model.visit(&mut Correct { grads: &mut grads, values: c.values(), offset: 0 });
+            }
             model = optim.step(cfg.learning_rate, model, grads);
             report.steps += 1;
         }
         report.loss = loss_sum / data.len() as f64;
         report.accuracy = correct as f64 / data.len() as f64;
+        report.epochs += 1;
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok((bridge::read_params(&model), report))
+}
+
+/// Adds a flat correction to every parameter's gradient (SCAFFOLD's `− c_i + c`).
+struct Correct<'a> {
+    grads: &'a mut GradientsParams,
+    values: &'a [f32],
+    offset: usize,
+}
+
+impl ModuleVisitor for Correct<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let dims = param.val().dims();
+        let n: usize = dims.iter().product();
+        let slice = self.values[self.offset..self.offset + n].to_vec();
+        self.offset += n;
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            let c = Tensor::<D>::from_data(TensorData::new(slice, dims), &g.device());
+            self.grads.register::<D>(param.id, g + c);
+        }
+    }
 }
 
 fn count_correct(logits: &Tensor<2>, labels: &[i64], binary: bool) -> usize {
@@ -134,7 +170,7 @@ mod tests {
         let shape = ModelShape { inputs: 2, hidden: vec![8], outputs: 1 };
         let global = shape.init_params(1);
         let data = blobs(128);
-        let cfg = LocalConfig { epochs: 20, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: 0.0 };
+        let cfg = LocalConfig { epochs: 20, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: 0.0, scaffold_correction: None };
         let (local, report) = train_local(&global, &shape, &data, &cfg).unwrap();
         assert_eq!(report.steps, 20 * 8);
         let before = evaluate(&global, &shape, &data).unwrap();
@@ -151,7 +187,7 @@ mod tests {
         let global = shape.init_params(1);
         let data = blobs(128);
         let run = |mu| {
-            let cfg = LocalConfig { epochs: 10, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: mu };
+            let cfg = LocalConfig { epochs: 10, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: mu, scaffold_correction: None };
             train_local(&global, &shape, &data, &cfg).unwrap().0.delta_from(&global).unwrap().l2_norm()
         };
         let (free, tied) = (run(0.0), run(10.0));
@@ -159,9 +195,26 @@ mod tests {
     }
 
     #[test]
+    fn a_scaffold_correction_shifts_every_sgd_step() {
+        // With a constant correction c on every gradient, K SGD steps of rate η move each
+        // parameter by an extra −K·η·c relative to the uncorrected run (before nonlinear effects):
+        // here a huge correction dominates, so the delta is about −K·η·c.
+        let shape = ModelShape { inputs: 2, hidden: vec![4], outputs: 1 };
+        let global = shape.init_params(1);
+        let data = blobs(32);
+        let c = FlatParams::new(global.layout().clone(), vec![100.0; global.layout().total()]).unwrap();
+        let cfg = LocalConfig { epochs: 1, batch_size: 16, learning_rate: 0.001, seed: 5, proximal_mu: 0.0, scaffold_correction: Some(c) };
+        let (local, report) = train_local(&global, &shape, &data, &cfg).unwrap();
+        let expected = -(report.steps as f64) * 0.001 * 100.0; // −0.2
+        let delta = local.delta_from(&global).unwrap();
+        let mean = delta.values().iter().map(|&v| f64::from(v)).sum::<f64>() / delta.values().len() as f64;
+        assert!((mean - expected).abs() < 0.02, "mean delta {mean}, expected about {expected}");
+    }
+
+    #[test]
     fn wrong_feature_count_is_an_error() {
         let shape = ModelShape { inputs: 3, hidden: vec![4], outputs: 1 };
-        let cfg = LocalConfig { epochs: 1, batch_size: 4, learning_rate: 0.01, seed: 1, proximal_mu: 0.0 };
+        let cfg = LocalConfig { epochs: 1, batch_size: 4, learning_rate: 0.01, seed: 1, proximal_mu: 0.0, scaffold_correction: None };
         let err = train_local(&shape.init_params(1), &shape, &blobs(8), &cfg).unwrap_err();
         assert!(matches!(err, TrainError::FeatureMismatch { expected: 3, found: 2 }));
     }

@@ -27,7 +27,7 @@ use crate::strategy::{Collected, Strategy};
 /// What a site should do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
-    Fit { round: u32, model_hash: String, plan_fingerprint: String, local_epochs: u32, proximal_mu: f64 },
+    Fit { round: u32, model_hash: String, plan_fingerprint: String, local_epochs: u32, proximal_mu: f64, control_hash: String },
     Evaluate { round: u32, model_hash: String, plan_fingerprint: String },
     Wait { current_round: u32 },
     Done { reason: String },
@@ -155,6 +155,8 @@ pub struct Federation {
     final_site_metrics: BTreeMap<String, Evaluation>,
     sites_seen: BTreeMap<String, u64>,
     strategy: Strategy,
+    /// SCAFFOLD's server control variate and its hash, served like a model.
+    control: Option<(Arc<FlatParams>, String)>,
 }
 
 impl Federation {
@@ -164,6 +166,7 @@ impl Federation {
         let strategy = Strategy::new(task.strategy.clone(), f64::from(task.training.server_learning_rate));
         Self {
             strategy,
+            control: None,
             task,
             task_toml,
             seed,
@@ -260,6 +263,7 @@ impl Federation {
                 plan_fingerprint,
                 local_epochs: self.task.training.local_epochs,
                 proximal_mu: self.task.strategy.proximal_mu(),
+                control_hash: self.control.as_ref().map(|(_, h)| h.clone()).unwrap_or_default(),
             },
             Phase::Evaluate(e) if e.pending.contains(&site) => {
                 Work::Evaluate { round: e.round, model_hash: self.global_hash.clone(), plan_fingerprint }
@@ -271,6 +275,11 @@ impl Federation {
     /// The global model a site asks for, if it is the current one.
     pub fn model(&mut self, client_id: &str, round: u32, hash: &str, now: Instant) -> Result<Arc<FlatParams>, Rejection> {
         self.client_mut(client_id, now)?;
+        if let Some((c, h)) = &self.control
+            && hash == h
+        {
+            return Ok(c.clone());
+        }
         match &self.global {
             Some(g) if hash == self.global_hash => Ok(g.clone()),
             _ => Err(Rejection::Stale(format!(
@@ -307,7 +316,7 @@ impl Federation {
                 short(&self.global_hash)
             )));
         }
-        let layout = global.layout();
+        let layout = &self.strategy.update_layout(global.layout());
         if fingerprint != layout.fingerprint() || total != layout.total() as u64 {
             return Err(Rejection::InvalidArgument(format!(
                 "update of site `{site}` for round {round} has layout {} with {total} values; the federation's is {} with {}",
@@ -346,6 +355,18 @@ impl Federation {
                     "update of site `{site}` for round {round} has L2 norm {norm:.4e}, above the bound {bound}"
                 )));
             }
+        }
+        let asked = self.task.training.local_epochs;
+        if metrics.epochs < asked && !self.strategy.accepts_partial_work() {
+            if let Phase::Fit(f) = &mut self.phase {
+                f.pending.remove(&site);
+                f.failed.insert(site.clone());
+            }
+            return Err(Rejection::Closed(format!(
+                "update of site `{site}` for round {round} did {} of {asked} local epochs; {} drops partial work (fedprox uses it)",
+                metrics.epochs,
+                self.strategy.config().name
+            )));
         }
         let Phase::Fit(f) = &mut self.phase else { unreachable!("begin_update checked the phase") };
         match &mut f.all {
@@ -557,10 +578,20 @@ impl Federation {
         let global = shape.init_params(self.seed);
         self.global_hash = global.hash();
         self.global = Some(Arc::new(global));
+        self.refresh_control();
         let ev = Event::PlanReady { features: plan.width(), params: shape.num_params() };
         self.plan = Some(Arc::new(plan));
         self.shape = Some(shape);
         vec![ev]
+    }
+
+    /// Publishes the strategy's control variate (SCAFFOLD) so sites can download it.
+    fn refresh_control(&mut self) {
+        let layout = match &self.global {
+            Some(g) => g.layout().clone(),
+            None => return,
+        };
+        self.control = self.strategy.control(&layout).map(|c| (Arc::new(c.clone()), c.hash()));
     }
 
     fn eligible_sites(&self) -> Vec<String> {
@@ -582,7 +613,7 @@ impl Federation {
                 }
             }
         };
-        let layout = self.global.as_ref().map(|g| g.layout().clone()).unwrap_or_else(|| Layout::new(Vec::new()));
+        let layout = self.global.as_ref().map(|g| self.strategy.update_layout(g.layout())).unwrap_or_else(|| Layout::new(Vec::new()));
         self.phase = Phase::Fit(FitRound {
             round,
             started: now,
@@ -606,15 +637,17 @@ impl Federation {
         if f.contributors.len() >= self.policy.min_fit_results
             && let Some(global) = &self.global
         {
+            let population = self.clients.values().filter(|c| c.stats.is_some()).count().max(f.cohort.len());
             let collected = match (&f.all, f.sum.mean()) {
                 (Some(all), _) => Some(Collected::All(all)),
-                (None, Some(mean)) => Some(Collected::Mean(mean)),
+                (None, Some(mean)) => Some(Collected::Mean { mean, contributors: f.contributors.len(), population }),
                 (None, None) => None,
             };
             match collected.map(|c| self.strategy.aggregate(global, c)) {
                 Some(Ok(next)) => {
                     self.global_hash = next.hash();
                     self.global = Some(Arc::new(next));
+                    self.refresh_control();
                 }
                 // The strategy could not run on this cohort (too few updates for its
                 // guarantee, say): the round keeps the current model and says why.
@@ -736,8 +769,8 @@ mod tests {
         let (mut f, a, _, now) = in_round_one(Policy::default());
         let (_, h) = f.global().unwrap();
         let d = delta(&f, 0.01);
-        f.submit_update(&claim(&a, 1, &h, 10), &d, TrainReport::default(), now).unwrap();
-        let err = f.submit_update(&claim(&a, 1, &h, 10), &d, TrainReport::default(), now).unwrap_err();
+        f.submit_update(&claim(&a, 1, &h, 10), &d, TrainReport { epochs: 5, ..TrainReport::default() }, now).unwrap();
+        let err = f.submit_update(&claim(&a, 1, &h, 10), &d, TrainReport { epochs: 5, ..TrainReport::default() }, now).unwrap_err();
         assert!(matches!(err, Rejection::Duplicate(_)), "{err:?}");
         let Phase::Fit(round) = &f.phase else { panic!("round 1 must still be open") };
         assert_eq!((round.sum.count(), round.rejected), (1, 1));
@@ -754,7 +787,7 @@ mod tests {
         inf.values_mut()[0] = f32::INFINITY;
         let huge = delta(&f, 10.0);
         let ok = delta(&f, 0.01);
-        let m = TrainReport::default();
+        let m = TrainReport { epochs: 5, ..TrainReport::default() };
         let cases: Vec<(&str, Result<Vec<Event>, Rejection>)> = vec![
             ("not finite", f.submit_update(&claim(&a, 1, &h, 10), &nan, m, now)),
             ("not finite", f.submit_update(&claim(&a, 1, &h, 10), &inf, m, now)),
@@ -781,6 +814,31 @@ mod tests {
     }
 
     #[test]
+    fn partial_work_is_dropped_by_fedavg_and_used_by_fedprox() {
+        let (mut f, a, _, now) = in_round_one(Policy::default());
+        let (_, h) = f.global().unwrap();
+        let partial = TrainReport { epochs: 2, ..TrainReport::default() };
+        let err = f.submit_update(&claim(&a, 1, &h, 10), &delta(&f, 0.01), partial, now).unwrap_err();
+        assert!(err.to_string().contains("did 2 of 5 local epochs"), "{err}");
+        let Phase::Fit(round) = &f.phase else { panic!("round 1 must still be open") };
+        assert!(round.failed.contains("a") && round.sum.count() == 0);
+
+        let mut task = Task::banks();
+        task.strategy.name = flotilla_common::strategy::StrategyName::Fedprox;
+        let mut g = Federation::new(task, 1, Policy { min_clients: 2, rounds: 2, ..Policy::default() });
+        let cols = vec!["creditability".to_owned(), "x".to_owned()];
+        let a = g.join("a", &cols, now).unwrap().0.client_id;
+        let b = g.join("b", &cols, now).unwrap().0.client_id;
+        g.report_stats(&a, stats(), 10, now).unwrap();
+        g.report_stats(&b, stats(), 20, now).unwrap();
+        let (_, h) = g.global().unwrap();
+        g.submit_evaluation(&a, 0, &h, eval(), now).unwrap();
+        g.submit_evaluation(&b, 0, &h, eval(), now).unwrap();
+        assert!(matches!(g.pull_work(&a, now).unwrap(), Work::Fit { proximal_mu, .. } if proximal_mu > 0.0));
+        g.submit_update(&claim(&a, 1, &h, 10), &delta(&g, 0.01), partial, now).unwrap();
+    }
+
+    #[test]
     fn the_allow_list_and_the_label_column_are_checked_at_join() {
         let allowed = Some(["a".to_owned()].into_iter().collect());
         let mut f = Federation::new(Task::banks(), 1, Policy { allowed_sites: allowed, ..Policy::default() });
@@ -795,7 +853,7 @@ mod tests {
     fn a_silent_site_loses_its_lease_and_the_round_closes_without_it() {
         let (mut f, a, b, now) = in_round_one(Policy { lease: Duration::from_secs(1), ..Policy::default() });
         let (_, h) = f.global().unwrap();
-        f.submit_update(&claim(&a, 1, &h, 10), &delta(&f, 0.01), TrainReport::default(), now).unwrap();
+        f.submit_update(&claim(&a, 1, &h, 10), &delta(&f, 0.01), TrainReport { epochs: 5, ..TrainReport::default() }, now).unwrap();
         f.touch(&a, now + Duration::from_secs(2)).unwrap();
         let events = f.tick(now + Duration::from_secs(2));
         assert!(events.iter().any(|e| matches!(e, Event::Dropped { site, .. } if site == "b")), "{events:?}");

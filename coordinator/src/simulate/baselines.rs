@@ -49,6 +49,7 @@ pub fn compare(task: &Task, shape: &ModelShape, sites: &BTreeMap<String, SiteDat
         learning_rate: task.training.learning_rate,
         seed: derive_seed(seed, &[label, "baseline"]),
         proximal_mu: 0.0,
+        scaffold_correction: None,
     };
     let mut local = BTreeMap::new();
     for (name, d) in sites {

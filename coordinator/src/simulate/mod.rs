@@ -43,6 +43,10 @@ pub struct SimulateOptions {
     /// by `attack_scale`.
     pub malicious: usize,
     pub attack_scale: f32,
+    /// Experiments: the first `stragglers` share of sites (by name) complete only
+    /// `straggler_epochs` local epochs per round.
+    pub stragglers: f64,
+    pub straggler_epochs: u32,
 }
 
 /// What a simulation produced.
@@ -88,6 +92,7 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
         return Err(SimulateError::Policy(format!("--malicious {} is more than the {} sites", opts.malicious, sites.len())));
     }
     let first_malicious = sites.len() - opts.malicious;
+    let stragglers = (opts.stragglers.clamp(0.0, 1.0) * sites.len() as f64).round() as usize;
     let run_dir = RunDir::create(&opts.out)?;
     let pki = if opts.tls { Some(provision(&opts.out.join("pki"), &sites)?) } else { None };
     let listener = TcpListener::bind("127.0.0.1:0").await.map_err(SimulateError::Listen)?;
@@ -105,6 +110,9 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
         site_opts.tls = pki.as_ref().and_then(|p| p.sites.get(name).cloned());
         if i >= first_malicious {
             site_opts.attack = Some(Attack::SignFlip { scale: opts.attack_scale });
+        }
+        if i < stragglers {
+            site_opts.max_epochs = Some(opts.straggler_epochs);
         }
         let opts = site_opts;
         let (table, token, name) = (table.clone(), stop_clients.child_token(), name.clone());
