@@ -12,7 +12,7 @@ out=$(mktemp -d)
 run() { # label, extra flags...
   local label="$1"; shift
   local acc
-  acc=$("$bin" simulate --data data/germancredit.csv --config examples/banks.toml --clients 10 --partition iid \
+  acc=$("$bin" --log error simulate --data data/germancredit.csv --config examples/banks.toml --clients 10 --partition iid \
         --rounds "$rounds" --seed "$seed" --no-baselines --quiet --insecure --out "$out/run" "$@" \
         | sed -n 's/^final global model: accuracy \([0-9.]*\).*/\1/p')
   echo "| $label | $* | $acc |"

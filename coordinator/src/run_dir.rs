@@ -53,8 +53,9 @@ impl RunDir {
         &self.root
     }
 
-    /// Appends a round to `metrics.csv` and checkpoints the global model after it.
-    pub fn record_round(&mut self, record: &RoundRecord, model: &FlatParams) -> Result<(), RunDirError> {
+    /// Appends a round to `metrics.csv` and checkpoints the global model after it, with the
+    /// strategy's optimiser state (`checkpoint-strategy.safetensors`, f64) when it has one.
+    pub fn record_round(&mut self, record: &RoundRecord, model: &FlatParams, strategy_state: &[(&'static str, Vec<f64>)]) -> Result<(), RunDirError> {
         let path = self.root.join("metrics.csv");
         self.metrics.write_record(record.fields()).map_err(|e| other(&path, e))?;
         self.metrics.flush().map_err(|source| RunDirError::Io { path, source })?;
@@ -62,6 +63,11 @@ impl RunDir {
         let meta = HashMap::from([("round".to_owned(), record.round.to_string()), ("model_hash".to_owned(), record.model_hash.clone())]);
         let bytes = to_safetensors(model, meta).map_err(|e| other(&self.root.join("checkpoint.safetensors"), e))?;
         write_atomic(&self.root.join("checkpoint.safetensors"), &bytes)?;
+        if !strategy_state.is_empty() {
+            let path = self.root.join("checkpoint-strategy.safetensors");
+            let bytes = strategy_state_bytes(record.round, strategy_state).map_err(|e| other(&path, e))?;
+            write_atomic(&path, &bytes)?;
+        }
         // The chart is cheap and a person watching a long run likes to see it grow.
         chart::write_accuracy_chart(&self.root.join("accuracy.svg"), &self.history, &[]).map_err(|e| other(&self.root.join("accuracy.svg"), e))?;
         Ok(())
@@ -81,6 +87,17 @@ pub fn write_final(root: &Path, model: &FlatParams, summary: &serde_json::Value)
     let text = serde_json::to_string_pretty(&summary).map_err(|e| other(&path, e))?;
     write_atomic(&path, text.as_bytes())?;
     Ok(sha)
+}
+
+/// The strategy state as safetensors: one F64 tensor per named vector, the round as metadata.
+fn strategy_state_bytes(round: u32, state: &[(&'static str, Vec<f64>)]) -> Result<Vec<u8>, safetensors::SafeTensorError> {
+    let bytes: Vec<Vec<u8>> = state.iter().map(|(_, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views = state
+        .iter()
+        .zip(&bytes)
+        .map(|((name, v), b)| safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![v.len()], b).map(|t| (name.to_string(), t)))
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize(views, Some(HashMap::from([("round".to_owned(), round.to_string())])))
 }
 
 /// Writes a file so that readers see the old content or the new, never a mix: a temporary

@@ -50,6 +50,22 @@ impl Strategy {
         self.control.as_ref()
     }
 
+    /// The optimiser state to checkpoint: FedAvgM's velocity or the adaptive moments `m`, `v`,
+    /// and SCAFFOLD's control `c` (empty for stateless strategies).
+    pub fn state(&self) -> Vec<(&'static str, Vec<f64>)> {
+        let mut out = Vec::new();
+        if !self.m.is_empty() {
+            out.push(("strategy.m", self.m.clone()));
+        }
+        if !self.v.is_empty() {
+            out.push(("strategy.v", self.v.clone()));
+        }
+        if let Some(c) = &self.control {
+            out.push(("strategy.control", c.values().iter().map(|&x| f64::from(x)).collect()));
+        }
+        out
+    }
+
     /// The layout updates must have: the model's, or `[Δy ; Δc]` for SCAFFOLD.
     pub fn update_layout(&self, model: &flotilla_common::Layout) -> flotilla_common::Layout {
         if self.config.name == StrategyName::Scaffold { model.with_control() } else { model.clone() }

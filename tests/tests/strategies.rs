@@ -57,3 +57,37 @@ async fn an_impossible_byzantine_condition_is_refused_at_start() {
     let err = run(StrategyName::Krum, 4, 0).await.unwrap_err().to_string();
     assert!(err.contains("2f + 3 = 11"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_and_scaffold_state_is_checkpointed_and_scaffold_learns() {
+    for (name, lr, tensors) in [(StrategyName::Fedadam, 0.001, vec!["strategy.m", "strategy.v"]), (StrategyName::Scaffold, 0.05, vec!["strategy.control"])] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = Task::hospitals();
+        task.strategy.name = name;
+        task.training.learning_rate = lr;
+        task.training.server_learning_rate = if name == StrategyName::Fedadam { 0.01 } else { 1.0 };
+        let sim = simulate(SimulateOptions {
+            source: SiteSource::Scenario(flotilla_coordinator::scenario::Scenario::Hospitals),
+            task,
+            seed: 5,
+            policy: Policy { rounds: 5, ..Policy::default() },
+            out: dir.path().to_owned(),
+            progress: false,
+            baselines: false,
+            tls: false,
+            malicious: 0,
+            stragglers: 0.0,
+            straggler_epochs: 1,
+            attack_scale: 1.0,
+        })
+        .await
+        .unwrap();
+        let h = &sim.outcome.history;
+        assert!(h[5].accuracy >= 0.75 && h[5].loss < h[0].loss, "{name} learns: {:.3} -> {:.3}, loss {:.3} -> {:.3}", h[0].accuracy, h[5].accuracy, h[0].loss, h[5].loss);
+        let bytes = std::fs::read(dir.path().join("checkpoint-strategy.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for t in tensors {
+            assert_eq!(st.tensor(t).unwrap().shape(), &[sim.outcome.model.values().len()], "{name}: {t}");
+        }
+    }
+}

@@ -226,7 +226,7 @@ fn record(fed: &Federation, events: &[Event], run_dir: &mut Option<RunDir>, prog
             Event::RoundClosed(r) => {
                 tracing::info!(round = r.round, accuracy = r.accuracy, loss = r.loss, auc = ?r.auc, clients = r.clients, "round closed");
                 if let (Some(dir), Some((model, _))) = (run_dir.as_mut(), fed.global())
-                    && let Err(e) = dir.record_round(r, &model) {
+                    && let Err(e) = dir.record_round(r, &model, &fed.strategy_state()) {
                         tracing::error!(error = %e, "could not write the round to the run directory");
                     }
             }

@@ -459,6 +459,11 @@ impl Federation {
         })
     }
 
+    /// The strategy's optimiser state, for checkpoints.
+    pub fn strategy_state(&self) -> Vec<(&'static str, Vec<f64>)> {
+        self.strategy.state()
+    }
+
     /// The current global model and its hash, if any.
     pub fn global(&self) -> Option<(Arc<FlatParams>, String)> {
         self.global.clone().map(|g| (g, self.global_hash.clone()))
