@@ -604,20 +604,11 @@ impl Federation {
     }
 
     fn open_fit_round(&mut self, round: u32, now: Instant) -> Vec<Event> {
-        let eligible = self.eligible_sites();
+        let eligible: Vec<(String, u64)> =
+            self.eligible_sites().into_iter().map(|s| (s.clone(), self.sites_seen.get(&s).copied().unwrap_or(1))).collect();
         let k = self.policy.cohort_size(eligible.len());
-        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(self.seed, &["cohort", &round.to_string()]));
-        let cohort: BTreeSet<String> = match self.policy.sampling {
-            Sampling::Uniform => eligible.choose_multiple(&mut rng, k).cloned().collect(),
-            Sampling::Weighted => {
-                let weight = |s: &String| self.sites_seen.get(s).copied().unwrap_or(1).max(1) as f64;
-                match eligible.choose_multiple_weighted(&mut rng, k, weight) {
-                    Ok(chosen) => chosen.cloned().collect(),
-                    // Weights are positive and finite, so this cannot happen; fall back to all.
-                    Err(_) => eligible.iter().take(k).cloned().collect(),
-                }
-            }
-        };
+        let seed = derive_seed(self.seed, &["cohort", &round.to_string()]);
+        let cohort = sample_cohort(&eligible, k, self.policy.sampling, seed);
         let layout = self.global.as_ref().map(|g| self.strategy.update_layout(g.layout())).unwrap_or_else(|| Layout::new(Vec::new()));
         self.phase = Phase::Fit(FitRound {
             round,
@@ -714,6 +705,20 @@ impl Federation {
             self.phase = Phase::Gathering { next: e.round + 1 };
         }
         events
+    }
+}
+
+/// Draws `k` of the `eligible` sites (name, training examples), sorted by name, from a seed:
+/// uniformly, or with probability proportional to the number of examples.
+pub fn sample_cohort(eligible: &[(String, u64)], k: usize, sampling: Sampling, seed: u64) -> BTreeSet<String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    match sampling {
+        Sampling::Uniform => eligible.choose_multiple(&mut rng, k).map(|(s, _)| s.clone()).collect(),
+        Sampling::Weighted => match eligible.choose_multiple_weighted(&mut rng, k, |(_, n)| (*n).max(1) as f64) {
+            Ok(chosen) => chosen.map(|(s, _)| s.clone()).collect(),
+            // Weights are positive and finite, so this cannot happen; fall back to the first k.
+            Err(_) => eligible.iter().take(k).map(|(s, _)| s.clone()).collect(),
+        },
     }
 }
 
@@ -864,6 +869,16 @@ mod tests {
         assert!(events.iter().any(|e| matches!(e, Event::Dropped { site, .. } if site == "b")), "{events:?}");
         assert!(matches!(f.pull_work(&a, now + Duration::from_secs(2)).unwrap(), Work::Evaluate { round: 1, .. }));
         assert!(matches!(f.pull_work(&b, now), Err(Rejection::UnknownClient(_))));
+    }
+
+    #[test]
+    fn cohorts_are_seeded_and_weighted_sampling_favours_big_sites() {
+        let sites: Vec<(String, u64)> = [("a", 10), ("b", 10), ("c", 10), ("d", 10_000)].into_iter().map(|(s, n)| (s.to_owned(), n)).collect();
+        assert_eq!(sample_cohort(&sites, 2, Sampling::Uniform, 7), sample_cohort(&sites, 2, Sampling::Uniform, 7));
+        let picks = |sampling| (0..200).filter(|&seed| sample_cohort(&sites, 1, sampling, seed).contains("d")).count();
+        let (uniform, weighted) = (picks(Sampling::Uniform), picks(Sampling::Weighted));
+        assert!((30..=70).contains(&uniform), "uniform picks d about a quarter of the time: {uniform}/200");
+        assert!(weighted >= 190, "weighted picks the big site almost always: {weighted}/200");
     }
 
     #[test]
