@@ -134,10 +134,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::warn!("interrupted: leaving the federation");
-            signal.cancel();
-        }
+        terminated().await;
+        tracing::warn!("interrupted: leaving the federation");
+        signal.cancel();
     });
     let report = run_site(opts, table, shutdown).await.with_context(|| format!("site `{site}`"))?;
     tracing::info!(
@@ -149,6 +148,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         report.reason
     );
     Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn terminated() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// True for http(s) URLs whose host is localhost or a loopback address.

@@ -32,6 +32,9 @@ pub struct SiteOptions {
     pub heartbeat: Duration,
     /// How long to keep trying to reach the coordinator at start.
     pub connect_patience: Duration,
+    /// How long to keep retrying (exponential backoff with jitter) when the coordinator
+    /// becomes unreachable mid-run, e.g. while it restarts.
+    pub reconnect_patience: Duration,
     /// Mutual TLS material; required for an `https://` coordinator.
     pub tls: Option<ClientTls>,
     /// Experiments only: the site misbehaves this way (see [`Attack`]).
@@ -46,7 +49,7 @@ pub struct SiteOptions {
 impl SiteOptions {
     /// Options with the defaults for everything but the address and the name.
     pub fn new(coordinator: impl Into<String>, site: impl Into<String>) -> Self {
-        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), tls: None, attack: None, max_epochs: None, seed: None }
+        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), reconnect_patience: Duration::from_secs(300), tls: None, attack: None, max_epochs: None, seed: None }
     }
 }
 
@@ -96,6 +99,7 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
     report.test_examples = session.prepared.test.len();
     report.skipped_rows = session.prepared.rows.skipped.len();
     let mut known_round = 0;
+    let mut backoff = Backoff::default();
     loop {
         if shutdown.is_cancelled() {
             let _ = conn.leave(&session.client_id).await;
@@ -110,18 +114,71 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
                 report.reason = reason;
                 return Ok(report);
             }
-            Ok(None) => {}
+            Ok(None) => backoff.reset(),
             // The coordinator forgot us (lease expired, or it restarted): join again.
             Err(e) if e.code() == Some(tonic::Code::NotFound) => {
                 tracing::warn!(site = %opts.site, error = %e, "rejoining");
-                session = join(&conn, &opts, &table).await?;
+                match join(&conn, &opts, &table).await {
+                    Ok(s) => {
+                        session = s;
+                        backoff.reset();
+                    }
+                    Err(e) if is_transient(&e) => backoff.wait(&opts, e, &shutdown).await?,
+                    Err(e) => return Err(e),
+                }
             }
+            // The coordinator is unreachable (network fault, restart): retry with backoff.
+            // Work in progress is discarded; the coordinator asks again if it still wants it.
+            Err(e) if is_transient(&e) => backoff.wait(&opts, e, &shutdown).await?,
             // A round closed under us, or we were too late: resynchronise by pulling work.
             Err(e) if matches!(e.code(), Some(tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists | tonic::Code::PermissionDenied)) => {
                 tracing::info!(site = %opts.site, error = %e, "resynchronising");
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Errors worth retrying: the coordinator could not be reached or dropped the connection.
+fn is_transient(e: &ClientError) -> bool {
+    matches!(e, ClientError::Connect { .. })
+        || matches!(
+            e.code(),
+            Some(tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded | tonic::Code::Aborted)
+        )
+}
+
+/// Exponential backoff with full jitter, bounded by the site's reconnect patience.
+#[derive(Debug, Default)]
+struct Backoff {
+    attempt: u32,
+    since: Option<std::time::Instant>,
+}
+
+impl Backoff {
+    const BASE: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(10);
+
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Sleeps before the next try, or gives up with `error` once patience runs out.
+    async fn wait(&mut self, opts: &SiteOptions, error: ClientError, shutdown: &CancellationToken) -> Result<(), ClientError> {
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() > opts.reconnect_patience {
+            return Err(error);
+        }
+        let ceiling = Self::BASE.saturating_mul(1 << self.attempt.min(16)).min(Self::CAP);
+        // Full jitter spreads the reconnects of many sites after a coordinator restart.
+        let delay = ceiling.mul_f64(rand::random_range(0.5..1.0));
+        self.attempt += 1;
+        tracing::warn!(site = %opts.site, error = %error, attempt = self.attempt, delay_ms = delay.as_millis() as u64, "coordinator unreachable; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => {}
+        }
+        Ok(())
     }
 }
 

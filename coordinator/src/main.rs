@@ -101,9 +101,9 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     let interrupted = CancellationToken::new();
     let on_signal = interrupted.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_signal.cancel();
-        }
+        terminated().await;
+        tracing::warn!("interrupted: stopping; the last checkpoint stays in the run directory");
+        on_signal.cancel();
     });
     let finished = running.wait_done(&interrupted).await;
     let outcome = running.stop(Duration::from_secs(if finished { 10 } else { 0 })).await;
@@ -117,6 +117,19 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(accuracy = last.accuracy, loss = last.loss, model_sha256 = %sha, "federation finished");
     }
     Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn terminated() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn run_split(a: SplitArgs) -> anyhow::Result<()> {
