@@ -103,9 +103,16 @@ pub struct RunArgs {
     /// Seconds without contact after which a site is dropped from the round.
     #[arg(long, default_value_t = 15.0, value_name = "SECONDS")]
     pub lease: f64,
-    /// Seconds after which a training or evaluation phase closes with what it has.
+    /// Seconds after which a training or evaluation phase closes with what it has (a training
+    /// attempt with fewer than --min-fit-results updates is abandoned and retried).
     #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
     pub round_timeout: f64,
+    /// Seconds a round waits for the rest of its cohort once --min-fit-results updates are in.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub grace: f64,
+    /// Select this many times the sites a round needs, and close it as soon as enough reported.
+    #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
+    pub over_selection: f64,
     /// Refuse updates whose L2 norm exceeds this bound.
     #[arg(long, value_name = "NORM")]
     pub max_update_norm: Option<f64>,
@@ -289,6 +296,8 @@ impl RunArgs {
             min_fit_results: self.min_fit_results,
             lease: secs("lease", self.lease)?,
             round_timeout: secs("round-timeout", self.round_timeout)?,
+            grace: secs("grace", self.grace)?,
+            over_selection: self.over_selection,
             max_update_norm: self.max_update_norm,
             sampling: self.sampling,
             allowed_sites: (!self.allow_sites.is_empty()).then(|| self.allow_sites.iter().cloned().collect()),

@@ -220,6 +220,9 @@ fn record(fed: &Federation, events: &[Event], run_dir: &mut Option<RunDir>, prog
             Event::Left { site } => tracing::info!(%site, "site left"),
             Event::PlanReady { features, params } => tracing::info!(features, params, "preprocessing plan ready; global model initialised"),
             Event::FitOpened { round, cohort } => tracing::info!(round, cohort = ?cohort, "training round opened"),
+            Event::Abandoned { round, attempt, updates } => {
+                tracing::warn!(round, attempt, updates, "training attempt abandoned at the deadline; retrying with a fresh cohort")
+            }
             Event::ModelKept { round, reason } => tracing::warn!(round, %reason, "round keeps the current model"),
             Event::EvaluationOpened { round, sites } => tracing::debug!(round, sites, "evaluation opened"),
             Event::UpdateAccepted { site, round } => tracing::debug!(%site, round, "update accepted"),

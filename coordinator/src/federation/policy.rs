@@ -26,8 +26,14 @@ pub struct Policy {
     pub min_fit_results: usize,
     /// A site that has not been heard from for this long is dropped (and rejoins later).
     pub lease: Duration,
-    /// A training or evaluation phase closes with what it has after this long.
+    /// A training or evaluation phase closes with what it has after this long; a training
+    /// phase with fewer than `min_fit_results` updates is abandoned and retried instead.
     pub round_timeout: Duration,
+    /// Once `min_fit_results` updates are in, the round waits at most this long for the rest.
+    pub grace: Duration,
+    /// Select this many times the sites a round needs (≥ 1); the round closes as soon as the
+    /// needed number has reported. Production systems use about 1.3 since devices drop out.
+    pub over_selection: f64,
     /// Largest L2 norm an update may have; larger ones are refused (`None`: no bound).
     pub max_update_norm: Option<f64>,
     /// How the cohort of a round is drawn from the eligible sites.
@@ -45,6 +51,8 @@ impl Default for Policy {
             min_fit_results: 1,
             lease: Duration::from_secs(15),
             round_timeout: Duration::from_secs(600),
+            grace: Duration::from_secs(60),
+            over_selection: 1.0,
             max_update_norm: None,
             sampling: Sampling::Uniform,
             allowed_sites: None,
@@ -73,6 +81,9 @@ impl Policy {
         if self.min_fit_results == 0 {
             return Err("min-fit-results must be at least 1".into());
         }
+        if !(self.over_selection.is_finite() && self.over_selection >= 1.0) {
+            return Err(format!("over-selection must be at least 1, got {}", self.over_selection));
+        }
         if self.max_update_norm.is_some_and(|n| !(n.is_finite() && n > 0.0)) {
             return Err("max-update-norm must be a positive number".into());
         }
@@ -85,9 +96,14 @@ impl Policy {
         Ok(())
     }
 
-    /// How many of `eligible` sites train in a round.
+    /// How many of `eligible` sites a round needs.
     pub fn cohort_size(&self, eligible: usize) -> usize {
         ((eligible as f64 * self.fraction_fit).ceil() as usize).clamp(1.min(eligible), eligible)
+    }
+
+    /// How many sites a round selects: the needed number times the over-selection factor.
+    pub fn selection_size(&self, eligible: usize) -> usize {
+        ((self.cohort_size(eligible) as f64 * self.over_selection).ceil() as usize).min(eligible)
     }
 }
 

@@ -19,6 +19,9 @@ pub struct RoundRecord {
     pub failed: usize,
     /// Updates refused by validation (each logged with site, round and reason).
     pub rejected: usize,
+    /// Training attempts: more than 1 when attempts were abandoned (too few updates by the
+    /// deadline) and retried with a fresh cohort.
+    pub attempts: u32,
     /// Sites that evaluated the model.
     pub evaluated: usize,
     /// Example-weighted mean of the sites' local training loss.
@@ -31,8 +34,9 @@ pub struct RoundRecord {
 
 impl RoundRecord {
     /// Column names of `metrics.csv`, in order.
-    pub const HEADER: [&'static str; 12] =
-        ["round", "accuracy", "loss", "auc", "clients", "selected", "failed", "rejected", "evaluated", "train_loss", "seconds", "model_hash"];
+    pub const HEADER: [&'static str; 13] = [
+        "round", "accuracy", "loss", "auc", "clients", "selected", "failed", "rejected", "attempts", "evaluated", "train_loss", "seconds", "model_hash",
+    ];
 
     /// The record as CSV fields (empty for absent values).
     pub fn fields(&self) -> Vec<String> {
@@ -46,6 +50,7 @@ impl RoundRecord {
             self.selected.to_string(),
             self.failed.to_string(),
             self.rejected.to_string(),
+            self.attempts.to_string(),
             self.evaluated.to_string(),
             opt(self.train_loss),
             format!("{:.3}", self.seconds),

@@ -43,6 +43,7 @@ pub enum Event {
     FitOpened { round: u32, cohort: Vec<String> },
     EvaluationOpened { round: u32, sites: usize },
     ModelKept { round: u32, reason: String },
+    Abandoned { round: u32, attempt: u32, updates: usize },
     UpdateAccepted { site: String, round: u32 },
     RoundClosed(RoundRecord),
     Done,
@@ -105,6 +106,12 @@ struct FitRound {
     failed: BTreeSet<String>,
     /// Updates refused by validation in this round.
     rejected: usize,
+    /// Updates the round needs; with over-selection fewer than the cohort.
+    target: usize,
+    /// 1 for the first try; retries after abandoned attempts count up.
+    attempt: u32,
+    /// When `min_fit_results` updates were in: the grace period runs from here.
+    min_reached_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -124,6 +131,7 @@ struct FitSummary {
     selected: usize,
     failed: usize,
     rejected: usize,
+    attempts: u32,
     train_loss: Option<f64>,
 }
 
@@ -382,6 +390,9 @@ impl Federation {
         }
         f.pending.remove(&site);
         f.contributors.insert(site.clone(), (num_examples, metrics));
+        if f.contributors.len() >= self.policy.min_fit_results && f.min_reached_at.is_none() {
+            f.min_reached_at = Some(now);
+        }
         let mut events = vec![Event::UpdateAccepted { site, round }];
         events.extend(self.advance(now));
         Ok(events)
@@ -428,6 +439,18 @@ impl Federation {
             }
         }
         let deadline = self.policy.round_timeout;
+        // A training attempt without enough updates by the deadline is abandoned and retried
+        // with a fresh cohort, so a round never hangs on sites that are gone.
+        if let Phase::Fit(f) = &self.phase
+            && now.duration_since(f.started) > deadline
+            && f.contributors.len() < self.policy.min_fit_results
+            && f.attempt < MAX_ATTEMPTS
+        {
+            let (round, attempt) = (f.round, f.attempt);
+            events.push(Event::Abandoned { round, attempt, updates: f.contributors.len() });
+            events.extend(self.open_fit_attempt(round, attempt + 1, now));
+            return events;
+        }
         let timed_out = match &mut self.phase {
             Phase::Fit(f) if now.duration_since(f.started) > deadline => std::mem::take(&mut f.pending),
             Phase::Evaluate(e) if now.duration_since(e.started) > deadline => std::mem::take(&mut e.pending),
@@ -556,7 +579,16 @@ impl Federation {
                         false
                     }
                 }
-                Phase::Fit(f) if f.pending.is_empty() => {
+                Phase::Fit(f)
+                    if f.pending.is_empty()
+                        || f.contributors.len() >= f.target && f.target < f.cohort.len()
+                        || f.min_reached_at.is_some_and(|t| now.duration_since(t) >= self.policy.grace) =>
+                {
+                    // Sites still training are now late: their updates will be refused.
+                    if let Phase::Fit(f) = &mut self.phase {
+                        let late = std::mem::take(&mut f.pending);
+                        f.failed.extend(late);
+                    }
                     events.extend(self.close_fit(now));
                     true
                 }
@@ -604,10 +636,19 @@ impl Federation {
     }
 
     fn open_fit_round(&mut self, round: u32, now: Instant) -> Vec<Event> {
+        self.open_fit_attempt(round, 1, now)
+    }
+
+    fn open_fit_attempt(&mut self, round: u32, attempt: u32, now: Instant) -> Vec<Event> {
         let eligible: Vec<(String, u64)> =
             self.eligible_sites().into_iter().map(|s| (s.clone(), self.sites_seen.get(&s).copied().unwrap_or(1))).collect();
-        let k = self.policy.cohort_size(eligible.len());
-        let seed = derive_seed(self.seed, &["cohort", &round.to_string()]);
+        let target = self.policy.cohort_size(eligible.len());
+        let k = self.policy.selection_size(eligible.len());
+        let seed = if attempt == 1 {
+            derive_seed(self.seed, &["cohort", &round.to_string()])
+        } else {
+            derive_seed(self.seed, &["cohort", &round.to_string(), "attempt", &attempt.to_string()])
+        };
         let cohort = sample_cohort(&eligible, k, self.policy.sampling, seed);
         let layout = self.global.as_ref().map(|g| self.strategy.update_layout(g.layout())).unwrap_or_else(|| Layout::new(Vec::new()));
         self.phase = Phase::Fit(FitRound {
@@ -620,6 +661,9 @@ impl Federation {
             contributors: BTreeMap::new(),
             failed: BTreeSet::new(),
             rejected: 0,
+            target,
+            attempt,
+            min_reached_at: None,
         });
         vec![Event::FitOpened { round, cohort: cohort.into_iter().collect() }]
     }
@@ -657,6 +701,7 @@ impl Federation {
             selected: f.cohort.len(),
             failed: f.failed.len(),
             rejected: f.rejected,
+            attempts: f.attempt,
             train_loss,
         };
         events.push(self.open_evaluate(f.round, Some(summary), now));
@@ -690,6 +735,7 @@ impl Federation {
             selected: fit.as_ref().map_or(0, |f| f.selected),
             failed: fit.as_ref().map_or(0, |f| f.failed),
             rejected: fit.as_ref().map_or(0, |f| f.rejected),
+            attempts: fit.as_ref().map_or(0, |f| f.attempts),
             evaluated: e.results.len(),
             train_loss: fit.as_ref().and_then(|f| f.train_loss),
             seconds: now.duration_since(fit.as_ref().map_or(e.started, |f| f.started)).as_secs_f64(),
@@ -707,6 +753,9 @@ impl Federation {
         events
     }
 }
+
+/// Attempts of one round before it closes with whatever it has (keeping the model).
+const MAX_ATTEMPTS: u32 = 10;
 
 /// Draws `k` of the `eligible` sites (name, training examples), sorted by name, from a seed:
 /// uniformly, or with probability proportional to the number of examples.
@@ -879,6 +928,80 @@ mod tests {
         let (uniform, weighted) = (picks(Sampling::Uniform), picks(Sampling::Weighted));
         assert!((30..=70).contains(&uniform), "uniform picks d about a quarter of the time: {uniform}/200");
         assert!(weighted >= 190, "weighted picks the big site almost always: {weighted}/200");
+    }
+
+    /// Four sites joined and evaluated, round 1 open.
+    fn four_sites(policy: Policy) -> (Federation, Vec<String>, Instant) {
+        let now = Instant::now();
+        let mut f = Federation::new(Task::banks(), 1, Policy { min_clients: 4, rounds: 2, ..policy });
+        let cols = vec!["creditability".to_owned(), "x".to_owned()];
+        let ids: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| f.join(s, &cols, now).unwrap().0.client_id).collect();
+        for id in &ids {
+            f.report_stats(id, stats(), 10, now).unwrap();
+        }
+        let (_, h) = f.global().unwrap();
+        for id in &ids {
+            f.submit_evaluation(id, 0, &h, eval(), now).unwrap();
+        }
+        (f, ids, now)
+    }
+
+    fn fit_sites(f: &mut Federation, ids: &[String], now: Instant) -> Vec<String> {
+        ids.iter().filter(|id| matches!(f.pull_work(id, now).unwrap(), Work::Fit { .. })).cloned().collect()
+    }
+
+    #[test]
+    fn an_over_selected_round_closes_as_soon_as_enough_sites_reported() {
+        let (mut f, ids, now) = four_sites(Policy { fraction_fit: 0.5, over_selection: 2.0, ..Policy::default() });
+        let asked = fit_sites(&mut f, &ids, now);
+        assert_eq!(asked.len(), 4, "2 needed, 4 selected");
+        let (_, h) = f.global().unwrap();
+        let m = TrainReport { epochs: 5, ..TrainReport::default() };
+        f.submit_update(&claim(&asked[0], 1, &h, 10), &delta(&f, 0.01), m, now).unwrap();
+        f.submit_update(&claim(&asked[1], 1, &h, 10), &delta(&f, 0.01), m, now).unwrap();
+        let late = f.submit_update(&claim(&asked[2], 1, &h, 10), &delta(&f, 0.01), m, now).unwrap_err();
+        assert!(matches!(late, Rejection::Closed(_)), "{late:?}");
+        assert!(matches!(f.pull_work(&asked[0], now).unwrap(), Work::Evaluate { round: 1, .. }));
+    }
+
+    #[test]
+    fn the_grace_period_closes_a_round_once_the_minimum_is_in() {
+        let (mut f, ids, now) = four_sites(Policy { min_fit_results: 2, grace: Duration::from_secs(5), ..Policy::default() });
+        let (_, h) = f.global().unwrap();
+        let m = TrainReport { epochs: 5, ..TrainReport::default() };
+        f.submit_update(&claim(&ids[0], 1, &h, 10), &delta(&f, 0.01), m, now).unwrap();
+        f.tick(now + Duration::from_secs(10));
+        assert!(matches!(f.pull_work(&ids[1], now).unwrap(), Work::Fit { .. }), "one update is not the minimum: keep waiting");
+        let t = now + Duration::from_secs(11);
+        f.submit_update(&claim(&ids[1], 1, &h, 10), &delta(&f, 0.01), m, t).unwrap();
+        f.touch(&ids[2], t + Duration::from_secs(6)).unwrap();
+        f.touch(&ids[3], t + Duration::from_secs(6)).unwrap();
+        f.touch(&ids[0], t + Duration::from_secs(6)).unwrap();
+        f.touch(&ids[1], t + Duration::from_secs(6)).unwrap();
+        f.tick(t + Duration::from_secs(6));
+        assert!(matches!(f.pull_work(&ids[2], t + Duration::from_secs(6)).unwrap(), Work::Evaluate { round: 1, .. }));
+    }
+
+    #[test]
+    fn an_attempt_without_enough_updates_is_abandoned_and_retried_with_a_fresh_cohort() {
+        let (mut f, ids, now) = four_sites(Policy { fraction_fit: 0.5, round_timeout: Duration::from_secs(5), lease: Duration::from_secs(100), ..Policy::default() });
+        let first = fit_sites(&mut f, &ids, now);
+        let events = f.tick(now + Duration::from_secs(6));
+        assert!(events.iter().any(|e| matches!(e, Event::Abandoned { round: 1, attempt: 1, updates: 0 })), "{events:?}");
+        let t = now + Duration::from_secs(6);
+        let second = fit_sites(&mut f, &ids, t);
+        assert_eq!(second.len(), 2);
+        let (_, h) = f.global().unwrap();
+        let m = TrainReport { epochs: 5, ..TrainReport::default() };
+        for id in &second {
+            f.submit_update(&claim(id, 1, &h, 10), &delta(&f, 0.01), m, t).unwrap();
+        }
+        for id in &ids {
+            f.submit_evaluation(id, 1, &f.global().unwrap().1, eval(), t).unwrap();
+        }
+        let record = f.history.last().unwrap();
+        assert_eq!((record.round, record.attempts, record.clients), (1, 2, 2));
+        let _ = first;
     }
 
     #[test]
