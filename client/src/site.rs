@@ -323,6 +323,9 @@ async fn ensure_plan(conn: &Connection, s: &mut Session, fingerprint: &str) -> R
         .plan(&s.client_id)
         .await?
         .ok_or_else(|| ClientError::Rpc { what: "get the plan".into(), code: tonic::Code::FailedPrecondition, message: "plan not ready".into() })?;
+    if plan.width() == 0 {
+        return Err(flotilla_common::wire::WireError::Invalid("the preprocessing plan has no feature columns".into()).into());
+    }
     let data = Arc::new(s.prepared.encode(&plan, &s.task, s.seed)?);
     let shape = ModelShape::for_task(&s.task, plan.width());
     s.encoded = Some((plan.fingerprint(), data.clone(), shape.clone()));

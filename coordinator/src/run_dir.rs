@@ -48,11 +48,6 @@ impl RunDir {
         Ok(Self { root: root.to_owned(), metrics, history: Vec::new() })
     }
 
-    /// The directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Appends a round to `metrics.csv` and checkpoints the global model after it, with the
     /// strategy's optimiser state (`checkpoint-strategy.safetensors`, f64) when it has one.
     pub fn record_round(&mut self, record: &RoundRecord, model: &FlatParams, strategy_state: &[(&'static str, Vec<f64>)]) -> Result<(), RunDirError> {
