@@ -7,6 +7,7 @@
 //! - [`model`]: the burn MLP and the one bridge between burn modules and flat parameters.
 //! - [`train`]: local training and evaluation on the CPU.
 //! - [`wire`]: conversions between domain types and the protocol (the only module here that names `pb::`).
+//! - [`privacy`]: the Rényi-DP accountant of the subsampled Gaussian mechanism.
 //! - [`pki`]: the federation's certificates (CA, coordinator, sites, CSRs); identity = CN.
 //! - [`strategy`]: robust aggregation rules and server optimisers, pure functions.
 //! - [`site`]: a site's data from file to encoded train/test splits.
@@ -18,6 +19,7 @@ pub mod model;
 pub mod model_file;
 pub mod params;
 pub mod pki;
+pub mod privacy;
 pub mod seed;
 pub mod site;
 pub mod strategy;

@@ -36,6 +36,25 @@ pub enum Command {
     /// Certificates for mutual TLS: a federation CA, the coordinator's and the sites'.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Plan a privacy budget: the (ε, δ) that T rounds of the subsampled Gaussian mechanism
+    /// spend (Rényi DP, orders 2..256, converted as in Opacus).
+    Privacy(PrivacyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PrivacyArgs {
+    /// Probability q that a site is sampled in a round.
+    #[arg(long, value_name = "Q")]
+    pub sampling_rate: f64,
+    /// Noise multiplier z (noise standard deviation / clipping norm).
+    #[arg(long, value_name = "Z")]
+    pub noise_multiplier: f64,
+    /// Rounds T.
+    #[arg(long, value_name = "T")]
+    pub rounds: u64,
+    /// Target δ.
+    #[arg(long, default_value_t = 1e-5, value_name = "D")]
+    pub delta: f64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use flotilla_coordinator::cli::{CertsCommand, Cli, Command, ServeArgs, SimulateArgs, SplitArgs};
+use flotilla_coordinator::cli::{CertsCommand, Cli, Command, PrivacyArgs, ServeArgs, SimulateArgs, SplitArgs};
 use flotilla_coordinator::tls::ServerTls;
 use flotilla_common::pki;
 use flotilla_coordinator::scenario::load_sites;
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     // The simulation draws a progress bar: only warnings go to the log by default there.
     let default = match cli.command {
         Command::Simulate(_) => "warn",
-        Command::Serve(_) | Command::Split(_) | Command::Certs(_) => "info",
+        Command::Serve(_) | Command::Split(_) | Command::Certs(_) | Command::Privacy(_) => "info",
     };
     let filter = cli.log.clone().unwrap_or_else(|| default.to_owned());
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_target(false).with_writer(std::io::stderr).init();
@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => run_serve(a),
         Command::Split(a) => run_split(a),
         Command::Certs(c) => run_certs(c),
+        Command::Privacy(p) => run_privacy(&p),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -130,6 +131,16 @@ async fn terminated() {
         return;
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+fn run_privacy(p: &PrivacyArgs) -> anyhow::Result<()> {
+    use flotilla_common::privacy::accountant::{default_orders, epsilon, Step};
+    let spent = epsilon(&[Step { q: p.sampling_rate, sigma: p.noise_multiplier, count: p.rounds }], p.delta, default_orders())?;
+    println!(
+        "epsilon {:.4} at delta {:e} (Renyi order {}) for {} rounds, sampling rate {}, noise multiplier {}",
+        spent.epsilon, spent.delta, spent.order, p.rounds, p.sampling_rate, p.noise_multiplier
+    );
+    Ok(())
 }
 
 fn run_split(a: SplitArgs) -> anyhow::Result<()> {
