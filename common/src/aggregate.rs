@@ -73,6 +73,15 @@ impl WeightedSum {
         self.total_weight
     }
 
+    /// The weighted sum `Σ n_k Δ_k`, or `None` when nothing was added.
+    pub fn sum(&self) -> Option<FlatParams> {
+        if self.count == 0 {
+            return None;
+        }
+        let values = self.acc.iter().map(|&a| ((a as f64) / SCALE) as f32).collect();
+        FlatParams::new(self.layout.clone(), values).ok()
+    }
+
     /// The weighted mean `Σ n_k Δ_k / Σ n_k`, or `None` when nothing was added.
     pub fn mean(&self) -> Option<FlatParams> {
         if self.total_weight == 0 {

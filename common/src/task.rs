@@ -23,6 +23,9 @@ pub struct Task {
     /// How updates are combined (FedAvg unless configured).
     #[serde(default)]
     pub strategy: crate::strategy::StrategyConfig,
+    /// Central differential privacy (DP-FedAvg with a fixed clip); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<crate::privacy::DpConfig>,
 }
 
 fn default_name() -> String {
@@ -234,6 +237,15 @@ impl Task {
         let f = self.data.test_fraction;
         if !(0.0..1.0).contains(&f) || f == 0.0 {
             return Err(TaskError::Invalid(format!("data.test_fraction must be in (0, 1), got {f}")));
+        }
+        if let Some(dp) = &self.privacy {
+            dp.validate().map_err(TaskError::Invalid)?;
+            if self.strategy.name != crate::strategy::StrategyName::Fedavg {
+                return Err(TaskError::Invalid(format!(
+                    "differential privacy is implemented for fedavg only, not {}",
+                    self.strategy.name
+                )));
+            }
         }
         if self.data.augmentation.jitter_std < 0.0 {
             return Err(TaskError::Invalid("data.augmentation.jitter_std must be >= 0".into()));

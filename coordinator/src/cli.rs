@@ -138,6 +138,16 @@ pub struct RunArgs {
     /// Only these sites may join (repeat the flag; default: any site with a valid certificate).
     #[arg(long = "allow-site", value_name = "NAME")]
     pub allow_sites: Vec<String>,
+    /// Central differential privacy: clip each update to this L2 norm (turns DP-FedAvg on
+    /// with --dp-noise).
+    #[arg(long, value_name = "S", requires = "dp_noise")]
+    pub dp_clip: Option<f64>,
+    /// Central differential privacy: noise multiplier z (noise std z·S on the sum).
+    #[arg(long, value_name = "Z", requires = "dp_clip")]
+    pub dp_noise: Option<f64>,
+    /// δ of the reported (ε, δ).
+    #[arg(long, default_value_t = 1e-5, value_name = "D")]
+    pub dp_delta: f64,
     /// Override the task's local learning rate.
     #[arg(long, value_name = "LR")]
     pub learning_rate: Option<f64>,
@@ -339,6 +349,9 @@ impl RunArgs {
             task.training.learning_rate = lr;
         }
         self.strategy.apply(&mut task);
+        if let (Some(clip_norm), Some(noise_multiplier)) = (self.dp_clip, self.dp_noise) {
+            task.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm, noise_multiplier, delta: self.dp_delta });
+        }
         task.validate().map_err(|e| e.to_string())?;
         Ok(task)
     }

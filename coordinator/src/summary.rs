@@ -31,6 +31,7 @@ pub fn summary(task: &Task, seed: u64, o: &Outcome, comparison: Option<&Comparis
         "model": { "hidden": task.model.hidden, "inputs": o.shape.inputs, "outputs": o.shape.outputs, "parameters": o.shape.num_params() },
         "training": task.training,
         "history": o.history,
+        "epsilon": o.history.last().and_then(|r| r.epsilon),
     });
     if let Some(c) = comparison {
         v["baselines"] = json!({

@@ -1,6 +1,8 @@
-//! Differential privacy. For now the accountant: Rényi DP of the subsampled Gaussian
-//! mechanism, composed over rounds and converted to (ε, δ).
+//! Differential privacy: central DP-FedAvg with a fixed clip, and the accountant (Rényi DP of
+//! the subsampled Gaussian mechanism, composed over rounds and converted to (ε, δ)).
 
 pub mod accountant;
+pub mod dp_fedavg;
 
 pub use accountant::{epsilon, rdp_subsampled_gaussian, PrivacySpent, Step};
+pub use dp_fedavg::DpConfig;

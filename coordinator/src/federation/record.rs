@@ -28,14 +28,17 @@ pub struct RoundRecord {
     pub train_loss: Option<f64>,
     /// Wall time of the round, training and evaluation.
     pub seconds: f64,
+    /// (ε, δ)-DP spent so far (ε at the task's δ), when central DP is on.
+    pub epsilon: Option<f64>,
     /// SHA-256 of the global model after the round.
     pub model_hash: String,
 }
 
 impl RoundRecord {
     /// Column names of `metrics.csv`, in order.
-    pub const HEADER: [&'static str; 13] = [
-        "round", "accuracy", "loss", "auc", "clients", "selected", "failed", "rejected", "attempts", "evaluated", "train_loss", "seconds", "model_hash",
+    pub const HEADER: [&'static str; 14] = [
+        "round", "accuracy", "loss", "auc", "clients", "selected", "failed", "rejected", "attempts", "evaluated", "train_loss", "seconds", "epsilon",
+        "model_hash",
     ];
 
     /// The record as CSV fields (empty for absent values).
@@ -54,6 +57,7 @@ impl RoundRecord {
             self.evaluated.to_string(),
             opt(self.train_loss),
             format!("{:.3}", self.seconds),
+            opt(self.epsilon),
             self.model_hash.clone(),
         ]
     }

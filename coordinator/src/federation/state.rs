@@ -21,6 +21,9 @@ use rand_chacha::ChaCha8Rng;
 
 use super::policy::{Policy, Sampling};
 use super::record::RoundRecord;
+use flotilla_common::privacy::accountant::{default_orders, epsilon, Step};
+use flotilla_common::privacy::dp_fedavg::{clip, noisy_mean};
+
 use super::rejection::Rejection;
 use crate::strategy::{Collected, Strategy};
 
@@ -165,6 +168,10 @@ pub struct Federation {
     strategy: Strategy,
     /// SCAFFOLD's server control variate and its hash, served like a model.
     control: Option<(Arc<FlatParams>, String)>,
+    /// Central DP: the rounds so far as (sampling rate, noise multiplier, count) steps.
+    dp_steps: Vec<Step>,
+    /// ε spent so far under central DP.
+    epsilon: Option<f64>,
 }
 
 impl Federation {
@@ -175,6 +182,8 @@ impl Federation {
         Self {
             strategy,
             control: None,
+            dp_steps: Vec::new(),
+            epsilon: None,
             task,
             task_toml,
             seed,
@@ -376,6 +385,17 @@ impl Federation {
                 self.strategy.config().name
             )));
         }
+        // Central DP: every update is clipped to norm S and counts once, whatever its size.
+        let clipped;
+        let (delta, num_examples) = match &self.task.privacy {
+            Some(dp) => {
+                let mut d = delta.clone();
+                clip(d.values_mut(), dp.clip_norm);
+                clipped = d;
+                (&clipped, 1)
+            }
+            None => (delta, num_examples),
+        };
         let Phase::Fit(f) = &mut self.phase else { unreachable!("begin_update checked the phase") };
         match &mut f.all {
             Some(all) => {
@@ -678,7 +698,21 @@ impl Federation {
             && let Some(global) = &self.global
         {
             let population = self.clients.values().filter(|c| c.stats.is_some()).count().max(f.cohort.len());
-            let collected = match (&f.all, f.sum.mean()) {
+            let mean = match &self.task.privacy {
+                // (Σ clip(Δ_k) + N(0, (z·S)²)) / m, with m the round's expected cohort size.
+                Some(dp) => f.sum.sum().and_then(|sum| {
+                    let seed = derive_seed(self.seed, &["dp-noise", &f.round.to_string(), &f.attempt.to_string()]);
+                    match noisy_mean(sum.values(), dp, f.target, seed) {
+                        Ok(v) => FlatParams::new(sum.layout().clone(), v).ok(),
+                        Err(reason) => {
+                            events.push(Event::ModelKept { round: f.round, reason });
+                            None
+                        }
+                    }
+                }),
+                None => f.sum.mean(),
+            };
+            let collected = match (&f.all, mean) {
                 (Some(all), _) => Some(Collected::All(all)),
                 (None, Some(mean)) => Some(Collected::Mean { mean, contributors: f.contributors.len(), population }),
                 (None, None) => None,
@@ -694,6 +728,16 @@ impl Federation {
                 Some(Err(reason)) => events.push(Event::ModelKept { round: f.round, reason }),
                 None => {}
             }
+        }
+        if let Some(dp) = &self.task.privacy {
+            // Account for the round: each site took part with probability cohort / population.
+            let population = self.clients.values().filter(|c| c.stats.is_some()).count().max(f.cohort.len()).max(1);
+            let q = f.cohort.len() as f64 / population as f64;
+            match self.dp_steps.iter_mut().find(|s| s.q == q) {
+                Some(s) => s.count += 1,
+                None => self.dp_steps.push(Step { q, sigma: dp.noise_multiplier, count: 1 }),
+            }
+            self.epsilon = epsilon(&self.dp_steps, dp.delta, default_orders()).ok().map(|p| p.epsilon);
         }
         let summary = FitSummary {
             started: f.started,
@@ -739,6 +783,7 @@ impl Federation {
             evaluated: e.results.len(),
             train_loss: fit.as_ref().and_then(|f| f.train_loss),
             seconds: now.duration_since(fit.as_ref().map_or(e.started, |f| f.started)).as_secs_f64(),
+            epsilon: self.epsilon,
             model_hash: self.global_hash.clone(),
         };
         self.final_site_metrics = e.results;

@@ -138,7 +138,8 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
                 let p = rx.borrow_and_update().clone();
                 if let Some(r) = &p.last {
                     bar.set_position(u64::from(r.round));
-                    bar.set_message(format!("accuracy {:.3}  auc {}", r.accuracy, r.auc.map_or("–".into(), |a| format!("{a:.3}"))));
+                    let eps = r.epsilon.map_or(String::new(), |e| format!("  ε {e:.2}"));
+                    bar.set_message(format!("accuracy {:.3}  auc {}{eps}", r.accuracy, r.auc.map_or("–".into(), |a| format!("{a:.3}"))));
                 }
                 if p.done {
                     break;
