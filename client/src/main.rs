@@ -50,6 +50,13 @@ struct Args {
     /// Seconds to keep trying to reach the coordinator at start.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     connect_timeout: f64,
+    /// This site's privacy budget: stop training before the rounds it took part in would
+    /// spend more than this ε (from the federation's announced DP parameters).
+    #[arg(long, value_name = "EPSILON")]
+    max_epsilon: Option<f64>,
+    /// δ of this site's budget.
+    #[arg(long, default_value_t = 1e-5, value_name = "DELTA")]
+    max_delta: f64,
     /// Seed of this site's randomness (train/test split, shuffles, augmentation).
     /// Default: the federation's seed, so the coordinator's --seed reproduces the whole run.
     #[arg(long, value_name = "SEED")]
@@ -131,6 +138,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     opts.heartbeat = Duration::from_secs_f64(args.heartbeat);
     opts.connect_patience = Duration::from_secs_f64(args.connect_timeout);
     opts.seed = args.seed;
+    opts.budget = args.max_epsilon.map(|e| (e, args.max_delta));
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

@@ -39,6 +39,9 @@ pub struct SiteOptions {
     pub tls: Option<ClientTls>,
     /// Experiments only: the site misbehaves this way (see [`Attack`]).
     pub attack: Option<Attack>,
+    /// The site's own privacy budget (ε, δ): it trains only while the rounds it took part in
+    /// stay within it, computed from the federation's announced DP parameters.
+    pub budget: Option<(f64, f64)>,
     /// Experiments only: a straggler completes at most this many local epochs per round.
     pub max_epochs: Option<u32>,
     /// Seed of the site's own randomness (split, shuffles, augmentation). `None` uses the
@@ -49,7 +52,7 @@ pub struct SiteOptions {
 impl SiteOptions {
     /// Options with the defaults for everything but the address and the name.
     pub fn new(coordinator: impl Into<String>, site: impl Into<String>) -> Self {
-        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), reconnect_patience: Duration::from_secs(300), tls: None, attack: None, max_epochs: None, seed: None }
+        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), reconnect_patience: Duration::from_secs(300), tls: None, budget: None, attack: None, max_epochs: None, seed: None }
     }
 }
 
@@ -87,6 +90,12 @@ struct Session {
     control: Option<FlatParams>,
 }
 
+/// Rounds this site trained in, for its own privacy accounting (kept across rejoins).
+#[derive(Debug, Default, Clone, Copy)]
+struct Spent {
+    rounds: u64,
+}
+
 /// Runs a site until the federation is done or `shutdown` is cancelled.
 pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: CancellationToken) -> Result<SiteReport, ClientError> {
     if let Some(tls) = &opts.tls {
@@ -100,13 +109,14 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
     report.skipped_rows = session.prepared.rows.skipped.len();
     let mut known_round = 0;
     let mut backoff = Backoff::default();
+    let mut spent = Spent::default();
     loop {
         if shutdown.is_cancelled() {
             let _ = conn.leave(&session.client_id).await;
             report.reason = "stopped".into();
             return Ok(report);
         }
-        let result = step(&conn, &opts, &mut session, &mut report, &mut known_round, &shutdown).await;
+        let result = step(&conn, &opts, &mut session, &mut report, &mut known_round, &mut spent, &shutdown).await;
         match result {
             Ok(Some(reason)) => {
                 // Best effort: lets the coordinator stop without waiting for our lease to expire.
@@ -136,6 +146,27 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Why the site must not train one more round, or `None` when its budget allows it.
+///
+/// The site counts every round it trains in with sampling rate 1 (it knows it was selected,
+/// so it claims no amplification by sampling): conservative, and nothing the coordinator says
+/// can lower it.
+fn over_budget(opts: &SiteOptions, task: &Task, rounds: u64) -> Option<String> {
+    let (max_eps, delta) = opts.budget?;
+    let Some(dp) = &task.privacy else {
+        return Some(format!("this site requires differential privacy (ε ≤ {max_eps}) and the federation announces none; not training"));
+    };
+    let step = flotilla_common::privacy::Step { q: 1.0, sigma: dp.noise_multiplier, count: rounds };
+    match flotilla_common::privacy::epsilon(&[step], delta, flotilla_common::privacy::accountant::default_orders()) {
+        Ok(p) if p.epsilon <= max_eps => None,
+        Ok(p) => Some(format!(
+            "privacy budget: training round {rounds} would bring this site to ε = {:.3} (δ = {delta:e}, noise multiplier {}), above its limit {max_eps}; stopping",
+            p.epsilon, dp.noise_multiplier
+        )),
+        Err(e) => Some(format!("privacy budget: {e}; not training")),
     }
 }
 
@@ -224,7 +255,15 @@ async fn join(conn: &Connection, opts: &SiteOptions, table: &RawTable) -> Result
 }
 
 /// One piece of work; `Some(reason)` when the federation is done.
-async fn step(conn: &Connection, opts: &SiteOptions, s: &mut Session, report: &mut SiteReport, known_round: &mut u32, shutdown: &CancellationToken) -> Result<Option<String>, ClientError> {
+async fn step(
+    conn: &Connection,
+    opts: &SiteOptions,
+    s: &mut Session,
+    report: &mut SiteReport,
+    known_round: &mut u32,
+    spent: &mut Spent,
+    shutdown: &CancellationToken,
+) -> Result<Option<String>, ClientError> {
     let work = tokio::select! {
         w = conn.pull_work(&s.client_id, *known_round) => w?,
         _ = shutdown.cancelled() => return Ok(None),
@@ -243,6 +282,10 @@ async fn step(conn: &Connection, opts: &SiteOptions, s: &mut Session, report: &m
                 return Err(flotilla_common::wire::WireError::Invalid(format!("proximal mu {proximal_mu} must be >= 0")).into());
             }
             *known_round = round;
+            if let Some(reason) = over_budget(opts, &s.task, spent.rounds + 1) {
+                tracing::warn!(site = %opts.site, round, "{reason}");
+                return Ok(Some(reason));
+            }
             let (data, shape) = ensure_plan(conn, s, &plan_fingerprint).await?;
             let global = ensure_model(conn, s, round, &model_hash).await?;
             // SCAFFOLD: download the server control c; the gradient correction is c − c_i.
@@ -296,6 +339,8 @@ async fn step(conn: &Connection, opts: &SiteOptions, s: &mut Session, report: &m
                 num_examples: s.prepared.num_train() as u64,
                 metrics,
             };
+            // The round counts against the budget once its update left the site.
+            spent.rounds += 1;
             conn.upload_update(header, delta).await?;
             report.rounds_trained += 1;
             tracing::debug!(site = %opts.site, round, loss = metrics.loss, "update sent");

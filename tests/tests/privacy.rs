@@ -42,3 +42,27 @@ async fn a_dp_run_reports_the_epsilon_it_spent_and_still_learns() {
     let metrics = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
     assert!(metrics.lines().next().unwrap().split(',').any(|c| c == "epsilon"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_stops_training_when_its_own_budget_would_be_exceeded() {
+    use flotilla_client::run_site;
+    use flotilla_tests::{start_coordinator, synthetic_table, synthetic_task, test_site};
+    use tokio_util::sync::CancellationToken;
+
+    let mut task = synthetic_task(vec![8]);
+    task.privacy = Some(DpConfig { clip_norm: 1.0, noise_multiplier: 2.0, delta: 1e-5 });
+    // The budget that exactly 2 rounds at q = 1, z = 2 fit in.
+    let two = epsilon(&[Step { q: 1.0, sigma: 2.0, count: 2 }], 1e-5, default_orders()).unwrap().epsilon;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_coordinator(task, 1, Policy { rounds: 4, min_clients: 2, ..flotilla_tests::test_policy(4, 2) }, dir.path()).await;
+    let mut careful = test_site(running.url(), "careful");
+    careful.budget = Some((two + 1e-9, 1e-5));
+    let token = CancellationToken::new();
+    let a = tokio::spawn(run_site(careful, synthetic_table("careful", 60, 0), token.clone()));
+    let b = tokio::spawn(run_site(test_site(running.url(), "open"), synthetic_table("open", 60, 60), token.clone()));
+    let careful = a.await.unwrap().unwrap();
+    assert_eq!(careful.rounds_trained, 2);
+    assert!(careful.reason.contains("privacy budget") && careful.reason.contains("round 3"), "{}", careful.reason);
+    assert_eq!(b.await.unwrap().unwrap().rounds_trained, 4, "the other site carries on");
+    running.stop(std::time::Duration::from_secs(1)).await;
+}
