@@ -148,6 +148,10 @@ pub struct RunArgs {
     /// δ of the reported (ε, δ).
     #[arg(long, default_value_t = 1e-5, value_name = "D")]
     pub dp_delta: f64,
+    /// Adaptive clipping: --dp-clip is the initial norm, which then tracks this quantile of
+    /// the update norms (the paper's default 0.5; learning rate 0.2, count noise m/20).
+    #[arg(long, value_name = "GAMMA", requires = "dp_clip")]
+    pub dp_adaptive_quantile: Option<f64>,
     /// Override the task's local learning rate.
     #[arg(long, value_name = "LR")]
     pub learning_rate: Option<f64>,
@@ -350,7 +354,10 @@ impl RunArgs {
         }
         self.strategy.apply(&mut task);
         if let (Some(clip_norm), Some(noise_multiplier)) = (self.dp_clip, self.dp_noise) {
-            task.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm, noise_multiplier, delta: self.dp_delta });
+            let adaptive = self
+                .dp_adaptive_quantile
+                .map(|target_quantile| flotilla_common::privacy::dp_fedavg::AdaptiveClip { target_quantile, ..Default::default() });
+            task.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm, noise_multiplier, delta: self.dp_delta, adaptive });
         }
         task.validate().map_err(|e| e.to_string())?;
         Ok(task)

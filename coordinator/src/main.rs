@@ -95,6 +95,9 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     let task = a.run.task(a.scenario).map_err(anyhow::Error::msg)?;
     let policy = a.run.policy(a.min_clients).map_err(anyhow::Error::msg)?;
     task.strategy.validate(policy.cohort_size(policy.min_clients)).map_err(anyhow::Error::msg)?;
+    if let Some(dp) = &task.privacy {
+        dp.validate_for_cohort(policy.cohort_size(policy.min_clients)).map_err(anyhow::Error::msg)?;
+    }
     let run_dir = RunDir::create(&a.run.out)?;
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
     let running = runner::start(task.clone(), a.run.seed, policy, Some(run_dir), listener, tls)?;

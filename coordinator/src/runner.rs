@@ -71,8 +71,15 @@ impl Running {
         })
         .await;
         self.shutdown.cancel();
-        if let Ok(Err(e)) = self.server.await {
-            tracing::error!(error = %e, "gRPC server stopped with an error");
+        // Graceful shutdown waits for open connections; a stuck one must not hold us forever.
+        let mut server = self.server;
+        match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "gRPC server stopped with an error"),
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!("connections still open 5 s after shutdown; closing them");
+                server.abort();
+            }
         }
         self.actor.await.ok().flatten()
     }

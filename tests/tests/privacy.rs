@@ -12,7 +12,7 @@ use flotilla_coordinator::simulate::{simulate, SimulateOptions};
 async fn a_dp_run_reports_the_epsilon_it_spent_and_still_learns() {
     let dir = tempfile::tempdir().unwrap();
     let mut task = Task::hospitals();
-    let dp = DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5 };
+    let dp = DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None };
     task.privacy = Some(dp);
     let rounds = 5;
     let sim = simulate(SimulateOptions {
@@ -50,7 +50,7 @@ async fn a_site_stops_training_when_its_own_budget_would_be_exceeded() {
     use tokio_util::sync::CancellationToken;
 
     let mut task = synthetic_task(vec![8]);
-    task.privacy = Some(DpConfig { clip_norm: 1.0, noise_multiplier: 2.0, delta: 1e-5 });
+    task.privacy = Some(DpConfig { clip_norm: 1.0, noise_multiplier: 2.0, delta: 1e-5, adaptive: None });
     // The budget that exactly 2 rounds at q = 1, z = 2 fit in.
     let two = epsilon(&[Step { q: 1.0, sigma: 2.0, count: 2 }], 1e-5, default_orders()).unwrap().epsilon;
     let dir = tempfile::tempdir().unwrap();
@@ -65,4 +65,33 @@ async fn a_site_stops_training_when_its_own_budget_would_be_exceeded() {
     assert!(careful.reason.contains("privacy budget") && careful.reason.contains("round 3"), "{}", careful.reason);
     assert_eq!(b.await.unwrap().unwrap().rounds_trained, 4, "the other site carries on");
     running.stop(std::time::Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_clipping_moves_the_clip_norm_towards_the_update_norms() {
+    use flotilla_common::privacy::dp_fedavg::AdaptiveClip;
+    let dir = tempfile::tempdir().unwrap();
+    let mut task = Task::hospitals();
+    // Start far below the update norms: most updates are clipped, so the norm must grow.
+    // Four hospitals: the default σ_b = 4/20 is too small for z = 0.5, so it is set explicitly.
+    let adaptive = AdaptiveClip { count_stddev: Some(1.0), ..AdaptiveClip::default() };
+    task.privacy = Some(DpConfig { clip_norm: 0.01, noise_multiplier: 0.5, delta: 1e-5, adaptive: Some(adaptive) });
+    let sim = simulate(SimulateOptions {
+        source: SiteSource::Scenario(Scenario::Hospitals),
+        task,
+        seed: 3,
+        policy: Policy { rounds: 6, ..Policy::default() },
+        out: dir.path().to_owned(),
+        progress: false,
+        baselines: false,
+        tls: false,
+        malicious: 0,
+        attack_scale: 1.0,
+        stragglers: 0.0,
+        straggler_epochs: 1,
+    })
+    .await
+    .unwrap();
+    let norms: Vec<f64> = sim.outcome.history[1..].iter().map(|r| r.clip_norm.unwrap()).collect();
+    assert!(norms[norms.len() - 1] > 0.01 * 1.5, "the clip norm grew from 0.01: {norms:?}");
 }

@@ -26,10 +26,13 @@ async fn a_site_rejoins_a_restarted_coordinator_and_finishes() {
 
     // Let the first federation get going, then take it away mid-run.
     let mut progress = first.handle.progress();
-    while progress.borrow_and_update().last.as_ref().is_none_or(|r| r.round < 2) {
-        progress.changed().await.unwrap();
-    }
-    first.stop(Duration::ZERO).await;
+    let started = async {
+        while progress.borrow_and_update().last.as_ref().is_none_or(|r| r.round < 2) {
+            progress.changed().await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), started).await.expect("round 2 of the first federation");
+    tokio::time::timeout(Duration::from_secs(30), first.stop(Duration::ZERO)).await.expect("the first coordinator stops");
 
     // A new coordinator on the same address: the site must find it and rejoin.
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
@@ -37,7 +40,7 @@ async fn a_site_rejoins_a_restarted_coordinator_and_finishes() {
     let report = tokio::time::timeout(Duration::from_secs(60), site).await.expect("the site must not hang").unwrap().unwrap();
     assert!(report.reason.contains("finished its 2 rounds"), "{}", report.reason);
     assert!(report.rounds_trained >= 4, "trained in both federations: {}", report.rounds_trained);
-    let outcome = second.stop(Duration::from_secs(1)).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), second.stop(Duration::from_secs(1))).await.expect("stops").unwrap();
     assert_eq!(outcome.history.last().unwrap().clients, 1);
 }
 
@@ -50,10 +53,13 @@ async fn a_site_gives_up_when_the_coordinator_never_comes_back() {
     opts.reconnect_patience = Duration::from_secs(2);
     let site = tokio::spawn(run_site(opts, synthetic_table("north", 60, 0), CancellationToken::new()));
     let mut progress = running.handle.progress();
-    while progress.borrow_and_update().last.is_none() {
-        progress.changed().await.unwrap();
-    }
-    running.stop(Duration::ZERO).await;
+    let started = async {
+        while progress.borrow_and_update().last.is_none() {
+            progress.changed().await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), started).await.expect("round 0 closes");
+    tokio::time::timeout(Duration::from_secs(30), running.stop(Duration::ZERO)).await.expect("the coordinator stops");
     let result = tokio::time::timeout(Duration::from_secs(60), site).await.expect("the site must give up, not hang").unwrap();
     let err = result.unwrap_err();
     assert!(err.to_string().contains("coordinator") || err.code().is_some(), "{err}");

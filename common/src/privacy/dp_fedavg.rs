@@ -18,6 +18,62 @@ pub struct DpConfig {
     /// δ of the reported (ε, δ).
     #[serde(default = "default_delta")]
     pub delta: f64,
+    /// Adaptive clipping (Andrew et al. 2021): the clip norm follows a quantile of the update
+    /// norms, starting from `clip_norm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveClip>,
+}
+
+/// Parameters of adaptive clipping; the paper's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveClip {
+    /// γ: the quantile of update norms the clip norm tracks.
+    #[serde(default = "default_quantile")]
+    pub target_quantile: f64,
+    /// η_C: geometric learning rate of the clip norm.
+    #[serde(default = "default_clip_lr")]
+    pub learning_rate: f64,
+    /// σ_b: noise on the count of unclipped updates (default m/20 for cohorts of m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_stddev: Option<f64>,
+}
+
+fn default_quantile() -> f64 {
+    0.5
+}
+fn default_clip_lr() -> f64 {
+    0.2
+}
+
+impl Default for AdaptiveClip {
+    fn default() -> Self {
+        Self { target_quantile: default_quantile(), learning_rate: default_clip_lr(), count_stddev: None }
+    }
+}
+
+impl AdaptiveClip {
+    /// σ_b for cohorts of `m`.
+    pub fn sigma_b(&self, m: usize) -> f64 {
+        self.count_stddev.unwrap_or(m as f64 / 20.0)
+    }
+}
+
+/// The noise multiplier left for the update once the count takes its share:
+/// `z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2)`; `None` when σ_b is too small for `z` (z ≥ 2σ_b).
+pub fn update_noise_multiplier(z: f64, sigma_b: f64) -> Option<f64> {
+    let rest = z.powi(-2) - (2.0 * sigma_b).powi(-2);
+    (rest > 0.0).then(|| rest.powf(-0.5))
+}
+
+/// One step of the clip norm: `C ← C · exp(−η_C (b̃ − γ))`, with `b̃` the noised share of
+/// updates that were not clipped.
+pub fn next_clip_norm(clip: f64, unclipped: usize, m: usize, cfg: &AdaptiveClip, seed: u64) -> Result<f64, String> {
+    let sigma_b = cfg.sigma_b(m);
+    let noise = Normal::new(0.0, sigma_b).map_err(|e| format!("clip count noise {sigma_b}: {e}"))?;
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let b = (unclipped as f64 + noise.sample(&mut rng)) / m.max(1) as f64;
+    Ok(clip * (-cfg.learning_rate * (b - cfg.target_quantile)).exp())
 }
 
 fn default_delta() -> f64 {
@@ -25,6 +81,23 @@ fn default_delta() -> f64 {
 }
 
 impl DpConfig {
+    /// Refuses, at start, adaptive clipping whose count noise σ_b is too small for the noise
+    /// multiplier with cohorts of `m` sites (z_Δ needs z < 2σ_b).
+    pub fn validate_for_cohort(&self, m: usize) -> Result<(), String> {
+        if let Some(a) = &self.adaptive {
+            let sigma_b = a.sigma_b(m);
+            if update_noise_multiplier(self.noise_multiplier, sigma_b).is_none() {
+                return Err(format!(
+                    "adaptive clipping with noise multiplier {} needs count noise above {} for cohorts of {m}; \
+                     σ_b = {sigma_b} (set count_stddev, or use a larger cohort)",
+                    self.noise_multiplier,
+                    self.noise_multiplier / 2.0
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses settings that give no privacy or no signal.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.clip_norm.is_finite() && self.clip_norm > 0.0) {
@@ -35,6 +108,17 @@ impl DpConfig {
         }
         if !(self.delta > 0.0 && self.delta < 1.0) {
             return Err(format!("dp delta must be in (0, 1), got {}", self.delta));
+        }
+        if let Some(a) = &self.adaptive {
+            if !(a.target_quantile > 0.0 && a.target_quantile < 1.0) {
+                return Err(format!("adaptive clipping: target quantile must be in (0, 1), got {}", a.target_quantile));
+            }
+            if !(a.learning_rate.is_finite() && a.learning_rate > 0.0) {
+                return Err("adaptive clipping: learning rate must be positive".into());
+            }
+            if a.count_stddev.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
+                return Err("adaptive clipping: count noise must be positive".into());
+            }
         }
         Ok(())
     }
@@ -50,9 +134,8 @@ pub fn clip(delta: &mut [f32], s: f64) -> f64 {
     norm
 }
 
-/// `(sum + N(0, (z·S)²)) / m`, with the noise drawn from ChaCha20 seeded by `seed`.
-pub fn noisy_mean(sum: &[f32], cfg: &DpConfig, expected_clients: usize, seed: u64) -> Result<Vec<f32>, String> {
-    let std = cfg.noise_multiplier * cfg.clip_norm;
+/// `(sum + N(0, std²)) / m` (std = z·S), with the noise drawn from ChaCha20 seeded by `seed`.
+pub fn noisy_mean(sum: &[f32], std: f64, expected_clients: usize, seed: u64) -> Result<Vec<f32>, String> {
     let noise = Normal::new(0.0, std).map_err(|e| format!("dp noise with standard deviation {std}: {e}"))?;
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let m = expected_clients.max(1) as f64;
@@ -74,14 +157,28 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_clipping_by_hand() {
+        // z = 1, σ_b = 10/20 = 0.5: z_Δ = (1 − 1)^(−½) is infinite, so refused; σ_b = 5 gives
+        // (1 − 0.01)^(−½) = 1.00504.
+        assert_eq!(update_noise_multiplier(1.0, 0.5), None);
+        assert!((update_noise_multiplier(1.0, 5.0).unwrap() - 0.99f64.powf(-0.5)).abs() < 1e-12);
+        // No noise on the count (σ_b tiny): 8 of 10 unclipped, γ = 0.5, η = 0.2 → C·e^(−0.06).
+        let cfg = AdaptiveClip { count_stddev: Some(1e-12), ..AdaptiveClip::default() };
+        let c = next_clip_norm(1.0, 8, 10, &cfg, 1).unwrap();
+        assert!((c - (-0.06f64).exp()).abs() < 1e-9, "{c}");
+        // Everything clipped: the norm grows.
+        assert!(next_clip_norm(1.0, 0, 10, &cfg, 1).unwrap() > 1.0);
+    }
+
+    #[test]
     fn noise_has_the_calibrated_spread_and_is_seeded() {
-        let cfg = DpConfig { clip_norm: 0.5, noise_multiplier: 2.0, delta: 1e-5 };
+        let std = 0.5 * 2.0;
         let zeros = vec![0.0f32; 20_000];
-        let a = noisy_mean(&zeros, &cfg, 1, 7).unwrap();
-        assert_eq!(a, noisy_mean(&zeros, &cfg, 1, 7).unwrap());
+        let a = noisy_mean(&zeros, std, 1, 7).unwrap();
+        assert_eq!(a, noisy_mean(&zeros, std, 1, 7).unwrap());
         let var = a.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / a.len() as f64;
         assert!((var.sqrt() - 1.0).abs() < 0.03, "std {} vs z·S = 1", var.sqrt());
-        let b = noisy_mean(&zeros, &cfg, 4, 7).unwrap();
+        let b = noisy_mean(&zeros, std, 4, 7).unwrap();
         assert!((f64::from(b[0]) - f64::from(a[0]) / 4.0).abs() < 1e-6, "divided by the fixed denominator");
     }
 }

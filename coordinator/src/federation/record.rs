@@ -30,15 +30,17 @@ pub struct RoundRecord {
     pub seconds: f64,
     /// (ε, δ)-DP spent so far (ε at the task's δ), when central DP is on.
     pub epsilon: Option<f64>,
+    /// The DP clip norm for the next round (it moves under adaptive clipping).
+    pub clip_norm: Option<f64>,
     /// SHA-256 of the global model after the round.
     pub model_hash: String,
 }
 
 impl RoundRecord {
     /// Column names of `metrics.csv`, in order.
-    pub const HEADER: [&'static str; 14] = [
+    pub const HEADER: [&'static str; 15] = [
         "round", "accuracy", "loss", "auc", "clients", "selected", "failed", "rejected", "attempts", "evaluated", "train_loss", "seconds", "epsilon",
-        "model_hash",
+        "clip_norm", "model_hash",
     ];
 
     /// The record as CSV fields (empty for absent values).
@@ -58,6 +60,7 @@ impl RoundRecord {
             opt(self.train_loss),
             format!("{:.3}", self.seconds),
             opt(self.epsilon),
+            opt(self.clip_norm),
             self.model_hash.clone(),
         ]
     }

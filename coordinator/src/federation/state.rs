@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use super::policy::{Policy, Sampling};
 use super::record::RoundRecord;
 use flotilla_common::privacy::accountant::{default_orders, epsilon, Step};
-use flotilla_common::privacy::dp_fedavg::{clip, noisy_mean};
+use flotilla_common::privacy::dp_fedavg::{clip, next_clip_norm, noisy_mean, update_noise_multiplier};
 
 use super::rejection::Rejection;
 use crate::strategy::{Collected, Strategy};
@@ -115,6 +115,8 @@ struct FitRound {
     attempt: u32,
     /// When `min_fit_results` updates were in: the grace period runs from here.
     min_reached_at: Option<Instant>,
+    /// Central DP: updates whose norm was within the clip norm (for adaptive clipping).
+    unclipped: usize,
 }
 
 #[derive(Debug)]
@@ -172,6 +174,8 @@ pub struct Federation {
     dp_steps: Vec<Step>,
     /// ε spent so far under central DP.
     epsilon: Option<f64>,
+    /// The current DP clip norm (moves each round under adaptive clipping).
+    clip_norm: f64,
 }
 
 impl Federation {
@@ -184,6 +188,7 @@ impl Federation {
             control: None,
             dp_steps: Vec::new(),
             epsilon: None,
+            clip_norm: task.privacy.map_or(0.0, |p| p.clip_norm),
             task,
             task_toml,
             seed,
@@ -387,16 +392,18 @@ impl Federation {
         }
         // Central DP: every update is clipped to norm S and counts once, whatever its size.
         let clipped;
+        let mut unclipped = false;
         let (delta, num_examples) = match &self.task.privacy {
-            Some(dp) => {
+            Some(_) => {
                 let mut d = delta.clone();
-                clip(d.values_mut(), dp.clip_norm);
+                unclipped = clip(d.values_mut(), self.clip_norm) <= self.clip_norm;
                 clipped = d;
                 (&clipped, 1)
             }
             None => (delta, num_examples),
         };
         let Phase::Fit(f) = &mut self.phase else { unreachable!("begin_update checked the phase") };
+        f.unclipped += usize::from(unclipped);
         match &mut f.all {
             Some(all) => {
                 all.insert(site.clone(), (delta.clone(), num_examples));
@@ -684,6 +691,7 @@ impl Federation {
             target,
             attempt,
             min_reached_at: None,
+            unclipped: 0,
         });
         vec![Event::FitOpened { round, cohort: cohort.into_iter().collect() }]
     }
@@ -702,7 +710,13 @@ impl Federation {
                 // (Σ clip(Δ_k) + N(0, (z·S)²)) / m, with m the round's expected cohort size.
                 Some(dp) => f.sum.sum().and_then(|sum| {
                     let seed = derive_seed(self.seed, &["dp-noise", &f.round.to_string(), &f.attempt.to_string()]);
-                    match noisy_mean(sum.values(), dp, f.target, seed) {
+                    // With adaptive clipping the count of unclipped updates takes part of the
+                    // noise budget; the update gets the rest (z_Δ).
+                    let z = match &dp.adaptive {
+                        Some(a) => update_noise_multiplier(dp.noise_multiplier, a.sigma_b(f.target)).unwrap_or(dp.noise_multiplier),
+                        None => dp.noise_multiplier,
+                    };
+                    match noisy_mean(sum.values(), z * self.clip_norm, f.target, seed) {
                         Ok(v) => FlatParams::new(sum.layout().clone(), v).ok(),
                         Err(reason) => {
                             events.push(Event::ModelKept { round: f.round, reason });
@@ -727,6 +741,13 @@ impl Federation {
                 // guarantee, say): the round keeps the current model and says why.
                 Some(Err(reason)) => events.push(Event::ModelKept { round: f.round, reason }),
                 None => {}
+            }
+        }
+        if let Some(a) = self.task.privacy.as_ref().and_then(|dp| dp.adaptive) {
+            let seed = derive_seed(self.seed, &["dp-clip", &f.round.to_string(), &f.attempt.to_string()]);
+            match next_clip_norm(self.clip_norm, f.unclipped, f.target, &a, seed) {
+                Ok(c) => self.clip_norm = c,
+                Err(reason) => events.push(Event::ModelKept { round: f.round, reason }),
             }
         }
         if let Some(dp) = &self.task.privacy {
@@ -784,6 +805,7 @@ impl Federation {
             train_loss: fit.as_ref().and_then(|f| f.train_loss),
             seconds: now.duration_since(fit.as_ref().map_or(e.started, |f| f.started)).as_secs_f64(),
             epsilon: self.epsilon,
+            clip_norm: self.task.privacy.map(|_| self.clip_norm),
             model_hash: self.global_hash.clone(),
         };
         self.final_site_metrics = e.results;

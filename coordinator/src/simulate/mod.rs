@@ -88,6 +88,9 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     policy.min_clients = policy.min_clients.max(sites.len());
     policy.validate().map_err(SimulateError::Policy)?;
     opts.task.strategy.validate(policy.cohort_size(policy.min_clients)).map_err(SimulateError::Policy)?;
+    if let Some(dp) = &opts.task.privacy {
+        dp.validate_for_cohort(policy.cohort_size(policy.min_clients)).map_err(SimulateError::Policy)?;
+    }
     if opts.malicious > sites.len() {
         return Err(SimulateError::Policy(format!("--malicious {} is more than the {} sites", opts.malicious, sites.len())));
     }
