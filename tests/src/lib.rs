@@ -34,6 +34,25 @@ pub async fn start_coordinator(task: Task, seed: u64, policy: Policy, out: &std:
     runner::start(task, seed, policy, Some(run_dir), listener, None).expect("start coordinator")
 }
 
+/// Options for an in-process simulation in tests: plaintext, no baselines, no progress bar,
+/// honest sites; tests override what they exercise.
+pub fn sim_options(source: SiteSource, task: Task, seed: u64, rounds: u32, out: &std::path::Path) -> flotilla_coordinator::simulate::SimulateOptions {
+    flotilla_coordinator::simulate::SimulateOptions {
+        source,
+        task,
+        seed,
+        policy: Policy { rounds, ..Policy::default() },
+        out: out.to_owned(),
+        progress: false,
+        baselines: false,
+        tls: false,
+        malicious: 0,
+        attack_scale: 1.0,
+        stragglers: 0.0,
+        straggler_epochs: 1,
+    }
+}
+
 /// A small synthetic CSV table: `rows` rows of `x1,x2,x3,y` with a learnable label.
 pub fn synthetic_table(name: &str, rows: usize, offset: usize) -> RawTable {
     let mut text = String::from("x1,x2,x3,y\n");

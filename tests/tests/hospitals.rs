@@ -2,26 +2,13 @@
 
 use flotilla_common::model_file::from_safetensors;
 use flotilla_common::Task;
-use flotilla_coordinator::federation::Policy;
 use flotilla_coordinator::scenario::{Scenario, SiteSource};
 use flotilla_coordinator::simulate::{report::local_mean_accuracy, simulate, SimulateOptions};
+use flotilla_tests::sim_options;
 use sha2::{Digest, Sha256};
 
 fn options(out: &std::path::Path, seed: u64, rounds: u32, baselines: bool) -> SimulateOptions {
-    SimulateOptions {
-        source: SiteSource::Scenario(Scenario::Hospitals),
-        task: Task::hospitals(),
-        seed,
-        policy: Policy { rounds, ..Policy::default() },
-        out: out.to_owned(),
-        progress: false,
-        baselines,
-        tls: true,
-        malicious: 0,
-        stragglers: 0.0,
-        straggler_epochs: 1,
-        attack_scale: 1.0,
-    }
+    SimulateOptions { baselines, tls: true, ..sim_options(SiteSource::Scenario(Scenario::Hospitals), Task::hospitals(), seed, rounds, out) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,9 +5,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use flotilla_common::Task;
-use flotilla_coordinator::federation::Policy;
 use flotilla_coordinator::scenario::{Scenario, SiteSource, HEART_DISEASE_CSV};
 use flotilla_coordinator::simulate::{simulate, SimulateOptions};
+use flotilla_tests::sim_options;
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -32,20 +32,7 @@ async fn a_debug_log_of_a_whole_run_holds_no_data() {
         .with_ansi(false)
         .init();
     let dir = tempfile::tempdir().unwrap();
-    simulate(SimulateOptions {
-        source: SiteSource::Scenario(Scenario::Hospitals),
-        task: Task::hospitals(),
-        seed: 3,
-        policy: Policy { rounds: 2, ..Policy::default() },
-        out: dir.path().to_owned(),
-        progress: false,
-        baselines: false,
-        tls: true,
-        malicious: 0,
-        stragglers: 0.0,
-        straggler_epochs: 1,
-        attack_scale: 1.0,
-    })
+    simulate(SimulateOptions { tls: true, ..sim_options(SiteSource::Scenario(Scenario::Hospitals), Task::hospitals(), 3, 2, dir.path()) })
     .await
     .unwrap();
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();

@@ -4,9 +4,9 @@
 use flotilla_common::privacy::accountant::{default_orders, epsilon, Step};
 use flotilla_common::privacy::DpConfig;
 use flotilla_common::Task;
-use flotilla_coordinator::federation::Policy;
 use flotilla_coordinator::scenario::{Scenario, SiteSource};
-use flotilla_coordinator::simulate::{simulate, SimulateOptions};
+use flotilla_coordinator::simulate::simulate;
+use flotilla_tests::sim_options;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dp_run_reports_the_epsilon_it_spent_and_still_learns() {
@@ -15,20 +15,7 @@ async fn a_dp_run_reports_the_epsilon_it_spent_and_still_learns() {
     let dp = DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None };
     task.privacy = Some(dp);
     let rounds = 5;
-    let sim = simulate(SimulateOptions {
-        source: SiteSource::Scenario(Scenario::Hospitals),
-        task,
-        seed: 3,
-        policy: Policy { rounds, ..Policy::default() },
-        out: dir.path().to_owned(),
-        progress: false,
-        baselines: false,
-        tls: false,
-        malicious: 0,
-        attack_scale: 1.0,
-        stragglers: 0.0,
-        straggler_epochs: 1,
-    })
+    let sim = simulate(sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, rounds, dir.path()))
     .await
     .unwrap();
     let h = &sim.outcome.history;
@@ -54,7 +41,7 @@ async fn a_site_stops_training_when_its_own_budget_would_be_exceeded() {
     // The budget that exactly 2 rounds at q = 1, z = 2 fit in.
     let two = epsilon(&[Step { q: 1.0, sigma: 2.0, count: 2 }], 1e-5, default_orders()).unwrap().epsilon;
     let dir = tempfile::tempdir().unwrap();
-    let running = start_coordinator(task, 1, Policy { rounds: 4, min_clients: 2, ..flotilla_tests::test_policy(4, 2) }, dir.path()).await;
+    let running = start_coordinator(task, 1, flotilla_tests::test_policy(4, 2), dir.path()).await;
     let mut careful = test_site(running.url(), "careful");
     careful.budget = Some((two + 1e-9, 1e-5));
     let token = CancellationToken::new();
@@ -76,20 +63,7 @@ async fn adaptive_clipping_moves_the_clip_norm_towards_the_update_norms() {
     // Four hospitals: the default σ_b = 4/20 is too small for z = 0.5, so it is set explicitly.
     let adaptive = AdaptiveClip { count_stddev: Some(1.0), ..AdaptiveClip::default() };
     task.privacy = Some(DpConfig { clip_norm: 0.01, noise_multiplier: 0.5, delta: 1e-5, adaptive: Some(adaptive) });
-    let sim = simulate(SimulateOptions {
-        source: SiteSource::Scenario(Scenario::Hospitals),
-        task,
-        seed: 3,
-        policy: Policy { rounds: 6, ..Policy::default() },
-        out: dir.path().to_owned(),
-        progress: false,
-        baselines: false,
-        tls: false,
-        malicious: 0,
-        attack_scale: 1.0,
-        stragglers: 0.0,
-        straggler_epochs: 1,
-    })
+    let sim = simulate(sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, 6, dir.path()))
     .await
     .unwrap();
     let norms: Vec<f64> = sim.outcome.history[1..].iter().map(|r| r.clip_norm.unwrap()).collect();

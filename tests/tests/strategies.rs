@@ -4,9 +4,9 @@
 use flotilla_common::data::partition::Partition;
 use flotilla_common::strategy::StrategyName;
 use flotilla_common::Task;
-use flotilla_coordinator::federation::Policy;
 use flotilla_coordinator::scenario::SiteSource;
 use flotilla_coordinator::simulate::{simulate, SimulateError, SimulateOptions};
+use flotilla_tests::sim_options;
 
 fn banks_split(dir: &std::path::Path) -> SiteSource {
     // German credit, 10 banks, IID (the bundled file, written out for --data).
@@ -21,20 +21,7 @@ async fn run(strategy: StrategyName, byzantine: usize, malicious: usize) -> Resu
     task.strategy.name = strategy;
     task.strategy.byzantine = byzantine;
     task.strategy.trim_fraction = 0.2;
-    let sim = simulate(SimulateOptions {
-        source: banks_split(dir.path()),
-        task,
-        seed: 11,
-        policy: Policy { rounds: 8, ..Policy::default() },
-        out: dir.path().join("run"),
-        progress: false,
-        baselines: false,
-        tls: false,
-        malicious,
-        stragglers: 0.0,
-        straggler_epochs: 1,
-        attack_scale: 10.0,
-    })
+    let sim = simulate(SimulateOptions { malicious, attack_scale: 10.0, ..sim_options(banks_split(dir.path()), task, 11, 8, &dir.path().join("run")) })
     .await?;
     Ok(sim.outcome.history.last().unwrap().accuracy)
 }
@@ -66,20 +53,7 @@ async fn adaptive_and_scaffold_state_is_checkpointed_and_scaffold_learns() {
         task.strategy.name = name;
         task.training.learning_rate = lr;
         task.training.server_learning_rate = if name == StrategyName::Fedadam { 0.01 } else { 1.0 };
-        let sim = simulate(SimulateOptions {
-            source: SiteSource::Scenario(flotilla_coordinator::scenario::Scenario::Hospitals),
-            task,
-            seed: 5,
-            policy: Policy { rounds: 5, ..Policy::default() },
-            out: dir.path().to_owned(),
-            progress: false,
-            baselines: false,
-            tls: false,
-            malicious: 0,
-            stragglers: 0.0,
-            straggler_epochs: 1,
-            attack_scale: 1.0,
-        })
+        let sim = simulate(sim_options(SiteSource::Scenario(flotilla_coordinator::scenario::Scenario::Hospitals), task, 5, 5, dir.path()))
         .await
         .unwrap();
         let h = &sim.outcome.history;
