@@ -2,11 +2,13 @@
 //!
 //! - [`connection`]: the coordinator's gRPC API in domain terms (the only module that names `pb::`).
 //! - [`site`]: the site's loop: join, report aggregates, pull work, train or evaluate, upload.
+//! - [`shutdown`]: waiting for SIGINT/SIGTERM (both binaries use it).
 //! - [`tls`]: the site's mutual-TLS material.
 //! - [`error`]: what can go wrong, with the round and the site named.
 
 pub mod connection;
 pub mod error;
+pub mod shutdown;
 pub mod site;
 pub mod tls;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use flotilla_client::shutdown::terminated;
 use flotilla_client::{run_site, ClientTls, SiteOptions};
 use flotilla_common::pki;
 use flotilla_common::data::RawTable;
@@ -156,19 +157,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         report.reason
     );
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn terminated() {
-    #[cfg(unix)]
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        return;
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// True for http(s) URLs whose host is localhost or a loopback address.

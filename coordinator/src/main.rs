@@ -12,6 +12,7 @@ use flotilla_coordinator::scenario::load_sites;
 use flotilla_common::Task;
 use flotilla_coordinator::run_dir::{write_final, RunDir};
 use flotilla_coordinator::simulate::{report, simulate, SimulateOptions};
+use flotilla_client::shutdown::terminated;
 use flotilla_coordinator::{runner, summary};
 use tokio_util::sync::CancellationToken;
 
@@ -121,19 +122,6 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(accuracy = last.accuracy, loss = last.loss, model_sha256 = %sha, "federation finished");
     }
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn terminated() {
-    #[cfg(unix)]
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        return;
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn run_privacy(p: &PrivacyArgs) -> anyhow::Result<()> {
