@@ -129,7 +129,9 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
             Err(e) if e.code() == Some(tonic::Code::NotFound) => {
                 tracing::warn!(site = %opts.site, error = %e, "rejoining");
                 match join(&conn, &opts, &table).await {
-                    Ok(s) => {
+                    Ok(mut s) => {
+                        // SCAFFOLD's c_i is the site's own state: it survives a rejoin.
+                        s.control = session.control.take();
                         session = s;
                         backoff.reset();
                     }
@@ -141,7 +143,8 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
             // Work in progress is discarded; the coordinator asks again if it still wants it.
             Err(e) if is_transient(&e) => backoff.wait(&opts, e, &shutdown).await?,
             // A round closed under us, or we were too late: resynchronise by pulling work.
-            Err(e) if matches!(e.code(), Some(tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists | tonic::Code::PermissionDenied)) => {
+            // A corrupted upload (DataLoss) is also refused and asked for again.
+            Err(e) if matches!(e.code(), Some(tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists | tonic::Code::PermissionDenied | tonic::Code::DataLoss)) => {
                 tracing::info!(site = %opts.site, error = %e, "resynchronising");
             }
             Err(e) => return Err(e),
@@ -317,14 +320,19 @@ async fn step(
             if let Some(Attack::SignFlip { scale }) = opts.attack {
                 delta.values_mut().iter_mut().for_each(|v| *v *= -scale);
             }
+            // SCAFFOLD's new c_i is kept only once the update is delivered: work that is lost
+            // (and redone when the coordinator asks again) must not move it twice.
+            let mut next_control = None;
             let delta = match controls {
                 // Option II: c_i⁺ = c_i − c + (x − y)/(K·η), so Δc = −Δy/(K·η) − c.
-                Some((c, mut ci)) => {
+                Some((c, ci)) => {
                     let k_eta = (metrics.steps.max(1) as f64 * lr) as f32;
                     let values: Vec<f32> = delta.values().iter().zip(c.values()).map(|(d, cv)| -d / k_eta - cv).collect();
                     let dc = FlatParams::new(c.layout().clone(), values).map_err(flotilla_common::TrainError::from)?;
-                    ci.values_mut().iter_mut().zip(dc.values()).for_each(|(a, b)| *a += b);
+                    let mut updated = ci.clone();
+                    updated.values_mut().iter_mut().zip(dc.values()).for_each(|(a, b)| *a += b);
                     s.control = Some(ci);
+                    next_control = Some(updated);
                     delta.concat_control(&dc).map_err(flotilla_common::TrainError::from)?
                 }
                 None => delta,
@@ -338,10 +346,14 @@ async fn step(
                 total_values: delta.values().len() as u64,
                 num_examples: s.prepared.num_train() as u64,
                 metrics,
+                values_sha256: delta.hash(),
             };
             // The round counts against the budget once its update left the site.
             spent.rounds += 1;
             conn.upload_update(header, delta).await?;
+            if next_control.is_some() {
+                s.control = next_control;
+            }
             report.rounds_trained += 1;
             tracing::debug!(site = %opts.site, round, loss = metrics.loss, "update sent");
             Ok(None)

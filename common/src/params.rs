@@ -138,12 +138,7 @@ impl FlatParams {
     ///
     /// Two models with the same hash are bit-identical; the hash names a model on the wire.
     pub fn hash(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(self.layout.fingerprint.as_bytes());
-        for chunk in self.values.chunks(16 * 1024) {
-            h.update(f32_to_le_bytes(chunk));
-        }
-        hex::encode(h.finalize())
+        checksum(&self.layout.fingerprint, &self.values)
     }
 
     /// `self - base`, value by value; both must share a layout.
@@ -176,6 +171,17 @@ impl FlatParams {
 }
 
 /// Little-endian bytes of a slice of f32 (the wire and file format of every model).
+/// SHA-256 (hex) of a layout fingerprint and values: the hash of models and the checksum of
+/// updates.
+pub fn checksum(fingerprint: &str, values: &[f32]) -> String {
+    let mut h = Sha256::new();
+    h.update(fingerprint.as_bytes());
+    for chunk in values.chunks(16 * 1024) {
+        h.update(f32_to_le_bytes(chunk));
+    }
+    hex::encode(h.finalize())
+}
+
 pub fn f32_to_le_bytes(values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 4);
     for v in values {

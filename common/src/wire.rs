@@ -201,6 +201,8 @@ pub struct UpdateHeader {
     pub total_values: u64,
     pub num_examples: u64,
     pub metrics: TrainReport,
+    /// `FlatParams::hash` of the delta: the receiver recomputes it over what arrived.
+    pub values_sha256: String,
 }
 
 /// The chunks of an update (a delta), header first; produced lazily like [`model_chunks`].
@@ -215,6 +217,7 @@ pub fn update_chunks(header: UpdateHeader, delta: Arc<FlatParams>) -> impl Itera
             total_values: header.total_values,
             num_examples: header.num_examples,
             metrics: Some(pb::TrainMetrics { loss: m.loss, accuracy: m.accuracy, steps: m.steps, seconds: m.seconds, epochs: m.epochs }),
+            values_sha256: header.values_sha256,
         })),
     };
     let n_chunks = delta.values().len().div_ceil(CHUNK_VALUES);
@@ -244,6 +247,7 @@ pub fn update_part(chunk: pb::UpdateChunk) -> Result<UpdatePart, WireError> {
                 total_values: h.total_values,
                 num_examples: h.num_examples,
                 metrics: TrainReport { loss: m.loss, accuracy: m.accuracy, steps: m.steps, epochs: m.epochs, seconds: m.seconds },
+                values_sha256: h.values_sha256,
             }))
         }
         pb::update_chunk::Kind::Data(d) => Ok(UpdatePart::Data(d)),

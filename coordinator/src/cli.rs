@@ -312,6 +312,10 @@ pub struct ServeArgs {
     /// Allow plaintext on a non-loopback address. Anyone on the path can read and alter models.
     #[arg(long)]
     pub allow_insecure_network: bool,
+    /// Continue the run saved in --out (after a crash or a stop) instead of starting afresh.
+    /// The task, seed and round policy must be the ones the run was started with.
+    #[arg(long)]
+    pub resume: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }

@@ -4,6 +4,7 @@
 //! - [`service`]: the gRPC handlers (with `flotilla_common::wire`, the only code that names `pb::`).
 //! - [`server`]: serving the service on a listener until shutdown.
 //! - [`runner`]: a running coordinator (actor + server) and its orderly stop.
+//! - [`durable`]: the durable state in `<run>/state/` that `serve --resume` continues from.
 //! - [`run_dir`]: `metrics.csv`, checkpoints, `model.safetensors`, `summary.json`.
 //! - [`chart`]: the accuracy chart.
 //! - [`scenario`]: bundled scenarios and other sources of simulated sites.
@@ -15,6 +16,7 @@
 
 pub mod chart;
 pub mod cli;
+pub mod durable;
 pub mod federation;
 pub mod run_dir;
 pub mod runner;

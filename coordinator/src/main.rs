@@ -13,6 +13,8 @@ use flotilla_common::Task;
 use flotilla_coordinator::run_dir::{write_final, RunDir};
 use flotilla_coordinator::simulate::{report, simulate, SimulateOptions};
 use flotilla_client::shutdown::terminated;
+use flotilla_coordinator::durable::StateDir;
+use flotilla_coordinator::federation::Federation;
 use flotilla_coordinator::{runner, summary};
 use tokio_util::sync::CancellationToken;
 
@@ -99,9 +101,21 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(dp) = &task.privacy {
         dp.validate_for_cohort(policy.cohort_size(policy.min_clients)).map_err(anyhow::Error::msg)?;
     }
-    let run_dir = RunDir::create(&a.run.out)?;
+    let state = StateDir::create(&a.run.out)?;
+    let (federation, run_dir) = if a.resume {
+        let (snapshot, updates) = state.load()?;
+        let history = snapshot.history.clone();
+        let kept = updates.len();
+        let federation = Federation::resume(task.clone(), a.run.seed, policy.clone(), snapshot, updates, std::time::Instant::now())
+            .map_err(|e| anyhow::anyhow!("cannot resume the run in {}: {e}", a.run.out.display()))?;
+        tracing::info!(round = federation.round(), rounds_done = history.len().saturating_sub(1), kept_updates = kept, "resuming the saved run; waiting for its sites to rejoin");
+        (federation, RunDir::resume(&a.run.out, &history)?)
+    } else {
+        state.clear()?;
+        (Federation::new(task.clone(), a.run.seed, policy.clone()), RunDir::create(&a.run.out)?)
+    };
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
-    let running = runner::start(task.clone(), a.run.seed, policy, Some(run_dir), listener, tls)?;
+    let running = runner::start_federation(federation, &policy, Some(run_dir), Some(state), listener, tls)?;
     tracing::info!(url = %running.url(), rounds = a.run.rounds, min_clients = a.min_clients, "coordinator listening");
     let interrupted = CancellationToken::new();
     let on_signal = interrupted.clone();

@@ -48,6 +48,19 @@ impl RunDir {
         Ok(Self { root: root.to_owned(), metrics, history: Vec::new() })
     }
 
+    /// Reopens the directory of a run being resumed: `metrics.csv` is rewritten with the rounds
+    /// the saved state knows (a row written just before a crash may be ahead of it).
+    pub fn resume(root: &Path, history: &[RoundRecord]) -> Result<Self, RunDirError> {
+        let mut dir = Self::create(root)?;
+        let path = root.join("metrics.csv");
+        for r in history {
+            dir.metrics.write_record(r.fields()).map_err(|e| other(&path, e))?;
+        }
+        dir.metrics.flush().map_err(|source| RunDirError::Io { path, source })?;
+        dir.history = history.to_vec();
+        Ok(dir)
+    }
+
     /// Appends a round to `metrics.csv` and checkpoints the global model after it, with the
     /// strategy's optimiser state (`checkpoint-strategy.safetensors`, f64) when it has one.
     pub fn record_round(&mut self, record: &RoundRecord, model: &FlatParams, strategy_state: &[(&'static str, Vec<f64>)]) -> Result<(), RunDirError> {

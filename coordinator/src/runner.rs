@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::durable::StateDir;
 use crate::federation::{self, Federation, FederationHandle, Outcome, Policy};
 use crate::run_dir::RunDir;
 use crate::server;
@@ -29,10 +30,23 @@ pub struct Running {
 
 /// Starts a federation on `listener`, recording into `run_dir`; `tls` turns on mutual TLS.
 pub fn start(task: Task, seed: u64, policy: Policy, run_dir: Option<RunDir>, listener: TcpListener, tls: Option<ServerTls>) -> std::io::Result<Running> {
+    let federation = Federation::new(task, seed, policy.clone());
+    start_federation(federation, &policy, run_dir, None, listener, tls)
+}
+
+/// Serves `federation` (new or resumed); `state` keeps its durable state for `--resume`.
+pub fn start_federation(
+    federation: Federation,
+    policy: &Policy,
+    run_dir: Option<RunDir>,
+    state: Option<StateDir>,
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let (rounds, long_poll) = (policy.rounds, policy.long_poll());
-    let (handle, actor) = federation::spawn(Federation::new(task, seed, policy), rounds, run_dir, shutdown.child_token());
+    let (handle, actor) = federation::spawn(federation, rounds, run_dir, state, shutdown.child_token());
     let server = tokio::spawn(server::serve(listener, handle.clone(), long_poll, tls.clone(), shutdown.child_token()));
     Ok(Running { addr, handle, shutdown, actor, server, https: tls.is_some() })
 }

@@ -170,6 +170,18 @@ impl FederationRpc for FederationService {
             }
         };
         let delta = FlatParams::new(layout, values).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let sum = delta.hash();
+        if sum != h.values_sha256 {
+            let reason = format!(
+                "update of `{}` for round {}: checksum mismatch (the values hash to {}, the header says `{}`): corrupted in transit",
+                h.client_id,
+                h.round,
+                &sum[..12],
+                h.values_sha256.chars().take(12).collect::<String>()
+            );
+            self.handle.upload_failed(h.client_id.clone(), h.round, reason.clone()).await;
+            return Err(Status::data_loss(reason));
+        }
         self.handle.update(h.client_id, h.round, h.base_model_hash, delta, h.num_examples, h.metrics).await.map_err(status)?;
         Ok(Response::new(pb::Ack {}))
     }

@@ -66,6 +66,25 @@ impl Strategy {
         out
     }
 
+    /// Puts back the state `state` returned (from a snapshot); `model` is the global model's
+    /// layout, which SCAFFOLD's control shares.
+    pub fn restore(&mut self, state: &[(String, Vec<f64>)], model: &flotilla_common::Layout) -> Result<(), String> {
+        for (name, values) in state {
+            match name.as_str() {
+                "strategy.m" => self.m = values.clone(),
+                "strategy.v" => self.v = values.clone(),
+                "strategy.control" => {
+                    // Saved from f32, so the conversion back is exact.
+                    let c = FlatParams::new(model.clone(), values.iter().map(|&x| x as f32).collect())
+                        .map_err(|e| format!("the saved SCAFFOLD control does not fit the model: {e}"))?;
+                    self.control = Some(c);
+                }
+                other => return Err(format!("the saved strategy state has an unknown part `{other}`")),
+            }
+        }
+        Ok(())
+    }
+
     /// The layout updates must have: the model's, or `[Δy ; Δc]` for SCAFFOLD.
     pub fn update_layout(&self, model: &flotilla_common::Layout) -> flotilla_common::Layout {
         if self.config.name == StrategyName::Scaffold { model.with_control() } else { model.clone() }

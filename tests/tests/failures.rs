@@ -126,6 +126,7 @@ async fn requests_for_closed_rounds_and_unknown_clients_get_clear_statuses() {
             total_values: 1,
             num_examples: 1,
             metrics: None,
+            values_sha256: String::new(),
         })),
     };
     let err = rpc.upload_update(tokio_stream::iter(vec![header])).await.unwrap_err();

@@ -7,6 +7,7 @@ use flotilla_client::run_site;
 use flotilla_common::site::PreparedSite;
 use flotilla_common::wire;
 use flotilla_common::Task;
+use flotilla_common::params::checksum;
 use flotilla_coordinator::federation::Policy;
 use flotilla_proto::pb::{self, federation_client::FederationClient};
 use flotilla_proto::PROTOCOL_VERSION;
@@ -15,7 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 /// Streams an update made of `values` under `header`; returns the status, or Ok.
-async fn upload(rpc: &mut FederationClient<Channel>, header: pb::UpdateHeader, values: Vec<f32>) -> Result<(), tonic::Status> {
+/// The checksum is computed over `values` unless the header already carries one.
+async fn upload(rpc: &mut FederationClient<Channel>, mut header: pb::UpdateHeader, values: Vec<f32>) -> Result<(), tonic::Status> {
+    if header.values_sha256.is_empty() {
+        header.values_sha256 = checksum(&header.layout_fingerprint, &values);
+    }
     let mut chunks = vec![pb::UpdateChunk { kind: Some(pb::update_chunk::Kind::Header(header)) }];
     for part in values.chunks(1 << 18) {
         let bytes = part.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
@@ -69,6 +74,7 @@ async fn mallory(url: String, attack: bool) -> Vec<(tonic::Code, String)> {
                     total_values: n as u64,
                     num_examples: declared,
                     metrics: None,
+                    values_sha256: String::new(),
                 };
                 let small = vec![0.001f32; n];
                 let mut nan = small.clone();
@@ -85,6 +91,12 @@ async fn mallory(url: String, attack: bool) -> Vec<(tonic::Code, String)> {
                     (pb::UpdateHeader { num_examples: declared * 10, ..header.clone() }, small.clone()),
                     (header.clone(), vec![0.001; n + 1000]),
                     (header.clone(), vec![50.0; n]),
+                    // One bit flipped in transit: the checksum (of the values sent) catches it.
+                    (pb::UpdateHeader { values_sha256: checksum(&header.layout_fingerprint, &small), ..header.clone() }, {
+                        let mut v = small.clone();
+                        v[n / 2] = f32::from_bits(v[n / 2].to_bits() ^ 1);
+                        v
+                    }),
                 ];
                 for (h, values) in attempts {
                     let status = upload(&mut rpc, h, values).await.expect_err("a bad update must be refused");
@@ -132,6 +144,7 @@ async fn bad_updates_are_refused_and_the_model_is_as_if_they_were_never_sent() {
         (tonic::Code::InvalidArgument, "it declared"),
         (tonic::Code::InvalidArgument, "sent more"),
         (tonic::Code::InvalidArgument, "L2 norm"),
+        (tonic::Code::DataLoss, "checksum mismatch"),
     ];
     assert_eq!(refusals.len(), expected.len());
     for ((code, message), (want_code, want)) in refusals.iter().zip(expected) {

@@ -17,7 +17,7 @@ use crate::error::DataError;
 pub const MISSING_CATEGORY: &str = "<missing>";
 
 /// How one feature column is encoded.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ColumnKind {
     /// `(x − mean) / std`; missing values take the mean (encode to 0).
     Numeric { mean: f64, std: f64 },
@@ -26,14 +26,14 @@ pub enum ColumnKind {
 }
 
 /// One feature column of the plan.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ColumnPlan {
     pub name: String,
     pub kind: ColumnKind,
 }
 
 /// The shared encoding of every feature column, in encoding order.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub columns: Vec<ColumnPlan>,
 }

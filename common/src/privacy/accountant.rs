@@ -4,7 +4,7 @@
 
 /// `count` applications of the Gaussian mechanism with noise multiplier `sigma` on a
 /// Poisson subsample of rate `q`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Step {
     pub q: f64,
     pub sigma: f64,

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::record::RoundRecord;
 use super::rejection::Rejection;
 use super::state::{Event, Federation, Joined, Outcome, UpdateClaim, Work};
+use crate::durable::StateDir;
 use crate::run_dir::RunDir;
 
 /// How often leases and deadlines are checked.
@@ -114,37 +115,96 @@ impl FederationHandle {
 }
 
 /// Starts the actor. It runs until `shutdown` is cancelled and then returns the outcome
-/// (if the federation finished). `run_dir` receives every closed round.
-pub fn spawn(federation: Federation, rounds: u32, run_dir: Option<RunDir>, shutdown: CancellationToken) -> (FederationHandle, JoinHandle<Option<Outcome>>) {
+/// (if the federation finished). `run_dir` receives every closed round; `state`, when given,
+/// receives the durable state after every change that matters (for `serve --resume`).
+pub fn spawn(
+    federation: Federation,
+    rounds: u32,
+    run_dir: Option<RunDir>,
+    state: Option<StateDir>,
+    shutdown: CancellationToken,
+) -> (FederationHandle, JoinHandle<Option<Outcome>>) {
     let (tx, rx) = mpsc::channel(1024);
     let (progress_tx, progress) = watch::channel(Progress { rounds, ..Progress::default() });
-    let task = tokio::spawn(run(federation, rx, progress_tx, run_dir, shutdown));
+    let task = tokio::spawn(run(federation, rx, progress_tx, run_dir, state, shutdown));
     (FederationHandle { tx, progress }, task)
 }
 
-async fn run(mut fed: Federation, mut rx: mpsc::Receiver<Request>, progress: watch::Sender<Progress>, mut run_dir: Option<RunDir>, shutdown: CancellationToken) -> Option<Outcome> {
+async fn run(
+    mut fed: Federation,
+    mut rx: mpsc::Receiver<Request>,
+    progress: watch::Sender<Progress>,
+    mut run_dir: Option<RunDir>,
+    state: Option<StateDir>,
+    shutdown: CancellationToken,
+) -> Option<Outcome> {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A fresh or resumed federation starts with its state on disk.
+    if let Some(state) = &state
+        && let Err(e) = state.save(&fed.snapshot(), fed.open_attempt())
+    {
+        tracing::error!(error = %e, "could not write the coordinator's durable state");
+    }
     loop {
-        let events = tokio::select! {
+        let (events, persisted) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => fed.tick(Instant::now()),
+            _ = tick.tick() => (fed.tick(Instant::now()), false),
             req = rx.recv() => match req {
-                Some(req) => handle(&mut fed, req),
+                Some(req) => handle(&mut fed, req, state.as_ref()),
                 None => break,
             },
         };
         if !events.is_empty() {
+            if !persisted {
+                persist(&fed, state.as_ref(), &events);
+            }
             record(&fed, &events, &mut run_dir, &progress);
         }
     }
     fed.outcome()
 }
 
-fn handle(fed: &mut Federation, req: Request) -> Vec<Event> {
+/// Writes the snapshot when `events` changed the durable state. A failure is logged, not
+/// fatal: the run goes on, and a resume would start from the previous snapshot.
+fn persist(fed: &Federation, state: Option<&StateDir>, events: &[Event]) {
+    if let Some(state) = state
+        && events.iter().any(Event::changes_durable_state)
+        && let Err(e) = state.save(&fed.snapshot(), fed.open_attempt())
+    {
+        tracing::error!(error = %e, "could not write the coordinator's durable state");
+    }
+}
+
+/// Applies a request; returns its events and whether they were already persisted.
+fn handle(fed: &mut Federation, req: Request, state: Option<&StateDir>) -> (Vec<Event>, bool) {
     let now = Instant::now();
+    if let Request::Update { client, round, base, delta, examples, metrics, reply } = req {
+        let claim = UpdateClaim { client_id: client.clone(), round, base_hash: base, fingerprint: String::new(), total: 0, num_examples: examples };
+        let attempt = fed.open_attempt().map_or(0, |(_, a)| a);
+        return match fed.submit_update(&claim, &delta, metrics, now) {
+            Ok(events) => {
+                tracing::debug!(%client, round, "update accepted");
+                // Durable before the site hears it was accepted: a resumed run counts it once
+                // and does not ask for it again.
+                if let Some(state) = state
+                    && let Err(e) = state.save_update(site_of(&client), round, attempt, examples, &metrics, &delta)
+                {
+                    tracing::error!(error = %e, "could not keep the accepted update on disk");
+                }
+                persist(fed, state, &events);
+                let _ = reply.send(Ok(()));
+                (events, true)
+            }
+            Err(reason) => {
+                tracing::warn!(%client, round, %reason, "update rejected");
+                let _ = reply.send(Err(reason));
+                (Vec::new(), true)
+            }
+        };
+    }
     // A handler that gave up (client gone) drops its receiver; replies to it are ignored.
-    match req {
+    let events = match req {
         Request::Join { site, columns, reply } => match fed.join(&site, &columns, now) {
             Ok((joined, events)) => {
                 let _ = reply.send(Ok(joined));
@@ -181,14 +241,7 @@ fn handle(fed: &mut Federation, req: Request) -> Vec<Event> {
             let _ = reply.send(result);
             Vec::new()
         }
-        Request::Update { client, round, base, delta, examples, metrics, reply } => {
-            let claim = UpdateClaim { client_id: client.clone(), round, base_hash: base, fingerprint: String::new(), total: 0, num_examples: examples };
-            let result = fed.submit_update(&claim, &delta, metrics, now);
-            if let Err(reason) = &result {
-                tracing::warn!(%client, round, %reason, "update rejected");
-            }
-            respond(reply, result)
-        }
+        Request::Update { .. } => Vec::new(), // handled above
         Request::Evaluation { client, round, hash, eval, reply } => respond(reply, fed.submit_evaluation(&client, round, &hash, eval, now)),
         Request::Leave { client } => fed.leave(&client, now),
         Request::UploadFailed { client, round, reason } => {
@@ -196,7 +249,13 @@ fn handle(fed: &mut Federation, req: Request) -> Vec<Event> {
             fed.upload_failed(round);
             Vec::new()
         }
-    }
+    };
+    (events, false)
+}
+
+/// The site of a client id (`<site>#<n>`).
+fn site_of(client_id: &str) -> &str {
+    super::state::site_of_client_id(client_id).unwrap_or(client_id)
 }
 
 fn respond(reply: Reply<()>, result: Result<Vec<Event>, Rejection>) -> Vec<Event> {
@@ -225,7 +284,9 @@ fn record(fed: &Federation, events: &[Event], run_dir: &mut Option<RunDir>, prog
             }
             Event::ModelKept { round, reason } => tracing::warn!(round, %reason, "round keeps the current model"),
             Event::EvaluationOpened { round, sites } => tracing::debug!(round, sites, "evaluation opened"),
-            Event::UpdateAccepted { site, round } => tracing::debug!(%site, round, "update accepted"),
+            Event::UpdateAccepted { .. } => {} // logged when it arrived
+            Event::Resumed { round, missing } if missing.is_empty() => tracing::info!(round, "every site is back; resuming"),
+            Event::Resumed { round, missing } => tracing::warn!(round, missing = ?missing, "resuming without sites that did not rejoin in time"),
             Event::RoundClosed(r) => {
                 tracing::info!(round = r.round, accuracy = r.accuracy, loss = r.loss, auc = ?r.auc, clients = r.clients, "round closed");
                 if let (Some(dir), Some((model, _))) = (run_dir.as_mut(), fed.global())

@@ -4,10 +4,12 @@ pub mod actor;
 pub mod policy;
 pub mod record;
 pub mod rejection;
+pub mod snapshot;
 pub mod state;
 
 pub use actor::{spawn, FederationHandle, Progress};
 pub use policy::Policy;
 pub use record::RoundRecord;
 pub use rejection::Rejection;
+pub use snapshot::{AcceptedUpdate, Snapshot};
 pub use state::{Event, Federation, Joined, Outcome, Work};

@@ -96,6 +96,15 @@ impl Policy {
         Ok(())
     }
 
+    /// The settings that decide which sites train and how updates count, so which model comes
+    /// out: a resumed run must have the same. Timings (lease, deadline, grace) may change.
+    pub fn identity(&self) -> String {
+        format!(
+            "rounds={} min_clients={} fraction_fit={} min_fit_results={} over_selection={} max_update_norm={:?} sampling={:?} allowed_sites={:?}",
+            self.rounds, self.min_clients, self.fraction_fit, self.min_fit_results, self.over_selection, self.max_update_norm, self.sampling, self.allowed_sites
+        )
+    }
+
     /// How many of `eligible` sites a round needs.
     pub fn cohort_size(&self, eligible: usize) -> usize {
         ((eligible as f64 * self.fraction_fit).ceil() as usize).clamp(1.min(eligible), eligible)

@@ -1,9 +1,9 @@
 //! What a finished round leaves behind: one row of `metrics.csv`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The metrics of one round (round 0 is the initial model, before any training).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
     pub round: u32,
     /// Example-weighted federated evaluation of the new global model on the sites' test splits.

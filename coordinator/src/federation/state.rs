@@ -25,6 +25,7 @@ use flotilla_common::privacy::accountant::{default_orders, epsilon, Step};
 use flotilla_common::privacy::dp_fedavg::{clip, next_clip_norm, noisy_mean, update_noise_multiplier};
 
 use super::rejection::Rejection;
+use super::snapshot::{AcceptedUpdate, RunIdentity, SavedFit, SavedPhase, Snapshot, SNAPSHOT_VERSION};
 use crate::strategy::{Collected, Strategy};
 
 /// What a site should do next.
@@ -49,7 +50,27 @@ pub enum Event {
     Abandoned { round: u32, attempt: u32, updates: usize },
     UpdateAccepted { site: String, round: u32 },
     RoundClosed(RoundRecord),
+    /// A resumed federation has its sites back (or stopped waiting for the missing ones).
+    Resumed { round: u32, missing: Vec<String> },
     Done,
+}
+
+impl Event {
+    /// Whether the durable state must be written again after this event (an accepted update
+    /// is kept on its own instead).
+    pub fn changes_durable_state(&self) -> bool {
+        matches!(
+            self,
+            Event::PlanReady { .. }
+                | Event::FitOpened { .. }
+                | Event::Abandoned { .. }
+                | Event::EvaluationOpened { .. }
+                | Event::RoundClosed(_)
+                | Event::Dropped { .. }
+                | Event::Resumed { .. }
+                | Event::Done
+        )
+    }
 }
 
 /// What an update's header claims, checked before its values are accepted.
@@ -140,6 +161,14 @@ struct FitSummary {
     train_loss: Option<f64>,
 }
 
+/// Where a resumed federation goes once its sites are back.
+#[derive(Debug)]
+enum Resume {
+    Gathering { next: u32 },
+    Fit(FitRound),
+    Evaluate { round: u32, fit: Option<FitSummary> },
+}
+
 #[derive(Debug)]
 enum Phase {
     /// Waiting for enough sites (and their aggregates) before round `next`: `min_clients`
@@ -147,6 +176,9 @@ enum Phase {
     Gathering { next: u32 },
     Fit(FitRound),
     Evaluate(EvalRound),
+    /// Restarted from a snapshot: waiting until the sites connected before the crash are
+    /// back (or `until` passes), so the cohorts and the population match the crash-free run.
+    Resuming { then: Box<Resume>, awaiting: BTreeSet<String>, until: Instant },
     Done,
 }
 
@@ -212,6 +244,11 @@ impl Federation {
             Phase::Gathering { next } => *next,
             Phase::Fit(f) => f.round,
             Phase::Evaluate(e) => e.round,
+            Phase::Resuming { then, .. } => match then.as_ref() {
+                Resume::Gathering { next } => *next,
+                Resume::Fit(f) => f.round,
+                Resume::Evaluate { round, .. } => *round,
+            },
             Phase::Done => self.policy.rounds,
         }
     }
@@ -390,6 +427,14 @@ impl Federation {
                 self.strategy.config().name
             )));
         }
+        let mut events = self.accept(&site, round, delta, num_examples, metrics, now)?;
+        events.extend(self.advance(now));
+        Ok(events)
+    }
+
+    /// Adds a validated update to the open round (also used to replay kept updates on resume).
+    fn accept(&mut self, site: &str, round: u32, delta: &FlatParams, num_examples: u64, metrics: TrainReport, now: Instant) -> Result<Vec<Event>, Rejection> {
+        let site = site.to_owned();
         // Central DP: every update is clipped to norm S and counts once, whatever its size.
         let clipped;
         let mut unclipped = false;
@@ -402,7 +447,14 @@ impl Federation {
             }
             None => (delta, num_examples),
         };
-        let Phase::Fit(f) = &mut self.phase else { unreachable!("begin_update checked the phase") };
+        let f = match &mut self.phase {
+            Phase::Fit(f) => f,
+            Phase::Resuming { then, .. } => match then.as_mut() {
+                Resume::Fit(f) => f,
+                _ => return Err(Rejection::Closed(format!("training of round {round} is not open"))),
+            },
+            _ => return Err(Rejection::Closed(format!("training of round {round} is not open"))),
+        };
         f.unclipped += usize::from(unclipped);
         match &mut f.all {
             Some(all) => {
@@ -420,9 +472,7 @@ impl Federation {
         if f.contributors.len() >= self.policy.min_fit_results && f.min_reached_at.is_none() {
             f.min_reached_at = Some(now);
         }
-        let mut events = vec![Event::UpdateAccepted { site, round }];
-        events.extend(self.advance(now));
-        Ok(events)
+        Ok(vec![Event::UpdateAccepted { site, round }])
     }
 
     /// A site's evaluation of the current global model.
@@ -517,6 +567,172 @@ impl Federation {
     /// The current global model and its hash, if any.
     pub fn global(&self) -> Option<(Arc<FlatParams>, String)> {
         self.global.clone().map(|g| (g, self.global_hash.clone()))
+    }
+
+    /// The open training attempt as (round, attempt), if training is open.
+    pub fn open_attempt(&self) -> Option<(u32, u32)> {
+        match &self.phase {
+            Phase::Fit(f) => Some((f.round, f.attempt)),
+            _ => None,
+        }
+    }
+
+    /// What the run was started with.
+    pub fn identity(&self) -> RunIdentity {
+        RunIdentity { task_toml: self.task_toml.clone(), seed: self.seed, policy: self.policy.identity() }
+    }
+
+    /// The durable state, to be written after every change that matters.
+    pub fn snapshot(&self) -> Snapshot {
+        let save_summary = |s: &FitSummary| SavedFit {
+            clients: s.clients,
+            selected: s.selected,
+            failed: s.failed,
+            rejected: s.rejected,
+            attempts: s.attempts,
+            train_loss: s.train_loss,
+        };
+        let save_fit = |f: &FitRound| SavedPhase::Fit {
+            round: f.round,
+            attempt: f.attempt,
+            cohort: f.cohort.iter().cloned().collect(),
+            target: f.target,
+            failed: f.failed.iter().cloned().collect(),
+            rejected: f.rejected,
+        };
+        let (phase, connected) = match &self.phase {
+            Phase::Gathering { next } => (SavedPhase::Gathering { next: *next }, self.eligible_sites()),
+            Phase::Fit(f) => (save_fit(f), self.eligible_sites()),
+            Phase::Evaluate(e) => (SavedPhase::Evaluate { round: e.round, fit: e.fit.as_ref().map(save_summary) }, self.eligible_sites()),
+            // Still waiting: keep waiting for the same sites after another restart.
+            Phase::Resuming { then, awaiting, .. } => (
+                match then.as_ref() {
+                    Resume::Gathering { next } => SavedPhase::Gathering { next: *next },
+                    Resume::Fit(f) => save_fit(f),
+                    Resume::Evaluate { round, fit } => SavedPhase::Evaluate { round: *round, fit: fit.as_ref().map(save_summary) },
+                },
+                awaiting.iter().cloned().collect(),
+            ),
+            Phase::Done => (SavedPhase::Done, self.eligible_sites()),
+        };
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            identity: self.identity(),
+            next_client: self.next_client,
+            plan: self.plan.as_deref().cloned(),
+            global_hash: self.global_hash.clone(),
+            phase,
+            history: self.history.clone(),
+            final_site_metrics: self.final_site_metrics.clone(),
+            sites_seen: self.sites_seen.clone(),
+            connected,
+            dp_steps: self.dp_steps.clone(),
+            epsilon: self.epsilon,
+            clip_norm: self.clip_norm,
+            global: self.global.clone(),
+            strategy_state: self.strategy.state().into_iter().map(|(n, v)| (n.to_owned(), v)).collect(),
+        }
+    }
+
+    /// A federation restarted from `snapshot` and the updates accepted after it. It refuses a
+    /// different task, seed or round policy, and a model that does not match the plan. The
+    /// resumed federation waits (up to `round_timeout`) for the sites connected before the
+    /// crash to rejoin, then goes on exactly where it stopped.
+    pub fn resume(task: Task, seed: u64, policy: Policy, snapshot: Snapshot, updates: Vec<AcceptedUpdate>, now: Instant) -> Result<Self, String> {
+        if snapshot.version != SNAPSHOT_VERSION {
+            return Err(format!("the saved state has format version {}; this coordinator reads version {SNAPSHOT_VERSION}", snapshot.version));
+        }
+        let mut f = Federation::new(task, seed, policy);
+        if let Some(why) = snapshot.identity.mismatch(&f.identity()) {
+            return Err(format!("cannot resume with a different configuration: {why}"));
+        }
+        if let Some(plan) = snapshot.plan {
+            let shape = ModelShape::for_task(&f.task, plan.width());
+            let global = snapshot.global.ok_or("the saved state has a plan but no global model")?;
+            let expected = shape.layout();
+            if *global.layout() != expected {
+                return Err(format!(
+                    "the saved global model has layout {} ({} values); the task's model has {} ({} values)",
+                    short(global.layout().fingerprint()),
+                    global.layout().total(),
+                    short(expected.fingerprint()),
+                    expected.total()
+                ));
+            }
+            if global.hash() != snapshot.global_hash {
+                return Err(format!("the saved global model hashes to {}, not the recorded {}: the state is damaged", short(&global.hash()), short(&snapshot.global_hash)));
+            }
+            f.strategy.restore(&snapshot.strategy_state, global.layout())?;
+            f.global_hash = snapshot.global_hash;
+            f.global = Some(global);
+            f.plan = Some(Arc::new(plan));
+            f.shape = Some(shape);
+            f.refresh_control();
+        }
+        f.next_client = snapshot.next_client;
+        f.history = snapshot.history;
+        f.final_site_metrics = snapshot.final_site_metrics;
+        f.sites_seen = snapshot.sites_seen;
+        f.dp_steps = snapshot.dp_steps;
+        f.epsilon = snapshot.epsilon;
+        f.clip_norm = snapshot.clip_norm;
+        let then = match snapshot.phase {
+            SavedPhase::Done => {
+                f.phase = Phase::Done;
+                return Ok(f);
+            }
+            SavedPhase::Gathering { next } => Resume::Gathering { next },
+            SavedPhase::Evaluate { round, fit } => Resume::Evaluate {
+                round,
+                fit: fit.map(|s| FitSummary {
+                    started: now,
+                    clients: s.clients,
+                    selected: s.selected,
+                    failed: s.failed,
+                    rejected: s.rejected,
+                    attempts: s.attempts,
+                    train_loss: s.train_loss,
+                }),
+            },
+            SavedPhase::Fit { round, attempt, cohort, target, failed, rejected } => {
+                let mut fit = f.new_fit_round(round, attempt, cohort.into_iter().collect(), target, now);
+                fit.failed = failed.into_iter().collect();
+                fit.rejected = rejected;
+                Resume::Fit(fit)
+            }
+        };
+        f.phase = Phase::Resuming { then: Box::new(then), awaiting: snapshot.connected.into_iter().collect(), until: now + f.policy.round_timeout };
+        for u in updates {
+            let fits = match &f.phase {
+                Phase::Resuming { then, .. } => match then.as_ref() {
+                    Resume::Fit(fit) => fit.round == u.round && fit.attempt == u.attempt && fit.cohort.contains(&u.site) && !fit.contributors.contains_key(&u.site),
+                    _ => false,
+                },
+                _ => false,
+            };
+            if fits {
+                f.accept(&u.site, u.round, &u.delta, u.num_examples, u.metrics, now).map_err(|e| format!("replaying the update of site `{}`: {e}", u.site))?;
+            }
+        }
+        Ok(f)
+    }
+
+    /// Leaves `Resuming` for the phase the snapshot was taken in.
+    fn finish_resume(&mut self, now: Instant, events: &mut Vec<Event>) {
+        let Phase::Resuming { then, .. } = std::mem::replace(&mut self.phase, Phase::Done) else { return };
+        match *then {
+            Resume::Gathering { next } => self.phase = Phase::Gathering { next },
+            Resume::Fit(mut f) => {
+                // Sites that had not delivered are asked again; their clocks start now.
+                f.started = now;
+                f.pending = f.cohort.iter().filter(|s| !f.contributors.contains_key(*s) && !f.failed.contains(*s)).cloned().collect();
+                if f.contributors.len() >= self.policy.min_fit_results {
+                    f.min_reached_at = Some(now);
+                }
+                self.phase = Phase::Fit(f);
+            }
+            Resume::Evaluate { round, fit } => events.push(self.open_evaluate(round, fit, now)),
+        }
     }
 
     // ---- internals ----------------------------------------------------------------------
@@ -623,6 +839,18 @@ impl Federation {
                     events.extend(self.close_evaluate(now));
                     true
                 }
+                Phase::Resuming { awaiting, until, .. } => {
+                    let back: BTreeSet<String> = self.eligible_sites().into_iter().collect();
+                    let missing: Vec<String> = awaiting.difference(&back).cloned().collect();
+                    if missing.is_empty() || now >= *until {
+                        let round = self.round();
+                        self.finish_resume(now, &mut events);
+                        events.push(Event::Resumed { round, missing });
+                        true
+                    } else {
+                        false
+                    }
+                }
                 _ => false,
             };
             if !progressed {
@@ -677,12 +905,17 @@ impl Federation {
             derive_seed(self.seed, &["cohort", &round.to_string(), "attempt", &attempt.to_string()])
         };
         let cohort = sample_cohort(&eligible, k, self.policy.sampling, seed);
+        self.phase = Phase::Fit(self.new_fit_round(round, attempt, cohort.clone(), target, now));
+        vec![Event::FitOpened { round, cohort: cohort.into_iter().collect() }]
+    }
+
+    fn new_fit_round(&self, round: u32, attempt: u32, cohort: BTreeSet<String>, target: usize, now: Instant) -> FitRound {
         let layout = self.global.as_ref().map(|g| self.strategy.update_layout(g.layout())).unwrap_or_else(|| Layout::new(Vec::new()));
-        self.phase = Phase::Fit(FitRound {
+        FitRound {
             round,
             started: now,
             pending: cohort.clone(),
-            cohort: cohort.clone(),
+            cohort,
             sum: WeightedSum::new(layout),
             all: self.strategy.needs_all_updates().then(BTreeMap::new),
             contributors: BTreeMap::new(),
@@ -692,8 +925,7 @@ impl Federation {
             attempt,
             min_reached_at: None,
             unclipped: 0,
-        });
-        vec![Event::FitOpened { round, cohort: cohort.into_iter().collect() }]
+        }
     }
 
     fn close_fit(&mut self, now: Instant) -> Vec<Event> {
@@ -1069,6 +1301,47 @@ mod tests {
         let record = f.history.last().unwrap();
         assert_eq!((record.round, record.attempts, record.clients), (1, 2, 2));
         let _ = first;
+    }
+
+    #[test]
+    fn a_federation_resumed_mid_round_ends_with_the_model_of_one_that_never_stopped() {
+        let m = TrainReport { epochs: 5, loss: 0.25, ..TrainReport::default() };
+        let (mut reference, a, b, now) = in_round_one(Policy::default());
+        let (_, h) = reference.global().unwrap();
+        let (da, db) = (delta(&reference, 0.01), delta(&reference, -0.03));
+        reference.submit_update(&claim(&a, 1, &h, 10), &da, m, now).unwrap();
+        reference.submit_update(&claim(&b, 1, &h, 20), &db, m, now).unwrap();
+        let expected = reference.global().unwrap().1;
+
+        // The same run, stopped after a's update: its snapshot and the kept update survive.
+        let (mut crashed, a, _, now) = in_round_one(Policy::default());
+        crashed.submit_update(&claim(&a, 1, &h, 10), &da, m, now).unwrap();
+        let snapshot = crashed.snapshot();
+        assert_eq!(crashed.open_attempt(), Some((1, 1)));
+        let kept = vec![AcceptedUpdate { site: "a".into(), round: 1, attempt: 1, num_examples: 10, metrics: m, delta: da.clone() }];
+        let policy = Policy { min_clients: 2, rounds: 2, ..Policy::default() };
+
+        let wrong_seed = Federation::resume(Task::banks(), 2, policy.clone(), snapshot.clone(), kept.clone(), now).unwrap_err();
+        assert!(wrong_seed.contains("seed 1"), "{wrong_seed}");
+        let wrong_policy = Federation::resume(Task::banks(), 1, Policy { fraction_fit: 0.5, ..policy.clone() }, snapshot.clone(), kept.clone(), now).unwrap_err();
+        assert!(wrong_policy.contains("round policy"), "{wrong_policy}");
+
+        let mut resumed = Federation::resume(Task::banks(), 1, policy, snapshot, kept, now).unwrap();
+        assert_eq!(resumed.global().unwrap().1, h);
+        let cols = vec!["creditability".to_owned(), "x".to_owned()];
+        let a2 = resumed.join("a", &cols, now).unwrap().0.client_id;
+        assert!(a2 != a, "client ids are never reused: {a2}");
+        resumed.report_stats(&a2, stats(), 10, now).unwrap();
+        assert!(matches!(resumed.pull_work(&a2, now).unwrap(), Work::Wait { .. }), "waits for b to rejoin first");
+        let b2 = resumed.join("b", &cols, now).unwrap().0.client_id;
+        let events = resumed.report_stats(&b2, stats(), 20, now).unwrap();
+        assert!(events.iter().any(|e| matches!(e, Event::Resumed { round: 1, missing } if missing.is_empty())), "{events:?}");
+        assert!(matches!(resumed.pull_work(&a2, now).unwrap(), Work::Wait { .. }), "a's update is already in");
+        assert!(matches!(resumed.pull_work(&b2, now).unwrap(), Work::Fit { round: 1, .. }), "b is asked again");
+        let dup = resumed.submit_update(&claim(&a2, 1, &h, 10), &da, m, now).unwrap_err();
+        assert!(matches!(dup, Rejection::Duplicate(_)), "a's update is not counted twice: {dup:?}");
+        resumed.submit_update(&claim(&b2, 1, &h, 20), &db, m, now).unwrap();
+        assert_eq!(resumed.global().unwrap().1, expected, "bit-identical to the run that never stopped");
     }
 
     #[test]
