@@ -24,6 +24,8 @@ pub enum ClientError {
     Certificate(String),
     #[error("a local task failed: {0}")]
     Join(String),
+    #[error("simulated crash in round {round} (fault injection)")]
+    Crashed { round: u32, downtime: std::time::Duration },
 }
 
 impl ClientError {

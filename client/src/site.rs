@@ -47,12 +47,15 @@ pub struct SiteOptions {
     /// Seed of the site's own randomness (split, shuffles, augmentation). `None` uses the
     /// federation's seed, so a whole run is reproducible from the coordinator's seed alone.
     pub seed: Option<u64>,
+    /// Fault injection only: in each round it is asked to train, the site "crashes" with this
+    /// probability (seeded by site and round), silent for the given downtime, then rejoins.
+    pub dropout: Option<(f64, Duration)>,
 }
 
 impl SiteOptions {
     /// Options with the defaults for everything but the address and the name.
     pub fn new(coordinator: impl Into<String>, site: impl Into<String>) -> Self {
-        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), reconnect_patience: Duration::from_secs(300), tls: None, budget: None, attack: None, max_epochs: None, seed: None }
+        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), reconnect_patience: Duration::from_secs(300), tls: None, budget: None, attack: None, max_epochs: None, seed: None, dropout: None }
     }
 }
 
@@ -72,6 +75,8 @@ pub struct SiteReport {
     pub test_examples: usize,
     /// Rows skipped as unparseable (`bad_rows = "skip"`).
     pub skipped_rows: usize,
+    /// Simulated crashes (fault injection).
+    pub crashes: u32,
     /// Why the federation ended.
     pub reason: String,
 }
@@ -103,12 +108,24 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
     }
     let conn = Connection::connect(&opts.coordinator, opts.tls.as_ref(), opts.connect_patience).await?;
     let mut report = SiteReport::default();
-    let mut session = join(&conn, &opts, &table).await?;
+    let mut backoff = Backoff::default();
+    // The first join retries too: the coordinator may be (re)starting as the site starts.
+    let mut session = loop {
+        match join(&conn, &opts, &table).await {
+            Ok(s) => break s,
+            Err(e) if is_transient(&e) => backoff.wait(&opts, e, &shutdown).await?,
+            Err(e) => return Err(e),
+        }
+        if shutdown.is_cancelled() {
+            report.reason = "stopped".into();
+            return Ok(report);
+        }
+    };
     report.train_examples = session.prepared.num_train();
     report.test_examples = session.prepared.test.len();
     report.skipped_rows = session.prepared.rows.skipped.len();
     let mut known_round = 0;
-    let mut backoff = Backoff::default();
+    backoff.reset();
     let mut spent = Spent::default();
     loop {
         if shutdown.is_cancelled() {
@@ -125,6 +142,24 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
                 return Ok(report);
             }
             Ok(None) => backoff.reset(),
+            // Fault injection: a simulated crash goes silent (no heartbeats, no leave), then the
+            // restarted site joins again like a new process would.
+            Err(ClientError::Crashed { round, downtime }) => {
+                tracing::warn!(site = %opts.site, round, downtime_ms = downtime.as_millis() as u64, "simulated crash");
+                tokio::select! {
+                    _ = tokio::time::sleep(downtime) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                report.crashes += 1;
+                match join(&conn, &opts, &table).await {
+                    Ok(mut s) => {
+                        s.control = session.control.take();
+                        session = s;
+                    }
+                    Err(e) if is_transient(&e) => backoff.wait(&opts, e, &shutdown).await?,
+                    Err(e) => return Err(e),
+                }
+            }
             // The coordinator forgot us (lease expired, or it restarted): join again.
             Err(e) if e.code() == Some(tonic::Code::NotFound) => {
                 tracing::warn!(site = %opts.site, error = %e, "rejoining");
@@ -288,6 +323,12 @@ async fn step(
             if let Some(reason) = over_budget(opts, &s.task, spent.rounds + 1) {
                 tracing::warn!(site = %opts.site, round, "{reason}");
                 return Ok(Some(reason));
+            }
+            if let Some((p, downtime)) = opts.dropout {
+                let draw = derive_seed(s.seed, &[&opts.site, "dropout", &round.to_string()]) as f64 / u64::MAX as f64;
+                if draw < p {
+                    return Err(ClientError::Crashed { round, downtime });
+                }
             }
             let (data, shape) = ensure_plan(conn, s, &plan_fingerprint).await?;
             let global = ensure_model(conn, s, round, &model_hash).await?;

@@ -162,6 +162,7 @@ impl FederationRpc for FederationService {
             .begin_update(h.client_id.clone(), h.round, h.base_model_hash.clone(), h.layout_fingerprint.clone(), h.total_values, h.num_examples)
             .await
             .map_err(status)?;
+        tracing::debug!(client = %h.client_id, round = h.round, values = h.total_values, "receiving update");
         let values = match self.receive_values(&mut stream, &h).await {
             Ok(v) => v,
             Err(s) => {

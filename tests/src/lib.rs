@@ -1,6 +1,9 @@
 //! Helpers for the integration tests: a coordinator on an ephemeral loopback port, real
 //! clients in-process, and a hand-driven "raw" client that can misbehave on purpose.
 
+pub mod proxy;
+pub mod process;
+
 use std::time::Duration;
 
 use flotilla_common::data::RawTable;
