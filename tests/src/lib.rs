@@ -76,3 +76,73 @@ pub fn synthetic_task(hidden: Vec<usize>) -> Task {
     );
     Task::from_toml(&text, "synthetic task").expect("synthetic task")
 }
+
+/// A site driven by hand over the raw protocol, to send what an honest client never would.
+pub struct RawSite {
+    pub rpc: flotilla_proto::pb::federation_client::FederationClient<tonic::transport::Channel>,
+    pub id: String,
+    /// Training examples declared at join.
+    pub declared: u64,
+}
+
+impl RawSite {
+    /// Joins as `name` with `table` and reports its aggregates like an honest site.
+    pub async fn join(url: String, name: &str, table: &RawTable) -> RawSite {
+        use flotilla_proto::pb;
+        let mut rpc = pb::federation_client::FederationClient::connect(url).await.expect("connect");
+        let j = rpc
+            .join(pb::JoinRequest { site: name.into(), protocol_version: flotilla_proto::PROTOCOL_VERSION, num_rows: table.rows.len() as u64, columns: table.header.clone() })
+            .await
+            .expect("join")
+            .into_inner();
+        let task = Task::from_toml(&j.task_toml, "task").expect("task");
+        let prepared = flotilla_common::site::PreparedSite::new(name, table, &task, j.seed).expect("prepared");
+        let declared = prepared.num_train() as u64;
+        let columns = flotilla_common::wire::stats_to_pb(&prepared.stats);
+        rpc.report_stats(pb::ReportStatsRequest { client_id: j.client_id.clone(), columns, num_train_examples: declared }).await.expect("stats");
+        RawSite { rpc, id: j.client_id, declared }
+    }
+
+    /// The next work item.
+    pub async fn pull(&mut self) -> flotilla_proto::pb::work_item::Kind {
+        let req = flotilla_proto::pb::PullWorkRequest { client_id: self.id.clone(), known_round: 0 };
+        self.rpc.pull_work(req).await.expect("pull").into_inner().kind.expect("work kind")
+    }
+
+    /// Answers an evaluation with made-up but valid numbers.
+    pub async fn evaluate(&mut self, e: flotilla_proto::pb::EvaluateWork) {
+        let r = flotilla_proto::pb::EvaluationResult { client_id: self.id.clone(), round: e.round, model_hash: e.model_hash, num_examples: 12, loss: 0.7, accuracy: 0.5, auc: None };
+        self.rpc.submit_evaluation(r).await.expect("evaluation");
+    }
+
+    /// Downloads the global model named in `fit`.
+    pub async fn global(&mut self, fit: &flotilla_proto::pb::FitWork) -> flotilla_common::FlatParams {
+        let req = flotilla_proto::pb::DownloadModelRequest { client_id: self.id.clone(), round: fit.round, model_hash: fit.model_hash.clone() };
+        let mut s = self.rpc.download_model(req).await.expect("download").into_inner();
+        let mut chunks = Vec::new();
+        while let Some(c) = s.message().await.expect("chunk") {
+            chunks.push(c);
+        }
+        flotilla_common::wire::model_from_chunks(chunks).expect("model").1
+    }
+
+    /// Uploads `values` as the update for `fit` (header with a correct checksum).
+    pub async fn upload(&mut self, fit: &flotilla_proto::pb::FitWork, layout_fingerprint: &str, values: &[f32]) -> Result<(), tonic::Status> {
+        use flotilla_proto::pb;
+        let header = pb::UpdateHeader {
+            client_id: self.id.clone(),
+            round: fit.round,
+            base_model_hash: fit.model_hash.clone(),
+            layout_fingerprint: layout_fingerprint.to_owned(),
+            total_values: values.len() as u64,
+            num_examples: self.declared,
+            metrics: Some(pb::TrainMetrics { epochs: 1, ..Default::default() }),
+            values_sha256: flotilla_common::params::checksum(layout_fingerprint, values),
+        };
+        let mut chunks = vec![pb::UpdateChunk { kind: Some(pb::update_chunk::Kind::Header(header)) }];
+        for part in values.chunks(1 << 18) {
+            chunks.push(pb::UpdateChunk { kind: Some(pb::update_chunk::Kind::Data(flotilla_common::params::f32_to_le_bytes(part).into())) });
+        }
+        self.rpc.upload_update(tokio_stream::iter(chunks)).await.map(|_| ())
+    }
+}
