@@ -215,6 +215,8 @@ fn is_transient(e: &ClientError) -> bool {
             e.code(),
             Some(tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded | tonic::Code::Aborted)
         )
+        // A connection torn down mid-stream surfaces as an HTTP/2 error with code Internal.
+        || matches!(e, ClientError::Rpc { code: tonic::Code::Internal, message, .. } if message.contains("h2 protocol error") || message.contains("transport error"))
 }
 
 /// Exponential backoff with full jitter, bounded by the site's reconnect patience.
