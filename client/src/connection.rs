@@ -7,6 +7,7 @@ use std::time::Duration;
 use flotilla_common::data::{Plan, SiteStats};
 use flotilla_common::train::Evaluation;
 use flotilla_common::wire::{self, ModelReceiver, UpdateHeader};
+use flotilla_common::secagg::{PublicKeys, Reveal, Roster, Sealed};
 use flotilla_common::FlatParams;
 use flotilla_proto::pb::{self, federation_client::FederationClient};
 use flotilla_proto::PROTOCOL_VERSION;
@@ -18,10 +19,30 @@ use crate::tls::{install_crypto_provider, ClientTls};
 /// What the coordinator asks of the site.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
-    Fit { round: u32, model_hash: String, plan_fingerprint: String, local_epochs: u32, proximal_mu: f64, control_hash: String },
+    Fit { round: u32, model_hash: String, plan_fingerprint: String, local_epochs: u32, proximal_mu: f64, control_hash: String, secure_aggregation: bool },
     Evaluate { round: u32, model_hash: String, plan_fingerprint: String },
     Wait { millis: u32, current_round: u32 },
     Done { reason: String },
+}
+
+/// What a site sends in the secure-aggregation exchange.
+#[derive(Debug, Clone)]
+pub enum SecAggSend {
+    Keys(PublicKeys),
+    Shares(Vec<Sealed>),
+    Reveal(Reveal),
+    /// Waiting for stage 1 (roster), 2 (inbox) or 3 (survivors).
+    Poll(u32),
+}
+
+/// What the coordinator answers in the exchange.
+#[derive(Debug, Clone)]
+pub enum SecAggReply {
+    Roster(Roster),
+    Inbox(Vec<Sealed>),
+    Survivors(Vec<String>),
+    Wait,
+    Done(String),
 }
 
 /// The answer to a join.
@@ -120,6 +141,7 @@ impl Connection {
                 local_epochs: f.local_epochs,
                 proximal_mu: f.proximal_mu,
                 control_hash: f.control_hash,
+                secure_aggregation: f.secure_aggregation,
             },
             Kind::Evaluate(e) => Work::Evaluate { round: e.round, model_hash: e.model_hash, plan_fingerprint: e.plan_fingerprint },
             Kind::Wait(w) => Work::Wait { millis: w.millis, current_round: w.current_round },
@@ -163,6 +185,40 @@ impl Connection {
         let chunks = tokio_stream::iter(wire::update_chunks(header, delta));
         self.rpc.clone().upload_update(chunks).await.map_err(|s| ClientError::rpc(format!("upload the update of round {round}"), s))?;
         Ok(())
+    }
+
+    /// Streams a masked input (secure aggregation) up, header first.
+    pub async fn upload_masked(&self, header: UpdateHeader, values: Arc<Vec<u64>>) -> Result<(), ClientError> {
+        let round = header.round;
+        let chunks = tokio_stream::iter(wire::masked_chunks(header, values));
+        self.rpc.clone().upload_update(chunks).await.map_err(|s| ClientError::rpc(format!("upload the masked input of round {round}"), s))?;
+        Ok(())
+    }
+
+    /// One step of the secure-aggregation exchange (long-polled while waiting).
+    pub async fn secagg(&self, client_id: &str, round: u32, send: SecAggSend) -> Result<SecAggReply, ClientError> {
+        use pb::sec_agg_request::Step;
+        use pb::sec_agg_response::Answer;
+        let step = match &send {
+            SecAggSend::Keys(k) => Step::Keys(wire::keys_to_pb(k)),
+            SecAggSend::Shares(s) => Step::Shares(wire::sealed_to_pb(s)),
+            SecAggSend::Reveal(r) => Step::Reveal(wire::reveal_to_pb(r)),
+            SecAggSend::Poll(stage) => Step::Poll(*stage),
+        };
+        let r = self
+            .rpc
+            .clone()
+            .sec_agg(pb::SecAggRequest { client_id: client_id.to_owned(), round, step: Some(step) })
+            .await
+            .map_err(|s| ClientError::rpc(format!("secure aggregation of round {round}"), s))?
+            .into_inner();
+        Ok(match r.answer.ok_or(wire::WireError::Missing("secure aggregation answer"))? {
+            Answer::Roster(roster) => SecAggReply::Roster(wire::roster_from_pb(&roster)?),
+            Answer::Inbox(inbox) => SecAggReply::Inbox(wire::sealed_from_pb(inbox)),
+            Answer::Survivors(s) => SecAggReply::Survivors(s.sites),
+            Answer::Wait(_) => SecAggReply::Wait,
+            Answer::Done(reason) => SecAggReply::Done(reason),
+        })
     }
 
     pub async fn submit_evaluation(&self, client_id: &str, round: u32, hash: &str, e: &Evaluation) -> Result<(), ClientError> {

@@ -8,6 +8,7 @@
 
 pub mod connection;
 pub mod error;
+pub mod secure;
 pub mod shutdown;
 pub mod site;
 pub mod tls;

@@ -317,7 +317,7 @@ async fn step(
             }
             Ok(None)
         }
-        Work::Fit { round, model_hash, plan_fingerprint, local_epochs, proximal_mu, control_hash } => {
+        Work::Fit { round, model_hash, plan_fingerprint, local_epochs, proximal_mu, control_hash, secure_aggregation } => {
             if !(proximal_mu.is_finite() && proximal_mu >= 0.0) {
                 return Err(flotilla_common::wire::WireError::Invalid(format!("proximal mu {proximal_mu} must be >= 0")).into());
             }
@@ -363,10 +363,16 @@ async fn step(
             if let Some(Attack::SignFlip { scale }) = opts.attack {
                 delta.values_mut().iter_mut().for_each(|v| *v *= -scale);
             }
+            // Local DP: the update is clipped and noised here, with this process's secret
+            // (OS-seeded) randomness, before it leaves the site.
+            if let Some(dp) = s.task.privacy.filter(|p| p.local) {
+                flotilla_common::privacy::dp_fedavg::privatize_locally(delta.values_mut(), dp.clip_norm, dp.noise_multiplier, &mut rand::rng())
+                    .map_err(flotilla_common::wire::WireError::Invalid)?;
+            }
             // SCAFFOLD's new c_i is kept only once the update is delivered: work that is lost
             // (and redone when the coordinator asks again) must not move it twice.
             let mut next_control = None;
-            let delta = match controls {
+            let mut delta = match controls {
                 // Option II: c_i⁺ = c_i − c + (x − y)/(K·η), so Δc = −Δy/(K·η) − c.
                 Some((c, ci)) => {
                     let k_eta = (metrics.steps.max(1) as f64 * lr) as f32;
@@ -380,6 +386,35 @@ async fn step(
                 }
                 None => delta,
             };
+            if secure_aggregation {
+                // Under central DP the site clips (the coordinator cannot see the update to do
+                // it) and every update weighs 1; otherwise it weighs its training examples.
+                let weight = match s.task.privacy.filter(|p| !p.local) {
+                    Some(dp) => {
+                        flotilla_common::privacy::dp_fedavg::clip(delta.values_mut(), dp.clip_norm);
+                        1
+                    }
+                    None => s.prepared.num_train() as u64,
+                };
+                let x = flotilla_common::secagg::masking::encode_weighted(delta.values(), weight).map_err(flotilla_common::wire::WireError::Invalid)?;
+                let header = UpdateHeader {
+                    client_id: s.client_id.clone(),
+                    round,
+                    base_model_hash: model_hash,
+                    layout_fingerprint: delta.layout().fingerprint().to_owned(),
+                    total_values: 0,
+                    num_examples: 0, // the weight travels under the masks
+                    metrics,
+                    values_sha256: String::new(),
+                    masked: true,
+                };
+                drop(delta);
+                spent.rounds += 1;
+                let outcome = crate::secure::take_part(conn, &s.client_id, &opts.site, round, x, header).await?;
+                tracing::debug!(site = %opts.site, round, %outcome, "secure aggregation");
+                report.rounds_trained += 1;
+                return Ok(None);
+            }
             let delta = Arc::new(delta);
             let header = UpdateHeader {
                 client_id: s.client_id.clone(),
@@ -390,6 +425,7 @@ async fn step(
                 num_examples: s.prepared.num_train() as u64,
                 metrics,
                 values_sha256: delta.hash(),
+                masked: false,
             };
             // The round counts against the budget once its update left the site.
             spent.rounds += 1;

@@ -20,6 +20,7 @@ pub mod model_file;
 pub mod params;
 pub mod pki;
 pub mod privacy;
+pub mod secagg;
 pub mod seed;
 pub mod site;
 pub mod strategy;

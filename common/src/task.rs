@@ -17,6 +17,10 @@ pub struct Task {
     /// A short name shown in logs and summaries.
     #[serde(default = "default_name")]
     pub name: String,
+    /// Secure aggregation (Bonawitz et al. 2017): the coordinator learns only the sum of each
+    /// round's updates. FedAvg only (robust rules need to see individual updates).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secure_aggregation: bool,
     pub model: ModelSpec,
     pub training: TrainingSpec,
     pub data: DataSpec,
@@ -246,6 +250,15 @@ impl Task {
                     self.strategy.name
                 )));
             }
+        }
+        if self.secure_aggregation && self.strategy.name != crate::strategy::StrategyName::Fedavg {
+            return Err(TaskError::Invalid(format!(
+                "secure aggregation reveals only the sum of updates: it works with fedavg, not {} (which needs each update)",
+                self.strategy.name
+            )));
+        }
+        if self.secure_aggregation && self.privacy.is_some_and(|p| p.adaptive.is_some()) {
+            return Err(TaskError::Invalid("adaptive clipping needs the count of unclipped updates: it cannot be combined with secure aggregation".into()));
         }
         if self.data.augmentation.jitter_std < 0.0 {
             return Err(TaskError::Invalid("data.augmentation.jitter_std must be >= 0".into()));

@@ -203,6 +203,8 @@ pub struct UpdateHeader {
     pub metrics: TrainReport,
     /// `FlatParams::hash` of the delta: the receiver recomputes it over what arrived.
     pub values_sha256: String,
+    /// Secure aggregation: the values are a masked input (u64), not a plain delta.
+    pub masked: bool,
 }
 
 /// The chunks of an update (a delta), header first; produced lazily like [`model_chunks`].
@@ -218,6 +220,7 @@ pub fn update_chunks(header: UpdateHeader, delta: Arc<FlatParams>) -> impl Itera
             num_examples: header.num_examples,
             metrics: Some(pb::TrainMetrics { loss: m.loss, accuracy: m.accuracy, steps: m.steps, seconds: m.seconds, epochs: m.epochs }),
             values_sha256: header.values_sha256,
+            masked: header.masked,
         })),
     };
     let n_chunks = delta.values().len().div_ceil(CHUNK_VALUES);
@@ -248,6 +251,7 @@ pub fn update_part(chunk: pb::UpdateChunk) -> Result<UpdatePart, WireError> {
                 num_examples: h.num_examples,
                 metrics: TrainReport { loss: m.loss, accuracy: m.accuracy, steps: m.steps, epochs: m.epochs, seconds: m.seconds },
                 values_sha256: h.values_sha256,
+                masked: h.masked,
             }))
         }
         pb::update_chunk::Kind::Data(d) => Ok(UpdatePart::Data(d)),
@@ -415,5 +419,132 @@ mod tests {
     #[test]
     fn oversized_declarations_are_refused_before_allocating() {
         assert!(matches!(Assembler::new(MAX_VALUES + 1), Err(WireError::TooLarge(_))));
+    }
+}
+
+// ---- secure aggregation -------------------------------------------------------------------
+
+use crate::secagg::shamir::Share;
+use crate::secagg::{PublicKeys, Reveal, Roster, Sealed};
+
+fn key32(b: &[u8], what: &'static str) -> Result<[u8; 32], WireError> {
+    b.try_into().map_err(|_| WireError::Invalid(format!("{what} must be 32 bytes, got {}", b.len())))
+}
+
+pub fn keys_to_pb(k: &PublicKeys) -> pb::SecAggKeys {
+    pb::SecAggKeys { c: k.c.to_vec(), s: k.s.to_vec(), b_commitment: k.b_commitment.to_vec() }
+}
+
+pub fn keys_from_pb(k: &pb::SecAggKeys) -> Result<PublicKeys, WireError> {
+    Ok(PublicKeys { c: key32(&k.c, "key c")?, s: key32(&k.s, "key s")?, b_commitment: key32(&k.b_commitment, "commitment")? })
+}
+
+pub fn roster_to_pb(r: &Roster) -> pb::SecAggRoster {
+    pb::SecAggRoster {
+        threshold: r.threshold as u32,
+        members: r.members.iter().map(|(site, k)| pb::SecAggMember { site: site.clone(), keys: Some(keys_to_pb(k)) }).collect(),
+    }
+}
+
+pub fn roster_from_pb(r: &pb::SecAggRoster) -> Result<Roster, WireError> {
+    let mut members = Vec::with_capacity(r.members.len());
+    for m in &r.members {
+        members.push((m.site.clone(), keys_from_pb(m.keys.as_ref().ok_or(WireError::Missing("roster keys"))?)?));
+    }
+    if !members.windows(2).all(|w| w[0].0 < w[1].0) {
+        return Err(WireError::Invalid("the roster must be sorted by site, without repeats".into()));
+    }
+    Ok(Roster { threshold: r.threshold as usize, members })
+}
+
+pub fn sealed_to_pb(s: &[Sealed]) -> pb::SecAggShares {
+    pb::SecAggShares { boxes: s.iter().map(|b| pb::SecAggSealed { from: b.from.clone(), to: b.to.clone(), ciphertext: b.ciphertext.clone() }).collect() }
+}
+
+pub fn sealed_from_pb(s: pb::SecAggShares) -> Vec<Sealed> {
+    s.boxes.into_iter().map(|b| Sealed { from: b.from, to: b.to, ciphertext: b.ciphertext }).collect()
+}
+
+fn share_to_pb(owner: &str, s: &Share) -> pb::SecAggShare {
+    pb::SecAggShare { owner: owner.to_owned(), x: s.x, y: s.y.to_vec() }
+}
+
+fn share_from_pb(s: &pb::SecAggShare) -> Result<(String, Share), WireError> {
+    let mut bytes = s.x.to_le_bytes().to_vec();
+    if s.y.len() != 5 {
+        return Err(WireError::Invalid(format!("a share of `{}` has {} limbs, not 5", s.owner, s.y.len())));
+    }
+    s.y.iter().for_each(|y| bytes.extend_from_slice(&y.to_le_bytes()));
+    let share = Share::from_bytes(&bytes).ok_or_else(|| WireError::Invalid(format!("a share of `{}` is outside the field", s.owner)))?;
+    Ok((s.owner.clone(), share))
+}
+
+pub fn reveal_to_pb(r: &Reveal) -> pb::SecAggReveal {
+    pb::SecAggReveal {
+        self_mask: r.self_mask.iter().map(|(o, s)| share_to_pb(o, s)).collect(),
+        secret_key: r.secret_key.iter().map(|(o, s)| share_to_pb(o, s)).collect(),
+    }
+}
+
+pub fn reveal_from_pb(from: &str, r: &pb::SecAggReveal) -> Result<Reveal, WireError> {
+    Ok(Reveal {
+        from: from.to_owned(),
+        self_mask: r.self_mask.iter().map(share_from_pb).collect::<Result<_, _>>()?,
+        secret_key: r.secret_key.iter().map(share_from_pb).collect::<Result<_, _>>()?,
+    })
+}
+
+/// Checksum of a masked input: SHA-256 of the fingerprint and the little-endian u64 values.
+pub fn masked_checksum(fingerprint: &str, values: &[u64]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(fingerprint.as_bytes());
+    values.iter().for_each(|v| h.update(v.to_le_bytes()));
+    hex::encode(h.finalize())
+}
+
+/// The chunks of a masked input (u64 values), header first.
+pub fn masked_chunks(header: UpdateHeader, values: Arc<Vec<u64>>) -> impl Iterator<Item = pb::UpdateChunk> + Send {
+    let first = update_chunks(UpdateHeader { masked: true, ..header }, Arc::new(FlatParams::zeros(Layout::new(Vec::new())))).next();
+    let per = CHUNK_BYTES / 8;
+    let n = values.len().div_ceil(per);
+    first.into_iter().chain((0..n).map(move |i| {
+        let part = &values[i * per..((i + 1) * per).min(values.len())];
+        let bytes: Vec<u8> = part.iter().flat_map(|v| v.to_le_bytes()).collect();
+        pb::UpdateChunk { kind: Some(pb::update_chunk::Kind::Data(Bytes::from(bytes))) }
+    }))
+}
+
+/// Reassembles a masked input of `declared` u64 values, refusing more.
+#[derive(Debug)]
+pub struct MaskedAssembler {
+    declared: u64,
+    values: Vec<u64>,
+}
+
+impl MaskedAssembler {
+    pub fn new(declared: u64) -> Result<Self, WireError> {
+        if declared > MAX_VALUES {
+            return Err(WireError::TooLarge(declared));
+        }
+        Ok(Self { declared, values: Vec::with_capacity(declared as usize) })
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        if bytes.len() % 8 != 0 {
+            return Err(WireError::Invalid(format!("a masked chunk of {} bytes is not whole u64 values", bytes.len())));
+        }
+        if self.values.len() as u64 + (bytes.len() as u64) / 8 > self.declared {
+            return Err(WireError::TooMuchData { declared: self.declared });
+        }
+        self.values.extend(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))));
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<Vec<u64>, WireError> {
+        if self.values.len() as u64 != self.declared {
+            return Err(WireError::Truncated { declared: self.declared, received: self.values.len() as u64 });
+        }
+        Ok(self.values)
     }
 }

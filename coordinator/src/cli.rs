@@ -148,6 +148,15 @@ pub struct RunArgs {
     /// δ of the reported (ε, δ).
     #[arg(long, default_value_t = 1e-5, value_name = "D")]
     pub dp_delta: f64,
+    /// Secure aggregation (Bonawitz et al. 2017): the coordinator learns only each round's sum
+    /// of updates, never one site's. FedAvg only; combines with --dp-clip/--dp-noise (sites clip,
+    /// the coordinator adds the noise after unmasking) and with --dp-local.
+    #[arg(long)]
+    pub secure_aggregation: bool,
+    /// Local DP: every site clips and noises its own update (with --dp-clip S, --dp-noise Z)
+    /// before it leaves the site; the coordinator adds nothing and only averages.
+    #[arg(long, requires = "dp_clip")]
+    pub dp_local: bool,
     /// Adaptive clipping: --dp-clip is the initial norm, which then tracks this quantile of
     /// the update norms (the paper's default 0.5; learning rate 0.2, count noise m/20).
     #[arg(long, value_name = "GAMMA", requires = "dp_clip")]
@@ -361,7 +370,10 @@ impl RunArgs {
             let adaptive = self
                 .dp_adaptive_quantile
                 .map(|target_quantile| flotilla_common::privacy::dp_fedavg::AdaptiveClip { target_quantile, ..Default::default() });
-            task.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm, noise_multiplier, delta: self.dp_delta, adaptive });
+            task.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm, noise_multiplier, delta: self.dp_delta, adaptive, local: self.dp_local });
+        }
+        if self.secure_aggregation {
+            task.secure_aggregation = true;
         }
         task.validate().map_err(|e| e.to_string())?;
         Ok(task)

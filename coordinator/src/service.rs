@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use flotilla_common::pki;
 
 use crate::federation::state::site_of_client_id;
+use crate::federation::secure::{Answer, Step};
 use crate::federation::{FederationHandle, Rejection, Work};
 
 /// The `flotilla.v1.Federation` service.
@@ -159,9 +160,12 @@ impl FederationRpc for FederationService {
         // The header is checked before any value is read, so a refused update costs nothing.
         let layout = self
             .handle
-            .begin_update(h.client_id.clone(), h.round, h.base_model_hash.clone(), h.layout_fingerprint.clone(), h.total_values, h.num_examples)
+            .begin_update(h.client_id.clone(), h.round, h.base_model_hash.clone(), h.layout_fingerprint.clone(), h.total_values, h.num_examples, h.masked)
             .await
             .map_err(status)?;
+        if h.masked {
+            return self.receive_masked(&mut stream, h).await;
+        }
         tracing::debug!(client = %h.client_id, round = h.round, values = h.total_values, "receiving update");
         let values = match self.receive_values(&mut stream, &h).await {
             Ok(v) => v,
@@ -195,6 +199,44 @@ impl FederationRpc for FederationService {
         Ok(Response::new(pb::Ack {}))
     }
 
+    async fn sec_agg(&self, req: Request<pb::SecAggRequest>) -> Result<Response<pb::SecAggResponse>, Status> {
+        use pb::sec_agg_request::Step as PbStep;
+        self.authorize(&req, &req.get_ref().client_id)?;
+        let r = req.into_inner();
+        let bad = |e: wire::WireError| Status::invalid_argument(format!("secure aggregation message of `{}` for round {}: {e}", r.client_id, r.round));
+        let site = site_of_client_id(&r.client_id).unwrap_or_default().to_owned();
+        let step = match r.step.clone().ok_or_else(|| Status::invalid_argument("a secure aggregation message needs a step"))? {
+            PbStep::Keys(k) => Step::Keys(wire::keys_from_pb(&k).map_err(bad)?),
+            PbStep::Shares(s) => Step::Shares(wire::sealed_from_pb(s)),
+            PbStep::Reveal(v) => Step::Reveal(wire::reveal_from_pb(&site, &v).map_err(bad)?),
+            PbStep::Poll(stage) => Step::Poll(stage),
+        };
+        let polling = matches!(step, Step::Poll(_));
+        let mut progress = self.handle.progress();
+        let deadline = tokio::time::Instant::now() + self.long_poll;
+        progress.borrow_and_update();
+        let mut answer = self.handle.secagg(r.client_id.clone(), r.round, step.clone()).await.map_err(status)?;
+        // Long poll: a waiting site hears of the next stage as soon as it opens.
+        while polling && answer == Answer::Wait {
+            match tokio::time::timeout_at(deadline, progress.changed()).await {
+                Ok(Ok(())) => {
+                    progress.borrow_and_update();
+                    answer = self.handle.secagg(r.client_id.clone(), r.round, step.clone()).await.map_err(status)?;
+                }
+                _ => break,
+            }
+        }
+        use pb::sec_agg_response::Answer as PbAnswer;
+        let answer = match answer {
+            Answer::Roster(roster) => PbAnswer::Roster(wire::roster_to_pb(&roster)),
+            Answer::Inbox(inbox) => PbAnswer::Inbox(wire::sealed_to_pb(&inbox)),
+            Answer::Survivors(sites) => PbAnswer::Survivors(pb::SecAggSurvivors { sites }),
+            Answer::Wait => PbAnswer::Wait(pb::Ack {}),
+            Answer::Done(reason) => PbAnswer::Done(reason),
+        };
+        Ok(Response::new(pb::SecAggResponse { answer: Some(answer) }))
+    }
+
     async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::Ack>, Status> {
         self.authorize(&req, &req.get_ref().client_id)?;
         self.handle.leave(req.into_inner().client_id).await;
@@ -203,6 +245,36 @@ impl FederationRpc for FederationService {
 }
 
 impl FederationService {
+    /// A masked input (secure aggregation): read as u64 values, checked against its checksum,
+    /// and handed to the actor, which adds it to the secure sum.
+    async fn receive_masked(&self, stream: &mut Streaming<pb::UpdateChunk>, h: wire::UpdateHeader) -> Result<Response<pb::Ack>, Status> {
+        let what = |e: wire::WireError| Status::invalid_argument(format!("masked input of `{}` for round {}: {e}", h.client_id, h.round));
+        let received = async {
+            let mut asm = wire::MaskedAssembler::new(h.total_values).map_err(what)?;
+            while let Some(chunk) = stream.message().await? {
+                match wire::update_part(chunk).map_err(what)? {
+                    UpdatePart::Data(d) => asm.push(&d).map_err(what)?,
+                    UpdatePart::Header(_) => return Err(what(wire::WireError::UnexpectedHeader)),
+                }
+                self.handle.touch(h.client_id.clone()).await.map_err(status)?;
+            }
+            let values = asm.finish().map_err(what)?;
+            if wire::masked_checksum(&h.layout_fingerprint, &values) != h.values_sha256 {
+                return Err(Status::data_loss(format!("masked input of `{}` for round {}: checksum mismatch: corrupted in transit", h.client_id, h.round)));
+            }
+            Ok(values)
+        };
+        let values = match received.await {
+            Ok(v) => v,
+            Err(s) => {
+                self.handle.upload_failed(h.client_id.clone(), h.round, s.message().to_owned()).await;
+                return Err(s);
+            }
+        };
+        self.handle.masked(h.client_id, h.round, h.base_model_hash, h.layout_fingerprint, values, h.metrics).await.map_err(status)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
     /// Reads an update's values into one buffer of the declared size, refusing anything more.
     async fn receive_values(&self, stream: &mut Streaming<pb::UpdateChunk>, h: &wire::UpdateHeader) -> Result<Vec<f32>, Status> {
         let what = |e: wire::WireError| Status::invalid_argument(format!("update of `{}` for round {}: {e}", h.client_id, h.round));
@@ -222,8 +294,8 @@ impl FederationService {
 fn work_to_pb(w: Work) -> pb::WorkItem {
     use pb::work_item::Kind;
     let kind = match w {
-        Work::Fit { round, model_hash, plan_fingerprint, local_epochs, proximal_mu, control_hash } => {
-            Kind::Fit(pb::FitWork { round, model_hash, plan_fingerprint, local_epochs, proximal_mu, control_hash })
+        Work::Fit { round, model_hash, plan_fingerprint, local_epochs, proximal_mu, control_hash, secure_aggregation } => {
+            Kind::Fit(pb::FitWork { round, model_hash, plan_fingerprint, local_epochs, proximal_mu, control_hash, secure_aggregation })
         }
         Work::Evaluate { round, model_hash, plan_fingerprint } => Kind::Evaluate(pb::EvaluateWork { round, model_hash, plan_fingerprint }),
         Work::Wait { current_round } => Kind::Wait(pb::WaitWork { millis: 0, current_round }),

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // a test file: a failed unwrap is a failed test
 //! The `flotilla-coordinator` binary as a user runs it: answers, and errors that say what is
 //! wrong. (Building this test also builds the binary the crash tests in `tests/` start.)
 

@@ -127,6 +127,7 @@ async fn requests_for_closed_rounds_and_unknown_clients_get_clear_statuses() {
             num_examples: 1,
             metrics: None,
             values_sha256: String::new(),
+            masked: false,
         })),
     };
     let err = rpc.upload_update(tokio_stream::iter(vec![header])).await.unwrap_err();

@@ -75,6 +75,7 @@ async fn mallory(url: String, attack: bool) -> Vec<(tonic::Code, String)> {
                     num_examples: declared,
                     metrics: None,
                     values_sha256: String::new(),
+            masked: false,
                 };
                 let small = vec![0.001f32; n];
                 let mut nan = small.clone();

@@ -12,7 +12,7 @@ use flotilla_tests::sim_options;
 async fn a_dp_run_reports_the_epsilon_it_spent_and_still_learns() {
     let dir = tempfile::tempdir().unwrap();
     let mut task = Task::hospitals();
-    let dp = DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None };
+    let dp = DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None, local: false };
     task.privacy = Some(dp);
     let rounds = 5;
     let sim = simulate(sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, rounds, dir.path()))
@@ -31,13 +31,30 @@ async fn a_dp_run_reports_the_epsilon_it_spent_and_still_learns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_local_dp_sites_noise_their_own_updates_with_secret_randomness() {
+    let run = |out: std::path::PathBuf| async move {
+        let mut task = Task::hospitals();
+        task.privacy = Some(DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None, local: true });
+        simulate(sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, 3, &out)).await.unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (run(dir.path().join("a")).await, run(dir.path().join("b")).await);
+    let expected = epsilon(&[Step { q: 1.0, sigma: 0.5, count: 3 }], 1e-5, default_orders()).unwrap().epsilon;
+    assert!((a.outcome.history[3].epsilon.unwrap() - expected).abs() < 1e-9, "each site's own mechanism, 3 rounds at rate 1");
+    // The noise is drawn on the sites from their own secret randomness, not from the
+    // federation seed the coordinator knows: the same seed gives different models.
+    assert_ne!(a.outcome.model.hash(), b.outcome.model.hash());
+    assert_eq!(a.outcome.history[0].model_hash, b.outcome.history[0].model_hash, "same seed, same start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_stops_training_when_its_own_budget_would_be_exceeded() {
     use flotilla_client::run_site;
     use flotilla_tests::{start_coordinator, synthetic_table, synthetic_task, test_site};
     use tokio_util::sync::CancellationToken;
 
     let mut task = synthetic_task(vec![8]);
-    task.privacy = Some(DpConfig { clip_norm: 1.0, noise_multiplier: 2.0, delta: 1e-5, adaptive: None });
+    task.privacy = Some(DpConfig { clip_norm: 1.0, noise_multiplier: 2.0, delta: 1e-5, adaptive: None, local: false });
     // The budget that exactly 2 rounds at q = 1, z = 2 fit in.
     let two = epsilon(&[Step { q: 1.0, sigma: 2.0, count: 2 }], 1e-5, default_orders()).unwrap().epsilon;
     let dir = tempfile::tempdir().unwrap();
@@ -62,7 +79,7 @@ async fn adaptive_clipping_moves_the_clip_norm_towards_the_update_norms() {
     // Start far below the update norms: most updates are clipped, so the norm must grow.
     // Four hospitals: the default σ_b = 4/20 is too small for z = 0.5, so it is set explicitly.
     let adaptive = AdaptiveClip { count_stddev: Some(1.0), ..AdaptiveClip::default() };
-    task.privacy = Some(DpConfig { clip_norm: 0.01, noise_multiplier: 0.5, delta: 1e-5, adaptive: Some(adaptive) });
+    task.privacy = Some(DpConfig { clip_norm: 0.01, noise_multiplier: 0.5, delta: 1e-5, adaptive: Some(adaptive), local: false });
     let sim = simulate(sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, 6, dir.path()))
     .await
     .unwrap();

@@ -22,6 +22,11 @@ pub struct DpConfig {
     /// norms, starting from `clip_norm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<AdaptiveClip>,
+    /// Local DP: each site clips its update to S and adds N(0, (z·S)²) itself, from its own
+    /// secret randomness, before sending; the coordinator only averages. For sites that trust
+    /// nobody (the coordinator included).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
 }
 
 /// Parameters of adaptive clipping; the paper's defaults.
@@ -109,6 +114,9 @@ impl DpConfig {
         if !(self.delta > 0.0 && self.delta < 1.0) {
             return Err(format!("dp delta must be in (0, 1), got {}", self.delta));
         }
+        if self.local && self.adaptive.is_some() {
+            return Err("adaptive clipping needs the coordinator to see update norms: it cannot be combined with local DP".into());
+        }
         if let Some(a) = &self.adaptive {
             if !(a.target_quantile > 0.0 && a.target_quantile < 1.0) {
                 return Err(format!("adaptive clipping: target quantile must be in (0, 1), got {}", a.target_quantile));
@@ -125,6 +133,15 @@ impl DpConfig {
 }
 
 /// Scales `delta` to L2 norm at most `s`: `Δ · min(1, S/‖Δ‖)`. Returns the norm before.
+/// Local DP on a site: clips `delta` to L2 norm `s` and adds N(0, (z·s)²) to every value.
+/// `rng` must be the site's secret randomness (the OS-seeded thread generator in production).
+pub fn privatize_locally(delta: &mut [f32], s: f64, z: f64, rng: &mut impl rand::Rng) -> Result<(), String> {
+    clip(delta, s);
+    let normal = Normal::new(0.0, z * s).map_err(|e| format!("local DP noise N(0, ({z}·{s})²): {e}"))?;
+    delta.iter_mut().for_each(|v| *v = (f64::from(*v) + normal.sample(rng)) as f32);
+    Ok(())
+}
+
 pub fn clip(delta: &mut [f32], s: f64) -> f64 {
     let norm = delta.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
     if norm > s {
@@ -145,6 +162,20 @@ pub fn noisy_mean(sum: &[f32], std: f64, expected_clients: usize, seed: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_dp_clips_then_adds_noise_of_the_announced_scale() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let mut d = vec![0.01f32; 100_000]; // norm 3.16, clipped to 1
+        privatize_locally(&mut d, 1.0, 0.0, &mut rng).unwrap();
+        let norm = d.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "clipped to S: {norm}");
+        let clipped = d.clone();
+        privatize_locally(&mut d, 1.0, 2.0, &mut rng).unwrap();
+        let noise: Vec<f64> = d.iter().zip(&clipped).map(|(a, b)| f64::from(*a) - f64::from(*b)).collect();
+        let std = (noise.iter().map(|x| x * x).sum::<f64>() / noise.len() as f64).sqrt();
+        assert!((std - 2.0).abs() < 0.02, "noise std z·S = 2: {std}");
+    }
 
     #[test]
     fn clipping_by_hand() {

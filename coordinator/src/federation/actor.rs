@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::record::RoundRecord;
 use super::rejection::Rejection;
+use super::secure::{Answer, Step};
 use super::state::{Event, Federation, Joined, Outcome, UpdateClaim, Work};
 use crate::durable::StateDir;
 use crate::run_dir::RunDir;
@@ -42,7 +43,9 @@ enum Request {
     Pull { client: String, reply: Reply<Work> },
     Touch { client: String, reply: Reply<()> },
     Model { client: String, round: u32, hash: String, reply: Reply<Arc<FlatParams>> },
-    BeginUpdate { client: String, round: u32, base: String, fingerprint: String, total: u64, examples: u64, reply: Reply<Layout> },
+    BeginUpdate { client: String, round: u32, base: String, fingerprint: String, total: u64, examples: u64, masked: bool, reply: Reply<Layout> },
+    Masked { client: String, round: u32, base: String, fingerprint: String, values: Vec<u64>, metrics: TrainReport, reply: Reply<()> },
+    SecAgg { client: String, round: u32, step: Step, reply: Reply<Answer> },
     Update { client: String, round: u32, base: String, delta: FlatParams, examples: u64, metrics: TrainReport, reply: Reply<()> },
     Evaluation { client: String, round: u32, hash: String, eval: Evaluation, reply: Reply<()> },
     Leave { client: String },
@@ -88,8 +91,16 @@ impl FederationHandle {
         ask!(self, Model { client: client, round: round, hash: hash })
     }
     #[allow(clippy::too_many_arguments)]
-    pub async fn begin_update(&self, client: String, round: u32, base: String, fingerprint: String, total: u64, examples: u64) -> Result<Layout, Rejection> {
-        ask!(self, BeginUpdate { client: client, round: round, base: base, fingerprint: fingerprint, total: total, examples: examples })
+    pub async fn begin_update(&self, client: String, round: u32, base: String, fingerprint: String, total: u64, examples: u64, masked: bool) -> Result<Layout, Rejection> {
+        ask!(self, BeginUpdate { client: client, round: round, base: base, fingerprint: fingerprint, total: total, examples: examples, masked: masked })
+    }
+    /// A masked input (secure aggregation), added to the secure sum and dropped.
+    pub async fn masked(&self, client: String, round: u32, base: String, fingerprint: String, values: Vec<u64>, metrics: TrainReport) -> Result<(), Rejection> {
+        ask!(self, Masked { client: client, round: round, base: base, fingerprint: fingerprint, values: values, metrics: metrics })
+    }
+    /// A step of the secure-aggregation exchange.
+    pub async fn secagg(&self, client: String, round: u32, step: Step) -> Result<Answer, Rejection> {
+        ask!(self, SecAgg { client: client, round: round, step: step })
     }
     #[allow(clippy::too_many_arguments)]
     pub async fn update(&self, client: String, round: u32, base: String, delta: FlatParams, examples: u64, metrics: TrainReport) -> Result<(), Rejection> {
@@ -180,7 +191,7 @@ fn persist(fed: &Federation, state: Option<&StateDir>, events: &[Event]) {
 fn handle(fed: &mut Federation, req: Request, state: Option<&StateDir>) -> (Vec<Event>, bool) {
     let now = Instant::now();
     if let Request::Update { client, round, base, delta, examples, metrics, reply } = req {
-        let claim = UpdateClaim { client_id: client.clone(), round, base_hash: base, fingerprint: String::new(), total: 0, num_examples: examples };
+        let claim = UpdateClaim { client_id: client.clone(), round, base_hash: base, fingerprint: String::new(), total: 0, num_examples: examples, masked: false };
         let attempt = fed.open_attempt().map_or(0, |(_, a)| a);
         return match fed.submit_update(&claim, &delta, metrics, now) {
             Ok(events) => {
@@ -232,8 +243,8 @@ fn handle(fed: &mut Federation, req: Request, state: Option<&StateDir>) -> (Vec<
             let _ = reply.send(fed.model(&client, round, &hash, now));
             Vec::new()
         }
-        Request::BeginUpdate { client, round, base, fingerprint, total, examples, reply } => {
-            let claim = UpdateClaim { client_id: client.clone(), round, base_hash: base, fingerprint, total, num_examples: examples };
+        Request::BeginUpdate { client, round, base, fingerprint, total, examples, masked, reply } => {
+            let claim = UpdateClaim { client_id: client.clone(), round, base_hash: base, fingerprint, total, num_examples: examples, masked };
             let result = fed.begin_update(&claim, now);
             if let Err(reason) = &result {
                 tracing::warn!(%client, round, %reason, "update rejected");
@@ -242,6 +253,25 @@ fn handle(fed: &mut Federation, req: Request, state: Option<&StateDir>) -> (Vec<
             Vec::new()
         }
         Request::Update { .. } => Vec::new(), // handled above
+        Request::Masked { client, round, base, fingerprint, values, metrics, reply } => {
+            let claim = UpdateClaim { client_id: client.clone(), round, base_hash: base, fingerprint, total: 0, num_examples: 0, masked: true };
+            let result = fed.submit_masked(&claim, &values, metrics, now);
+            if let Err(reason) = &result {
+                tracing::warn!(%client, round, %reason, "masked input rejected");
+            }
+            respond(reply, result)
+        }
+        Request::SecAgg { client, round, step, reply } => match fed.secagg_step(&client, round, step, now) {
+            Ok((answer, events)) => {
+                let _ = reply.send(Ok(answer));
+                events
+            }
+            Err(e) => {
+                tracing::warn!(%client, round, reason = %e, "secure aggregation step refused");
+                let _ = reply.send(Err(e));
+                Vec::new()
+            }
+        },
         Request::Evaluation { client, round, hash, eval, reply } => respond(reply, fed.submit_evaluation(&client, round, &hash, eval, now)),
         Request::Leave { client } => fed.leave(&client, now),
         Request::UploadFailed { client, round, reason } => {
@@ -285,6 +315,7 @@ fn record(fed: &Federation, events: &[Event], run_dir: &mut Option<RunDir>, prog
             Event::ModelKept { round, reason } => tracing::warn!(round, %reason, "round keeps the current model"),
             Event::EvaluationOpened { round, sites } => tracing::debug!(round, sites, "evaluation opened"),
             Event::UpdateAccepted { .. } => {} // logged when it arrived
+            Event::SecAggStage { round } => tracing::debug!(round, "secure aggregation: next stage"),
             Event::Resumed { round, missing } if missing.is_empty() => tracing::info!(round, "every site is back; resuming"),
             Event::Resumed { round, missing } => tracing::warn!(round, missing = ?missing, "resuming without sites that did not rejoin in time"),
             Event::RoundClosed(r) => {

@@ -4,6 +4,7 @@ pub mod actor;
 pub mod policy;
 pub mod record;
 pub mod rejection;
+pub mod secure;
 pub mod snapshot;
 pub mod state;
 

@@ -25,13 +25,14 @@ use flotilla_common::privacy::accountant::{default_orders, epsilon, Step};
 use flotilla_common::privacy::dp_fedavg::{clip, next_clip_norm, noisy_mean, update_noise_multiplier};
 
 use super::rejection::Rejection;
+use super::secure::{Answer, SecureRound, Step as SecAggStep};
 use super::snapshot::{AcceptedUpdate, RunIdentity, SavedFit, SavedPhase, Snapshot, SNAPSHOT_VERSION};
 use crate::strategy::{Collected, Strategy};
 
 /// What a site should do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
-    Fit { round: u32, model_hash: String, plan_fingerprint: String, local_epochs: u32, proximal_mu: f64, control_hash: String },
+    Fit { round: u32, model_hash: String, plan_fingerprint: String, local_epochs: u32, proximal_mu: f64, control_hash: String, secure_aggregation: bool },
     Evaluate { round: u32, model_hash: String, plan_fingerprint: String },
     Wait { current_round: u32 },
     Done { reason: String },
@@ -50,6 +51,8 @@ pub enum Event {
     Abandoned { round: u32, attempt: u32, updates: usize },
     UpdateAccepted { site: String, round: u32 },
     RoundClosed(RoundRecord),
+    /// Secure aggregation moved to its next stage (sites waiting on it wake up).
+    SecAggStage { round: u32 },
     /// A resumed federation has its sites back (or stopped waiting for the missing ones).
     Resumed { round: u32, missing: Vec<String> },
     Done,
@@ -83,6 +86,8 @@ pub struct UpdateClaim {
     pub fingerprint: String,
     pub total: u64,
     pub num_examples: u64,
+    /// A masked input for secure aggregation rather than a plain delta.
+    pub masked: bool,
 }
 
 /// The answer to a join.
@@ -138,6 +143,8 @@ struct FitRound {
     min_reached_at: Option<Instant>,
     /// Central DP: updates whose norm was within the clip norm (for adaptive clipping).
     unclipped: usize,
+    /// Secure aggregation, when the task asks for it.
+    secure: Option<SecureRound>,
 }
 
 #[derive(Debug)]
@@ -165,7 +172,7 @@ struct FitSummary {
 #[derive(Debug)]
 enum Resume {
     Gathering { next: u32 },
-    Fit(FitRound),
+    Fit(Box<FitRound>),
     Evaluate { round: u32, fit: Option<FitSummary> },
 }
 
@@ -323,6 +330,7 @@ impl Federation {
                 local_epochs: self.task.training.local_epochs,
                 proximal_mu: self.task.strategy.proximal_mu(),
                 control_hash: self.control.as_ref().map(|(_, h)| h.clone()).unwrap_or_default(),
+                secure_aggregation: self.task.secure_aggregation,
             },
             Phase::Evaluate(e) if e.pending.contains(&site) => {
                 Work::Evaluate { round: e.round, model_hash: self.global_hash.clone(), plan_fingerprint }
@@ -361,12 +369,18 @@ impl Federation {
     }
 
     fn check_update_header(&mut self, claim: &UpdateClaim, now: Instant) -> Result<Layout, Rejection> {
-        let UpdateClaim { client_id, round, base_hash, fingerprint, total, num_examples } = claim;
+        let UpdateClaim { client_id, round, base_hash, fingerprint, total, num_examples, masked } = claim;
         let (round, total, num_examples) = (*round, *total, *num_examples);
         let c = self.client_mut(client_id, now)?;
         let (site, num_train) = (c.site.clone(), c.num_train);
-        let f = self.open_fit(&site, round)?;
-        let _ = f;
+        if *masked {
+            // A masked input follows the site's keys: the site is no longer pending.
+            if !matches!(&self.phase, Phase::Fit(f) if f.round == round) {
+                return Err(Rejection::Closed(format!("training of round {round} is not open; the federation is in round {}", self.round())));
+            }
+        } else {
+            self.open_fit(&site, round)?;
+        }
         let global = self.global.as_ref().ok_or_else(|| Rejection::Stale("no global model yet".into()))?;
         if *base_hash != self.global_hash {
             return Err(Rejection::Stale(format!(
@@ -374,6 +388,23 @@ impl Federation {
                 short(base_hash),
                 short(&self.global_hash)
             )));
+        }
+        if *masked != self.task.secure_aggregation {
+            return Err(Rejection::InvalidArgument(if *masked {
+                format!("site `{site}` sent a masked input for round {round}; this federation does not use secure aggregation")
+            } else {
+                format!("site `{site}` sent a plain update for round {round}; this federation uses secure aggregation and refuses them")
+            }));
+        }
+        if *masked {
+            if fingerprint != global.layout().fingerprint() {
+                return Err(Rejection::InvalidArgument(format!("masked input of site `{site}` for round {round} is for layout {}", short(fingerprint))));
+            }
+            let Phase::Fit(FitRound { secure: Some(secure), .. }) = &self.phase else {
+                return Err(Rejection::Closed(format!("training of round {round} is not open")));
+            };
+            secure.expect_masked(&site, total)?;
+            return Ok(Layout::new(vec![flotilla_common::TensorSpec { name: "masked".into(), shape: vec![total as usize] }]));
         }
         let layout = &self.strategy.update_layout(global.layout());
         if fingerprint != layout.fingerprint() || total != layout.total() as u64 {
@@ -439,13 +470,14 @@ impl Federation {
         let clipped;
         let mut unclipped = false;
         let (delta, num_examples) = match &self.task.privacy {
-            Some(_) => {
+            // Under local DP the site already clipped and noised its update.
+            Some(dp) if !dp.local => {
                 let mut d = delta.clone();
                 unclipped = clip(d.values_mut(), self.clip_norm) <= self.clip_norm;
                 clipped = d;
                 (&clipped, 1)
             }
-            None => (delta, num_examples),
+            _ => (delta, num_examples),
         };
         let f = match &mut self.phase {
             Phase::Fit(f) => f,
@@ -473,6 +505,56 @@ impl Federation {
             f.min_reached_at = Some(now);
         }
         Ok(vec![Event::UpdateAccepted { site, round }])
+    }
+
+    /// A masked input (secure aggregation) for the open round: added to the secure sum.
+    pub fn submit_masked(&mut self, claim: &UpdateClaim, values: &[u64], metrics: TrainReport, now: Instant) -> Result<Vec<Event>, Rejection> {
+        let claim = UpdateClaim { total: values.len() as u64, masked: true, ..claim.clone() };
+        self.begin_update(&claim, now)?;
+        let site = self.clients[&claim.client_id].site.clone();
+        let Phase::Fit(FitRound { secure: Some(secure), .. }) = &mut self.phase else {
+            return Err(Rejection::Closed(format!("training of round {} is not open", claim.round)));
+        };
+        secure.add_masked(&site, values, metrics)?;
+        let mut events = vec![Event::UpdateAccepted { site, round: claim.round }];
+        events.extend(self.advance(now));
+        Ok(events)
+    }
+
+    /// A site's step of the secure-aggregation exchange for `round`.
+    pub fn secagg_step(&mut self, client_id: &str, round: u32, step: SecAggStep, now: Instant) -> Result<(Answer, Vec<Event>), Rejection> {
+        let site = self.client_mut(client_id, now)?.site.clone();
+        match &self.phase {
+            Phase::Fit(f) if f.round == round && f.secure.is_some() => {}
+            Phase::Fit(f) if f.round == round => {
+                return Err(Rejection::InvalidArgument("this federation does not use secure aggregation".into()));
+            }
+            _ => return Ok((Answer::Done(format!("training of round {round} is over")), Vec::new())),
+        }
+        if let SecAggStep::Keys(keys) = step {
+            // Keys mean "my update is ready": the site delivers, as a plain update would.
+            self.open_fit(&site, round)?;
+            let min = self.policy.min_fit_results;
+            if let Phase::Fit(f) = &mut self.phase
+                && let Some(secure) = f.secure.as_mut()
+            {
+                secure.add_keys(&site, keys)?;
+                f.pending.remove(&site);
+                f.contributors.insert(site.clone(), (1, TrainReport::default()));
+                if f.contributors.len() >= min && f.min_reached_at.is_none() {
+                    f.min_reached_at = Some(now);
+                }
+            }
+            let events = self.advance(now);
+            let answer = match &mut self.phase {
+                Phase::Fit(FitRound { secure: Some(secure), .. }) => secure.step(&site, SecAggStep::Poll(1))?,
+                _ => Answer::Done(format!("training of round {round} is over")),
+            };
+            return Ok((answer, events));
+        }
+        let Phase::Fit(FitRound { secure: Some(secure), .. }) = &mut self.phase else { unreachable!("checked above") };
+        let answer = secure.step(&site, step)?;
+        Ok((answer, self.advance(now)))
     }
 
     /// A site's evaluation of the current global model.
@@ -698,7 +780,7 @@ impl Federation {
                 let mut fit = f.new_fit_round(round, attempt, cohort.into_iter().collect(), target, now);
                 fit.failed = failed.into_iter().collect();
                 fit.rejected = rejected;
-                Resume::Fit(fit)
+                Resume::Fit(Box::new(fit))
             }
         };
         f.phase = Phase::Resuming { then: Box::new(then), awaiting: snapshot.connected.into_iter().collect(), until: now + f.policy.round_timeout };
@@ -729,7 +811,7 @@ impl Federation {
                 if f.contributors.len() >= self.policy.min_fit_results {
                     f.min_reached_at = Some(now);
                 }
-                self.phase = Phase::Fit(f);
+                self.phase = Phase::Fit(*f);
             }
             Resume::Evaluate { round, fit } => events.push(self.open_evaluate(round, fit, now)),
         }
@@ -822,6 +904,23 @@ impl Federation {
                         false
                     }
                 }
+                // Secure aggregation past its keys stage: its own stages decide.
+                Phase::Fit(f) if f.secure.as_ref().is_some_and(|s| !s.in_keys_stage()) => {
+                    let connected = self.connected_sites();
+                    let lease = self.policy.lease;
+                    let Phase::Fit(f) = &mut self.phase else { return events };
+                    let round = f.round;
+                    let Some(secure) = f.secure.as_mut() else { return events };
+                    if secure.is_finished() {
+                        events.extend(self.close_fit(now));
+                        true
+                    } else if secure.advance(now, lease, &connected) {
+                        events.push(Event::SecAggStage { round });
+                        true
+                    } else {
+                        false
+                    }
+                }
                 Phase::Fit(f)
                     if f.pending.is_empty()
                         || f.contributors.len() >= f.target && f.target < f.cohort.len()
@@ -831,6 +930,12 @@ impl Federation {
                     if let Phase::Fit(f) = &mut self.phase {
                         let late = std::mem::take(&mut f.pending);
                         f.failed.extend(late);
+                        // Secure aggregation: the keys are in; the exchange takes over.
+                        if let Some(secure) = f.secure.as_mut() {
+                            secure.close_keys(now);
+                            events.push(Event::SecAggStage { round: f.round });
+                            continue;
+                        }
                     }
                     events.extend(self.close_fit(now));
                     true
@@ -925,11 +1030,19 @@ impl Federation {
             attempt,
             min_reached_at: None,
             unclipped: 0,
+            secure: self.task.secure_aggregation.then(|| SecureRound::new(self.global.as_ref().map_or(0, |g| g.layout().total()) + 1, now)),
         }
     }
 
     fn close_fit(&mut self, now: Instant) -> Vec<Event> {
-        let Phase::Fit(f) = std::mem::replace(&mut self.phase, Phase::Done) else { return Vec::new() };
+        let Phase::Fit(mut f) = std::mem::replace(&mut self.phase, Phase::Done) else { return Vec::new() };
+        // Secure aggregation: only the survivors' inputs are in the sum, and only their
+        // (unweighted) training metrics are known.
+        let mut secure_sum = None;
+        if let Some(secure) = f.secure.as_mut() {
+            f.contributors = secure.survivors().iter().map(|s| (s.clone(), (1, secure.metrics.get(s).copied().unwrap_or_default()))).collect();
+            secure_sum = Some(secure.take_result().unwrap_or_else(|| Err("secure aggregation did not finish".into())));
+        }
         let total: u64 = f.contributors.values().map(|(n, _)| n).sum();
         let train_loss = (total > 0)
             .then(|| f.contributors.values().map(|(n, m)| *n as f64 * m.loss).sum::<f64>() / total as f64);
@@ -938,9 +1051,21 @@ impl Federation {
             && let Some(global) = &self.global
         {
             let population = self.clients.values().filter(|c| c.stats.is_some()).count().max(f.cohort.len());
-            let mean = match &self.task.privacy {
+            let mean = match (secure_sum.take(), &self.task.privacy) {
+                (Some(Err(reason)), _) => {
+                    events.push(Event::ModelKept { round: f.round, reason });
+                    None
+                }
+                (Some(Ok(sum)), privacy) => match self.secure_mean(&sum, global.layout(), privacy.filter(|p| !p.local), f.round, f.attempt, f.target) {
+                    Ok(m) => Some(m),
+                    Err(reason) => {
+                        events.push(Event::ModelKept { round: f.round, reason });
+                        None
+                    }
+                },
+                (None, _) => match &self.task.privacy {
                 // (Σ clip(Δ_k) + N(0, (z·S)²)) / m, with m the round's expected cohort size.
-                Some(dp) => f.sum.sum().and_then(|sum| {
+                Some(dp) if !dp.local => f.sum.sum().and_then(|sum| {
                     let seed = derive_seed(self.seed, &["dp-noise", &f.round.to_string(), &f.attempt.to_string()]);
                     // With adaptive clipping the count of unclipped updates takes part of the
                     // noise budget; the update gets the rest (z_Δ).
@@ -956,7 +1081,8 @@ impl Federation {
                         }
                     }
                 }),
-                None => f.sum.mean(),
+                _ => f.sum.mean(),
+            },
             };
             let collected = match (&f.all, mean) {
                 (Some(all), _) => Some(Collected::All(all)),
@@ -985,7 +1111,8 @@ impl Federation {
         if let Some(dp) = &self.task.privacy {
             // Account for the round: each site took part with probability cohort / population.
             let population = self.clients.values().filter(|c| c.stats.is_some()).count().max(f.cohort.len()).max(1);
-            let q = f.cohort.len() as f64 / population as f64;
+            // Local DP: each site's own mechanism, counted at rate 1 for the site that ran it.
+            let q = if dp.local { 1.0 } else { f.cohort.len() as f64 / population as f64 };
             match self.dp_steps.iter_mut().find(|s| s.q == q) {
                 Some(s) => s.count += 1,
                 None => self.dp_steps.push(Step { q, sigma: dp.noise_multiplier, count: 1 }),
@@ -1003,6 +1130,21 @@ impl Federation {
         };
         events.push(self.open_evaluate(f.round, Some(summary), now));
         events
+    }
+
+    /// The mean delta from an unmasked secure sum (Σ w·Δ, Σ w); with central DP the sites
+    /// sent clipped deltas with weight 1, and the noise is added here, after unmasking.
+    fn secure_mean(&self, sum: &[u64], layout: &Layout, dp: Option<flotilla_common::privacy::DpConfig>, round: u32, attempt: u32, target: usize) -> Result<FlatParams, String> {
+        let (weighted, weight) = flotilla_common::secagg::masking::decode_weighted(sum)?;
+        let values = match dp {
+            Some(dp) => {
+                let seed = derive_seed(self.seed, &["dp-noise", &round.to_string(), &attempt.to_string()]);
+                noisy_mean(&weighted, dp.noise_multiplier * self.clip_norm, target, seed)?
+            }
+            None if weight == 0 => return Err("the secure sum carries no weight".into()),
+            None => weighted.iter().map(|v| (f64::from(*v) / weight as f64) as f32).collect(),
+        };
+        FlatParams::new(layout.clone(), values).map_err(|e| e.to_string())
     }
 
     fn open_evaluate(&mut self, round: u32, fit: Option<FitSummary>, now: Instant) -> Event {
@@ -1114,7 +1256,7 @@ mod tests {
 
     /// A claim for `submit_update` (which fills in the layout from the delta itself).
     fn claim(client: &str, round: u32, base: &str, n: u64) -> UpdateClaim {
-        UpdateClaim { client_id: client.into(), round, base_hash: base.into(), fingerprint: String::new(), total: 0, num_examples: n }
+        UpdateClaim { client_id: client.into(), round, base_hash: base.into(), fingerprint: String::new(), total: 0, num_examples: n, masked: false }
     }
 
     fn delta(f: &Federation, v: f32) -> FlatParams {
