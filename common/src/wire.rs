@@ -531,7 +531,7 @@ impl MaskedAssembler {
     }
 
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), WireError> {
-        if bytes.len() % 8 != 0 {
+        if !bytes.len().is_multiple_of(8) {
             return Err(WireError::Invalid(format!("a masked chunk of {} bytes is not whole u64 values", bytes.len())));
         }
         if self.values.len() as u64 + (bytes.len() as u64) / 8 > self.declared {

@@ -54,25 +54,6 @@ impl FixedPoint {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn masks_cancel_and_fixed_point_round_trips_signed_values() {
-        let mut v = vec![5u64, u64::MAX, 0];
-        let original = v.clone();
-        apply_mask(&mut v, &[7; 32], false);
-        assert_ne!(v, original);
-        apply_mask(&mut v, &[7; 32], true);
-        assert_eq!(v, original);
-        let fp = FixedPoint::default();
-        let sum = fp.encode(-1.25).unwrap().wrapping_add(fp.encode(0.5).unwrap());
-        assert_eq!(fp.decode(sum), -0.75);
-        assert_eq!(fp.encode(f64::NAN), None);
-        assert_eq!(fp.encode(1e12), None);
-    }
-}
 
 /// A site's input to secure aggregation: `w·Δ` in fixed point, then the weight `w` itself
 /// (an integer), so the unmasked sum gives Σ w·Δ and Σ w and nothing per site.
@@ -91,4 +72,24 @@ pub fn decode_weighted(sum: &[u64]) -> Result<(Vec<f32>, u64), String> {
     let (weight, values) = sum.split_last().ok_or("an empty secure sum")?;
     let fp = FixedPoint::default();
     Ok((values.iter().map(|v| fp.decode(*v) as f32).collect(), *weight))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_cancel_and_fixed_point_round_trips_signed_values() {
+        let mut v = vec![5u64, u64::MAX, 0];
+        let original = v.clone();
+        apply_mask(&mut v, &[7; 32], false);
+        assert_ne!(v, original);
+        apply_mask(&mut v, &[7; 32], true);
+        assert_eq!(v, original);
+        let fp = FixedPoint::default();
+        let sum = fp.encode(-1.25).unwrap().wrapping_add(fp.encode(0.5).unwrap());
+        assert_eq!(fp.decode(sum), -0.75);
+        assert_eq!(fp.encode(f64::NAN), None);
+        assert_eq!(fp.encode(1e12), None);
+    }
 }

@@ -144,7 +144,7 @@ struct FitRound {
     /// Central DP: updates whose norm was within the clip norm (for adaptive clipping).
     unclipped: usize,
     /// Secure aggregation, when the task asks for it.
-    secure: Option<SecureRound>,
+    secure: Option<Box<SecureRound>>,
 }
 
 #[derive(Debug)]
@@ -1030,7 +1030,7 @@ impl Federation {
             attempt,
             min_reached_at: None,
             unclipped: 0,
-            secure: self.task.secure_aggregation.then(|| SecureRound::new(self.global.as_ref().map_or(0, |g| g.layout().total()) + 1, now)),
+            secure: self.task.secure_aggregation.then(|| Box::new(SecureRound::new(self.global.as_ref().map_or(0, |g| g.layout().total()) + 1, now))),
         }
     }
 
