@@ -20,27 +20,29 @@ pub async fn take_part(conn: &Connection, client_id: &str, site: &str, round: u3
     // A protocol failure on this side (too few shares, a box that does not open) ends this
     // site's part of the round, not the site: the coordinator will see it as dropped.
     let gave_up = |e: SecAggError| format!("gave up: {e}");
-    let mut reply = conn.secagg(client_id, round, SecAggSend::Keys(keys)).await?;
-    let roster = loop {
-        match reply {
-            SecAggReply::Roster(r) => break r,
-            SecAggReply::Wait => reply = conn.secagg(client_id, round, SecAggSend::Poll(1)).await?,
-            SecAggReply::Done(reason) => return Ok(reason),
-            other => return Err(unexpected("the roster", &other)),
-        }
+    let reply = conn.secagg(client_id, round, SecAggSend::Keys(keys)).await?;
+    let roster = match wait_for(conn, client_id, round, reply, 1, "the roster", |r| match r {
+        SecAggReply::Roster(r) => Ok(r),
+        other => Err(other),
+    })
+    .await?
+    {
+        Ok(r) => r,
+        Err(reason) => return Ok(reason),
     };
     let boxes = match client.share_keys(roster, &mut rng) {
         Ok(b) => b,
         Err(e) => return Ok(gave_up(e)),
     };
-    reply = conn.secagg(client_id, round, SecAggSend::Shares(boxes)).await?;
-    let inbox = loop {
-        match reply {
-            SecAggReply::Inbox(i) => break i,
-            SecAggReply::Wait => reply = conn.secagg(client_id, round, SecAggSend::Poll(2)).await?,
-            SecAggReply::Done(reason) => return Ok(reason),
-            other => return Err(unexpected("the inbox", &other)),
-        }
+    let reply = conn.secagg(client_id, round, SecAggSend::Shares(boxes)).await?;
+    let inbox = match wait_for(conn, client_id, round, reply, 2, "the inbox", |r| match r {
+        SecAggReply::Inbox(i) => Ok(i),
+        other => Err(other),
+    })
+    .await?
+    {
+        Ok(i) => i,
+        Err(reason) => return Ok(reason),
     };
     let y = match client.masked_input(&x, &inbox) {
         Ok(y) => y,
@@ -49,14 +51,15 @@ pub async fn take_part(conn: &Connection, client_id: &str, site: &str, round: u3
     drop(x);
     let header = UpdateHeader { total_values: y.len() as u64, values_sha256: wire::masked_checksum(&header.layout_fingerprint, &y), masked: true, ..header };
     conn.upload_masked(header, Arc::new(y)).await?;
-    reply = conn.secagg(client_id, round, SecAggSend::Poll(3)).await?;
-    let survivors = loop {
-        match reply {
-            SecAggReply::Survivors(s) => break s,
-            SecAggReply::Wait => reply = conn.secagg(client_id, round, SecAggSend::Poll(3)).await?,
-            SecAggReply::Done(reason) => return Ok(reason),
-            other => return Err(unexpected("the survivors", &other)),
-        }
+    let reply = conn.secagg(client_id, round, SecAggSend::Poll(3)).await?;
+    let survivors = match wait_for(conn, client_id, round, reply, 3, "the survivors", |r| match r {
+        SecAggReply::Survivors(s) => Ok(s),
+        other => Err(other),
+    })
+    .await?
+    {
+        Ok(s) => s,
+        Err(reason) => return Ok(reason),
     };
     let reveal = match client.reveal(&survivors) {
         Ok(r) => r,
@@ -65,6 +68,27 @@ pub async fn take_part(conn: &Connection, client_id: &str, site: &str, round: u3
     match conn.secagg(client_id, round, SecAggSend::Reveal(reveal)).await? {
         SecAggReply::Done(reason) => Ok(reason),
         other => Err(unexpected("the end of the exchange", &other)),
+    }
+}
+
+/// Polls for stage `stage` until `pick` accepts the reply; `Ok(Err(reason))` when the
+/// coordinator says this site's part is over.
+async fn wait_for<T>(
+    conn: &Connection,
+    client_id: &str,
+    round: u32,
+    mut reply: SecAggReply,
+    stage: u32,
+    what: &str,
+    pick: impl Fn(SecAggReply) -> Result<T, SecAggReply>,
+) -> Result<Result<T, String>, ClientError> {
+    loop {
+        reply = match pick(reply) {
+            Ok(t) => return Ok(Ok(t)),
+            Err(SecAggReply::Wait) => conn.secagg(client_id, round, SecAggSend::Poll(stage)).await?,
+            Err(SecAggReply::Done(reason)) => return Ok(Err(reason)),
+            Err(other) => return Err(unexpected(what, &other)),
+        };
     }
 }
 

@@ -273,6 +273,16 @@ impl Task {
             .unwrap_or_else(|e| panic!("bundled hospitals task is invalid: {e}"))
     }
 
+    /// The task of synthetic workloads (`simulate --synthetic`): every column but `y` is a
+    /// numeric feature; 1 local epoch of Adam 0.001 at batch 32, as the benchmarks specify.
+    pub fn synthetic(hidden: Vec<usize>) -> Self {
+        let text = format!(
+            "name = \"synthetic\"\n[model]\nhidden = {hidden:?}\n[training]\nlocal_epochs = 1\nbatch_size = 32\nlearning_rate = 0.001\n\
+             [data]\ncategorical = []\n[data.label]\ncolumn = \"y\"\npositive_above = 0.5\n"
+        );
+        Self::from_toml(&text, "the synthetic task").unwrap_or_else(|e| panic!("the synthetic task is invalid: {e}"))
+    }
+
     /// The banks task (German credit).
     pub fn banks() -> Self {
         Self::from_toml(include_str!("../../examples/banks.toml"), "examples/banks.toml")

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use flotilla_common::data::partition::Partition;
+use flotilla_common::data::synthetic::SyntheticSpec;
 use flotilla_common::strategy::StrategyName;
 use flotilla_common::Task;
 
@@ -39,6 +40,32 @@ pub enum Command {
     /// Plan a privacy budget: the (ε, δ) that T rounds of the subsampled Gaussian mechanism
     /// spend (Rényi DP, orders 2..256, converted as in Opacus).
     Privacy(PrivacyArgs),
+    /// Write synthetic data as one CSV per client, a test CSV and the task (`task.toml`), for
+    /// runs with separate `flotilla-client` processes (the data `simulate --synthetic` uses).
+    Synth(SynthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    #[arg(long, value_name = "N")]
+    pub clients: usize,
+    #[arg(long, value_name = "S")]
+    pub samples: usize,
+    #[arg(long, value_name = "F")]
+    pub features: usize,
+    /// Dirichlet concentration of each client's class mix (small: skewed).
+    #[arg(long, default_value_t = 1.0, value_name = "ALPHA")]
+    pub skew: f64,
+    /// Rows of the test CSV.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub test_samples: usize,
+    /// Hidden layer widths of the task's MLP.
+    #[arg(long, value_name = "W,W,…", value_delimiter = ',', default_value = "64,32")]
+    pub hidden: Vec<usize>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +175,9 @@ pub struct RunArgs {
     /// δ of the reported (ε, δ).
     #[arg(long, default_value_t = 1e-5, value_name = "D")]
     pub dp_delta: f64,
+    /// Hidden layer widths of the MLP, e.g. 2048,2048,512 (overrides the task's).
+    #[arg(long, value_name = "W,W,…", value_delimiter = ',')]
+    pub hidden: Option<Vec<usize>>,
     /// Secure aggregation (Bonawitz et al. 2017): the coordinator learns only each round's sum
     /// of updates, never one site's. FedAvg only; combines with --dp-clip/--dp-noise (sites clip,
     /// the coordinator adds the noise after unmasking) and with --dp-local.
@@ -245,6 +275,29 @@ pub struct SourceArgs {
     /// A directory with one CSV per site (the file stem is the site name; needs --config).
     #[arg(long, value_name = "DIR")]
     pub clients_dir: Option<PathBuf>,
+    /// Seeded synthetic clients (two Gaussian classes, label skew across clients): with
+    /// --clients N --samples S --features F [--skew ALPHA].
+    #[arg(long, conflicts_with_all = ["scenario", "data", "clients_dir"], requires_all = ["clients", "samples", "features"])]
+    pub synthetic: bool,
+    /// Rows per synthetic client.
+    #[arg(long, value_name = "S")]
+    pub samples: Option<usize>,
+    /// Features of the synthetic data.
+    #[arg(long, value_name = "F")]
+    pub features: Option<usize>,
+    /// Dirichlet concentration of each synthetic client's class mix (small: skewed).
+    #[arg(long, default_value_t = 1.0, value_name = "ALPHA")]
+    pub skew: f64,
+}
+
+impl SourceArgs {
+    /// The synthetic spec of `--synthetic`.
+    pub fn synthetic_spec(&self) -> Option<SyntheticSpec> {
+        match (self.synthetic, self.clients, self.samples, self.features) {
+            (true, Some(c), Some(s), Some(f)) => Some(SyntheticSpec { skew: self.skew, ..SyntheticSpec::new(c, s, f) }),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -352,15 +405,25 @@ impl RunArgs {
         Ok(p)
     }
 
-    /// The task: the config file if given, else `fallback`; with flag overrides applied.
+    /// The task: the config file if given, else `fallback` (a scenario, or with `synthetic`
+    /// the synthetic task); with flag overrides applied.
     pub fn task(&self, fallback: Option<Scenario>) -> Result<Task, String> {
+        self.task_for(fallback, false)
+    }
+
+    /// Like [`Self::task`], for synthetic data when `synthetic`.
+    pub fn task_for(&self, fallback: Option<Scenario>, synthetic: bool) -> Result<Task, String> {
         let mut task = match (&self.config, fallback) {
             (Some(path), _) => Task::from_file(path).map_err(|e| e.to_string())?,
+            (None, _) if synthetic => Task::synthetic(vec![64, 32]),
             (None, Some(s)) => s.task(),
             (None, None) => return Err("a task is needed: pass --config FILE.toml or --scenario".into()),
         };
         if let Some(e) = self.local_epochs {
             task.training.local_epochs = e;
+        }
+        if let Some(hidden) = &self.hidden {
+            task.model.hidden = hidden.clone();
         }
         if let Some(lr) = self.learning_rate {
             task.training.learning_rate = lr;
@@ -386,6 +449,9 @@ impl SourceArgs {
         let need_config = |flag: &str| {
             if has_config { Ok(()) } else { Err(format!("{flag} needs --config FILE.toml (label and columns of the task)")) }
         };
+        if let Some(spec) = self.synthetic_spec() {
+            return Ok(SiteSource::Synthetic(spec));
+        }
         match (&self.scenario, &self.data, &self.clients_dir) {
             (Some(s), None, None) => Ok(SiteSource::Scenario(*s)),
             (None, Some(file), None) => {

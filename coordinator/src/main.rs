@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use flotilla_coordinator::cli::{CertsCommand, Cli, Command, PrivacyArgs, ServeArgs, SimulateArgs, SplitArgs};
+use flotilla_coordinator::cli::{CertsCommand, Cli, Command, PrivacyArgs, ServeArgs, SimulateArgs, SplitArgs, SynthArgs};
 use flotilla_coordinator::tls::ServerTls;
 use flotilla_common::pki;
 use flotilla_coordinator::scenario::load_sites;
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     // The simulation draws a progress bar: only warnings go to the log by default there.
     let default = match cli.command {
         Command::Simulate(_) => "warn",
-        Command::Serve(_) | Command::Split(_) | Command::Certs(_) | Command::Privacy(_) => "info",
+        Command::Serve(_) | Command::Split(_) | Command::Certs(_) | Command::Privacy(_) | Command::Synth(_) => "info",
     };
     let filter = cli.log.clone().unwrap_or_else(|| default.to_owned());
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_target(false).with_writer(std::io::stderr).init();
@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Split(a) => run_split(a),
         Command::Certs(c) => run_certs(c),
         Command::Privacy(p) => run_privacy(&p),
+        Command::Synth(s) => run_synth(&s),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
     let source = a.source.source(a.run.config.is_some()).map_err(anyhow::Error::msg)?;
-    let task = a.run.task(a.source.scenario).map_err(anyhow::Error::msg)?;
+    let task = a.run.task_for(a.source.scenario, a.source.synthetic).map_err(anyhow::Error::msg)?;
     let policy = a.run.policy(1).map_err(anyhow::Error::msg)?;
     let sim = simulate(SimulateOptions {
         source,
@@ -135,6 +136,23 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(last) = outcome.history.last() {
         tracing::info!(accuracy = last.accuracy, loss = last.loss, model_sha256 = %sha, "federation finished");
     }
+    Ok(())
+}
+
+fn run_synth(a: &SynthArgs) -> anyhow::Result<()> {
+    use flotilla_common::data::synthetic::SyntheticSpec;
+    let spec = SyntheticSpec { skew: a.skew, ..SyntheticSpec::new(a.clients, a.samples, a.features) };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let write = |name: &str, text: &str| {
+        let path = a.out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    for k in 0..a.clients {
+        write(&format!("client{k:05}.csv"), &spec.client_csv(a.seed, k).map_err(anyhow::Error::msg)?)?;
+    }
+    write("test.csv", &spec.test_csv(a.seed, a.test_samples))?;
+    write("task.toml", &Task::synthetic(a.hidden.clone()).to_toml())?;
+    println!("{} clients × {} rows × {} features, a test set of {} rows and task.toml in {}", a.clients, a.samples, a.features, a.test_samples, a.out.display());
     Ok(())
 }
 

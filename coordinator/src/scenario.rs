@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use flotilla_common::data::partition::{partition, Partition};
+use flotilla_common::data::synthetic::SyntheticSpec;
 use flotilla_common::data::RawTable;
 use flotilla_common::{DataError, Task, TaskError};
 
@@ -39,6 +40,8 @@ pub enum SiteSource {
     Csv { file: PathBuf, clients: usize, partition: Partition },
     /// One CSV per site; the file stem is the site name.
     Dir(PathBuf),
+    /// Seeded synthetic clients (`client00000`, …), see `flotilla_common::data::synthetic`.
+    Synthetic(SyntheticSpec),
 }
 
 /// Problems assembling the sites.
@@ -81,6 +84,13 @@ pub fn load_sites(source: &SiteSource, task: &Task, seed: u64) -> Result<Vec<(St
             }
             sites
         }
+        SiteSource::Synthetic(spec) => (0..spec.clients)
+            .map(|k| {
+                let name = format!("client{k:05}");
+                let csv = spec.client_csv(seed, k).map_err(ScenarioError::Invalid)?;
+                Ok((name.clone(), RawTable::from_reader(csv.as_bytes(), Path::new(&format!("{name}.csv")))?))
+            })
+            .collect::<Result<Vec<_>, ScenarioError>>()?,
     };
     if sites.is_empty() {
         return Err(ScenarioError::Invalid("no sites: the source holds no data".into()));

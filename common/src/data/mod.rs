@@ -13,6 +13,7 @@ pub mod plan;
 pub mod rows;
 pub mod split;
 pub mod stats;
+pub mod synthetic;
 pub mod table;
 
 pub use dataset::Dataset;

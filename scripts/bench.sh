@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Performance workloads of issue 7 through the real binaries (release build), the limits they
+# are measured against, and the ratios; writes BENCHMARKS.md.
+# Usage: scripts/bench.sh [--no-scale]   (--no-scale skips the 1,000- and 10,000-client runs)
+# Needs GNU time at /usr/bin/time (wall, CPU and peak RSS of every process).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scale=1
+[ "${1:-}" = "--no-scale" ] && scale=0
+[ -x /usr/bin/time ] || { echo "scripts/bench.sh needs GNU time at /usr/bin/time" >&2; exit 1; }
+cargo build --release --locked -p flotilla-coordinator -p flotilla-client
+coord=target/release/flotilla-coordinator
+client=target/release/flotilla-client
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+report="$work/report.md"
+
+lo_rx() { awk '$1 == "lo:" { print $2 }' /proc/net/dev; }
+# Sum of the `seconds` column (rounds only, round 0 is the initial evaluation) and the count.
+rounds_time() { awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i } NR > 2 { s += $c["seconds"]; n++ } END { printf "%.3f %d", s, n }' "$1"; }
+final_accuracy() { awk -F, 'NR > 1 { a = $2 } END { printf "%.3f", a }' "$1"; }
+timed() { # file, command...: GNU time's "wall user sys maxrss_kB" into file
+  local f="$1"; shift
+  /usr/bin/time -f "%e %U %S %M" -o "$f" "$@"
+}
+
+# In-process simulation: one process holds the coordinator and every client.
+simulate() { # label, clients, samples, features, rounds, extra flags...
+  local label="$1" c="$2" s="$3" f="$4" r="$5"; shift 5
+  local before after
+  before=$(lo_rx)
+  if ! timed "$work/t" "$coord" --log error simulate --synthetic --clients "$c" --samples "$s" --features "$f" --rounds "$r" \
+    --no-baselines --quiet --insecure --lease 60 --out "$work/run" "$@" > /dev/null 2> "$work/err"; then
+    echo "| $label | in-process | $c × $s × $f, $r rounds | failed: $(tail -1 "$work/err" | cut -c1-160) | | | | | | |" >> "$report"
+    echo "0 1" > "$work/last"
+    return
+  fi
+  after=$(lo_rx)
+  read -r wall user sys rss < "$work/t"
+  read -r rsum rn < <(rounds_time "$work/run/metrics.csv")
+  echo "| $label | in-process | $c × $s × $f, $r rounds | $wall | $rsum | $(awk -v a="$rsum" -v n="$rn" 'BEGIN { printf "%.3f", a / n }') | $(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }') | $((rss / 1024)) | $(awk -v b="$((after - before))" -v c="$c" -v n="$rn" 'BEGIN { printf "%.0f", b / (c * (n + 1)) }') | $(final_accuracy "$work/run/metrics.csv") |" >> "$report"
+  echo "$rsum $rn" > "$work/last"
+}
+
+# Separate processes: a coordinator and one flotilla-client per site, on loopback.
+processes() { # label, clients, samples, features, rounds
+  local label="$1" c="$2" s="$3" f="$4" r="$5"
+  "$coord" --log error synth --clients "$c" --samples "$s" --features "$f" --out "$work/data" > /dev/null
+  local port=$((20000 + RANDOM % 20000)) before after
+  before=$(lo_rx)
+  timed "$work/t-coord" "$coord" --log error serve --insecure --listen "127.0.0.1:$port" --config "$work/data/task.toml" \
+    --min-clients "$c" --rounds "$r" --grace 600 --out "$work/run" &
+  local coord_pid=$!
+  local pids=()
+  for k in $(seq 0 $((c - 1))); do
+    local name; name=$(printf "client%05d" "$k")
+    timed "$work/t-$name" "$client" --log error --insecure --coordinator "http://127.0.0.1:$port" --site "$name" --data "$work/data/$name.csv" &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+  wait "$coord_pid"
+  after=$(lo_rx)
+  read -r wall user sys rss < "$work/t-coord"
+  local cpu max_client
+  cpu=$(cat "$work"/t-* | awk '{ s += $2 + $3 } END { print s }')
+  max_client=$(cat "$work"/t-client* | awk '$4 > m { m = $4 } END { print m }')
+  read -r rsum rn < <(rounds_time "$work/run/metrics.csv")
+  echo "| $label | $c processes + coordinator | $c × $s × $f, $r rounds | $wall | $rsum | $(awk -v a="$rsum" -v n="$rn" 'BEGIN { printf "%.3f", a / n }') | $cpu | $((rss / 1024)) coord., $((max_client / 1024)) per client | $(awk -v b="$((after - before))" -v c="$c" -v n="$rn" 'BEGIN { printf "%.0f", b / (c * (n + 1)) }') | $(final_accuracy "$work/run/metrics.csv") |" >> "$report"
+  rm -rf "$work/data" "$work/run" "$work"/t-*
+}
+
+{
+  echo "| workload | processes | data | wall s (startup included) | rounds s | per round s | CPU s | peak RSS MiB | loopback bytes per client per round | final accuracy |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+} > "$report"
+simulate "W1 many clients" 100 500 20 10
+w1=$(cat "$work/last")
+processes "W1 many clients" 10 5000 20 10
+simulate "W2 big model (784-2048-2048-512-1)" 10 200 784 5 --hidden 2048,2048,512
+w2=$(cat "$work/last")
+processes "W3 hospitals-sized" 5 120 30 20
+w3_rounds=$(awk -F'|' 'END { print $6 }' "$report")
+if [ "$scale" = 1 ]; then
+  simulate "scale" 1000 50 20 3
+  simulate "scale" 10000 50 20 3
+fi
+
+limits="$work/limits.md"
+cargo bench --locked -p flotilla-coordinator --bench limits 2>/dev/null | grep '^|' > "$limits"
+train_w1=$(awk -F'|' '/W1 round/ { split($3, a, " "); print a[1] }' "$limits")
+train_w3=$(awk -F'|' '/W3 round/ { split($3, a, " "); print a[1] }' "$limits")
+
+{
+  echo "# Benchmarks"
+  echo
+  echo "Written by \`scripts/bench.sh\` on $(date -u +%Y-%m-%d): $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores,"
+  echo "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(rustc --version), release build, burn-ndarray backend, plaintext gRPC on loopback."
+  echo "Synthetic data from \`flotilla-coordinator simulate --synthetic\` / \`synth\` (seed 42, skew 1.0); the seed MLP"
+  echo "inputs → 64 → 32 → 1 unless stated, 1 local epoch, batch 32, Adam 0.001, every client every round."
+  echo
+  echo "## Workloads"
+  echo
+  cat "$report"
+  echo
+  echo "\"rounds s\" sums the per-round wall time the coordinator records (training, upload, aggregation,"
+  echo "evaluation); \"loopback bytes\" is the growth of the loopback interface's received bytes during the run"
+  echo "(gRPC, HTTP/2 and TCP framing included) divided by clients and rounds (the initial evaluation counts as one)."
+  echo
+  echo "## Limits (same machine, \`cargo bench -p flotilla-coordinator --bench limits\`)"
+  echo
+  cat "$limits"
+  echo
+  echo "## Ratios"
+  echo
+  read -r w1sum w1n <<< "$w1"
+  echo "- W1 in-process round time / training-only time: $(awk -v s="$w1sum" -v n="$w1n" -v t="$train_w1" 'BEGIN { printf "%.2f", s / n / t }') (target ≤ 1.2)."
+  echo "- W3 rounds time for 20 rounds with 5 client processes: ${w3_rounds} s (target < 2 s); per round / training-only: $(awk -v s="$w3_rounds" -v t="$train_w3" 'BEGIN { printf "%.1f", s / 20 / t }')."
+  echo "- W2 ideal bytes per client per round: 2 × 27.4 MB = 54.8 MB (the table's loopback bytes against it)."
+} > BENCHMARKS.md
+cat BENCHMARKS.md
