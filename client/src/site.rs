@@ -50,12 +50,18 @@ pub struct SiteOptions {
     /// Fault injection only: in each round it is asked to train, the site "crashes" with this
     /// probability (seeded by site and round), silent for the given downtime, then rejoins.
     pub dropout: Option<(f64, Duration)>,
+    /// An open connection to use instead of dialling one: in-process simulations with
+    /// thousands of plaintext sites share a few HTTP/2 connections rather than one each.
+    pub connection: Option<Connection>,
+    /// In-process simulations: sites that may compute at once (one per core). Thousands of
+    /// sites then wait their turn (heartbeating) instead of all training on their own thread.
+    pub cpu_slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl SiteOptions {
     /// Options with the defaults for everything but the address and the name.
     pub fn new(coordinator: impl Into<String>, site: impl Into<String>) -> Self {
-        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), reconnect_patience: Duration::from_secs(300), tls: None, budget: None, attack: None, max_epochs: None, seed: None, dropout: None }
+        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), reconnect_patience: Duration::from_secs(300), tls: None, budget: None, attack: None, max_epochs: None, seed: None, dropout: None, connection: None, cpu_slots: None }
     }
 }
 
@@ -106,7 +112,10 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
     if let Some(tls) = &opts.tls {
         flotilla_common::pki::check_validity(&tls.cert_pem).map_err(|e| ClientError::Certificate(e.to_string()))?;
     }
-    let conn = Connection::connect(&opts.coordinator, opts.tls.as_ref(), opts.connect_patience).await?;
+    let conn = match &opts.connection {
+        Some(c) => c.clone(),
+        None => Connection::connect(&opts.coordinator, opts.tls.as_ref(), opts.connect_patience).await?,
+    };
     let mut report = SiteReport::default();
     let mut backoff = Backoff::default();
     // The first join retries too: the coordinator may be (re)starting as the site starts.
@@ -357,7 +366,7 @@ async fn step(
             };
             let lr = cfg.learning_rate;
             let g = global.clone();
-            let trained = with_heartbeat(conn, &s.client_id, opts.heartbeat, move || train_local(&g, &shape, &data.train, &cfg)).await?;
+            let trained = with_heartbeat(conn, &s.client_id, opts, move || train_local(&g, &shape, &data.train, &cfg)).await?;
             let (local, metrics) = trained?;
             let mut delta = local.delta_from(&global).map_err(flotilla_common::TrainError::from)?;
             if let Some(Attack::SignFlip { scale }) = opts.attack {
@@ -441,7 +450,7 @@ async fn step(
             *known_round = round;
             let (data, shape) = ensure_plan(conn, s, &plan_fingerprint).await?;
             let global = ensure_model(conn, s, round, &model_hash).await?;
-            let eval = with_heartbeat(conn, &s.client_id, opts.heartbeat, move || evaluate(&global, &shape, &data.test)).await??;
+            let eval = with_heartbeat(conn, &s.client_id, opts, move || evaluate(&global, &shape, &data.test)).await??;
             conn.submit_evaluation(&s.client_id, round, &model_hash, &eval).await?;
             report.evaluations += 1;
             Ok(None)
@@ -480,7 +489,9 @@ async fn ensure_model(conn: &Connection, s: &mut Session, round: u32, hash: &str
 }
 
 /// Runs CPU work on a blocking thread while heartbeats keep the lease alive.
-async fn with_heartbeat<T: Send + 'static>(conn: &Connection, client_id: &str, every: Duration, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ClientError> {
+/// With `opts.cpu_slots`, it first waits for a slot (still heartbeating).
+async fn with_heartbeat<T: Send + 'static>(conn: &Connection, client_id: &str, opts: &SiteOptions, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ClientError> {
+    let every = opts.heartbeat;
     let beat = {
         let conn = conn.clone();
         let id = client_id.to_owned();
@@ -495,7 +506,12 @@ async fn with_heartbeat<T: Send + 'static>(conn: &Connection, client_id: &str, e
             }
         })
     };
+    let permit = match &opts.cpu_slots {
+        Some(slots) => Some(slots.clone().acquire_owned().await.map_err(|e| ClientError::Join(e.to_string()))?),
+        None => None,
+    };
     let out = tokio::task::spawn_blocking(work).await;
+    drop(permit);
     beat.abort();
     out.map_err(|e| ClientError::Join(e.to_string()))
 }

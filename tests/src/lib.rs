@@ -68,13 +68,9 @@ pub fn synthetic_table(name: &str, rows: usize, offset: usize) -> RawTable {
     RawTable::from_reader(text.as_bytes(), std::path::Path::new(&format!("{name}.csv"))).expect("synthetic csv")
 }
 
-/// The task for [`synthetic_table`].
+/// The task for [`synthetic_table`] (label `y`, numeric features).
 pub fn synthetic_task(hidden: Vec<usize>) -> Task {
-    let text = format!(
-        "name = \"synthetic\"\n[model]\nhidden = {hidden:?}\n[training]\nlocal_epochs = 1\nbatch_size = 32\nlearning_rate = 0.001\n\
-         [data]\ncategorical = []\n[data.label]\ncolumn = \"y\"\npositive_above = 0.5\n"
-    );
-    Task::from_toml(&text, "synthetic task").expect("synthetic task")
+    Task::synthetic(hidden)
 }
 
 /// A site driven by hand over the raw protocol, to send what an honest client never would.

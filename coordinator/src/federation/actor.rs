@@ -328,9 +328,14 @@ fn record(fed: &Federation, events: &[Event], run_dir: &mut Option<RunDir>, prog
             Event::Done => tracing::info!("federation finished"),
         }
     }
-    let connected = fed.connected_sites().len();
-    progress.send_modify(|p| {
-        p.epoch += 1;
+    let connected = fed.connected_count();
+    // Long-polling sites wake on a change of phase, not on every accepted update: with
+    // thousands of sites waiting, waking all of them per update was most of a round's work.
+    progress.send_if_modified(|p| {
+        let wake = p.connected != connected || events.iter().any(|e| !matches!(e, Event::UpdateAccepted { .. } | Event::Dropped { .. }));
+        if wake {
+            p.epoch += 1;
+        }
         p.connected = connected;
         for ev in events {
             match ev {
@@ -339,5 +344,6 @@ fn record(fed: &Federation, events: &[Event], run_dir: &mut Option<RunDir>, prog
                 _ => {}
             }
         }
+        wake
     });
 }
