@@ -98,6 +98,8 @@ train_w3=$(awk -F'|' '/W3 round/ { split($3, a, " "); print a[1] }' "$limits")
   echo "Synthetic data from \`flotilla-coordinator simulate --synthetic\` / \`synth\` (seed 42, skew 1.0); the seed MLP"
   echo "inputs → 64 → 32 → 1 unless stated, 1 local epoch, batch 32, Adam 0.001, every client every round."
   echo
+  echo "What the profile showed, what changed and what stands in the way of each target: [docs/PERFORMANCE.md](docs/PERFORMANCE.md)."
+  echo
   echo "## Workloads"
   echo
   cat "$report"
