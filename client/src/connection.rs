@@ -7,7 +7,7 @@ use std::time::Duration;
 use flotilla_common::data::{Plan, SiteStats};
 use flotilla_common::train::Evaluation;
 use flotilla_common::wire::{self, ModelReceiver, UpdateHeader};
-use flotilla_common::secagg::{PublicKeys, Reveal, Roster, Sealed};
+pub use flotilla_common::secagg::{Answer as SecAggReply, Step as SecAggSend};
 use flotilla_common::FlatParams;
 use flotilla_proto::pb::{self, federation_client::FederationClient};
 use flotilla_proto::PROTOCOL_VERSION;
@@ -23,26 +23,6 @@ pub enum Work {
     Evaluate { round: u32, model_hash: String, plan_fingerprint: String },
     Wait { millis: u32, current_round: u32 },
     Done { reason: String },
-}
-
-/// What a site sends in the secure-aggregation exchange.
-#[derive(Debug, Clone)]
-pub enum SecAggSend {
-    Keys(PublicKeys),
-    Shares(Vec<Sealed>),
-    Reveal(Reveal),
-    /// Waiting for stage 1 (roster), 2 (inbox) or 3 (survivors).
-    Poll(u32),
-}
-
-/// What the coordinator answers in the exchange.
-#[derive(Debug, Clone)]
-pub enum SecAggReply {
-    Roster(Roster),
-    Inbox(Vec<Sealed>),
-    Survivors(Vec<String>),
-    Wait,
-    Done(String),
 }
 
 /// The answer to a join.

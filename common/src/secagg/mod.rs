@@ -9,8 +9,10 @@
 
 pub mod in_memory;
 pub mod masking;
+pub mod messages;
 pub mod protocol;
 pub mod shamir;
 
 pub use masking::FixedPoint;
+pub use messages::{Answer, Step};
 pub use protocol::{majority, Client, PublicKeys, Reveal, Roster, SecAggError, Sealed, Server};

@@ -10,30 +10,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+pub use flotilla_common::secagg::{Answer, Step};
 use flotilla_common::secagg::{majority, PublicKeys, Reveal, Roster, Sealed, Server};
 use flotilla_common::train::TrainReport;
 
 use super::rejection::Rejection;
-
-/// What a site sends in the secure-aggregation exchange.
-#[derive(Debug, Clone)]
-pub enum Step {
-    Keys(PublicKeys),
-    Shares(Vec<Sealed>),
-    Reveal(Reveal),
-    /// Waiting for stage 1 (roster), 2 (inbox) or 3 (survivors).
-    Poll(u32),
-}
-
-/// What the coordinator answers.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Answer {
-    Roster(Roster),
-    Inbox(Vec<Sealed>),
-    Survivors(Vec<String>),
-    Wait,
-    Done(String),
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
