@@ -157,15 +157,11 @@ struct EvalRound {
     fit: Option<FitSummary>,
 }
 
+/// The training half of a round: when it started, and its counts (the durable part).
 #[derive(Debug, Clone)]
 struct FitSummary {
     started: Instant,
-    clients: usize,
-    selected: usize,
-    failed: usize,
-    rejected: usize,
-    attempts: u32,
-    train_loss: Option<f64>,
+    counts: SavedFit,
 }
 
 /// Where a resumed federation goes once its sites are back.
@@ -673,14 +669,7 @@ impl Federation {
 
     /// The durable state, to be written after every change that matters.
     pub fn snapshot(&self) -> Snapshot {
-        let save_summary = |s: &FitSummary| SavedFit {
-            clients: s.clients,
-            selected: s.selected,
-            failed: s.failed,
-            rejected: s.rejected,
-            attempts: s.attempts,
-            train_loss: s.train_loss,
-        };
+        let save_summary = |s: &FitSummary| s.counts.clone();
         let save_fit = |f: &FitRound| SavedPhase::Fit {
             round: f.round,
             attempt: f.attempt,
@@ -773,15 +762,7 @@ impl Federation {
             SavedPhase::Gathering { next } => Resume::Gathering { next },
             SavedPhase::Evaluate { round, fit } => Resume::Evaluate {
                 round,
-                fit: fit.map(|s| FitSummary {
-                    started: now,
-                    clients: s.clients,
-                    selected: s.selected,
-                    failed: s.failed,
-                    rejected: s.rejected,
-                    attempts: s.attempts,
-                    train_loss: s.train_loss,
-                }),
+                fit: fit.map(|counts| FitSummary { started: now, counts }),
             },
             SavedPhase::Fit { round, attempt, cohort, target, failed, rejected } => {
                 let mut fit = f.new_fit_round(round, attempt, cohort.into_iter().collect(), target, now);
@@ -1128,12 +1109,14 @@ impl Federation {
         }
         let summary = FitSummary {
             started: f.started,
-            clients: f.contributors.len(),
-            selected: f.cohort.len(),
-            failed: f.failed.len(),
-            rejected: f.rejected,
-            attempts: f.attempt,
-            train_loss,
+            counts: SavedFit {
+                clients: f.contributors.len(),
+                selected: f.cohort.len(),
+                failed: f.failed.len(),
+                rejected: f.rejected,
+                attempts: f.attempt,
+                train_loss,
+            },
         };
         events.push(self.open_evaluate(f.round, Some(summary), now));
         events
@@ -1177,13 +1160,13 @@ impl Federation {
             accuracy: weighted(&|r| r.accuracy),
             loss: weighted(&|r| r.loss),
             auc,
-            clients: fit.as_ref().map_or(0, |f| f.clients),
-            selected: fit.as_ref().map_or(0, |f| f.selected),
-            failed: fit.as_ref().map_or(0, |f| f.failed),
-            rejected: fit.as_ref().map_or(0, |f| f.rejected),
-            attempts: fit.as_ref().map_or(0, |f| f.attempts),
+            clients: fit.as_ref().map_or(0, |f| f.counts.clients),
+            selected: fit.as_ref().map_or(0, |f| f.counts.selected),
+            failed: fit.as_ref().map_or(0, |f| f.counts.failed),
+            rejected: fit.as_ref().map_or(0, |f| f.counts.rejected),
+            attempts: fit.as_ref().map_or(0, |f| f.counts.attempts),
             evaluated: e.results.len(),
-            train_loss: fit.as_ref().and_then(|f| f.train_loss),
+            train_loss: fit.as_ref().and_then(|f| f.counts.train_loss),
             seconds: now.duration_since(fit.as_ref().map_or(e.started, |f| f.started)).as_secs_f64(),
             epsilon: self.epsilon,
             clip_norm: self.task.privacy.map(|_| self.clip_norm),
