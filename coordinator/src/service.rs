@@ -157,22 +157,28 @@ impl FederationRpc for FederationService {
                     h.client_id
                 )));
             }
+        // Armed before the header is checked: the connection may die (and this handler be
+        // dropped) while the actor checks it.
+        let mut guard = UploadGuard { handle: self.handle.clone(), client: h.client_id.clone(), round: h.round, reason: None, armed: true };
         // The header is checked before any value is read, so a refused update costs nothing.
-        let layout = self
+        let layout = match self
             .handle
             .begin_update(h.client_id.clone(), h.round, h.base_model_hash.clone(), h.layout_fingerprint.clone(), h.total_values, h.num_examples, h.masked)
             .await
-            .map_err(status)?;
+        {
+            Ok(layout) => layout,
+            Err(refused) => {
+                guard.disarm(); // the actor counted the refusal
+                return Err(status(refused));
+            }
+        };
         if h.masked {
-            return self.receive_masked(&mut stream, h).await;
+            return self.receive_masked(&mut stream, h, &mut guard).await;
         }
         tracing::debug!(client = %h.client_id, round = h.round, values = h.total_values, "receiving update");
         let values = match self.receive_values(&mut stream, &h).await {
             Ok(v) => v,
-            Err(s) => {
-                self.handle.upload_failed(h.client_id.clone(), h.round, s.message().to_owned()).await;
-                return Err(s);
-            }
+            Err(s) => return Err(guard.fail(s)),
         };
         let delta = FlatParams::new(layout, values).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let sum = delta.hash();
@@ -184,9 +190,10 @@ impl FederationRpc for FederationService {
                 &sum[..12],
                 h.values_sha256.chars().take(12).collect::<String>()
             );
-            self.handle.upload_failed(h.client_id.clone(), h.round, reason.clone()).await;
-            return Err(Status::data_loss(reason));
+            return Err(guard.fail(Status::data_loss(reason)));
         }
+        // Delivered: from here the actor decides (and counts a refusal itself).
+        guard.disarm();
         self.handle.update(h.client_id, h.round, h.base_model_hash, delta, h.num_examples, h.metrics).await.map_err(status)?;
         Ok(Response::new(pb::Ack {}))
     }
@@ -247,7 +254,7 @@ impl FederationRpc for FederationService {
 impl FederationService {
     /// A masked input (secure aggregation): read as u64 values, checked against its checksum,
     /// and handed to the actor, which adds it to the secure sum.
-    async fn receive_masked(&self, stream: &mut Streaming<pb::UpdateChunk>, h: wire::UpdateHeader) -> Result<Response<pb::Ack>, Status> {
+    async fn receive_masked(&self, stream: &mut Streaming<pb::UpdateChunk>, h: wire::UpdateHeader, guard: &mut UploadGuard) -> Result<Response<pb::Ack>, Status> {
         let what = |e: wire::WireError| Status::invalid_argument(format!("masked input of `{}` for round {}: {e}", h.client_id, h.round));
         let received = async {
             let mut asm = wire::MaskedAssembler::new(h.total_values).map_err(what)?;
@@ -266,11 +273,9 @@ impl FederationService {
         };
         let values = match received.await {
             Ok(v) => v,
-            Err(s) => {
-                self.handle.upload_failed(h.client_id.clone(), h.round, s.message().to_owned()).await;
-                return Err(s);
-            }
+            Err(s) => return Err(guard.fail(s)),
         };
+        guard.disarm();
         self.handle.masked(h.client_id, h.round, h.base_model_hash, h.layout_fingerprint, values, h.metrics).await.map_err(status)?;
         Ok(Response::new(pb::Ack {}))
     }
@@ -288,6 +293,43 @@ impl FederationService {
             self.handle.touch(h.client_id.clone()).await.map_err(status)?;
         }
         asm.finish().map_err(what)
+    }
+}
+
+/// An upload whose header was accepted counts as refused unless it is delivered: also when
+/// the connection dies mid-stream and the server drops the handler without a word.
+struct UploadGuard {
+    handle: FederationHandle,
+    client: String,
+    round: u32,
+    /// Why it failed, when known.
+    reason: Option<String>,
+    /// False once the upload was delivered.
+    armed: bool,
+}
+
+impl UploadGuard {
+    fn fail(&mut self, status: Status) -> Status {
+        self.reason = Some(status.message().to_owned());
+        status
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (handle, client, round) = (self.handle.clone(), std::mem::take(&mut self.client), self.round);
+        let reason = self.reason.take().unwrap_or_else(|| "the upload broke off (connection lost)".into());
+        // Drop cannot wait: the actor hears of it from a task of its own.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { handle.upload_failed(client, round, reason).await });
+        }
     }
 }
 
