@@ -276,11 +276,13 @@ impl Task {
     /// The task of synthetic workloads (`simulate --synthetic`): every column but `y` is a
     /// numeric feature; 1 local epoch of Adam 0.001 at batch 32, as the benchmarks specify.
     pub fn synthetic(hidden: Vec<usize>) -> Self {
-        let text = format!(
-            "name = \"synthetic\"\n[model]\nhidden = {hidden:?}\n[training]\nlocal_epochs = 1\nbatch_size = 32\nlearning_rate = 0.001\n\
-             [data]\ncategorical = []\n[data.label]\ncolumn = \"y\"\npositive_above = 0.5\n"
-        );
-        Self::from_toml(&text, "the synthetic task").unwrap_or_else(|e| panic!("the synthetic task is invalid: {e}"))
+        const TEMPLATE: &str = "name = \"synthetic\"\n[model]\n[training]\nlocal_epochs = 1\nbatch_size = 32\nlearning_rate = 0.001\n\
+                                [data]\ncategorical = []\n[data.label]\ncolumn = \"y\"\npositive_above = 0.5\n";
+        let mut task = Self::from_toml(TEMPLATE, "the synthetic task").unwrap_or_else(|e| panic!("the synthetic task template is invalid: {e}"));
+        // Set after parsing, so widths from the command line can never panic here; callers
+        // validate the task they run (zero widths are refused there).
+        task.model.hidden = hidden;
+        task
     }
 
     /// The banks task (German credit).

@@ -142,6 +142,8 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
 fn run_synth(a: &SynthArgs) -> anyhow::Result<()> {
     use flotilla_common::data::synthetic::SyntheticSpec;
     let spec = SyntheticSpec { skew: a.skew, ..SyntheticSpec::new(a.clients, a.samples, a.features) };
+    let task = Task::synthetic(a.hidden.clone());
+    task.validate().with_context(|| format!("--hidden {:?}", a.hidden))?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let write = |name: &str, text: &str| {
         let path = a.out.join(name);
@@ -151,7 +153,7 @@ fn run_synth(a: &SynthArgs) -> anyhow::Result<()> {
         write(&format!("client{k:05}.csv"), &spec.client_csv(a.seed, k).map_err(anyhow::Error::msg)?)?;
     }
     write("test.csv", &spec.test_csv(a.seed, a.test_samples))?;
-    write("task.toml", &Task::synthetic(a.hidden.clone()).to_toml())?;
+    write("task.toml", &task.to_toml())?;
     println!("{} clients × {} rows × {} features, a test set of {} rows and task.toml in {}", a.clients, a.samples, a.features, a.test_samples, a.out.display());
     Ok(())
 }

@@ -40,6 +40,9 @@ pub struct SecureRound {
     masked: BTreeSet<String>,
     survivors: Vec<String>,
     reveals: BTreeMap<String, Reveal>,
+    /// Sites that left the federation (lease expired) since the exchange began: no stage
+    /// waits for them.
+    gone: BTreeSet<String>,
     /// Training metrics from the masked uploads' headers.
     pub metrics: BTreeMap<String, TrainReport>,
     result: Option<Result<Vec<u64>, String>>,
@@ -59,6 +62,7 @@ impl SecureRound {
             masked: BTreeSet::new(),
             survivors: Vec::new(),
             reveals: BTreeMap::new(),
+            gone: BTreeSet::new(),
             metrics: BTreeMap::new(),
             result: None,
         }
@@ -205,15 +209,28 @@ impl SecureRound {
         Ok(())
     }
 
-    /// Moves to the next stage once every expected (and still connected) site answered, or a
-    /// lease after the stage opened. Returns whether the stage changed.
-    pub fn advance(&mut self, now: Instant, patience: Duration, connected: &BTreeSet<String>) -> bool {
+    /// A site left the federation: the stages stop waiting for it.
+    pub fn site_gone(&mut self, site: &str) {
+        self.gone.insert(site.to_owned());
+    }
+
+    /// Whether some of `expected` sites (of which `done` answered) may still answer: counts,
+    /// so a request from one of thousands of sites does not walk them all.
+    fn waiting(&self, expected: usize, done: usize, is_expected: impl Fn(&str) -> bool, is_done: impl Fn(&str) -> bool) -> bool {
+        let gone = self.gone.iter().filter(|g| is_expected(g) && !is_done(g)).count();
+        done + gone < expected
+    }
+
+    /// Moves to the next stage once every expected site answered or is gone, or a lease after
+    /// the stage opened. Returns whether the stage changed.
+    pub fn advance(&mut self, now: Instant, patience: Duration) -> bool {
         let timed_out = now.duration_since(self.stage_started) > patience;
-        let waiting = |expected: &[String], done: &dyn Fn(&String) -> bool| expected.iter().any(|s| !done(s) && connected.contains(s));
         match self.stage {
             Stage::Shares => {
-                let roster = self.roster.as_ref().map(|r| r.members.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>()).unwrap_or_default();
-                if !timed_out && waiting(&roster, &|s| self.boxes.contains_key(s)) {
+                let roster = self.roster.as_ref();
+                let members = roster.map_or(0, |r| r.members.len());
+                let in_roster = |s: &str| roster.is_some_and(|r| r.members.binary_search_by(|(m, _)| m.as_str().cmp(s)).is_ok());
+                if !timed_out && self.waiting(members, self.boxes.len(), in_roster, |s| self.boxes.contains_key(s)) {
                     return false;
                 }
                 let boxes = std::mem::take(&mut self.boxes).into_values().collect();
@@ -228,8 +245,7 @@ impl SecureRound {
                 true
             }
             Stage::Masked => {
-                let expected: Vec<String> = self.inbox.keys().cloned().collect();
-                if !timed_out && waiting(&expected, &|s| self.masked.contains(s)) {
+                if !timed_out && self.waiting(self.inbox.len(), self.masked.len(), |s| self.inbox.contains_key(s), |s| self.masked.contains(s)) {
                     return false;
                 }
                 match self.server.as_ref().map(Server::survivors) {
@@ -243,8 +259,9 @@ impl SecureRound {
                 true
             }
             Stage::Reveal => {
-                let expected = self.survivors.clone();
-                if !timed_out && waiting(&expected, &|s| self.reveals.contains_key(s)) {
+                let survivors = &self.survivors; // sorted
+                let is_survivor = |s: &str| survivors.binary_search_by(|m| m.as_str().cmp(s)).is_ok();
+                if !timed_out && self.waiting(survivors.len(), self.reveals.len(), is_survivor, |s| self.reveals.contains_key(s)) {
                     return false;
                 }
                 let reveals = std::mem::take(&mut self.reveals).into_values().collect();

@@ -268,11 +268,6 @@ impl Federation {
         self.clients.len()
     }
 
-    /// Sites currently connected.
-    pub fn connected_sites(&self) -> BTreeSet<String> {
-        self.clients.values().map(|c| c.site.clone()).collect()
-    }
-
     /// A site joins (or rejoins: a new connection replaces the old one of the same name).
     pub fn join(&mut self, site: &str, columns: &[String], now: Instant) -> Result<(Joined, Vec<Event>), Rejection> {
         if site.is_empty() || site.len() > 128 || site.chars().any(char::is_control) {
@@ -853,6 +848,9 @@ impl Federation {
         let round = self.round();
         let was_pending = match &mut self.phase {
             Phase::Fit(f) => {
+                if let Some(secure) = f.secure.as_mut() {
+                    secure.site_gone(site);
+                }
                 let p = f.pending.remove(site);
                 if p {
                     f.failed.insert(site.to_owned());
@@ -894,7 +892,6 @@ impl Federation {
                 }
                 // Secure aggregation past its keys stage: its own stages decide.
                 Phase::Fit(f) if f.secure.as_ref().is_some_and(|s| !s.in_keys_stage()) => {
-                    let connected = self.connected_sites();
                     let lease = self.policy.lease;
                     let Phase::Fit(f) = &mut self.phase else { return events };
                     let round = f.round;
@@ -902,7 +899,7 @@ impl Federation {
                     if secure.is_finished() {
                         events.extend(self.close_fit(now));
                         true
-                    } else if secure.advance(now, lease, &connected) {
+                    } else if secure.advance(now, lease) {
                         events.push(Event::SecAggStage { round });
                         true
                     } else {
