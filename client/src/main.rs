@@ -11,6 +11,7 @@ use flotilla_client::shutdown::terminated;
 use flotilla_client::{run_site, ClientTls, SiteOptions};
 use flotilla_common::pki;
 use flotilla_common::data::RawTable;
+use flotilla_common::train::Backend;
 use tokio_util::sync::CancellationToken;
 
 /// A site of a Flotilla federation: trains on local data, sends only weight deltas.
@@ -62,6 +63,10 @@ struct Args {
     /// Default: the federation's seed, so the coordinator's --seed reproduces the whole run.
     #[arg(long, value_name = "SEED")]
     seed: Option<u64>,
+    /// The burn CPU backend that trains and evaluates: ndarray (the default) or flex (burn
+    /// 0.22's newer backend, several times faster on small models; see BENCHMARKS.md).
+    #[arg(long, default_value_t = Backend::Ndarray, value_name = "ndarray|flex")]
+    backend: Backend,
     /// Log filter (e.g. info, debug, flotilla_client=debug).
     #[arg(long, default_value = "info", value_name = "FILTER")]
     log: String,
@@ -139,6 +144,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     opts.heartbeat = Duration::from_secs_f64(args.heartbeat);
     opts.connect_patience = Duration::from_secs_f64(args.connect_timeout);
     opts.seed = args.seed;
+    opts.backend = args.backend;
     opts.budget = args.max_epsilon.map(|e| (e, args.max_delta));
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

@@ -12,7 +12,7 @@ use flotilla_common::model::ModelShape;
 use flotilla_common::seed::derive_seed;
 use flotilla_common::site::{PreparedSite, SiteData};
 use flotilla_common::train::local::LocalConfig;
-use flotilla_common::train::{evaluate, train_local};
+use flotilla_common::train::{evaluate, train_local, Backend};
 use flotilla_common::wire::UpdateHeader;
 use flotilla_common::{FlatParams, Task};
 use tokio_util::sync::CancellationToken;
@@ -56,12 +56,14 @@ pub struct SiteOptions {
     /// In-process simulations: sites that may compute at once (one per core). Thousands of
     /// sites then wait their turn (heartbeating) instead of all training on their own thread.
     pub cpu_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// The burn CPU backend that trains and evaluates.
+    pub backend: Backend,
 }
 
 impl SiteOptions {
     /// Options with the defaults for everything but the address and the name.
     pub fn new(coordinator: impl Into<String>, site: impl Into<String>) -> Self {
-        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), reconnect_patience: Duration::from_secs(300), tls: None, budget: None, attack: None, max_epochs: None, seed: None, dropout: None, connection: None, cpu_slots: None }
+        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), reconnect_patience: Duration::from_secs(300), tls: None, budget: None, attack: None, max_epochs: None, seed: None, dropout: None, connection: None, cpu_slots: None, backend: Backend::Ndarray }
     }
 }
 
@@ -363,6 +365,7 @@ async fn step(
                 seed: derive_seed(s.seed, &[&opts.site, "train", &round.to_string()]),
                 proximal_mu,
                 scaffold_correction,
+                backend: opts.backend,
             };
             let lr = cfg.learning_rate;
             let g = global.clone();
@@ -450,7 +453,8 @@ async fn step(
             *known_round = round;
             let (data, shape) = ensure_plan(conn, s, &plan_fingerprint).await?;
             let global = ensure_model(conn, s, round, &model_hash).await?;
-            let eval = with_heartbeat(conn, &s.client_id, opts, move || evaluate(&global, &shape, &data.test)).await??;
+            let backend = opts.backend;
+            let eval = with_heartbeat(conn, &s.client_id, opts, move || evaluate(&global, &shape, &data.test, backend)).await??;
             conn.submit_evaluation(&s.client_id, round, &model_hash, &eval).await?;
             report.evaluations += 1;
             Ok(None)

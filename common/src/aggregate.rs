@@ -42,21 +42,25 @@ impl WeightedSum {
         if weight > (1 << 24) {
             return Err(AggregateError::WeightTooLarge(weight));
         }
-        let w = weight as f64;
-        // Validate everything first so a bad value never leaves a half-added update behind.
-        for (i, &v) in delta.values().iter().enumerate() {
-            let x = f64::from(v) * w;
-            if !x.is_finite() || x.abs() > MAX_WEIGHTED_VALUE {
-                return Err(AggregateError::ValueOutOfRange { index: i, value: v });
-            }
-        }
         if self.count >= MAX_UPDATES {
             return Err(AggregateError::TooManyUpdates);
         }
-        // In place and without checks: each term is below 2^112 and there are fewer than
-        // 2^14 of them, so the sum stays below 2^126 and cannot overflow.
-        for (a, &v) in self.acc.iter_mut().zip(delta.values()) {
-            *a += (f64::from(v) * w * SCALE) as i128;
+        let w = weight as f64;
+        // One pass: add each term and, at the first bad value, take back the terms already
+        // added (integer sums undo exactly), so a bad update never leaves a trace.
+        // Each term is below 2^112 and there are fewer than 2^14 of them, so the sum stays
+        // below 2^126 and cannot overflow.
+        let values = delta.values();
+        for (i, (a, &v)) in self.acc.iter_mut().zip(values).enumerate() {
+            match fixed_point(v, w) {
+                Some(t) => *a += t,
+                None => {
+                    for (a, &v) in self.acc[..i].iter_mut().zip(values) {
+                        *a -= fixed_point(v, w).unwrap_or(0);
+                    }
+                    return Err(AggregateError::ValueOutOfRange { index: i, value: v });
+                }
+            }
         }
         self.total_weight += weight;
         self.count += 1;
@@ -91,6 +95,30 @@ impl WeightedSum {
         let values = self.acc.iter().map(|&a| ((a as f64) / SCALE / n) as f32).collect();
         FlatParams::new(self.layout.clone(), values).ok()
     }
+}
+
+/// `v · w · 2^64` truncated toward zero, or `None` when `v · w` is not finite or above 2^48.
+///
+/// Equal to `(v · w · 2^64) as i128`, but read straight from the bits of the exact product
+/// `v · w` (mantissa shifted by its exponent): the float → i128 cast is a slow library call
+/// and was most of the aggregation's time.
+#[inline]
+fn fixed_point(v: f32, w: f64) -> Option<i128> {
+    let x = f64::from(v) * w;
+    if !x.is_finite() || x.abs() > MAX_WEIGHTED_VALUE {
+        return None;
+    }
+    let bits = x.to_bits();
+    let exponent = ((bits >> 52) & 0x7ff) as i32;
+    if exponent == 0 {
+        return Some(0); // ±0 (an f32 times a weight ≥ 1 is never subnormal in f64)
+    }
+    let mantissa = i128::from((bits & ((1 << 52) - 1)) | (1 << 52));
+    // x = mantissa · 2^(exponent − 1075), so x · 2^64 = mantissa · 2^(exponent − 1011);
+    // exponent ≤ 1071 here, so a left shift is at most 60 and stays below 2^113.
+    let shift = exponent - 1011;
+    let magnitude = if shift >= 0 { mantissa << shift } else { mantissa >> (-shift).min(127) };
+    Some(if bits >> 63 == 1 { -magnitude } else { magnitude })
 }
 
 /// The server step: `w ← w + η · Δ̄`.
@@ -170,6 +198,34 @@ mod tests {
         }
         let (ma, mb) = (a.mean().unwrap(), b.mean().unwrap());
         assert_eq!(ma.hash(), mb.hash());
+    }
+
+    #[test]
+    fn fixed_point_equals_the_float_cast() {
+        let weights = [1.0, 3.0, 200.0, 16_777_216.0];
+        let mut values = vec![0.0f32, -0.0, 1.0, -1.0, 0.1, -0.3, 1e-30, -1e-38, 1.4e-45, 3.0e7, -1.6e7, 2.5e5, f32::MIN_POSITIVE];
+        values.extend((0..2000).map(|i| ((i as f32) * 0.917).sin() * 10f32.powi(i % 40 - 30)));
+        for &w in &weights {
+            for &v in &values {
+                let x = f64::from(v) * w;
+                let expected = (x.abs() <= MAX_WEIGHTED_VALUE).then_some((x * SCALE) as i128);
+                assert_eq!(fixed_point(v, w), expected, "v = {v:e}, w = {w}");
+            }
+        }
+        assert_eq!(fixed_point(f32::NAN, 1.0), None);
+        assert_eq!(fixed_point(f32::NEG_INFINITY, 1.0), None);
+        assert_eq!(fixed_point(3e8, 16_777_216.0), None);
+    }
+
+    #[test]
+    fn a_bad_value_late_in_an_update_leaves_the_sum_exactly_as_it_was() {
+        let mut sum = WeightedSum::new(layout(4));
+        sum.add(&params(&[0.25, -0.125, 3.0, 1e-3]), 7).unwrap();
+        let before = sum.mean().unwrap();
+        let err = sum.add(&params(&[0.7, 0.3, -1.1, f32::NAN]), 5).unwrap_err();
+        assert!(matches!(err, AggregateError::ValueOutOfRange { index: 3, .. }), "{err}");
+        assert_eq!(sum.count(), 1);
+        assert_eq!(sum.mean().unwrap().values(), before.values());
     }
 
     #[test]

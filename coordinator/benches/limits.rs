@@ -13,13 +13,13 @@ use flotilla_common::data::{Plan, RawTable};
 use flotilla_common::model::ModelShape;
 use flotilla_common::site::PreparedSite;
 use flotilla_common::train::local::LocalConfig;
-use flotilla_common::train::train_local;
+use flotilla_common::train::{train_local, Backend};
 use flotilla_common::Task;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Seconds for one epoch of local training over `clients` clients of `samples` × `features`
 /// with `hidden`, one after the other, as a federation round would do it without the federation.
-fn training_only(clients: usize, samples: usize, features: usize, hidden: &[usize]) -> (f64, usize) {
+fn training_only(clients: usize, samples: usize, features: usize, hidden: &[usize], backend: Backend) -> (f64, usize) {
     let spec = SyntheticSpec::new(clients, samples, features);
     let task = Task::synthetic(hidden.to_vec());
     let mut prepared = Vec::new();
@@ -33,7 +33,7 @@ fn training_only(clients: usize, samples: usize, features: usize, hidden: &[usiz
     let shape = ModelShape::for_task(&task, plan.width());
     let global = shape.init_params(1);
     let data: Vec<_> = prepared.iter().map(|p| p.encode(&plan, &task, 1).expect("encode")).collect();
-    let cfg = LocalConfig { epochs: 1, batch_size: 32, learning_rate: 0.001, seed: 1, proximal_mu: 0.0, scaffold_correction: None };
+    let cfg = LocalConfig { epochs: 1, batch_size: 32, learning_rate: 0.001, seed: 1, proximal_mu: 0.0, scaffold_correction: None, backend };
     let n: usize = data.iter().map(|d| d.train.len()).sum();
     let start = Instant::now();
     for d in &data {
@@ -107,14 +107,16 @@ fn aggregation_throughput() -> f64 {
 }
 
 fn main() {
-    let (w1, n1) = training_only(100, 500, 20, &[64, 32]);
-    let (w3, n3) = training_only(5, 120, 30, &[64, 32]);
-    let (w2, n2) = training_only(10, 200, 784, &[2048, 2048, 512]);
     println!("| limit | value |");
     println!("|---|---|");
-    println!("| training only, W1 round (100 × 500 × 20, 1 epoch, one thread after the other) | {w1:.3} s ({:.0} samples/s) |", n1 as f64 / w1);
-    println!("| training only, W3 round (5 × 120 × 30) | {w3:.4} s ({:.0} samples/s) |", n3 as f64 / w3);
-    println!("| training only, W2 round (10 × 200 × 784, MLP 2048-2048-512) | {w2:.2} s ({:.0} samples/s) |", n2 as f64 / w2);
+    for backend in Backend::ALL {
+        let (w1, n1) = training_only(100, 500, 20, &[64, 32], backend);
+        let (w3, n3) = training_only(5, 120, 30, &[64, 32], backend);
+        let (w2, n2) = training_only(10, 200, 784, &[2048, 2048, 512], backend);
+        println!("| training only, W1 round (100 × 500 × 20, 1 epoch, one thread after the other), {backend} | {w1:.3} s ({:.0} samples/s) |", n1 as f64 / w1);
+        println!("| training only, W3 round (5 × 120 × 30), {backend} | {w3:.4} s ({:.0} samples/s) |", n3 as f64 / w3);
+        println!("| training only, W2 round (10 × 200 × 784, MLP 2048-2048-512), {backend} | {w2:.2} s ({:.0} samples/s) |", n2 as f64 / w2);
+    }
     println!("| memory bandwidth (memcpy 512 MiB, read + write) | {:.1} GB/s |", memcpy_bandwidth());
     println!("| loopback TCP, one connection | {:.0} MB/s |", loopback_throughput());
     println!("| exact aggregation of a 6.85 M-parameter update (i128 sum) | {:.2} GB/s of f32 input |", aggregation_throughput());

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use flotilla_common::data::partition::Partition;
 use flotilla_common::data::synthetic::SyntheticSpec;
 use flotilla_common::strategy::StrategyName;
+use flotilla_common::train::Backend;
 use flotilla_common::Task;
 
 use crate::federation::policy::Sampling;
@@ -327,6 +328,10 @@ pub struct SimulateArgs {
     /// Epochs a straggler completes.
     #[arg(long, default_value_t = 1, value_name = "E")]
     pub straggler_epochs: u32,
+    /// The burn CPU backend the simulated sites train and evaluate with: ndarray (the
+    /// default) or flex (burn 0.22's newer backend, several times faster on small models).
+    #[arg(long, default_value_t = Backend::Ndarray, value_name = "ndarray|flex")]
+    pub backend: Backend,
     #[command(flatten)]
     pub run: RunArgs,
 }

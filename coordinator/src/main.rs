@@ -62,6 +62,7 @@ async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
         attack_scale: a.attack_scale,
         stragglers: a.stragglers,
         straggler_epochs: a.straggler_epochs,
+        backend: a.backend,
     })
     .await?;
     if let Some(c) = &sim.comparison {

@@ -49,7 +49,7 @@ async fn vanishing_site(url: String, name: String, table: RawTable) -> u32 {
                 }
                 let (_, model) = wire::model_from_chunks(chunks).unwrap();
                 let shape = ModelShape::for_task(&task, plan.width());
-                let eval = evaluate(&model, &shape, &data.test).unwrap();
+                let eval = evaluate(&model, &shape, &data.test, flotilla_common::train::Backend::Ndarray).unwrap();
                 rpc.submit_evaluation(wire::evaluation_to_pb(&id, e.round, &e.model_hash, &eval)).await.unwrap();
             }
             pb::work_item::Kind::Wait(_) => {}

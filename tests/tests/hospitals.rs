@@ -66,3 +66,16 @@ async fn the_same_seed_gives_the_same_model_bit_for_bit() {
     let other = simulate(options(c.path(), 8, 3, false)).await.unwrap();
     assert_ne!(first.model_sha256, other.model_sha256, "a different seed gives a different model");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flex_backend_learns_as_well_and_is_reproducible() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let flex = |out| SimulateOptions { backend: flotilla_common::train::Backend::Flex, ..options(out, 42, 20, false) };
+    let first = simulate(flex(a.path())).await.unwrap();
+    let second = simulate(flex(b.path())).await.unwrap();
+    assert_eq!(first.model_sha256, second.model_sha256, "flex runs are reproducible from the seed too");
+    let accuracy = first.outcome.history.last().unwrap().accuracy;
+    assert!(accuracy >= 0.78, "pooled accuracy {accuracy:.3} after 20 rounds on flex");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["backend"], "flex");
+}

@@ -119,6 +119,23 @@ mod tests {
     }
 
     #[test]
+    fn a_model_built_from_params_reads_back_the_same_and_trains() {
+        let shape = ModelShape { inputs: 3, hidden: vec![4, 2], outputs: 1 };
+        let params = shape.init_params(4);
+        let d = device().autodiff();
+        let model = Mlp::from_params(&shape, &params, &d).unwrap();
+        assert_eq!(read_params(&model), params);
+        let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2.0, -1.0], [1, 3]), &d);
+        let written = write_params(Mlp::new(&shape, &d), &params).unwrap();
+        let (a, b) = (model.forward(x.clone()), written.forward(x));
+        assert_eq!(a.into_data().as_slice::<f32>().unwrap(), b.into_data().as_slice::<f32>().unwrap());
+        let g = burn::optim::GradientsParams::from_grads(model.forward(Tensor::from_data(TensorData::new(vec![0.5f32, 0.5, 0.5], [1, 3]), &d)).sum().backward(), &model);
+        assert_eq!(g.len(), 6, "every parameter must require gradients");
+        let other = ModelShape { inputs: 4, hidden: vec![4, 2], outputs: 1 };
+        assert!(matches!(Mlp::from_params(&other, &params, &d), Err(ParamsError::LayoutMismatch { .. })));
+    }
+
+    #[test]
     fn a_foreign_layout_is_refused() {
         let shape = ModelShape { inputs: 5, hidden: vec![4], outputs: 1 };
         let other = ModelShape { inputs: 6, hidden: vec![4], outputs: 1 };

@@ -2,11 +2,11 @@
 
 use burn::prelude::*;
 
-use super::device;
+use super::device::Backend;
 use super::metrics::roc_auc;
 use crate::data::Dataset;
 use crate::error::TrainError;
-use crate::model::{bridge, Mlp, ModelShape};
+use crate::model::{Mlp, ModelShape};
 use crate::params::FlatParams;
 
 /// Metrics of one model on one dataset.
@@ -23,16 +23,16 @@ pub struct Evaluation {
 /// Examples per forward pass during evaluation.
 const EVAL_BATCH: usize = 1024;
 
-/// Evaluates `params` (a model of `shape`) on `data`.
-pub fn evaluate(params: &FlatParams, shape: &ModelShape, data: &Dataset) -> Result<Evaluation, TrainError> {
+/// Evaluates `params` (a model of `shape`) on `data` with `backend`.
+pub fn evaluate(params: &FlatParams, shape: &ModelShape, data: &Dataset, backend: Backend) -> Result<Evaluation, TrainError> {
     if data.n_features != shape.inputs {
         return Err(TrainError::FeatureMismatch { expected: shape.inputs, found: data.n_features });
     }
     if data.is_empty() {
         return Err(TrainError::Empty);
     }
-    let device = device::inference();
-    let model = bridge::write_params(Mlp::new(shape, &device), params)?;
+    let device = backend.inference();
+    let model = Mlp::from_params(shape, params, &device)?;
     let logits = predict_logits(&model, data, &device);
     Ok(score(&logits, shape.outputs, &data.labels))
 }

@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::device;
+use super::device::Backend;
 use crate::data::Dataset;
 use crate::error::TrainError;
 use crate::model::{bridge, Mlp, ModelShape};
@@ -42,6 +42,8 @@ pub struct LocalConfig {
     /// SCAFFOLD: the correction `c − c_i` added to every gradient; training then uses plain
     /// SGD, as the paper's control-variate update assumes.
     pub scaffold_correction: Option<FlatParams>,
+    /// The burn backend that runs the training.
+    pub backend: Backend,
 }
 
 /// Trains a model of `shape`, starting from `global`, and returns the local model.
@@ -53,8 +55,8 @@ pub fn train_local(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg:
         return Err(TrainError::Empty);
     }
     let start = Instant::now();
-    let device = device::training();
-    let mut model = bridge::write_params(Mlp::new(shape, &device), global)?;
+    let device = cfg.backend.training();
+    let mut model = Mlp::from_params(shape, global, &device)?;
     // The anchor of FedProx's proximal term: the global model, outside the graph.
     let anchor = (cfg.proximal_mu > 0.0).then(|| model.clone().no_grad());
     let mut optim = match cfg.scaffold_correction {
@@ -170,11 +172,11 @@ mod tests {
         let shape = ModelShape { inputs: 2, hidden: vec![8], outputs: 1 };
         let global = shape.init_params(1);
         let data = blobs(128);
-        let cfg = LocalConfig { epochs: 20, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: 0.0, scaffold_correction: None };
+        let cfg = LocalConfig { epochs: 20, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: 0.0, scaffold_correction: None, backend: Backend::Ndarray };
         let (local, report) = train_local(&global, &shape, &data, &cfg).unwrap();
         assert_eq!(report.steps, 20 * 8);
-        let before = evaluate(&global, &shape, &data).unwrap();
-        let after = evaluate(&local, &shape, &data).unwrap();
+        let before = evaluate(&global, &shape, &data, Backend::Ndarray).unwrap();
+        let after = evaluate(&local, &shape, &data, Backend::Ndarray).unwrap();
         assert!(after.loss < before.loss, "{before:?} -> {after:?}");
         assert!(after.accuracy > 0.95, "{after:?}");
         let (again, _) = train_local(&global, &shape, &data, &cfg).unwrap();
@@ -187,7 +189,7 @@ mod tests {
         let global = shape.init_params(1);
         let data = blobs(128);
         let run = |mu| {
-            let cfg = LocalConfig { epochs: 10, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: mu, scaffold_correction: None };
+            let cfg = LocalConfig { epochs: 10, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: mu, scaffold_correction: None, backend: Backend::Ndarray };
             train_local(&global, &shape, &data, &cfg).unwrap().0.delta_from(&global).unwrap().l2_norm()
         };
         let (free, tied) = (run(0.0), run(10.0));
@@ -203,7 +205,7 @@ mod tests {
         let global = shape.init_params(1);
         let data = blobs(32);
         let c = FlatParams::new(global.layout().clone(), vec![100.0; global.layout().total()]).unwrap();
-        let cfg = LocalConfig { epochs: 1, batch_size: 16, learning_rate: 0.001, seed: 5, proximal_mu: 0.0, scaffold_correction: Some(c) };
+        let cfg = LocalConfig { epochs: 1, batch_size: 16, learning_rate: 0.001, seed: 5, proximal_mu: 0.0, scaffold_correction: Some(c), backend: Backend::Ndarray };
         let (local, report) = train_local(&global, &shape, &data, &cfg).unwrap();
         let expected = -(report.steps as f64) * 0.001 * 100.0; // −0.2
         let delta = local.delta_from(&global).unwrap();
@@ -214,7 +216,7 @@ mod tests {
     #[test]
     fn wrong_feature_count_is_an_error() {
         let shape = ModelShape { inputs: 3, hidden: vec![4], outputs: 1 };
-        let cfg = LocalConfig { epochs: 1, batch_size: 4, learning_rate: 0.01, seed: 1, proximal_mu: 0.0, scaffold_correction: None };
+        let cfg = LocalConfig { epochs: 1, batch_size: 4, learning_rate: 0.01, seed: 1, proximal_mu: 0.0, scaffold_correction: None, backend: Backend::Ndarray };
         let err = train_local(&shape.init_params(1), &shape, &blobs(8), &cfg).unwrap_err();
         assert!(matches!(err, TrainError::FeatureMismatch { expected: 3, found: 2 }));
     }

@@ -5,5 +5,6 @@ pub mod evaluate;
 pub mod local;
 pub mod metrics;
 
+pub use device::Backend;
 pub use evaluate::{evaluate, Evaluation};
 pub use local::{train_local, TrainReport};

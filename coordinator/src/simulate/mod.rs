@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use flotilla_client::{run_site, Attack, ClientTls, SiteOptions};
 use flotilla_common::pki;
 use flotilla_common::site::{PreparedSite, SiteData};
+use flotilla_common::train::Backend;
 use flotilla_common::Task;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::net::TcpListener;
@@ -47,6 +48,8 @@ pub struct SimulateOptions {
     /// `straggler_epochs` local epochs per round.
     pub stragglers: f64,
     pub straggler_epochs: u32,
+    /// The burn backend the simulated sites (and the baselines) compute with.
+    pub backend: Backend,
 }
 
 /// What a simulation produced.
@@ -131,6 +134,7 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     for (i, (name, table)) in sites.iter().enumerate() {
         let mut site_opts = SiteOptions::new(running.url(), name.clone());
         site_opts.cpu_slots = Some(cpu_slots.clone());
+        site_opts.backend = opts.backend;
         site_opts.tls = pki.as_ref().and_then(|p| p.sites.get(name).cloned());
         site_opts.connection = shared.get(i / SITES_PER_CONNECTION).cloned();
         if i >= first_malicious {
@@ -191,11 +195,11 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
 
     // The baselines see all the data at once: only a simulation can compute them.
     let comparison = if opts.baselines {
-        let (task, seed, rounds, o) = (opts.task.clone(), opts.seed, policy.rounds, outcome.clone());
+        let (task, seed, rounds, o, backend) = (opts.task.clone(), opts.seed, policy.rounds, outcome.clone(), opts.backend);
         let b = bar_spinner(opts.progress, "training the local-only and centralized baselines");
         let c = tokio::task::spawn_blocking(move || -> Result<Comparison, String> {
             let data = encode_sites(&sites, &task, &o, seed).map_err(|e| e.to_string())?;
-            baselines::compare(&task, &o.shape, &data, &o.model, rounds, seed).map_err(|e| e.to_string())
+            baselines::compare(&task, &o.shape, &data, &o.model, rounds, seed, backend).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| SimulateError::Baselines(e.to_string()))?
@@ -217,6 +221,8 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     let seconds = start.elapsed().as_secs_f64();
     let mut summary = summary::summary(&opts.task, opts.seed, &outcome, comparison.as_ref());
     summary["timings"] = serde_json::json!({ "total_seconds": seconds, "federation_seconds": federation_seconds });
+    // Sites all ran this backend: models are reproducible on one backend, not across the two.
+    summary["backend"] = serde_json::Value::String(opts.backend.to_string());
     let model_sha256 = write_final(&opts.out, &outcome.model, &summary)?;
     summary["model_sha256"] = serde_json::Value::String(model_sha256.clone());
     Ok(Simulation { outcome, comparison, summary, model_sha256, seconds })
