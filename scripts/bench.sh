@@ -43,8 +43,8 @@ simulate() { # label, clients, samples, features, rounds, extra flags...
 }
 
 # Separate processes: a coordinator and one flotilla-client per site, on loopback.
-processes() { # label, clients, samples, features, rounds
-  local label="$1" c="$2" s="$3" f="$4" r="$5"
+processes() { # label, clients, samples, features, rounds, backend
+  local label="$1" c="$2" s="$3" f="$4" r="$5" backend="${6:-ndarray}"
   "$coord" --log error synth --clients "$c" --samples "$s" --features "$f" --out "$work/data" > /dev/null
   local port=$((20000 + RANDOM % 20000)) before after
   before=$(lo_rx)
@@ -54,7 +54,7 @@ processes() { # label, clients, samples, features, rounds
   local pids=()
   for k in $(seq 0 $((c - 1))); do
     local name; name=$(printf "client%05d" "$k")
-    timed "$work/t-$name" "$client" --log error --insecure --coordinator "http://127.0.0.1:$port" --site "$name" --data "$work/data/$name.csv" &
+    timed "$work/t-$name" "$client" --log error --insecure --coordinator "http://127.0.0.1:$port" --site "$name" --data "$work/data/$name.csv" --backend "$backend" &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done
@@ -66,6 +66,7 @@ processes() { # label, clients, samples, features, rounds
   max_client=$(cat "$work"/t-client* | awk '$4 > m { m = $4 } END { print m }')
   read -r rsum rn < <(rounds_time "$work/run/metrics.csv")
   echo "| $label | $c processes + coordinator | $c × $s × $f, $r rounds | $wall | $rsum | $(awk -v a="$rsum" -v n="$rn" 'BEGIN { printf "%.3f", a / n }') | $cpu | $((rss / 1024)) coord., $((max_client / 1024)) per client | $(awk -v b="$((after - before))" -v c="$c" -v n="$rn" 'BEGIN { printf "%.0f", b / (c * (n + 1)) }') | $(final_accuracy "$work/run/metrics.csv") |" >> "$report"
+  echo "$rsum $rn" > "$work/last"
   rm -rf "$work/data" "$work/run" "$work"/t-*
 }
 
@@ -75,26 +76,47 @@ processes() { # label, clients, samples, features, rounds
 } > "$report"
 simulate "W1 many clients" 100 500 20 10
 w1=$(cat "$work/last")
+simulate "W1 many clients, flex" 100 500 20 10 --backend flex
+w1_flex=$(cat "$work/last")
 processes "W1 many clients" 10 5000 20 10
+processes "W1 many clients, flex" 10 5000 20 10 flex
 simulate "W2 big model (784-2048-2048-512-1)" 10 200 784 5 --hidden 2048,2048,512
 w2=$(cat "$work/last")
 processes "W3 hospitals-sized" 5 120 30 20
-w3_rounds=$(awk -F'|' 'END { print $6 }' "$report")
+w3=$(cat "$work/last")
+processes "W3 hospitals-sized, flex" 5 120 30 20 flex
+w3_flex=$(cat "$work/last")
 if [ "$scale" = 1 ]; then
   simulate "scale" 1000 50 20 3
   simulate "scale" 10000 50 20 3
+  simulate "scale, flex" 10000 50 20 3 --backend flex
 fi
 
 limits="$work/limits.md"
 cargo bench --locked -p flotilla-coordinator --bench limits 2>/dev/null | grep '^|' > "$limits"
-train_w1=$(awk -F'|' '/W1 round/ { split($3, a, " "); print a[1] }' "$limits")
-train_w3=$(awk -F'|' '/W3 round/ { split($3, a, " "); print a[1] }' "$limits")
+cargo bench --locked -p flotilla-tests --bench transfer 2>/dev/null | grep '^|' >> "$limits"
+train() { # workload (W1, W3), backend: seconds of training alone
+  awk -F'|' -v w="$1 round" -v b=", $2 " 'index($2, w) && index($2, b) { split($3, a, " "); print a[1] }' "$limits"
+}
+throughput() { # row label: the figure in brackets of its value, e.g. "(1234 MB/s)" gives 1234
+  awk -F'|' -v l="$1" 'index($2, l) { print $3 }' "$limits" | sed -E 's/.*\(([0-9.]+).*/\1/'
+}
+kernels="$work/kernels.md"
+# Criterion: one line per kernel with its median time and throughput.
+cargo bench --locked -p flotilla-common --bench kernels 2>/dev/null | awk '
+  $1 ~ /^[a-z_]+\/[a-z_]+\/[a-z_0-9]+$/ { name = $1 }
+  { for (i = 1; i < NF; i++) {
+      if ($i == "time:") t = $(i + 3) " " $(i + 4)
+      if ($i == "thrpt:" && name != "") { printf "| %s | %s | %s %s |\n", name, t, $(i + 3), $(i + 4); name = "" }
+  } }
+' > "$kernels"
 
 {
   echo "# Benchmarks"
   echo
   echo "Written by \`scripts/bench.sh\` on $(date -u +%Y-%m-%d): $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores,"
-  echo "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(rustc --version), release build, burn-ndarray backend, plaintext gRPC on loopback."
+  echo "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(rustc --version), release build, plaintext gRPC on loopback; burn-ndarray"
+  echo "backend unless a row says flex (\`--backend flex\`, burn 0.22's newer CPU backend)."
   echo "Synthetic data from \`flotilla-coordinator simulate --synthetic\` / \`synth\` (seed 42, skew 1.0); the seed MLP"
   echo "inputs → 64 → 32 → 1 unless stated, 1 local epoch, batch 32, Adam 0.001, every client every round."
   echo
@@ -112,15 +134,29 @@ train_w3=$(awk -F'|' '/W3 round/ { split($3, a, " "); print a[1] }' "$limits")
   echo
   cat "$limits"
   echo
+  echo "## Kernels (criterion, \`cargo bench -p flotilla-common --bench kernels\`, median)"
+  echo
+  echo "seed_mlp: 4,097 parameters (16 KB); w2_mlp: 6,853,633 parameters (27.4 MB). Throughput in bytes of f32 model data."
+  echo
+  echo "| kernel | time | throughput |"
+  echo "|---|---|---|"
+  cat "$kernels"
+  echo
   echo "## Ratios"
   echo
-  read -r w1sum w1n <<< "$w1"
-  echo "- W1 in-process round time / training-only time: $(awk -v s="$w1sum" -v n="$w1n" -v t="$train_w1" 'BEGIN { printf "%.2f", s / n / t }') (target ≤ 1.2)."
-  echo "- W3 rounds time for 20 rounds with 5 client processes: ${w3_rounds} s (target < 2 s); per round / training-only: $(awk -v s="$w3_rounds" -v t="$train_w3" 'BEGIN { printf "%.1f", s / 20 / t }')."
+  ratio() { # "sum n" of a run, training-only seconds per round
+    local sum n; read -r sum n <<< "$1"
+    awk -v s="$sum" -v n="$n" -v t="$2" 'BEGIN { printf "%.2f", s / n / t }'
+  }
+  echo "- W1 in-process round time / training-only time: ndarray $(ratio "$w1" "$(train W1 ndarray)"), flex $(ratio "$w1_flex" "$(train W1 flex)") (target ≤ 1.2)."
+  echo "- W3 rounds time for 20 rounds with 5 client processes: ndarray ${w3% *} s, flex ${w3_flex% *} s (target < 2 s); per round / training-only: ndarray $(ratio "$w3" "$(train W3 ndarray)"), flex $(ratio "$w3_flex" "$(train W3 flex)") (target ≤ 1.2)."
+  echo "- Local training, samples/s on one thread (W1 round): ndarray $(throughput "W1 round (100 × 500 × 20, 1 epoch, one thread after the other), ndarray"), flex $(throughput "W1 round (100 × 500 × 20, 1 epoch, one thread after the other), flex") (PyTorch eager: about 85,000; target 2× that)."
+  loop=$(throughput "loopback TCP")
+  echo "- W2 model transfer / loopback throughput: download $(awk -v a="$(throughput "gRPC model download")" -v b="$loop" 'BEGIN { printf "%.2f", a / b }'), upload $(awk -v a="$(throughput "gRPC update upload")" -v b="$loop" 'BEGIN { printf "%.2f", a / b }') (target ≥ 0.5)."
   w2_bytes=$(awk -F'|' '/W2 big model/ { print $10 }' "$report" | xargs)
   # Ideal per client over the run: the first download, then per round one update up and one
   # model down (6,853,633 parameters × 4 bytes); the table divides by rounds + 1.
   echo "- W2 bytes on the wire / ideal (27.41 MB × (2 × 5 rounds + 1) per client): $(awk -v b="$w2_bytes" 'BEGIN { printf "%.3f", b * 6 / (27414532 * 11) }') (target ≤ 1.05)."
-  echo "- W2 aggregation throughput / memory bandwidth: see the limits table (exact i128 aggregation vs memcpy)."
+  echo "- W2 aggregation throughput / memory bandwidth: $(awk -v a="$(awk -F'|' '/exact aggregation/ { split($3, x, " "); print x[1] }' "$limits")" -v b="$(awk -F'|' '/memory bandwidth/ { split($3, x, " "); print x[1] }' "$limits")" 'BEGIN { printf "%.3f", a / b }') (target ≥ 0.5; exact i128 sum, see docs/PERFORMANCE.md)."
 } > BENCHMARKS.md
 cat BENCHMARKS.md

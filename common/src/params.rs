@@ -174,15 +174,44 @@ impl FlatParams {
 /// SHA-256 (hex) of a layout fingerprint and values: the hash of models and the checksum of
 /// updates.
 pub fn checksum(fingerprint: &str, values: &[f32]) -> String {
-    let mut h = Sha256::new();
-    h.update(fingerprint.as_bytes());
-    for chunk in values.chunks(16 * 1024) {
-        h.update(f32_to_le_bytes(chunk));
+    let mut h = Checksum::new(fingerprint);
+    if cfg!(target_endian = "little") {
+        h.update(bytemuck::cast_slice(values)); // the values' own bytes: no copy
+    } else {
+        for chunk in values.chunks(16 * 1024) {
+            h.update(&f32_to_le_bytes(chunk));
+        }
     }
-    hex::encode(h.finalize())
+    h.finish()
+}
+
+/// [`checksum`] computed incrementally over the little-endian bytes of the values as they
+/// arrive, so a receiver verifies a stream without a second pass over it.
+#[derive(Debug, Clone)]
+pub struct Checksum(Sha256);
+
+impl Checksum {
+    pub fn new(fingerprint: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(fingerprint.as_bytes());
+        Self(h)
+    }
+
+    /// Feeds the next little-endian bytes of the values.
+    pub fn update(&mut self, le_bytes: &[u8]) {
+        self.0.update(le_bytes);
+    }
+
+    /// The hex digest.
+    pub fn finish(self) -> String {
+        hex::encode(self.0.finalize())
+    }
 }
 
 pub fn f32_to_le_bytes(values: &[f32]) -> Vec<u8> {
+    if cfg!(target_endian = "little") {
+        return bytemuck::cast_slice(values).to_vec();
+    }
     let mut out = Vec::with_capacity(values.len() * 4);
     for v in values {
         out.extend_from_slice(&v.to_le_bytes());

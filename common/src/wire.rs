@@ -10,7 +10,7 @@ use bytes::Bytes;
 use flotilla_proto::pb;
 
 use crate::data::{ColumnKind, ColumnPlan, ColumnStats, Plan, SiteStats};
-use crate::params::{extend_from_le_bytes, FlatParams, Layout, TensorSpec};
+use crate::params::{extend_from_le_bytes, Checksum, FlatParams, Layout, TensorSpec};
 use crate::train::{Evaluation, TrainReport};
 
 /// Bytes of f32 data per chunk: 1 MiB, far below tonic's 4 MiB message limit.
@@ -104,20 +104,23 @@ pub struct ModelHeader {
     pub round: u32,
 }
 
-/// Reassembles a stream of values into one preallocated buffer, refusing more than declared.
+/// Reassembles a stream of values into one preallocated buffer, refusing more than declared,
+/// and computes their checksum (with the layout's fingerprint) as the bytes arrive.
 #[derive(Debug)]
 pub struct Assembler {
     declared: u64,
     values: Vec<f32>,
+    checksum: Checksum,
 }
 
 impl Assembler {
-    /// An assembler for `declared` values; the buffer is allocated once, up front.
-    pub fn new(declared: u64) -> Result<Self, WireError> {
+    /// An assembler for `declared` values of a layout with `fingerprint`; the buffer is
+    /// allocated once, up front.
+    pub fn new(declared: u64, fingerprint: &str) -> Result<Self, WireError> {
         if declared > MAX_VALUES {
             return Err(WireError::TooLarge(declared));
         }
-        Ok(Self { declared, values: Vec::with_capacity(declared as usize) })
+        Ok(Self { declared, values: Vec::with_capacity(declared as usize), checksum: Checksum::new(fingerprint) })
     }
 
     /// Appends one data chunk.
@@ -125,15 +128,18 @@ impl Assembler {
         if self.values.len() as u64 + (bytes.len() as u64) / 4 > self.declared {
             return Err(WireError::TooMuchData { declared: self.declared });
         }
-        extend_from_le_bytes(&mut self.values, bytes).map_err(|e| WireError::Invalid(e.to_string()))
+        extend_from_le_bytes(&mut self.values, bytes).map_err(|e| WireError::Invalid(e.to_string()))?;
+        self.checksum.update(bytes);
+        Ok(())
     }
 
-    /// The values, once exactly `declared` have arrived.
-    pub fn finish(self) -> Result<Vec<f32>, WireError> {
+    /// The values and their checksum ([`crate::params::checksum`]), once exactly `declared`
+    /// have arrived.
+    pub fn finish(self) -> Result<(Vec<f32>, String), WireError> {
         if self.values.len() as u64 != self.declared {
             return Err(WireError::Truncated { declared: self.declared, received: self.values.len() as u64 });
         }
-        Ok(self.values)
+        Ok((self.values, self.checksum.finish()))
     }
 }
 
@@ -166,7 +172,7 @@ impl ModelReceiver {
                         layout.total()
                     )));
                 }
-                let asm = Assembler::new(h.total_values)?;
+                let asm = Assembler::new(h.total_values, layout.fingerprint())?;
                 self.header = Some((ModelHeader { layout, hash: h.model_hash, round: h.round }, asm));
                 Ok(())
             }
@@ -180,8 +186,8 @@ impl ModelReceiver {
     /// The model; its hash must equal the one the header announced.
     pub fn finish(self) -> Result<(ModelHeader, FlatParams), WireError> {
         let (header, asm) = self.header.ok_or(WireError::Empty)?;
-        let params = FlatParams::new(header.layout.clone(), asm.finish()?).map_err(|e| WireError::Invalid(e.to_string()))?;
-        let hash = params.hash();
+        let (values, hash) = asm.finish()?;
+        let params = FlatParams::new(header.layout.clone(), values).map_err(|e| WireError::Invalid(e.to_string()))?;
         if hash != header.hash {
             return Err(WireError::Invalid(format!("model hash {hash} does not match the announced {}", header.hash)));
         }
@@ -418,7 +424,7 @@ mod tests {
 
     #[test]
     fn oversized_declarations_are_refused_before_allocating() {
-        assert!(matches!(Assembler::new(MAX_VALUES + 1), Err(WireError::TooLarge(_))));
+        assert!(matches!(Assembler::new(MAX_VALUES + 1, "f"), Err(WireError::TooLarge(_))));
     }
 }
 

@@ -37,7 +37,7 @@ proptest! {
     fn arbitrary_bytes_never_panic_the_message_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         if let Ok(c) = pb::UpdateChunk::decode(bytes.as_slice())
             && let Ok(UpdatePart::Data(d)) = wire::update_part(c) {
-                let mut asm = Assembler::new(16).unwrap();
+                let mut asm = Assembler::new(16, "fingerprint").unwrap();
                 let _ = asm.push(&d);
                 let _ = asm.finish();
             }
@@ -68,7 +68,7 @@ proptest! {
 
     #[test]
     fn arbitrary_update_streams_are_bounded_by_their_declaration(declared in 0u64..2048, parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..1024), 0..8)) {
-        let mut asm = Assembler::new(declared).unwrap();
+        let mut asm = Assembler::new(declared, "fingerprint").unwrap();
         let mut accepted = 0u64;
         for p in &parts {
             if asm.push(p).is_ok() {
@@ -76,7 +76,10 @@ proptest! {
             }
         }
         prop_assert!(accepted <= declared);
-        let _ = asm.finish();
+        // The checksum computed on the way is the one of the values that were kept.
+        if let Ok((values, sum)) = asm.finish() {
+            prop_assert_eq!(sum, flotilla_common::params::checksum("fingerprint", &values));
+        }
     }
 
     #[test]

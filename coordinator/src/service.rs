@@ -176,12 +176,11 @@ impl FederationRpc for FederationService {
             return self.receive_masked(&mut stream, h, &mut guard).await;
         }
         tracing::debug!(client = %h.client_id, round = h.round, values = h.total_values, "receiving update");
-        let values = match self.receive_values(&mut stream, &h).await {
+        let (values, sum) = match self.receive_values(&mut stream, &h, layout.fingerprint()).await {
             Ok(v) => v,
             Err(s) => return Err(guard.fail(s)),
         };
         let delta = FlatParams::new(layout, values).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let sum = delta.hash();
         if sum != h.values_sha256 {
             let reason = format!(
                 "update of `{}` for round {}: checksum mismatch (the values hash to {}, the header says `{}`): corrupted in transit",
@@ -281,9 +280,10 @@ impl FederationService {
     }
 
     /// Reads an update's values into one buffer of the declared size, refusing anything more.
-    async fn receive_values(&self, stream: &mut Streaming<pb::UpdateChunk>, h: &wire::UpdateHeader) -> Result<Vec<f32>, Status> {
+    /// The values of an update and their checksum, computed as they arrive.
+    async fn receive_values(&self, stream: &mut Streaming<pb::UpdateChunk>, h: &wire::UpdateHeader, fingerprint: &str) -> Result<(Vec<f32>, String), Status> {
         let what = |e: wire::WireError| Status::invalid_argument(format!("update of `{}` for round {}: {e}", h.client_id, h.round));
-        let mut asm = Assembler::new(h.total_values).map_err(what)?;
+        let mut asm = Assembler::new(h.total_values, fingerprint).map_err(what)?;
         while let Some(chunk) = stream.message().await? {
             match wire::update_part(chunk).map_err(what)? {
                 UpdatePart::Data(d) => asm.push(&d).map_err(what)?,

@@ -145,10 +145,11 @@ async fn run(
     mut fed: Federation,
     mut rx: mpsc::Receiver<Request>,
     progress: watch::Sender<Progress>,
-    mut run_dir: Option<RunDir>,
+    run_dir: Option<RunDir>,
     state: Option<StateDir>,
     shutdown: CancellationToken,
 ) -> Option<Outcome> {
+    let writer = run_dir.map(RoundWriter::start);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A fresh or resumed federation starts with its state on disk.
@@ -170,10 +171,51 @@ async fn run(
             if !persisted {
                 persist(&fed, state.as_ref(), &events);
             }
-            record(&fed, &events, &mut run_dir, &progress);
+            record(&fed, &events, writer.as_ref(), &progress);
         }
     }
+    if let Some(w) = writer {
+        w.finish().await;
+    }
     fed.outcome()
+}
+
+/// A closed round on its way to the run directory.
+type RoundToWrite = (RoundRecord, Arc<FlatParams>, Vec<(&'static str, Vec<f64>)>);
+
+/// Writes closed rounds to the run directory (metrics, checkpoint, chart) on a thread of its
+/// own, in order, so that file I/O and drawing never delay the next round. The run directory
+/// is a record for people and tools; what a resume needs is the durable state, written
+/// before any site hears of a change.
+struct RoundWriter {
+    tx: std::sync::mpsc::Sender<RoundToWrite>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RoundWriter {
+    fn start(mut dir: RunDir) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<RoundToWrite>();
+        let thread = std::thread::spawn(move || {
+            for (record, model, strategy_state) in rx {
+                if let Err(e) = dir.record_round(&record, &model, &strategy_state) {
+                    tracing::error!(error = %e, "could not write the round to the run directory");
+                }
+            }
+        });
+        Self { tx, thread }
+    }
+
+    fn write(&self, round: RoundToWrite) {
+        // The thread only stops once the sender is dropped, in `finish`.
+        let _ = self.tx.send(round);
+    }
+
+    /// Waits until every round sent is written.
+    async fn finish(self) {
+        drop(self.tx);
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
 }
 
 /// Writes the snapshot when `events` changed the durable state. A failure is logged, not
@@ -301,7 +343,7 @@ fn respond(reply: Reply<()>, result: Result<Vec<Event>, Rejection>) -> Vec<Event
     }
 }
 
-fn record(fed: &Federation, events: &[Event], run_dir: &mut Option<RunDir>, progress: &watch::Sender<Progress>) {
+fn record(fed: &Federation, events: &[Event], writer: Option<&RoundWriter>, progress: &watch::Sender<Progress>) {
     for ev in events {
         match ev {
             Event::Joined { site, client_id } => tracing::info!(%site, %client_id, "site joined"),
@@ -320,10 +362,9 @@ fn record(fed: &Federation, events: &[Event], run_dir: &mut Option<RunDir>, prog
             Event::Resumed { round, missing } => tracing::warn!(round, missing = ?missing, "resuming without sites that did not rejoin in time"),
             Event::RoundClosed(r) => {
                 tracing::info!(round = r.round, accuracy = r.accuracy, loss = r.loss, auc = ?r.auc, clients = r.clients, "round closed");
-                if let (Some(dir), Some((model, _))) = (run_dir.as_mut(), fed.global())
-                    && let Err(e) = dir.record_round(r, &model, &fed.strategy_state()) {
-                        tracing::error!(error = %e, "could not write the round to the run directory");
-                    }
+                if let (Some(w), Some((model, _))) = (writer, fed.global()) {
+                    w.write((r.clone(), model, fed.strategy_state()));
+                }
             }
             Event::Done => tracing::info!("federation finished"),
         }

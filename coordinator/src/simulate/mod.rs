@@ -131,11 +131,14 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     // training graph in memory for each of thousands of sites.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let cpu_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(cores));
-    for (i, (name, table)) in sites.iter().enumerate() {
+    // The sites take their tables; a copy stays here only for the baselines, which need all
+    // the data after the run (with 10,000 sites a copy of every table is hundreds of MB).
+    let kept_for_baselines = opts.baselines.then(|| sites.clone());
+    for (i, (name, table)) in sites.into_iter().enumerate() {
         let mut site_opts = SiteOptions::new(running.url(), name.clone());
         site_opts.cpu_slots = Some(cpu_slots.clone());
         site_opts.backend = opts.backend;
-        site_opts.tls = pki.as_ref().and_then(|p| p.sites.get(name).cloned());
+        site_opts.tls = pki.as_ref().and_then(|p| p.sites.get(&name).cloned());
         site_opts.connection = shared.get(i / SITES_PER_CONNECTION).cloned();
         if i >= first_malicious {
             site_opts.attack = Some(Attack::SignFlip { scale: opts.attack_scale });
@@ -144,7 +147,7 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
             site_opts.max_epochs = Some(opts.straggler_epochs);
         }
         let opts = site_opts;
-        let (table, token, name) = (table.clone(), stop_clients.child_token(), name.clone());
+        let token = stop_clients.child_token();
         let (failed, failure) = (site_failed.clone(), failure.clone());
         clients.push(tokio::spawn(async move {
             let r = run_site(opts, table, token).await;
@@ -194,7 +197,7 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     let federation_seconds = start.elapsed().as_secs_f64();
 
     // The baselines see all the data at once: only a simulation can compute them.
-    let comparison = if opts.baselines {
+    let comparison = if let Some(sites) = kept_for_baselines {
         let (task, seed, rounds, o, backend) = (opts.task.clone(), opts.seed, policy.rounds, outcome.clone(), opts.backend);
         let b = bar_spinner(opts.progress, "training the local-only and centralized baselines");
         let c = tokio::task::spawn_blocking(move || -> Result<Comparison, String> {
