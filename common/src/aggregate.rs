@@ -32,6 +32,21 @@ impl WeightedSum {
         Self { layout, acc, total_weight: 0, count: 0 }
     }
 
+    /// An empty sum for models of `layout` that reuses `accumulator` (from
+    /// [`WeightedSum::into_accumulator`]) when given: for a large model, zeroing memory that is
+    /// already mapped is much cheaper than faulting in fresh pages every round.
+    pub fn reusing(layout: Layout, accumulator: Option<Vec<i128>>) -> Self {
+        let Some(mut acc) = accumulator else { return Self::new(layout) };
+        acc.clear();
+        acc.resize(layout.total(), 0);
+        Self { layout, acc, total_weight: 0, count: 0 }
+    }
+
+    /// The accumulator's memory, for [`WeightedSum::reusing`].
+    pub fn into_accumulator(self) -> Vec<i128> {
+        self.acc
+    }
+
     /// Adds `weight · delta` (`weight` up to 2^24, so `v · weight` is exact in f64).
     /// On error the sum is left exactly as it was.
     pub fn add(&mut self, delta: &FlatParams, weight: u64) -> Result<(), AggregateError> {
@@ -226,6 +241,16 @@ mod tests {
         assert!(matches!(err, AggregateError::ValueOutOfRange { index: 3, .. }), "{err}");
         assert_eq!(sum.count(), 1);
         assert_eq!(sum.mean().unwrap().values(), before.values());
+    }
+
+    #[test]
+    fn a_reused_accumulator_starts_from_zero() {
+        let mut first = WeightedSum::new(layout(3));
+        first.add(&params(&[1.0, 2.0, 3.0]), 5).unwrap();
+        let mut second = WeightedSum::reusing(layout(2), Some(first.into_accumulator()));
+        assert_eq!((second.count(), second.total_weight()), (0, 0));
+        second.add(&params(&[0.5, -0.25]), 2).unwrap();
+        assert_eq!(second.mean().unwrap().values(), &[0.5, -0.25]);
     }
 
     #[test]

@@ -39,6 +39,26 @@ impl Backend {
         self.inference().autodiff()
     }
 
+    /// Runs `work` (a training or an evaluation) the way this backend is fastest on a site's
+    /// small model. burn-ndarray hands each parallel operation to rayon's global pool and
+    /// blocks until it is done: on tensors of a few thousand values that hand-off (futex
+    /// wake-ups and waits, tens per step) cost more than the arithmetic, and it was a third of
+    /// the CPU time of a simulation in the profile. So on ndarray the work runs on a
+    /// one-thread rayon pool of this thread's own, where those operations run inline; sites
+    /// train in parallel with each other instead. (Its matrix products use their own threads.)
+    pub fn run<T: Send>(self, work: impl FnOnce() -> T + Send) -> T {
+        thread_local! {
+            static ONE_THREAD: Option<rayon::ThreadPool> = rayon::ThreadPoolBuilder::new().num_threads(1).build().ok();
+        }
+        match self {
+            Backend::Ndarray => ONE_THREAD.with(|pool| match pool {
+                Some(pool) => pool.install(work),
+                None => work(),
+            }),
+            Backend::Flex => work(),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Backend::Ndarray => "ndarray",

@@ -31,10 +31,12 @@ pub fn evaluate(params: &FlatParams, shape: &ModelShape, data: &Dataset, backend
     if data.is_empty() {
         return Err(TrainError::Empty);
     }
-    let device = backend.inference();
-    let model = Mlp::from_params(shape, params, &device)?;
-    let logits = predict_logits(&model, data, &device);
-    Ok(score(&logits, shape.outputs, &data.labels))
+    backend.run(|| {
+        let device = backend.inference();
+        let model = Mlp::from_params(shape, params, &device)?;
+        let logits = predict_logits(&model, data, &device);
+        Ok(score(&logits, shape.outputs, &data.labels))
+    })
 }
 
 /// Logits for every example, row-major `[n, outputs]`.

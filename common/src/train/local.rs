@@ -48,6 +48,10 @@ pub struct LocalConfig {
 
 /// Trains a model of `shape`, starting from `global`, and returns the local model.
 pub fn train_local(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg: &LocalConfig) -> Result<(FlatParams, TrainReport), TrainError> {
+    cfg.backend.run(|| train(global, shape, data, cfg))
+}
+
+fn train(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg: &LocalConfig) -> Result<(FlatParams, TrainReport), TrainError> {
     if data.n_features != shape.inputs {
         return Err(TrainError::FeatureMismatch { expected: shape.inputs, found: data.n_features });
     }
