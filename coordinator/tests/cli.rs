@@ -27,6 +27,15 @@ fn resume_without_saved_state_says_where_it_looked() {
     assert!(err.contains("snapshot.safetensors") && err.contains("no saved state"), "{err}");
 }
 
+#[test]
+fn an_unknown_backend_is_refused_with_the_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = coordinator(&["simulate", "--scenario", "hospitals", "--backend", "cuda", "--out", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--backend") && err.contains("`cuda`") && err.contains("flex"), "{err}");
+}
+
 /// Starts `serve` in `out`, waits until it has written its state, and kills it.
 fn start_and_kill(out: &Path) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla-coordinator"))
