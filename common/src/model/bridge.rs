@@ -1,8 +1,10 @@
-//! The one bridge between burn modules and flat parameters.
+//! Flat parameters in and out of any burn module.
 //!
 //! Reading walks the module with a `ModuleVisitor` in burn's deterministic order; writing
 //! maps every float parameter with a `ModuleMapper` through `transform_for_load`, which keeps
-//! `require_grad` (a plain `Param::map` would silently stop training).
+//! `require_grad` (a plain `Param::map` would silently stop training). Training builds its
+//! MLP straight from the values instead (`Mlp::from_params`, no random init to overwrite);
+//! the tests here hold the two paths to the same model.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;

@@ -11,8 +11,7 @@ use std::str::FromStr;
 use burn::prelude::Device;
 
 /// A CPU backend for the model.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Backend {
     /// burn-ndarray (SIMD, rayon): the default.
     #[default]
@@ -82,7 +81,8 @@ impl FromStr for Backend {
     type Err = UnknownBackend;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Backend::ALL.into_iter().find(|b| b.name() == s.trim().to_ascii_lowercase()).ok_or_else(|| UnknownBackend(s.to_owned()))
+        let name = s.trim().to_ascii_lowercase();
+        Backend::ALL.into_iter().find(|b| b.name() == name).ok_or_else(|| UnknownBackend(s.to_owned()))
     }
 }
 
