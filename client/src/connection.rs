@@ -218,8 +218,9 @@ impl Connection {
 
 /// A handshake the other side refused will be refused again: do not retry it.
 fn is_tls_refusal(chain: &str) -> bool {
+    // Not "handshake": an EOF during the handshake is a coordinator (or proxy) still starting.
     let c = chain.to_ascii_lowercase();
-    c.contains("certificate") || c.contains("alert") || c.contains("handshake")
+    c.contains("certificate") || c.contains("alert")
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

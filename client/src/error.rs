@@ -30,8 +30,18 @@ pub enum ClientError {
 
 impl ClientError {
     /// Wraps a status with what was being done.
+    /// A status made from a transport error carries its cause (a TLS alert, a reset) as its
+    /// source: it joins the message, so that a refused certificate can be told from a
+    /// coordinator that is restarting.
     pub fn rpc(what: impl Into<String>, s: tonic::Status) -> Self {
-        ClientError::Rpc { what: what.into(), code: s.code(), message: s.message().to_owned() }
+        let mut message = s.message().to_owned();
+        let mut cause = std::error::Error::source(&s);
+        while let Some(c) = cause {
+            message.push_str(": ");
+            message.push_str(&c.to_string());
+            cause = c.source();
+        }
+        ClientError::Rpc { what: what.into(), code: s.code(), message }
     }
 
     /// The gRPC code, for statuses.

@@ -264,9 +264,12 @@ impl Backoff {
     }
 }
 
+/// Whether the TLS layer refused (a fatal alert, a certificate that did not verify). A
+/// handshake cut short (EOF, reset: a coordinator or a proxy still starting) is not a
+/// refusal and is retried.
 fn is_handshake_refusal(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    m.contains("certificate") || m.contains("alert") || m.contains("tls") || m.contains("handshake")
+    m.contains("certificate") || m.contains("alert")
 }
 
 async fn join(conn: &Connection, opts: &SiteOptions, table: &RawTable) -> Result<Session, ClientError> {
@@ -279,10 +282,11 @@ async fn join(conn: &Connection, opts: &SiteOptions, table: &RawTable) -> Result
                 message,
                 ..
             } => ClientError::Refused { site: opts.site.clone(), message },
-            // Over TLS 1.3 a refused client certificate shows up as a connection closed
-            // during the first call.
+            // Over TLS 1.3 a refused client certificate shows up at the first call, as an
+            // alert from the coordinator. Anything else unreachable (a coordinator that is
+            // restarting) stays transient and is retried, with TLS as without.
             ClientError::Rpc { code: tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled, message, .. }
-                if opts.tls.is_some() || is_handshake_refusal(&message) =>
+                if is_handshake_refusal(&message) =>
             {
                 ClientError::Refused {
                     site: opts.site.clone(),
@@ -344,12 +348,12 @@ async fn step(
                 }
             }
             let (data, shape) = ensure_plan(conn, s, &plan_fingerprint).await?;
-            let global = ensure_model(conn, s, round, &model_hash).await?;
+            let global = ensure_model(conn, opts, s, round, &model_hash).await?;
             // SCAFFOLD: download the server control c; the gradient correction is c − c_i.
             let controls = if control_hash.is_empty() {
                 None
             } else {
-                let c = conn.download_model(&s.client_id, round, &control_hash).await?;
+                let c = download_heartbeating(conn, &s.client_id, opts, round, &control_hash).await?;
                 c.layout().ensure_same(global.layout()).map_err(flotilla_common::TrainError::from)?;
                 let ci = s.control.take().filter(|ci| ci.layout() == c.layout()).unwrap_or_else(|| FlatParams::zeros(c.layout().clone()));
                 Some((c, ci))
@@ -452,7 +456,7 @@ async fn step(
         Work::Evaluate { round, model_hash, plan_fingerprint } => {
             *known_round = round;
             let (data, shape) = ensure_plan(conn, s, &plan_fingerprint).await?;
-            let global = ensure_model(conn, s, round, &model_hash).await?;
+            let global = ensure_model(conn, opts, s, round, &model_hash).await?;
             let backend = opts.backend;
             let eval = with_heartbeat(conn, &s.client_id, opts, move || evaluate(&global, &shape, &data.test, backend)).await??;
             conn.submit_evaluation(&s.client_id, round, &model_hash, &eval).await?;
@@ -481,35 +485,59 @@ async fn ensure_plan(conn: &Connection, s: &mut Session, fingerprint: &str) -> R
     Ok((data, shape))
 }
 
-async fn ensure_model(conn: &Connection, s: &mut Session, round: u32, hash: &str) -> Result<Arc<FlatParams>, ClientError> {
+async fn ensure_model(conn: &Connection, opts: &SiteOptions, s: &mut Session, round: u32, hash: &str) -> Result<Arc<FlatParams>, ClientError> {
     if let Some((h, m)) = &s.model
         && h == hash {
             return Ok(m.clone());
         }
     s.model = None; // free the old copy before the new one arrives
-    let m = Arc::new(conn.download_model(&s.client_id, round, hash).await?);
+    let m = Arc::new(download_heartbeating(conn, &s.client_id, opts, round, hash).await?);
     s.model = Some((hash.to_owned(), m.clone()));
     Ok(m)
+}
+
+/// Heartbeats every `every` until the returned task is aborted. Each heartbeat is sent without
+/// waiting for the previous answer (at most four in flight): behind a large download on a
+/// slow link an answer can take longer than the lease, but the request still gets through.
+fn spawn_heartbeat(conn: &Connection, client_id: &str, every: Duration) -> tokio::task::JoinHandle<()> {
+    let conn = conn.clone();
+    let id = client_id.to_owned();
+    tokio::spawn(async move {
+        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if in_flight.load(std::sync::atomic::Ordering::Relaxed) >= 4 {
+                continue;
+            }
+            in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (conn, id, in_flight) = (conn.clone(), id.clone(), in_flight.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(every * 8, conn.heartbeat(&id)).await {
+                    Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat failed"),
+                    Err(_) => tracing::debug!("heartbeat unanswered"),
+                    Ok(Ok(())) => {}
+                }
+                in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
+    })
+}
+
+/// Downloads a model with heartbeats alongside: on a slow link a large model takes longer
+/// than the lease, and only the site knows when the last byte arrived.
+async fn download_heartbeating(conn: &Connection, client_id: &str, opts: &SiteOptions, round: u32, hash: &str) -> Result<FlatParams, ClientError> {
+    let beat = spawn_heartbeat(conn, client_id, opts.heartbeat);
+    let model = conn.download_model(client_id, round, hash).await;
+    beat.abort();
+    model
 }
 
 /// Runs CPU work on a blocking thread while heartbeats keep the lease alive.
 /// With `opts.cpu_slots`, it first waits for a slot (still heartbeating).
 async fn with_heartbeat<T: Send + 'static>(conn: &Connection, client_id: &str, opts: &SiteOptions, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ClientError> {
-    let every = opts.heartbeat;
-    let beat = {
-        let conn = conn.clone();
-        let id = client_id.to_owned();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if let Err(e) = conn.heartbeat(&id).await {
-                    tracing::debug!(error = %e, "heartbeat failed");
-                }
-            }
-        })
-    };
+    let beat = spawn_heartbeat(conn, client_id, opts.heartbeat);
     let permit = match &opts.cpu_slots {
         Some(slots) => Some(slots.clone().acquire_owned().await.map_err(|e| ClientError::Join(e.to_string()))?),
         None => None,

@@ -286,12 +286,15 @@ pub fn stats_to_pb(stats: &SiteStats) -> Vec<pb::ColumnStats> {
 /// A site's aggregates from the wire; sums must be finite.
 pub fn stats_from_pb(columns: Vec<pb::ColumnStats>) -> Result<SiteStats, WireError> {
     let mut out = Vec::with_capacity(columns.len());
+    // A set, not a scan of what came before: a site may send many columns.
+    let mut names = std::collections::HashSet::with_capacity(columns.len());
     for c in columns {
+        let name: String = c.name.chars().take(40).collect();
         if !(c.sum.is_finite() && c.sum_squares.is_finite() && c.sum_squares >= 0.0) {
-            return Err(WireError::Invalid(format!("column `{}`: sums must be finite", c.name)));
+            return Err(WireError::Invalid(format!("column `{name}`: sums must be finite")));
         }
-        if out.iter().any(|o: &ColumnStats| o.name == c.name) {
-            return Err(WireError::Invalid(format!("column `{}` reported twice", c.name)));
+        if !names.insert(c.name.clone()) {
+            return Err(WireError::Invalid(format!("column `{name}` reported twice")));
         }
         out.push(ColumnStats {
             name: c.name,

@@ -203,6 +203,8 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub strategy: StrategyArgs,
+    #[command(flatten)]
+    pub limits: crate::cli_limits::LimitArgs,
 }
 
 /// The aggregation strategy and its parameters (override the task's `[strategy]`).
@@ -405,7 +407,9 @@ impl RunArgs {
             max_update_norm: self.max_update_norm,
             sampling: self.sampling,
             allowed_sites: (!self.allow_sites.is_empty()).then(|| self.allow_sites.iter().cloned().collect()),
+            ..Policy::default()
         };
+        let p = self.limits.apply(p);
         p.validate()?;
         Ok(p)
     }

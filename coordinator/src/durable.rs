@@ -128,9 +128,13 @@ impl StateDir {
     }
 }
 
-/// Site names may hold any printable character; the file name uses their hex form.
+/// Site names may hold any printable character and up to 128 bytes; the file name uses the
+/// first 32 hex digits of their SHA-256 (the name itself is in the file's metadata), so it
+/// stays 55 characters long, far inside any file system's limit of 255.
 fn update_file_name(site: &str, round: u32, attempt: u32) -> String {
-    format!("{round:06}-{attempt:03}-{}.safetensors", hex::encode(site.as_bytes()))
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(site.as_bytes()));
+    format!("{round:06}-{attempt:03}-{}.safetensors", &digest[..32])
 }
 
 fn encode_snapshot(s: &Snapshot) -> Result<Vec<u8>, String> {
@@ -235,17 +239,21 @@ mod tests {
         let g = s.global.clone().unwrap();
         let m = TrainReport { loss: 0.1 + 0.2, epochs: 5, ..TrainReport::default() };
         state.save_update("VA Long Beach", 3, 1, 10, &m, &g).unwrap();
+        // The longest site name a federation accepts (128 bytes, 4 of them a character).
+        let longest = "é".repeat(64);
+        state.save_update(&longest, 3, 1, 10, &m, &g).unwrap();
         state.save_update("a", 2, 1, 10, &m, &g).unwrap();
         let (back, updates) = state.load().unwrap();
         assert_eq!(back.global.as_deref(), s.global.as_deref());
         assert_eq!((back.epsilon, back.clip_norm, back.phase.clone()), (s.epsilon, s.clip_norm, s.phase.clone()));
         assert_eq!(back.strategy_state[0].1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), s.strategy_state[0].1.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
-        assert_eq!(updates.len(), 2);
+        assert_eq!(updates.len(), 3);
+        assert!(updates.iter().any(|u| u.site == longest), "a 128-byte name survives the trip");
         let u = updates.iter().find(|u| u.site == "VA Long Beach").unwrap();
         assert_eq!((u.round, u.attempt, u.num_examples, u.metrics, &u.delta), (3, 1, 10, m, g.as_ref()));
         // A new snapshot for round 3 keeps round 3's update and drops the stale one.
         state.save(&s, Some((3, 1))).unwrap();
-        assert_eq!(state.load().unwrap().1.len(), 1);
+        assert_eq!(state.load().unwrap().1.len(), 2);
         state.save(&s, None).unwrap();
         assert!(state.load().unwrap().1.is_empty());
     }

@@ -16,6 +16,7 @@
 
 pub mod chart;
 pub mod cli;
+pub mod cli_limits;
 pub mod durable;
 pub mod federation;
 pub mod run_dir;
@@ -24,6 +25,8 @@ pub mod scenario;
 pub mod server;
 pub mod service;
 pub mod simulate;
+pub mod site_files;
+pub mod streams;
 pub mod strategy;
 pub mod summary;
 pub mod tls;

@@ -127,7 +127,7 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         on_signal.cancel();
     });
     let finished = running.wait_done(&interrupted).await;
-    let outcome = running.stop(Duration::from_secs(if finished { 10 } else { 0 })).await;
+    let outcome = running.finish(Duration::from_secs(if finished { 10 } else { 0 })).await?;
     let Some(outcome) = outcome else {
         tracing::warn!("stopped before the last round; the last checkpoint is in {}", a.run.out.display());
         return Ok(());
@@ -177,9 +177,11 @@ fn run_split(a: SplitArgs) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("--config FILE.toml is needed to split --data"),
     };
     let sites = load_sites(&source, &task, a.seed)?;
+    // Every name is checked before anything is written: a data value cannot escape --out.
+    let paths = sites.iter().map(|(name, _)| flotilla_coordinator::site_files::site_csv_path(&a.out, name)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    for (name, table) in &sites {
-        let path = a.out.join(format!("{name}.csv"));
+    for ((_, table), path) in sites.iter().zip(&paths) {
+        let path = path.clone();
         table.write(&path)?;
         println!("{} rows -> {}", table.rows.len(), path.display());
     }

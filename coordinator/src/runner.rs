@@ -45,9 +45,9 @@ pub fn start_federation(
 ) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let (rounds, long_poll) = (policy.rounds, policy.long_poll());
+    let (rounds, limits) = (policy.rounds, crate::streams::StreamLimits::from_policy(policy));
     let (handle, actor) = federation::spawn(federation, rounds, run_dir, state, shutdown.child_token());
-    let server = tokio::spawn(server::serve(listener, handle.clone(), long_poll, tls.clone(), shutdown.child_token()));
+    let server = tokio::spawn(server::serve(listener, handle.clone(), limits, tls.clone(), shutdown.child_token()));
     Ok(Running { addr, handle, shutdown, actor, server, https: tls.is_some() })
 }
 
@@ -72,9 +72,24 @@ impl Running {
         }
     }
 
-    /// Gives connected sites up to `grace` to hear that the federation is done, then stops
-    /// the server and the actor and returns what the federation produced.
+    /// Like [`Running::finish`], for callers that only want the outcome: a failed actor is
+    /// logged and gives `None`.
     pub async fn stop(self, grace: Duration) -> Option<Outcome> {
+        match self.finish(grace).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(error = %e, "the coordinator failed");
+                None
+            }
+        }
+    }
+
+    /// Gives connected sites up to `grace` to hear that the federation is done, then stops
+    /// the server and the actor and returns what the federation produced (`None` when it
+    /// did not finish). If the actor died (a bug: nothing a site sends may cause it), that
+    /// is an error with the reason, so that `serve` exits non-zero; the durable state on
+    /// disk still resumes.
+    pub async fn finish(self, grace: Duration) -> Result<Option<Outcome>, ActorFailed> {
         let mut rx = self.handle.progress();
         let _ = tokio::time::timeout(grace, async {
             while rx.borrow_and_update().connected > 0 {
@@ -95,6 +110,19 @@ impl Running {
                 server.abort();
             }
         }
-        self.actor.await.ok().flatten()
+        match self.actor.await {
+            Ok(outcome) => Ok(outcome),
+            Err(e) if e.is_panic() => {
+                let panic = e.into_panic();
+                let message = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+                Err(ActorFailed(format!("the federation's state machine panicked: {message}")))
+            }
+            Err(e) => Err(ActorFailed(format!("the federation's task ended abnormally: {e}"))),
+        }
     }
 }
+
+/// The federation actor died instead of finishing.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}; the durable state on disk resumes with `serve --resume`")]
+pub struct ActorFailed(pub String);

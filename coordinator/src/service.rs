@@ -3,7 +3,6 @@
 //! Together with `wire`, the only code of the coordinator that names `pb::` types.
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use flotilla_common::wire::{self, Assembler, UpdatePart};
 use flotilla_common::FlatParams;
@@ -15,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use flotilla_common::pki;
 
 use crate::federation::state::site_of_client_id;
+use crate::streams::{self, StreamLimits, UploadSlots};
 use crate::federation::secure::{Answer, Step};
 use crate::federation::{FederationHandle, Rejection, Work};
 
@@ -22,16 +22,18 @@ use crate::federation::{FederationHandle, Rejection, Work};
 #[derive(Debug, Clone)]
 pub struct FederationService {
     handle: FederationHandle,
-    /// How long `PullWork` waits for work before answering "wait" (see `Policy::long_poll`).
-    long_poll: Duration,
+    /// Long-poll, idle and per-site stream limits.
+    limits: StreamLimits,
+    /// Uploads open per site.
+    uploads: UploadSlots,
     /// With mutual TLS every request must carry a site certificate, and the site it names is
     /// the only site the request may speak for.
     mtls: bool,
 }
 
 impl FederationService {
-    pub fn new(handle: FederationHandle, long_poll: Duration, mtls: bool) -> Self {
-        Self { handle, long_poll, mtls }
+    pub fn new(handle: FederationHandle, limits: StreamLimits, mtls: bool) -> Self {
+        Self { handle, limits, uploads: UploadSlots::default(), mtls }
     }
 
     /// The site named by the caller's certificate (`None` without TLS).
@@ -44,8 +46,15 @@ impl FederationService {
         pki::site_of_certificate(leaf.as_ref()).map(Some).map_err(|e| Status::unauthenticated(e.to_string()))
     }
 
+    /// Has the actor log and count a refusal made here, before the state machine saw it.
+    async fn refuse(&self, from: &str, status: Status) -> Status {
+        self.handle.refused(from.to_owned(), status.message().to_owned()).await;
+        status
+    }
+
     /// Refuses a request whose client id belongs to another site than the certificate's.
     fn authorize<T>(&self, req: &Request<T>, client_id: &str) -> Result<(), Status> {
+        bounded("client_id", client_id)?;
         if let Some(site) = self.caller(req)?
             && site_of_client_id(client_id) != Some(site.as_str()) {
                 return Err(Status::permission_denied(format!(
@@ -64,11 +73,24 @@ fn status(r: Rejection) -> Status {
         Rejection::Closed(m) | Rejection::Stale(m) => Status::failed_precondition(m),
         Rejection::NotSelected(m) | Rejection::Forbidden(m) => Status::permission_denied(m),
         Rejection::Duplicate(m) => Status::already_exists(m),
+        Rejection::Exhausted(m) => Status::resource_exhausted(m),
+        Rejection::Unavailable(m) => Status::unavailable(m),
     }
 }
 
 fn bad(e: wire::WireError) -> Status {
     Status::invalid_argument(e.to_string())
+}
+
+/// The longest client id, hash or fingerprint a request may carry (ours are at most 150).
+const MAX_TOKEN_BYTES: usize = 256;
+
+/// Refuses an identifier longer than any the federation issues, before anything reads it.
+fn bounded(field: &str, value: &str) -> Result<(), Status> {
+    if value.len() > MAX_TOKEN_BYTES {
+        return Err(Status::invalid_argument(format!("`{field}` is {} bytes long; at most {MAX_TOKEN_BYTES} are accepted", value.len())));
+    }
+    Ok(())
 }
 
 type ModelStream = Pin<Box<dyn Stream<Item = Result<pb::ModelChunk, Status>> + Send>>;
@@ -88,14 +110,20 @@ impl FederationRpc for FederationService {
                 r.site, r.protocol_version
             )));
         }
-        let joined = self.handle.join(r.site, r.columns).await.map_err(status)?;
+        if r.columns.len() > 4 * 1024 || r.columns.iter().any(|c| c.len() > 1024) {
+            return Err(Status::invalid_argument(format!("site `{}`: the header has {} columns, or a column name over 1 KiB", r.site, r.columns.len())));
+        }
+        let joined = self.handle.join(r.site, r.columns, r.num_rows).await.map_err(status)?;
         Ok(Response::new(pb::JoinResponse { client_id: joined.client_id, task_toml: joined.task_toml, seed: joined.seed }))
     }
 
     async fn report_stats(&self, req: Request<pb::ReportStatsRequest>) -> Result<Response<pb::Ack>, Status> {
         self.authorize(&req, &req.get_ref().client_id)?;
         let r = req.into_inner();
-        let stats = wire::stats_from_pb(r.columns).map_err(bad)?;
+        let stats = match wire::stats_from_pb(r.columns) {
+            Ok(s) => s,
+            Err(e) => return Err(self.refuse(&r.client_id, Status::invalid_argument(format!("aggregates of `{}`: {e}", r.client_id))).await),
+        };
         self.handle.report_stats(r.client_id, stats, r.num_train_examples).await.map_err(status)?;
         Ok(Response::new(pb::Ack {}))
     }
@@ -110,7 +138,7 @@ impl FederationRpc for FederationService {
         self.authorize(&req, &req.get_ref().client_id)?;
         let client = req.into_inner().client_id;
         let mut progress = self.handle.progress();
-        let deadline = tokio::time::Instant::now() + self.long_poll;
+        let deadline = tokio::time::Instant::now() + self.limits.long_poll;
         // Long poll: answer as soon as there is work, so rounds do not wait on a polling interval.
         let work = loop {
             progress.borrow_and_update();
@@ -137,19 +165,24 @@ impl FederationRpc for FederationService {
     async fn download_model(&self, req: Request<pb::DownloadModelRequest>) -> Result<Response<Self::DownloadModelStream>, Status> {
         self.authorize(&req, &req.get_ref().client_id)?;
         let r = req.into_inner();
-        let model = self.handle.model(r.client_id, r.round, r.model_hash.clone()).await.map_err(status)?;
-        // Chunks are made as the client reads them: memory stays one shared model plus a chunk.
-        let chunks = wire::model_chunks(model, r.round, r.model_hash).map(Ok);
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        bounded("model_hash", &r.model_hash)?;
+        let model = self.handle.model(r.client_id.clone(), r.round, r.model_hash.clone()).await.map_err(status)?;
+        // Chunks are made as the client reads them, and the site's lease is kept alive.
+        Ok(Response::new(Box::pin(streams::lease_keeping_download(self.handle.clone(), r.client_id, model, r.round, r.model_hash))))
     }
 
     async fn upload_update(&self, req: Request<Streaming<pb::UpdateChunk>>) -> Result<Response<pb::Ack>, Status> {
         let caller = self.caller(&req)?;
         let mut stream = req.into_inner();
-        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty update stream"))?;
+        let first = streams::next_within(&mut stream, self.limits.idle, "update stream").await?.ok_or_else(|| Status::invalid_argument("empty update stream"))?;
         let UpdatePart::Header(h) = wire::update_part(first).map_err(bad)? else {
             return Err(Status::invalid_argument("an update stream must start with its header"));
         };
+        for (field, value) in [("client_id", &h.client_id), ("base_model_hash", &h.base_model_hash), ("layout_fingerprint", &h.layout_fingerprint), ("values_sha256", &h.values_sha256)] {
+            bounded(field, value)?;
+        }
+        // Each open upload holds a model-sized buffer: a site gets a bounded number of them.
+        let _slot = self.uploads.take(site_of_client_id(&h.client_id).unwrap_or(&h.client_id), self.limits.uploads_per_site)?;
         if let Some(site) = caller
             && site_of_client_id(&h.client_id) != Some(site.as_str()) {
                 return Err(Status::permission_denied(format!(
@@ -200,7 +233,11 @@ impl FederationRpc for FederationService {
     async fn submit_evaluation(&self, req: Request<pb::EvaluationResult>) -> Result<Response<pb::Ack>, Status> {
         self.authorize(&req, &req.get_ref().client_id)?;
         let r = req.into_inner();
-        let eval = wire::evaluation_from_pb(&r).map_err(|e| Status::invalid_argument(format!("evaluation of `{}` for round {}: {e}", r.client_id, r.round)))?;
+        bounded("model_hash", &r.model_hash)?;
+        let eval = match wire::evaluation_from_pb(&r) {
+            Ok(e) => e,
+            Err(e) => return Err(self.refuse(&r.client_id, Status::invalid_argument(format!("evaluation of `{}` for round {}: {e}", r.client_id, r.round))).await),
+        };
         self.handle.evaluation(r.client_id, r.round, r.model_hash, eval).await.map_err(status)?;
         Ok(Response::new(pb::Ack {}))
     }
@@ -219,7 +256,7 @@ impl FederationRpc for FederationService {
         };
         let polling = matches!(step, Step::Poll(_));
         let mut progress = self.handle.progress();
-        let deadline = tokio::time::Instant::now() + self.long_poll;
+        let deadline = tokio::time::Instant::now() + self.limits.long_poll;
         progress.borrow_and_update();
         let mut answer = self.handle.secagg(r.client_id.clone(), r.round, step.clone()).await.map_err(status)?;
         // Long poll: a waiting site hears of the next stage as soon as it opens.
@@ -257,7 +294,7 @@ impl FederationService {
         let what = |e: wire::WireError| Status::invalid_argument(format!("masked input of `{}` for round {}: {e}", h.client_id, h.round));
         let received = async {
             let mut asm = wire::MaskedAssembler::new(h.total_values).map_err(what)?;
-            while let Some(chunk) = stream.message().await? {
+            while let Some(chunk) = streams::next_within(stream, self.limits.idle, "masked input").await? {
                 match wire::update_part(chunk).map_err(what)? {
                     UpdatePart::Data(d) => asm.push(&d).map_err(what)?,
                     UpdatePart::Header(_) => return Err(what(wire::WireError::UnexpectedHeader)),
@@ -284,7 +321,7 @@ impl FederationService {
     async fn receive_values(&self, stream: &mut Streaming<pb::UpdateChunk>, h: &wire::UpdateHeader, fingerprint: &str) -> Result<(Vec<f32>, String), Status> {
         let what = |e: wire::WireError| Status::invalid_argument(format!("update of `{}` for round {}: {e}", h.client_id, h.round));
         let mut asm = Assembler::new(h.total_values, fingerprint).map_err(what)?;
-        while let Some(chunk) = stream.message().await? {
+        while let Some(chunk) = streams::next_within(stream, self.limits.idle, "update stream").await? {
             match wire::update_part(chunk).map_err(what)? {
                 UpdatePart::Data(d) => asm.push(&d).map_err(what)?,
                 UpdatePart::Header(_) => return Err(what(wire::WireError::UnexpectedHeader)),

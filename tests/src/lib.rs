@@ -100,6 +100,28 @@ impl RawSite {
         RawSite { rpc, id: j.client_id, declared }
     }
 
+    /// Joins as `name` declaring `num_rows` rows and `columns`, and reports nothing: a
+    /// hostile site decides what (and whether) to report.
+    pub async fn join_only(url: String, name: &str, num_rows: u64, columns: Vec<String>) -> Result<RawSite, tonic::Status> {
+        use flotilla_proto::pb;
+        let mut rpc = pb::federation_client::FederationClient::connect(url).await.expect("connect");
+        let j = rpc.join(pb::JoinRequest { site: name.into(), protocol_version: flotilla_proto::PROTOCOL_VERSION, num_rows, columns }).await?.into_inner();
+        Ok(RawSite { rpc, id: j.client_id, declared: 0 })
+    }
+
+    /// Reports `columns` as this site's aggregates over `num_train` training rows.
+    pub async fn report(&mut self, columns: Vec<flotilla_proto::pb::ColumnStats>, num_train: u64) -> Result<(), tonic::Status> {
+        let r = flotilla_proto::pb::ReportStatsRequest { client_id: self.id.clone(), columns, num_train_examples: num_train };
+        self.rpc.report_stats(r).await?;
+        self.declared = num_train;
+        Ok(())
+    }
+
+    /// Keeps the lease alive.
+    pub async fn heartbeat(&mut self) -> Result<(), tonic::Status> {
+        self.rpc.heartbeat(flotilla_proto::pb::HeartbeatRequest { client_id: self.id.clone() }).await.map(|_| ())
+    }
+
     /// The next work item.
     pub async fn pull(&mut self) -> flotilla_proto::pb::work_item::Kind {
         let req = flotilla_proto::pb::PullWorkRequest { client_id: self.id.clone(), known_round: 0 };

@@ -19,5 +19,5 @@ pub mod table;
 pub use dataset::Dataset;
 pub use plan::{ColumnKind, ColumnPlan, Plan};
 pub use rows::{Row, SiteRows};
-pub use stats::{ColumnStats, SiteStats};
+pub use stats::{ColumnStats, SiteStats, StatsLimits};
 pub use table::RawTable;

@@ -4,13 +4,13 @@
 //! with the same means and deviations and one-hot encodes over the same vocabulary,
 //! without any row leaving its site.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
 use super::dataset::Dataset;
 use super::rows::{Row, SiteRows};
-use super::stats::SiteStats;
+use super::stats::{SiteStats, StatsLimits};
 use crate::error::DataError;
 
 /// The category that stands for a missing value of a categorical column.
@@ -39,17 +39,29 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Combines sites' aggregates with the default [`StatsLimits`].
+    pub fn combine(sites: &[&SiteStats]) -> Plan {
+        Self::combine_within(sites, &StatsLimits::default())
+    }
+
     /// Combines sites' aggregates. Sites are taken in the given order; callers sort them
     /// (by site name) so the plan does not depend on who joined first.
-    pub fn combine(sites: &[&SiteStats]) -> Plan {
+    ///
+    /// No single site decides for the others: a column is categorical only when the sites
+    /// that see it as categorical hold more of its rows than those that see it as numeric,
+    /// and a vocabulary keeps at most `limits.max_categories` categories (the most frequent
+    /// ones). Pooled moments are weighted means of per-site means, which stay finite for
+    /// any finite, consistent aggregates ([`SiteStats::validate`]).
+    pub fn combine_within(sites: &[&SiteStats], limits: &StatsLimits) -> Plan {
         /// One column's aggregates summed over sites.
         #[derive(Default)]
         struct Pooled {
-            categorical: bool,
+            categorical_rows: u64,
+            numeric_rows: u64,
             n: u64,
-            sum: f64,
-            sum_sq: f64,
-            categories: BTreeSet<String>,
+            /// Per site with numeric values: (count, sum, sum of squares).
+            moments: Vec<(u64, f64, f64)>,
+            categories: BTreeMap<String, u64>,
             missing: u64,
         }
         let mut order: Vec<String> = Vec::new();
@@ -60,20 +72,38 @@ impl Plan {
                     order.push(c.name.clone());
                 }
                 let m = merged.entry(c.name.clone()).or_default();
-                m.categorical |= c.categorical;
-                m.n += c.numeric_count;
-                m.sum += c.sum;
-                m.sum_sq += c.sum_squares;
-                m.categories.extend(c.categories.keys().cloned());
-                m.missing += c.missing;
+                let rows = c.rows().unwrap_or(u64::MAX);
+                if c.categorical {
+                    m.categorical_rows = m.categorical_rows.saturating_add(rows);
+                } else {
+                    m.numeric_rows = m.numeric_rows.saturating_add(rows);
+                }
+                if c.numeric_count > 0 {
+                    m.n = m.n.saturating_add(c.numeric_count);
+                    m.moments.push((c.numeric_count, c.sum, c.sum_squares));
+                }
+                for (k, v) in &c.categories {
+                    let e = m.categories.entry(k.clone()).or_default();
+                    *e = e.saturating_add(*v);
+                }
+                m.missing = m.missing.saturating_add(c.missing);
             }
         }
         let columns = order
             .into_iter()
+            .take(limits.max_columns)
             .map(|name| {
                 let p = &merged[&name];
-                let kind = if p.categorical {
-                    let mut vocabulary: Vec<String> = p.categories.iter().cloned().collect();
+                let kind = if p.categorical_rows > p.numeric_rows {
+                    let mut vocabulary: Vec<String> = if p.categories.len() > limits.max_categories {
+                        let mut by_count: Vec<(&String, &u64)> = p.categories.iter().collect();
+                        by_count.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+                        let mut kept: Vec<String> = by_count.into_iter().take(limits.max_categories).map(|(k, _)| k.clone()).collect();
+                        kept.sort();
+                        kept
+                    } else {
+                        p.categories.keys().cloned().collect()
+                    };
                     if p.missing > 0 {
                         vocabulary.push(MISSING_CATEGORY.to_owned());
                     }
@@ -81,9 +111,19 @@ impl Plan {
                 } else if p.n == 0 {
                     ColumnKind::Numeric { mean: 0.0, std: 1.0 }
                 } else {
-                    let mean = p.sum / p.n as f64;
-                    let var = (p.sum_sq / p.n as f64 - mean * mean).max(0.0);
-                    let std = if var.sqrt() > 1e-12 { var.sqrt() } else { 1.0 };
+                    let total = p.n as f64;
+                    // Σ sums / n as the pooled data would give; when that overflows (values
+                    // near f64::MAX), the same moments as weighted means of per-site means.
+                    let (sum, sum_sq): (f64, f64) = (p.moments.iter().map(|m| m.1).sum(), p.moments.iter().map(|m| m.2).sum());
+                    let (mean, mean_sq) = if sum.is_finite() && sum_sq.is_finite() {
+                        (sum / total, sum_sq / total)
+                    } else {
+                        let share = |count: u64, s: f64| count as f64 / total * (s / count as f64);
+                        (p.moments.iter().map(|&(c, s, _)| share(c, s)).sum(), p.moments.iter().map(|&(c, _, q)| share(c, q)).sum())
+                    };
+                    let var = (mean_sq - mean * mean).max(0.0);
+                    let std = if var.is_finite() && var.sqrt() > 1e-12 { var.sqrt() } else { 1.0 };
+                    let mean = if mean.is_finite() { mean } else { 0.0 };
                     ColumnKind::Numeric { mean, std }
                 };
                 ColumnPlan { name, kind }

@@ -3,9 +3,43 @@
 //! Counts, sums and sums of squares of numeric columns, and category counts of categorical
 //! ones. The coordinator combines them into one federation-wide plan (`plan::Plan::combine`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::rows::SiteRows;
+
+/// What the coordinator accepts in a site's aggregates: these bound the plan (and so the
+/// model's width, every site's encoding buffers and the plan message), whatever a site sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsLimits {
+    /// Feature columns a site may report.
+    pub max_columns: usize,
+    /// Categories one column may have, at one site and in the combined plan.
+    pub max_categories: usize,
+    /// Bytes of a column name or a category.
+    pub max_name_bytes: usize,
+}
+
+impl Default for StatsLimits {
+    /// 256 columns of at most 256 categories: a plan of at most 65,536 features.
+    fn default() -> Self {
+        Self { max_columns: 256, max_categories: 256, max_name_bytes: 256 }
+    }
+}
+
+impl StatsLimits {
+    /// The widest plan these limits allow.
+    pub fn max_width(&self) -> usize {
+        self.max_columns.saturating_mul(self.max_categories.saturating_add(1))
+    }
+}
+
+impl ColumnStats {
+    /// Rows this column describes: numeric, missing and categorised values together.
+    /// `None` when the counts overflow (only a hostile site sends such counts).
+    pub fn rows(&self) -> Option<u64> {
+        self.categories.values().try_fold(self.numeric_count.checked_add(self.missing)?, |acc, n| acc.checked_add(*n))
+    }
+}
 
 /// Aggregates of one feature column at one site.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -29,6 +63,65 @@ pub struct SiteStats {
 }
 
 impl SiteStats {
+    /// Checks aggregates that arrived from a site against what it declared and against
+    /// `limits`: every count within its `num_train` training rows, sums finite and consistent
+    /// (a mean's square never above the mean of squares), names unique and bounded. Honest
+    /// sites always pass; what fails names the column.
+    pub fn validate(&self, num_train: u64, limits: &StatsLimits) -> Result<(), String> {
+        if self.columns.len() > limits.max_columns {
+            return Err(format!("{} feature columns reported; the federation accepts at most {}", self.columns.len(), limits.max_columns));
+        }
+        let mut names = HashSet::with_capacity(self.columns.len());
+        for c in &self.columns {
+            let name: String = c.name.chars().take(40).collect();
+            if c.name.is_empty() || c.name.len() > limits.max_name_bytes {
+                return Err(format!("column `{name}`: a column name must have 1 to {} bytes", limits.max_name_bytes));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(format!("column `{name}` reported twice"));
+            }
+            if c.categories.len() > limits.max_categories {
+                return Err(format!(
+                    "column `{name}` has {} categories at this site; the federation accepts at most {} (declare the column numeric or drop it)",
+                    c.categories.len(),
+                    limits.max_categories
+                ));
+            }
+            match c.rows() {
+                Some(n) if n <= num_train => {}
+                _ => return Err(format!("column `{name}`: its counts add up to more than the {num_train} training rows the site declared")),
+            }
+            if !(c.sum.is_finite() && c.sum_squares.is_finite() && c.sum_squares >= 0.0) {
+                return Err(format!("column `{name}`: sums must be finite (and the sum of squares not negative)"));
+            }
+            if c.numeric_count == 0 && (c.sum != 0.0 || c.sum_squares != 0.0) {
+                return Err(format!("column `{name}`: sums without any numeric value"));
+            }
+            if c.numeric_count > 0 {
+                let n = c.numeric_count as f64;
+                let (mean, mean_sq) = (c.sum / n, c.sum_squares / n);
+                // Cauchy–Schwarz: mean² ≤ mean of squares, with room for rounding.
+                if !(mean * mean).is_finite() || mean * mean > mean_sq * (1.0 + 1e-9) + 1e-9 {
+                    return Err(format!("column `{name}`: the sum and the sum of squares are inconsistent (no data has them)"));
+                }
+            }
+            if c.categorical && c.numeric_count > 0 {
+                return Err(format!("column `{name}`: reported as categorical with numeric values"));
+            }
+            if !c.categorical && !c.categories.is_empty() {
+                return Err(format!("column `{name}`: reported as numeric with categories"));
+            }
+            if let Some(long) = c.categories.keys().find(|k| k.len() > limits.max_name_bytes) {
+                let long: String = long.chars().take(40).collect();
+                return Err(format!("column `{name}`: category `{long}…` is longer than {} bytes", limits.max_name_bytes));
+            }
+            if c.categories.values().any(|&n| n == 0) {
+                return Err(format!("column `{name}`: a category with a count of zero"));
+            }
+        }
+        Ok(())
+    }
+
     /// Reduces the rows selected by `indices` (a site's training split) to aggregates.
     pub fn of_rows(site: &SiteRows, indices: &[usize]) -> Self {
         let columns = site

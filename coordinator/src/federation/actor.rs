@@ -16,6 +16,7 @@ use super::record::RoundRecord;
 use super::rejection::Rejection;
 use super::secure::{Answer, Step};
 use super::state::{Event, Federation, Joined, Outcome, UpdateClaim, Work};
+use super::persist::{DurableWriter, Stored, UpdateJob};
 use crate::durable::StateDir;
 use crate::run_dir::RunDir;
 
@@ -37,7 +38,7 @@ pub struct Progress {
 type Reply<T> = oneshot::Sender<Result<T, Rejection>>;
 
 enum Request {
-    Join { site: String, columns: Vec<String>, reply: Reply<Joined> },
+    Join { site: String, columns: Vec<String>, num_rows: u64, reply: Reply<Joined> },
     Stats { client: String, stats: SiteStats, num_train: u64, reply: Reply<()> },
     Plan { client: String, reply: Reply<Option<Arc<Plan>>> },
     Pull { client: String, reply: Reply<Work> },
@@ -49,6 +50,10 @@ enum Request {
     Update { client: String, round: u32, base: String, delta: FlatParams, examples: u64, metrics: TrainReport, reply: Reply<()> },
     Evaluation { client: String, round: u32, hash: String, eval: Evaluation, reply: Reply<()> },
     Leave { client: String },
+    /// Fault injection for tests (in-process only; no message on the wire leads here).
+    Panic,
+    /// A message the service refused before it reached the state machine (malformed).
+    Refused { what: String, reason: String },
     UploadFailed { client: String, round: u32, reason: String },
 }
 
@@ -72,8 +77,8 @@ macro_rules! ask {
 }
 
 impl FederationHandle {
-    pub async fn join(&self, site: String, columns: Vec<String>) -> Result<Joined, Rejection> {
-        ask!(self, Join { site: site, columns: columns })
+    pub async fn join(&self, site: String, columns: Vec<String>, num_rows: u64) -> Result<Joined, Rejection> {
+        ask!(self, Join { site: site, columns: columns, num_rows: num_rows })
     }
     pub async fn report_stats(&self, client: String, stats: SiteStats, num_train: u64) -> Result<(), Rejection> {
         ask!(self, Stats { client: client, stats: stats, num_train: num_train })
@@ -115,6 +120,18 @@ impl FederationHandle {
         let _ = self.tx.send(Request::UploadFailed { client, round, reason }).await;
     }
 
+    /// Makes the actor panic, as a bug would: for tests of what happens then. Not reachable
+    /// from the network.
+    #[doc(hidden)]
+    pub async fn inject_panic_for_tests(&self) {
+        let _ = self.tx.send(Request::Panic).await;
+    }
+
+    /// Tells the actor that the service refused a malformed message, to log and count it.
+    pub async fn refused(&self, what: String, reason: String) {
+        let _ = self.tx.send(Request::Refused { what, reason }).await;
+    }
+
     pub async fn leave(&self, client: String) {
         let _ = self.tx.send(Request::Leave { client }).await;
     }
@@ -141,6 +158,10 @@ pub fn spawn(
     (FederationHandle { tx, progress }, task)
 }
 
+/// What the actor keeps of an update while it is being written: the claim to commit it
+/// with and the site's reply.
+type Pending = (UpdateClaim, Reply<()>);
+
 async fn run(
     mut fed: Federation,
     mut rx: mpsc::Receiver<Request>,
@@ -150,32 +171,42 @@ async fn run(
     shutdown: CancellationToken,
 ) -> Option<Outcome> {
     let writer = run_dir.map(RoundWriter::start);
+    let (durable, mut stored_rx) = match state {
+        Some(state) => {
+            let (w, rx) = DurableWriter::<Pending>::start(state);
+            (Some(w), Some(rx))
+        }
+        None => (None, None),
+    };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A fresh or resumed federation starts with its state on disk.
-    if let Some(state) = &state
-        && let Err(e) = state.save(&fed.snapshot(), fed.open_attempt())
-    {
-        tracing::error!(error = %e, "could not write the coordinator's durable state");
+    if let Some(d) = &durable {
+        d.snapshot(fed.snapshot(), fed.open_attempt());
     }
     loop {
-        let (events, persisted) = tokio::select! {
+        let events = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => (fed.tick(Instant::now()), false),
+            _ = tick.tick() => fed.tick(Instant::now()),
+            stored = async { match stored_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match stored {
+                Some(stored) => commit_stored(&mut fed, stored),
+                None => Vec::new(),
+            },
             req = rx.recv() => match req {
-                Some(req) => handle(&mut fed, req, state.as_ref()),
+                Some(req) => handle(&mut fed, req, durable.as_ref()),
                 None => break,
             },
         };
         if !events.is_empty() {
-            if !persisted {
-                persist(&fed, state.as_ref(), &events);
-            }
+            persist(&fed, durable.as_ref(), &events);
             record(&fed, &events, writer.as_ref(), &progress);
         }
     }
     if let Some(w) = writer {
         w.finish().await;
+    }
+    if let Some(d) = durable {
+        d.finish().await;
     }
     fed.outcome()
 }
@@ -218,57 +249,96 @@ impl RoundWriter {
     }
 }
 
-/// Writes the snapshot when `events` changed the durable state. A failure is logged, not
-/// fatal: the run goes on, and a resume would start from the previous snapshot.
-fn persist(fed: &Federation, state: Option<&StateDir>, events: &[Event]) {
-    if let Some(state) = state
+/// Queues the snapshot when `events` changed the durable state. A failed write is logged,
+/// not fatal: the run goes on, and a resume would start from the previous snapshot.
+fn persist(fed: &Federation, durable: Option<&DurableWriter<Pending>>, events: &[Event]) {
+    if let Some(d) = durable
         && events.iter().any(Event::changes_durable_state)
-        && let Err(e) = state.save(&fed.snapshot(), fed.open_attempt())
     {
-        tracing::error!(error = %e, "could not write the coordinator's durable state");
+        d.snapshot(fed.snapshot(), fed.open_attempt());
     }
 }
 
-/// Applies a request; returns its events and whether they were already persisted.
-fn handle(fed: &mut Federation, req: Request, state: Option<&StateDir>) -> (Vec<Event>, bool) {
+/// An update's write finished: accepted into the round now (if the round still wants it), or
+/// refused because the coordinator could not keep it, and the site may send it again.
+fn commit_stored(fed: &mut Federation, stored: Stored<Pending>) -> Vec<Event> {
+    let Stored { job, result } = stored;
+    let (claim, reply) = job.token;
+    fed.update_stored(&job.site, job.round);
+    if let Err(e) = result {
+        tracing::error!(site = %job.site, round = job.round, error = %e, "could not keep the update on disk; the site is asked to send it again");
+        let _ = reply.send(Err(Rejection::Unavailable(format!(
+            "the coordinator could not keep the update of site `{}` for round {} on disk; send it again",
+            job.site, job.round
+        ))));
+        return Vec::new();
+    }
+    match fed.commit_update(&claim, &job.delta, job.metrics, Instant::now()) {
+        Ok(events) => {
+            tracing::debug!(client = %claim.client_id, round = claim.round, "update accepted");
+            let _ = reply.send(Ok(()));
+            events
+        }
+        Err(reason) => {
+            tracing::warn!(client = %claim.client_id, round = claim.round, %reason, "update rejected");
+            let _ = reply.send(Err(reason));
+            Vec::new()
+        }
+    }
+}
+
+/// Applies a request and returns its events.
+fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pending>>) -> Vec<Event> {
     let now = Instant::now();
     if let Request::Update { client, round, base, delta, examples, metrics, reply } = req {
         let claim = UpdateClaim { client_id: client.clone(), round, base_hash: base, fingerprint: String::new(), total: 0, num_examples: examples, masked: false };
-        let attempt = fed.open_attempt().map_or(0, |(_, a)| a);
-        return match fed.submit_update(&claim, &delta, metrics, now) {
-            Ok(events) => {
-                tracing::debug!(%client, round, "update accepted");
-                // Durable before the site hears it was accepted: a resumed run counts it once
-                // and does not ask for it again.
-                if let Some(state) = state
-                    && let Err(e) = state.save_update(site_of(&client), round, attempt, examples, &metrics, &delta)
-                {
-                    tracing::error!(error = %e, "could not keep the accepted update on disk");
-                }
-                persist(fed, state, &events);
-                let _ = reply.send(Ok(()));
-                (events, true)
-            }
-            Err(reason) => {
+        let checked = fed.check_update(&claim, &delta, metrics, now);
+        return match (checked, durable) {
+            (Err(reason), _) => {
                 tracing::warn!(%client, round, %reason, "update rejected");
                 let _ = reply.send(Err(reason));
-                (Vec::new(), true)
+                Vec::new()
             }
+            // Durable before the site hears it was accepted: a resumed run counts it once
+            // and does not ask for it again. The actor goes on meanwhile.
+            (Ok(site), Some(d)) => {
+                let attempt = fed.open_attempt().map_or(0, |(_, a)| a);
+                fed.update_storing(&site, round);
+                d.update(UpdateJob { site, round, attempt, examples, metrics, delta, token: (claim, reply) });
+                Vec::new()
+            }
+            (Ok(_), None) => match fed.commit_update(&claim, &delta, metrics, now) {
+                Ok(events) => {
+                    let _ = reply.send(Ok(()));
+                    events
+                }
+                Err(reason) => {
+                    tracing::warn!(%client, round, %reason, "update rejected");
+                    let _ = reply.send(Err(reason));
+                    Vec::new()
+                }
+            },
         };
     }
     // A handler that gave up (client gone) drops its receiver; replies to it are ignored.
     let events = match req {
-        Request::Join { site, columns, reply } => match fed.join(&site, &columns, now) {
+        Request::Join { site, columns, num_rows, reply } => match fed.join(&site, &columns, num_rows, now) {
             Ok((joined, events)) => {
                 let _ = reply.send(Ok(joined));
                 events
             }
             Err(e) => {
+                tracing::warn!(site = %printable(&site), reason = %e, "join refused");
+                fed.count_refusal();
                 let _ = reply.send(Err(e));
                 Vec::new()
             }
         },
-        Request::Stats { client, stats, num_train, reply } => respond(reply, fed.report_stats(&client, stats, num_train, now)),
+        Request::Stats { client, stats, num_train, reply } => {
+            let result = fed.report_stats(&client, stats, num_train, now);
+            refusal(fed, &client, "aggregates", &result);
+            respond(reply, result)
+        }
         Request::Plan { client, reply } => {
             let _ = reply.send(fed.touch(&client, now).map(|()| fed.plan()));
             Vec::new()
@@ -314,20 +384,39 @@ fn handle(fed: &mut Federation, req: Request, state: Option<&StateDir>) -> (Vec<
                 Vec::new()
             }
         },
-        Request::Evaluation { client, round, hash, eval, reply } => respond(reply, fed.submit_evaluation(&client, round, &hash, eval, now)),
+        Request::Evaluation { client, round, hash, eval, reply } => {
+            let result = fed.submit_evaluation(&client, round, &hash, eval, now);
+            refusal(fed, &client, "evaluation", &result);
+            respond(reply, result)
+        }
         Request::Leave { client } => fed.leave(&client, now),
+        Request::Panic => panic!("fault injected by a test"),
+        Request::Refused { what, reason } => {
+            tracing::warn!(from = %printable(&what), %reason, "message refused");
+            fed.count_refusal();
+            Vec::new()
+        }
         Request::UploadFailed { client, round, reason } => {
             tracing::warn!(%client, round, %reason, "update rejected");
             fed.upload_failed(round);
             Vec::new()
         }
     };
-    (events, false)
+    events
 }
 
-/// The site of a client id (`<site>#<n>`).
-fn site_of(client_id: &str) -> &str {
-    super::state::site_of_client_id(client_id).unwrap_or(client_id)
+/// A name a site sent, safe to log: control characters dropped, at most 64 characters.
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+/// Logs and counts a refusal that names a fault of the site (a protocol race such as a
+/// closed round or an expired lease is not one).
+fn refusal<T>(fed: &mut Federation, client: &str, what: &str, result: &Result<T, Rejection>) {
+    if let Err(e @ (Rejection::InvalidArgument(_) | Rejection::Forbidden(_) | Rejection::Duplicate(_) | Rejection::Exhausted(_))) = result {
+        tracing::warn!(client = %printable(client), what, reason = %e, "refused");
+        fed.count_refusal();
+    }
 }
 
 fn respond(reply: Reply<()>, result: Result<Vec<Event>, Rejection>) -> Vec<Event> {

@@ -1,6 +1,7 @@
 //! The federation: round policy, the round state machine, and the actor that owns it.
 
 pub mod actor;
+pub mod persist;
 pub mod policy;
 pub mod record;
 pub mod rejection;

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use flotilla_common::data::StatsLimits;
+
 /// How a round's cohort is sampled (seeded either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Sampling {
@@ -40,6 +42,12 @@ pub struct Policy {
     pub sampling: Sampling,
     /// Sites allowed to join (`None`: any site with a valid certificate).
     pub allowed_sites: Option<std::collections::BTreeSet<String>>,
+    /// Most sites connected at once: the coordinator's per-site state is bounded by it.
+    pub max_sites: usize,
+    /// What a site's aggregates may hold (columns, categories, name lengths): bounds the plan.
+    pub limits: StatsLimits,
+    /// Uploads one site may have open at once (each holds a model-sized buffer).
+    pub max_uploads_per_site: usize,
 }
 
 impl Default for Policy {
@@ -56,6 +64,9 @@ impl Default for Policy {
             max_update_norm: None,
             sampling: Sampling::Uniform,
             allowed_sites: None,
+            max_sites: 100_000,
+            limits: StatsLimits::default(),
+            max_uploads_per_site: 2,
         }
     }
 }
@@ -90,6 +101,12 @@ impl Policy {
         if self.allowed_sites.as_ref().is_some_and(|s| s.is_empty()) {
             return Err("the allow list of sites is empty: nobody could join".into());
         }
+        if self.max_sites == 0 || self.max_uploads_per_site == 0 {
+            return Err("max-sites and max-uploads-per-site must be at least 1".into());
+        }
+        if self.limits.max_columns == 0 || self.limits.max_categories == 0 || self.limits.max_name_bytes == 0 {
+            return Err("max-columns, max-categories and max-name-bytes must be at least 1".into());
+        }
         if self.lease < Duration::from_millis(100) {
             return Err("the lease must be at least 100 ms".into());
         }
@@ -100,8 +117,16 @@ impl Policy {
     /// out: a resumed run must have the same. Timings (lease, deadline, grace) may change.
     pub fn identity(&self) -> String {
         format!(
-            "rounds={} min_clients={} fraction_fit={} min_fit_results={} over_selection={} max_update_norm={:?} sampling={:?} allowed_sites={:?}",
-            self.rounds, self.min_clients, self.fraction_fit, self.min_fit_results, self.over_selection, self.max_update_norm, self.sampling, self.allowed_sites
+            "rounds={} min_clients={} fraction_fit={} min_fit_results={} over_selection={} max_update_norm={:?} sampling={:?} allowed_sites={:?} limits={:?}",
+            self.rounds,
+            self.min_clients,
+            self.fraction_fit,
+            self.min_fit_results,
+            self.over_selection,
+            self.max_update_norm,
+            self.sampling,
+            self.allowed_sites,
+            self.limits
         )
     }
 

@@ -34,13 +34,17 @@ pub struct RoundRecord {
     pub clip_norm: Option<f64>,
     /// SHA-256 of the global model after the round.
     pub model_hash: String,
+    /// Other messages refused during the round (malformed or out-of-bounds aggregates,
+    /// evaluations, identifiers; joins refused), each logged with site and reason.
+    #[serde(default)]
+    pub refused: usize,
 }
 
 impl RoundRecord {
     /// Column names of `metrics.csv`, in order.
-    pub const HEADER: [&'static str; 15] = [
+    pub const HEADER: [&'static str; 16] = [
         "round", "accuracy", "loss", "auc", "clients", "selected", "failed", "rejected", "attempts", "evaluated", "train_loss", "seconds", "epsilon",
-        "clip_norm", "model_hash",
+        "clip_norm", "model_hash", "refused",
     ];
 
     /// The record as CSV fields (empty for absent values).
@@ -62,6 +66,7 @@ impl RoundRecord {
             opt(self.epsilon),
             opt(self.clip_norm),
             self.model_hash.clone(),
+            self.refused.to_string(),
         ]
     }
 }

@@ -24,4 +24,11 @@ pub enum Rejection {
     /// The site already did this.
     #[error("{0}")]
     Duplicate(String),
+    /// A configured limit is reached (sites, concurrent streams).
+    #[error("{0}")]
+    Exhausted(String),
+    /// The coordinator could not do its part (its disk failed): nothing was accepted, and
+    /// the site may try again.
+    #[error("{0}")]
+    Unavailable(String),
 }

@@ -193,7 +193,7 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
         let _ = tokio::time::timeout(Duration::from_secs(10), c).await;
     }
     stop_clients.cancel();
-    let outcome = running.stop(Duration::from_secs(2)).await.filter(|_| finished).ok_or(SimulateError::Unfinished)?;
+    let outcome = running.finish(Duration::from_secs(2)).await.map_err(|e| SimulateError::Site(e.to_string()))?.filter(|_| finished).ok_or(SimulateError::Unfinished)?;
     let federation_seconds = start.elapsed().as_secs_f64();
 
     // The baselines see all the data at once: only a simulation can compute them.

@@ -1,0 +1,70 @@
+//! Secure aggregation inside a round: masked inputs and the exchange's steps.
+
+use super::*;
+
+impl Federation {
+    /// A masked input (secure aggregation) for the open round: added to the secure sum.
+    pub fn submit_masked(&mut self, claim: &UpdateClaim, values: &[u64], metrics: TrainReport, now: Instant) -> Result<Vec<Event>, Rejection> {
+        let claim = UpdateClaim { total: values.len() as u64, masked: true, ..claim.clone() };
+        self.begin_update(&claim, now)?;
+        let site = self.clients[&claim.client_id].site.clone();
+        let Phase::Fit(FitRound { secure: Some(secure), .. }) = &mut self.phase else {
+            return Err(Rejection::Closed(format!("training of round {} is not open", claim.round)));
+        };
+        secure.add_masked(&site, values, metrics)?;
+        let mut events = vec![Event::UpdateAccepted { site, round: claim.round }];
+        events.extend(self.advance(now));
+        Ok(events)
+    }
+
+    /// A site's step of the secure-aggregation exchange for `round`.
+    pub fn secagg_step(&mut self, client_id: &str, round: u32, step: SecAggStep, now: Instant) -> Result<(Answer, Vec<Event>), Rejection> {
+        let site = self.client_mut(client_id, now)?.site.clone();
+        match &self.phase {
+            Phase::Fit(f) if f.round == round && f.secure.is_some() => {}
+            Phase::Fit(f) if f.round == round => {
+                return Err(Rejection::InvalidArgument("this federation does not use secure aggregation".into()));
+            }
+            _ => return Ok((Answer::Done(format!("training of round {round} is over")), Vec::new())),
+        }
+        if let SecAggStep::Keys(keys) = step {
+            // Keys mean "my update is ready": the site delivers, as a plain update would.
+            self.open_fit(&site, round)?;
+            let min = self.policy.min_fit_results;
+            if let Phase::Fit(f) = &mut self.phase
+                && let Some(secure) = f.secure.as_mut()
+            {
+                secure.add_keys(&site, keys)?;
+                f.pending.remove(&site);
+                f.contributors.insert(site.clone(), (1, TrainReport::default()));
+                if f.contributors.len() >= min && f.min_reached_at.is_none() {
+                    f.min_reached_at = Some(now);
+                }
+            }
+            let events = self.advance(now);
+            let answer = match &mut self.phase {
+                Phase::Fit(FitRound { secure: Some(secure), .. }) => secure.step(&site, SecAggStep::Poll(1))?,
+                _ => Answer::Done(format!("training of round {round} is over")),
+            };
+            return Ok((answer, events));
+        }
+        let Phase::Fit(FitRound { secure: Some(secure), .. }) = &mut self.phase else { unreachable!("checked above") };
+        let answer = secure.step(&site, step)?;
+        Ok((answer, self.advance(now)))
+    }
+
+    /// The mean delta from an unmasked secure sum (Σ w·Δ, Σ w); with central DP the sites
+    /// sent clipped deltas with weight 1, and the noise is added here, after unmasking.
+    pub(super) fn secure_mean(&self, sum: &[u64], layout: &Layout, dp: Option<flotilla_common::privacy::DpConfig>, round: u32, attempt: u32, target: usize) -> Result<FlatParams, String> {
+        let (weighted, weight) = flotilla_common::secagg::masking::decode_weighted(sum)?;
+        let values = match dp {
+            Some(dp) => {
+                let seed = derive_seed(self.seed, &["dp-noise", &round.to_string(), &attempt.to_string()]);
+                noisy_mean(&weighted, dp.noise_multiplier * self.clip_norm, target, seed)?
+            }
+            None if weight == 0 => return Err("the secure sum carries no weight".into()),
+            None => weighted.iter().map(|v| (f64::from(*v) / weight as f64) as f32).collect(),
+        };
+        FlatParams::new(layout.clone(), values).map_err(|e| e.to_string())
+    }
+}

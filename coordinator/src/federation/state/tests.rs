@@ -1,0 +1,279 @@
+//! Unit tests of the round state machine.
+use std::time::Duration;
+
+use flotilla_common::data::ColumnStats;
+
+use super::*;
+
+fn stats() -> SiteStats {
+    SiteStats { columns: vec![ColumnStats { name: "x".into(), numeric_count: 4, sum: 2.0, sum_squares: 3.0, ..Default::default() }] }
+}
+
+fn eval() -> Evaluation {
+    Evaluation { examples: 10, loss: 0.5, accuracy: 0.5, auc: None }
+}
+
+/// Two sites joined, round 0 evaluated, round 1 open for training.
+fn in_round_one(policy: Policy) -> (Federation, String, String, Instant) {
+    let now = Instant::now();
+    let mut f = Federation::new(Task::banks(), 1, Policy { min_clients: 2, rounds: 2, ..policy });
+    let cols = vec!["creditability".to_owned(), "x".to_owned()];
+    let a = f.join("a", &cols, 100, now).unwrap().0.client_id;
+    let b = f.join("b", &cols, 100, now).unwrap().0.client_id;
+    f.report_stats(&a, stats(), 10, now).unwrap();
+    f.report_stats(&b, stats(), 20, now).unwrap();
+    let (_, h) = f.global().unwrap();
+    f.submit_evaluation(&a, 0, &h, eval(), now).unwrap();
+    f.submit_evaluation(&b, 0, &h, eval(), now).unwrap();
+    assert!(matches!(f.pull_work(&a, now).unwrap(), Work::Fit { round: 1, .. }));
+    (f, a, b, now)
+}
+
+/// A claim for `submit_update` (which fills in the layout from the delta itself).
+fn claim(client: &str, round: u32, base: &str, n: u64) -> UpdateClaim {
+    UpdateClaim { client_id: client.into(), round, base_hash: base.into(), fingerprint: String::new(), total: 0, num_examples: n, masked: false }
+}
+
+fn delta(f: &Federation, v: f32) -> FlatParams {
+    let (g, _) = f.global().unwrap();
+    FlatParams::new(g.layout().clone(), vec![v; g.layout().total()]).unwrap()
+}
+
+#[test]
+fn a_second_update_for_the_same_round_is_refused_and_not_counted() {
+    let (mut f, a, _, now) = in_round_one(Policy::default());
+    let (_, h) = f.global().unwrap();
+    let d = delta(&f, 0.01);
+    f.submit_update(&claim(&a, 1, &h, 10), &d, TrainReport { epochs: 5, ..TrainReport::default() }, now).unwrap();
+    let err = f.submit_update(&claim(&a, 1, &h, 10), &d, TrainReport { epochs: 5, ..TrainReport::default() }, now).unwrap_err();
+    assert!(matches!(err, Rejection::Duplicate(_)), "{err:?}");
+    let Phase::Fit(round) = &f.phase else { panic!("round 1 must still be open") };
+    assert_eq!((round.sum.count(), round.rejected), (1, 1));
+}
+
+#[test]
+fn every_bad_update_is_refused_with_its_reason_and_leaves_the_model_alone() {
+    let (mut f, a, b, now) = in_round_one(Policy { max_update_norm: Some(100.0), ..Policy::default() });
+    let (g, h) = f.global().unwrap();
+    let (fp, total) = (g.layout().fingerprint().to_owned(), g.layout().total() as u64);
+    let mut nan = delta(&f, 0.01);
+    nan.values_mut()[3] = f32::NAN;
+    let mut inf = delta(&f, 0.01);
+    inf.values_mut()[0] = f32::INFINITY;
+    let huge = delta(&f, 10.0);
+    let ok = delta(&f, 0.01);
+    let m = TrainReport { epochs: 5, ..TrainReport::default() };
+    let cases: Vec<(&str, Result<Vec<Event>, Rejection>)> = vec![
+        ("not finite", f.submit_update(&claim(&a, 1, &h, 10), &nan, m, now)),
+        ("not finite", f.submit_update(&claim(&a, 1, &h, 10), &inf, m, now)),
+        ("L2 norm", f.submit_update(&claim(&a, 1, &h, 10), &huge, m, now)),
+        ("claims 11 examples", f.submit_update(&claim(&a, 1, &h, 11), &ok, m, now)),
+        ("computed from model", f.submit_update(&claim(&a, 1, "ffff", 10), &ok, m, now)),
+        ("not open", f.submit_update(&claim(&a, 2, &h, 10), &ok, m, now)),
+        ("has layout", f.begin_update(&UpdateClaim { fingerprint: "beef".into(), total, ..claim(&a, 1, &h, 10) }, now).map(|_| Vec::new())),
+        ("has layout", f.begin_update(&UpdateClaim { fingerprint: fp.clone(), total: total - 1, ..claim(&a, 1, &h, 10) }, now).map(|_| Vec::new())),
+        ("unknown", f.submit_update(&claim("a#99", 1, &h, 10), &ok, m, now)),
+    ];
+    for (reason, result) in cases {
+        let err = result.expect_err(reason);
+        assert!(err.to_string().contains(reason), "expected `{reason}`, got `{err}`");
+    }
+    assert_eq!(f.global().unwrap().1, h, "nothing changed the global model");
+    let Phase::Fit(round) = &f.phase else { panic!("round 1 must still be open") };
+    assert_eq!((round.sum.count(), round.rejected), (0, 8), "the update for round 2 counts against round 2, not this one");
+
+    // The honest updates still close the round.
+    f.submit_update(&claim(&a, 1, &h, 10), &ok, m, now).unwrap();
+    f.submit_update(&claim(&b, 1, &h, 20), &ok, m, now).unwrap();
+    assert_ne!(f.global().unwrap().1, h);
+}
+
+#[test]
+fn partial_work_is_dropped_by_fedavg_and_used_by_fedprox() {
+    let (mut f, a, _, now) = in_round_one(Policy::default());
+    let (_, h) = f.global().unwrap();
+    let partial = TrainReport { epochs: 2, ..TrainReport::default() };
+    let err = f.submit_update(&claim(&a, 1, &h, 10), &delta(&f, 0.01), partial, now).unwrap_err();
+    assert!(err.to_string().contains("did 2 of 5 local epochs"), "{err}");
+    let Phase::Fit(round) = &f.phase else { panic!("round 1 must still be open") };
+    assert!(round.failed.contains("a") && round.sum.count() == 0);
+
+    let mut task = Task::banks();
+    task.strategy.name = flotilla_common::strategy::StrategyName::Fedprox;
+    let mut g = Federation::new(task, 1, Policy { min_clients: 2, rounds: 2, ..Policy::default() });
+    let cols = vec!["creditability".to_owned(), "x".to_owned()];
+    let a = g.join("a", &cols, 100, now).unwrap().0.client_id;
+    let b = g.join("b", &cols, 100, now).unwrap().0.client_id;
+    g.report_stats(&a, stats(), 10, now).unwrap();
+    g.report_stats(&b, stats(), 20, now).unwrap();
+    let (_, h) = g.global().unwrap();
+    g.submit_evaluation(&a, 0, &h, eval(), now).unwrap();
+    g.submit_evaluation(&b, 0, &h, eval(), now).unwrap();
+    assert!(matches!(g.pull_work(&a, now).unwrap(), Work::Fit { proximal_mu, .. } if proximal_mu > 0.0));
+    g.submit_update(&claim(&a, 1, &h, 10), &delta(&g, 0.01), partial, now).unwrap();
+}
+
+#[test]
+fn the_allow_list_and_the_label_column_are_checked_at_join() {
+    let allowed = Some(["a".to_owned()].into_iter().collect());
+    let mut f = Federation::new(Task::banks(), 1, Policy { allowed_sites: allowed, ..Policy::default() });
+    let cols = vec!["creditability".to_owned()];
+    let now = Instant::now();
+    assert!(matches!(f.join("b", &cols, 100, now), Err(Rejection::Forbidden(_))));
+    assert!(matches!(f.join("a", &["x".to_owned()], 100, now), Err(Rejection::InvalidArgument(_))));
+    assert!(f.join("a", &cols, 100, now).is_ok());
+}
+
+#[test]
+fn a_silent_site_loses_its_lease_and_the_round_closes_without_it() {
+    let (mut f, a, b, now) = in_round_one(Policy { lease: Duration::from_secs(1), ..Policy::default() });
+    let (_, h) = f.global().unwrap();
+    f.submit_update(&claim(&a, 1, &h, 10), &delta(&f, 0.01), TrainReport { epochs: 5, ..TrainReport::default() }, now).unwrap();
+    f.touch(&a, now + Duration::from_secs(2)).unwrap();
+    let events = f.tick(now + Duration::from_secs(2));
+    assert!(events.iter().any(|e| matches!(e, Event::Dropped { site, .. } if site == "b")), "{events:?}");
+    assert!(matches!(f.pull_work(&a, now + Duration::from_secs(2)).unwrap(), Work::Evaluate { round: 1, .. }));
+    assert!(matches!(f.pull_work(&b, now), Err(Rejection::UnknownClient(_))));
+}
+
+#[test]
+fn cohorts_are_seeded_and_weighted_sampling_favours_big_sites() {
+    let sites: Vec<(String, u64)> = [("a", 10), ("b", 10), ("c", 10), ("d", 10_000)].into_iter().map(|(s, n)| (s.to_owned(), n)).collect();
+    assert_eq!(sample_cohort(&sites, 2, Sampling::Uniform, 7), sample_cohort(&sites, 2, Sampling::Uniform, 7));
+    let picks = |sampling| (0..200).filter(|&seed| sample_cohort(&sites, 1, sampling, seed).contains("d")).count();
+    let (uniform, weighted) = (picks(Sampling::Uniform), picks(Sampling::Weighted));
+    assert!((30..=70).contains(&uniform), "uniform picks d about a quarter of the time: {uniform}/200");
+    assert!(weighted >= 190, "weighted picks the big site almost always: {weighted}/200");
+}
+
+/// Four sites joined and evaluated, round 1 open.
+fn four_sites(policy: Policy) -> (Federation, Vec<String>, Instant) {
+    let now = Instant::now();
+    let mut f = Federation::new(Task::banks(), 1, Policy { min_clients: 4, rounds: 2, ..policy });
+    let cols = vec!["creditability".to_owned(), "x".to_owned()];
+    let ids: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| f.join(s, &cols, 100, now).unwrap().0.client_id).collect();
+    for id in &ids {
+        f.report_stats(id, stats(), 10, now).unwrap();
+    }
+    let (_, h) = f.global().unwrap();
+    for id in &ids {
+        f.submit_evaluation(id, 0, &h, eval(), now).unwrap();
+    }
+    (f, ids, now)
+}
+
+fn fit_sites(f: &mut Federation, ids: &[String], now: Instant) -> Vec<String> {
+    ids.iter().filter(|id| matches!(f.pull_work(id, now).unwrap(), Work::Fit { .. })).cloned().collect()
+}
+
+#[test]
+fn an_over_selected_round_closes_as_soon_as_enough_sites_reported() {
+    let (mut f, ids, now) = four_sites(Policy { fraction_fit: 0.5, over_selection: 2.0, ..Policy::default() });
+    let asked = fit_sites(&mut f, &ids, now);
+    assert_eq!(asked.len(), 4, "2 needed, 4 selected");
+    let (_, h) = f.global().unwrap();
+    let m = TrainReport { epochs: 5, ..TrainReport::default() };
+    f.submit_update(&claim(&asked[0], 1, &h, 10), &delta(&f, 0.01), m, now).unwrap();
+    f.submit_update(&claim(&asked[1], 1, &h, 10), &delta(&f, 0.01), m, now).unwrap();
+    let late = f.submit_update(&claim(&asked[2], 1, &h, 10), &delta(&f, 0.01), m, now).unwrap_err();
+    assert!(matches!(late, Rejection::Closed(_)), "{late:?}");
+    assert!(matches!(f.pull_work(&asked[0], now).unwrap(), Work::Evaluate { round: 1, .. }));
+}
+
+#[test]
+fn the_grace_period_closes_a_round_once_the_minimum_is_in() {
+    let (mut f, ids, now) = four_sites(Policy { min_fit_results: 2, grace: Duration::from_secs(5), ..Policy::default() });
+    let (_, h) = f.global().unwrap();
+    let m = TrainReport { epochs: 5, ..TrainReport::default() };
+    f.submit_update(&claim(&ids[0], 1, &h, 10), &delta(&f, 0.01), m, now).unwrap();
+    f.tick(now + Duration::from_secs(10));
+    assert!(matches!(f.pull_work(&ids[1], now).unwrap(), Work::Fit { .. }), "one update is not the minimum: keep waiting");
+    let t = now + Duration::from_secs(11);
+    f.submit_update(&claim(&ids[1], 1, &h, 10), &delta(&f, 0.01), m, t).unwrap();
+    f.touch(&ids[2], t + Duration::from_secs(6)).unwrap();
+    f.touch(&ids[3], t + Duration::from_secs(6)).unwrap();
+    f.touch(&ids[0], t + Duration::from_secs(6)).unwrap();
+    f.touch(&ids[1], t + Duration::from_secs(6)).unwrap();
+    f.tick(t + Duration::from_secs(6));
+    assert!(matches!(f.pull_work(&ids[2], t + Duration::from_secs(6)).unwrap(), Work::Evaluate { round: 1, .. }));
+}
+
+#[test]
+fn an_attempt_without_enough_updates_is_abandoned_and_retried_with_a_fresh_cohort() {
+    let (mut f, ids, now) = four_sites(Policy { fraction_fit: 0.5, round_timeout: Duration::from_secs(5), lease: Duration::from_secs(100), ..Policy::default() });
+    let first = fit_sites(&mut f, &ids, now);
+    let events = f.tick(now + Duration::from_secs(6));
+    assert!(events.iter().any(|e| matches!(e, Event::Abandoned { round: 1, attempt: 1, updates: 0 })), "{events:?}");
+    let t = now + Duration::from_secs(6);
+    let second = fit_sites(&mut f, &ids, t);
+    assert_eq!(second.len(), 2);
+    // Each attempt draws its own cohort from its own seed: the retry is a fresh draw, not
+    // the same sites asked again.
+    let sites_of = |ids: &[String]| ids.iter().map(|id| site_of_client_id(id).unwrap().to_owned()).collect::<BTreeSet<_>>();
+    let eligible: Vec<(String, u64)> = ["a", "b", "c", "d"].iter().map(|s| (s.to_string(), 10)).collect();
+    let drawn = |labels: &[&str]| sample_cohort(&eligible, 2, Sampling::Uniform, derive_seed(1, labels));
+    assert_eq!(sites_of(&first), drawn(&["cohort", "1"]));
+    assert_eq!(sites_of(&second), drawn(&["cohort", "1", "attempt", "2"]));
+    assert_ne!(sites_of(&first), sites_of(&second), "with seed 1 the two draws differ");
+    let (_, h) = f.global().unwrap();
+    let m = TrainReport { epochs: 5, ..TrainReport::default() };
+    if let Some(stale) = first.iter().find(|id| !second.contains(id)) {
+        let err = f.submit_update(&claim(stale, 1, &h, 10), &delta(&f, 0.01), m, t).unwrap_err();
+        assert!(matches!(err, Rejection::NotSelected(_)), "a site of the abandoned attempt is not asked any more: {err:?}");
+    }
+    for id in &second {
+        f.submit_update(&claim(id, 1, &h, 10), &delta(&f, 0.01), m, t).unwrap();
+    }
+    for id in &ids {
+        f.submit_evaluation(id, 1, &f.global().unwrap().1, eval(), t).unwrap();
+    }
+    let record = f.history.last().unwrap();
+    assert_eq!((record.round, record.attempts, record.clients, record.rejected), (1, 2, 2, 1));
+}
+
+#[test]
+fn a_federation_resumed_mid_round_ends_with_the_model_of_one_that_never_stopped() {
+    let m = TrainReport { epochs: 5, loss: 0.25, ..TrainReport::default() };
+    let (mut reference, a, b, now) = in_round_one(Policy::default());
+    let (_, h) = reference.global().unwrap();
+    let (da, db) = (delta(&reference, 0.01), delta(&reference, -0.03));
+    reference.submit_update(&claim(&a, 1, &h, 10), &da, m, now).unwrap();
+    reference.submit_update(&claim(&b, 1, &h, 20), &db, m, now).unwrap();
+    let expected = reference.global().unwrap().1;
+
+    // The same run, stopped after a's update: its snapshot and the kept update survive.
+    let (mut crashed, a, _, now) = in_round_one(Policy::default());
+    crashed.submit_update(&claim(&a, 1, &h, 10), &da, m, now).unwrap();
+    let snapshot = crashed.snapshot();
+    assert_eq!(crashed.open_attempt(), Some((1, 1)));
+    let kept = vec![AcceptedUpdate { site: "a".into(), round: 1, attempt: 1, num_examples: 10, metrics: m, delta: da.clone() }];
+    let policy = Policy { min_clients: 2, rounds: 2, ..Policy::default() };
+
+    let wrong_seed = Federation::resume(Task::banks(), 2, policy.clone(), snapshot.clone(), kept.clone(), now).unwrap_err();
+    assert!(wrong_seed.contains("seed 1"), "{wrong_seed}");
+    let wrong_policy = Federation::resume(Task::banks(), 1, Policy { fraction_fit: 0.5, ..policy.clone() }, snapshot.clone(), kept.clone(), now).unwrap_err();
+    assert!(wrong_policy.contains("round policy"), "{wrong_policy}");
+
+    let mut resumed = Federation::resume(Task::banks(), 1, policy, snapshot, kept, now).unwrap();
+    assert_eq!(resumed.global().unwrap().1, h);
+    let cols = vec!["creditability".to_owned(), "x".to_owned()];
+    let a2 = resumed.join("a", &cols, 100, now).unwrap().0.client_id;
+    assert!(a2 != a, "client ids are never reused: {a2}");
+    resumed.report_stats(&a2, stats(), 10, now).unwrap();
+    assert!(matches!(resumed.pull_work(&a2, now).unwrap(), Work::Wait { .. }), "waits for b to rejoin first");
+    let b2 = resumed.join("b", &cols, 100, now).unwrap().0.client_id;
+    let events = resumed.report_stats(&b2, stats(), 20, now).unwrap();
+    assert!(events.iter().any(|e| matches!(e, Event::Resumed { round: 1, missing } if missing.is_empty())), "{events:?}");
+    assert!(matches!(resumed.pull_work(&a2, now).unwrap(), Work::Wait { .. }), "a's update is already in");
+    assert!(matches!(resumed.pull_work(&b2, now).unwrap(), Work::Fit { round: 1, .. }), "b is asked again");
+    let dup = resumed.submit_update(&claim(&a2, 1, &h, 10), &da, m, now).unwrap_err();
+    assert!(matches!(dup, Rejection::Duplicate(_)), "a's update is not counted twice: {dup:?}");
+    resumed.submit_update(&claim(&b2, 1, &h, 20), &db, m, now).unwrap();
+    assert_eq!(resumed.global().unwrap().1, expected, "bit-identical to the run that never stopped");
+}
+
+#[test]
+fn client_ids_name_their_site() {
+    assert_eq!(site_of_client_id("VA Long Beach#3"), Some("VA Long Beach"));
+    assert_eq!(site_of_client_id("nohash"), None);
+}
