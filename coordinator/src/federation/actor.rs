@@ -321,7 +321,7 @@ fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pen
         };
     }
     // A handler that gave up (client gone) drops its receiver; replies to it are ignored.
-    let events = match req {
+    match req {
         Request::Join { site, columns, num_rows, reply } => match fed.join(&site, &columns, num_rows, now) {
             Ok((joined, events)) => {
                 let _ = reply.send(Ok(joined));
@@ -401,8 +401,7 @@ fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pen
             fed.upload_failed(round);
             Vec::new()
         }
-    };
-    events
+    }
 }
 
 /// A name a site sent, safe to log: control characters dropped, at most 64 characters.
