@@ -85,6 +85,8 @@ pub struct SiteReport {
     pub skipped_rows: usize,
     /// Simulated crashes (fault injection).
     pub crashes: u32,
+    /// Updates the coordinator refused (norm bound, non-finite values); the site stayed on.
+    pub refused_updates: u32,
     /// Why the federation ended.
     pub reason: String,
 }
@@ -441,7 +443,18 @@ async fn step(
             };
             // The round counts against the budget once its update left the site.
             spent.rounds += 1;
-            conn.upload_update(header, delta).await?;
+            match conn.upload_update(header, delta).await {
+                Ok(()) => {}
+                // The coordinator refused this update (its norm is above the federation's bound,
+                // say): that is this round's loss, not the site's end. It keeps its place and
+                // trains again when asked; SCAFFOLD's c_i stays where it was.
+                Err(e) if e.code() == Some(tonic::Code::InvalidArgument) => {
+                    tracing::warn!(site = %opts.site, round, error = %e, "the coordinator refused this round's update; staying for the next round");
+                    report.refused_updates += 1;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
             if next_control.is_some() {
                 s.control = next_control;
             }
