@@ -434,7 +434,7 @@ impl Federation {
         let client_id = client_id.as_str();
         let site = self.clients[client_id].site.clone();
         if let Some((i, v)) = delta.values().iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            self.count_rejection(round);
+            self.refuse_values(&site, round);
             return Err(Rejection::InvalidArgument(format!(
                 "update of site `{site}` for round {round}: value {v} at index {i} is not finite"
             )));
@@ -442,7 +442,7 @@ impl Federation {
         if let Some(bound) = self.policy.max_update_norm {
             let norm = delta.l2_norm();
             if norm > bound {
-                self.count_rejection(round);
+                self.refuse_values(&site, round);
                 return Err(Rejection::InvalidArgument(format!(
                     "update of site `{site}` for round {round} has L2 norm {norm:.4e}, above the bound {bound}"
                 )));
@@ -836,6 +836,18 @@ impl Federation {
     /// An upload whose header was accepted broke off or overflowed: count it as rejected.
     pub fn upload_failed(&mut self, round: u32) {
         self.count_rejection(round);
+    }
+
+    /// An update whose values were refused: counted, and the site has failed this round (it
+    /// stays in the federation; asking it again would only bring the same update back).
+    fn refuse_values(&mut self, site: &str, round: u32) {
+        self.count_rejection(round);
+        if let Phase::Fit(f) = &mut self.phase
+            && f.round == round
+            && f.pending.remove(site)
+        {
+            f.failed.insert(site.to_owned());
+        }
     }
 
     fn count_rejection(&mut self, round: u32) {
@@ -1281,9 +1293,6 @@ mod tests {
         let ok = delta(&f, 0.01);
         let m = TrainReport { epochs: 5, ..TrainReport::default() };
         let cases: Vec<(&str, Result<Vec<Event>, Rejection>)> = vec![
-            ("not finite", f.submit_update(&claim(&a, 1, &h, 10), &nan, m, now)),
-            ("not finite", f.submit_update(&claim(&a, 1, &h, 10), &inf, m, now)),
-            ("L2 norm", f.submit_update(&claim(&a, 1, &h, 10), &huge, m, now)),
             ("claims 11 examples", f.submit_update(&claim(&a, 1, &h, 11), &ok, m, now)),
             ("computed from model", f.submit_update(&claim(&a, 1, "ffff", 10), &ok, m, now)),
             ("not open", f.submit_update(&claim(&a, 2, &h, 10), &ok, m, now)),
@@ -1297,12 +1306,26 @@ mod tests {
         }
         assert_eq!(f.global().unwrap().1, h, "nothing changed the global model");
         let Phase::Fit(round) = &f.phase else { panic!("round 1 must still be open") };
-        assert_eq!((round.sum.count(), round.rejected), (0, 8), "the update for round 2 counts against round 2, not this one");
-
-        // The honest updates still close the round.
+        assert_eq!((round.sum.count(), round.rejected), (0, 5), "the update for round 2 counts against round 2, not this one");
+        // A header refused is no verdict on the site: its honest update still counts.
         f.submit_update(&claim(&a, 1, &h, 10), &ok, m, now).unwrap();
         f.submit_update(&claim(&b, 1, &h, 20), &ok, m, now).unwrap();
         assert_ne!(f.global().unwrap().1, h);
+
+        // Refused values cost the site the round (it stays in the federation; the same update
+        // would come back), and the other sites' updates close it.
+        for (reason, bad) in [("not finite", nan), ("not finite", inf), ("L2 norm", huge)] {
+            let (mut f, a, b, now) = in_round_one(Policy { max_update_norm: Some(100.0), ..Policy::default() });
+            let err = f.submit_update(&claim(&a, 1, &h, 10), &bad, m, now).unwrap_err();
+            assert!(err.to_string().contains(reason), "expected `{reason}`, got `{err}`");
+            let again = f.submit_update(&claim(&a, 1, &h, 10), &ok, m, now).unwrap_err();
+            assert!(again.to_string().contains("dropped from round 1"), "{again}");
+            let Phase::Fit(round) = &f.phase else { panic!("round 1 must still be open") };
+            assert!(round.failed.contains("a") && !round.pending.contains("a") && round.rejected == 2);
+            f.submit_update(&claim(&b, 1, &h, 20), &ok, m, now).unwrap();
+            assert_ne!(f.global().unwrap().1, h, "b's update closed the round");
+            assert!(f.clients.values().any(|c| c.site == "a"), "a is still in the federation");
+        }
     }
 
     #[test]
