@@ -1,29 +1,94 @@
 //! Serving the federation over gRPC on a listener the caller binds, until a shutdown signal.
+//!
+//! With TLS, connections are accepted here rather than by tonic, so that a refused handshake
+//! (a certificate from another CA, an expired one, none at all) is logged with the peer's
+//! address instead of vanishing; the certificate of an accepted connection still reaches the
+//! handlers (`Request::peer_certs`).
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_proto::pb::federation_server::FederationServer;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::federation::FederationHandle;
+use crate::refusals::LogRefusalsLayer;
 use crate::service::FederationService;
-use crate::tls::{install_crypto_provider, ServerTls};
+use crate::tls::ServerTls;
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] flotilla_common::pki::PkiError),
+}
 
 /// Serves `handle` on `listener` until `shutdown` is cancelled; with `tls`, only sites with
 /// a certificate from its CA get in.
 ///
 /// The caller binds the listener (port 0 in tests) so it knows the address before any
 /// client connects.
-pub async fn serve(listener: TcpListener, handle: FederationHandle, long_poll: Duration, tls: Option<ServerTls>, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &tls {
-        install_crypto_provider();
-        builder = builder.tls_config(tls.config())?;
+pub async fn serve(listener: TcpListener, handle: FederationHandle, long_poll: Duration, tls: Option<ServerTls>, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let router = tonic::transport::Server::builder()
+        .layer(LogRefusalsLayer)
+        .add_service(FederationServer::new(FederationService::new(handle, long_poll, tls.is_some())));
+    match tls {
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await?;
+        }
+        Some(tls) => {
+            let incoming = tls_incoming(listener, tls.rustls_config()?, shutdown.clone());
+            router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await?;
+        }
     }
-    builder
-        .add_service(FederationServer::new(FederationService::new(handle, long_poll, tls.is_some())))
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await
+    Ok(())
+}
+
+/// Accepts connections on `listener` and hands on those whose TLS handshake succeeded; a
+/// refused one is logged at warn level with the peer and the reason.
+fn tls_incoming(listener: TcpListener, config: Arc<rustls::ServerConfig>, shutdown: CancellationToken) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, say: wait a little instead of spinning.
+                        tracing::warn!(error = %e, "could not accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => refused(peer, &e.to_string()),
+                    Err(_) => refused(peer, "the TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+fn refused(peer: SocketAddr, reason: &str) {
+    tracing::warn!(%peer, %reason, "refused a site at the TLS handshake (no certificate, one from another CA, or expired)");
 }
