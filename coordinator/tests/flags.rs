@@ -35,7 +35,7 @@ fn simulate(extra: &[&str], tls: bool) -> Run {
     if !extra.contains(&"--rounds") {
         args.extend(["--rounds", "1"]);
     }
-    if !extra.iter().any(|a| *a == "--synthetic") {
+    if !extra.contains(&"--synthetic") {
         args.extend(["--scenario", "hospitals"]);
     }
     if !tls {

@@ -52,8 +52,8 @@ async fn four_hospitals_learn_together_and_beat_training_alone() {
     // Two hashes, named for what they hash: the parameters (as metrics.csv names each round's
     // model) and the file.
     let last_row = metrics.lines().last().unwrap();
-    assert_eq!(header.split(',').last(), Some("params_sha256"));
-    assert_eq!(last_row.split(',').last(), summary["params_sha256"].as_str(), "the last round's model is the final one");
+    assert_eq!(header.split(',').next_back(), Some("params_sha256"));
+    assert_eq!(last_row.split(',').next_back(), summary["params_sha256"].as_str(), "the last round's model is the final one");
     assert_ne!(summary["params_sha256"], summary["model_file_sha256"]);
     // The configuration is on record.
     let config = &summary["config"];
