@@ -126,7 +126,7 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
     let mut session = loop {
         match join(&conn, &opts, &table).await {
             Ok(s) => break s,
-            Err(e) if is_transient(&e) => backoff.wait(&opts, e, &shutdown).await?,
+            Err(e) if is_transient(&e) || forgot_us(&e) => backoff.wait(&opts, e, &shutdown).await?,
             Err(e) => return Err(e),
         }
         if shutdown.is_cancelled() {
@@ -169,7 +169,7 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
                         s.control = session.control.take();
                         session = s;
                     }
-                    Err(e) if is_transient(&e) => backoff.wait(&opts, e, &shutdown).await?,
+                    Err(e) if is_transient(&e) || forgot_us(&e) => backoff.wait(&opts, e, &shutdown).await?,
                     Err(e) => return Err(e),
                 }
             }
@@ -183,7 +183,7 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
                         session = s;
                         backoff.reset();
                     }
-                    Err(e) if is_transient(&e) => backoff.wait(&opts, e, &shutdown).await?,
+                    Err(e) if is_transient(&e) || forgot_us(&e) => backoff.wait(&opts, e, &shutdown).await?,
                     Err(e) => return Err(e),
                 }
             }
@@ -230,6 +230,12 @@ fn is_transient(e: &ClientError) -> bool {
         )
         // A connection torn down mid-stream surfaces as an HTTP/2 error with code Internal.
         || matches!(e, ClientError::Rpc { code: tonic::Code::Internal, message, .. } if message.contains("h2 protocol error") || message.contains("transport error"))
+}
+
+/// The coordinator forgot this connection (its lease expired, say between joining and
+/// reporting on a slow link): joining again is the answer, not giving up.
+fn forgot_us(e: &ClientError) -> bool {
+    e.code() == Some(tonic::Code::NotFound)
 }
 
 /// Exponential backoff with full jitter, bounded by the site's reconnect patience.
