@@ -3,14 +3,14 @@
 # are measured against, and the ratios; writes BENCHMARKS.md.
 # Usage: scripts/bench.sh [--no-scale]   (--no-scale skips the 1,000- and 10,000-client runs)
 # Needs GNU time at /usr/bin/time (wall, CPU and peak RSS of every process).
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# FLOTILLA_BIN_DIR and FLOTILLA_REPORT_DIR: see scripts/common.sh (the limits and kernels are
+# criterion benchmarks, which `cargo bench` builds in any case; set CARGO_TARGET_DIR for a
+# read-only checkout).
+source "$(dirname "$0")/common.sh"
 scale=1
 [ "${1:-}" = "--no-scale" ] && scale=0
 [ -x /usr/bin/time ] || { echo "scripts/bench.sh needs GNU time at /usr/bin/time" >&2; exit 1; }
-cargo build --release --locked -p flotilla-coordinator -p flotilla-client
-coord=target/release/flotilla-coordinator
-client=target/release/flotilla-client
+flotilla_bins release
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 report="$work/report.md"
@@ -30,7 +30,7 @@ simulate() { # label, clients, samples, features, rounds, extra flags...
   local before after
   before=$(lo_rx)
   if ! timed "$work/t" "$coord" --log error simulate --synthetic --clients "$c" --samples "$s" --features "$f" --rounds "$r" \
-    --no-baselines --quiet --insecure --lease 60 --out "$work/run" "$@" > /dev/null 2> "$work/err"; then
+    --no-baselines --quiet --insecure --lease 60 --out "$work/run" --force "$@" > /dev/null 2> "$work/err"; then
     echo "| $label | in-process | $c × $s × $f, $r rounds | failed: $(tail -1 "$work/err" | cut -c1-160) | | | | | | |" >> "$report"
     echo "0 1" > "$work/last"
     return
@@ -49,7 +49,7 @@ processes() { # label, clients, samples, features, rounds, backend
   local port=$((20000 + RANDOM % 20000)) before after
   before=$(lo_rx)
   timed "$work/t-coord" "$coord" --log error serve --insecure --listen "127.0.0.1:$port" --config "$work/data/task.toml" \
-    --min-clients "$c" --rounds "$r" --grace 600 --out "$work/run" &
+    --min-clients "$c" --rounds "$r" --grace 600 --out "$work/run" --force &
   local coord_pid=$!
   local pids=()
   for k in $(seq 0 $((c - 1))); do
@@ -160,5 +160,5 @@ cargo bench --locked -p flotilla-common --bench kernels 2>/dev/null | awk '
   agg=$(awk -F'|' '/exact aggregation/ { split($3, x, " "); print x[1] }' "$limits")
   bw=$(awk -F'|' '/memory bandwidth/ { split($3, x, " "); print x[1] }' "$limits")
   echo "- W2 aggregation throughput / memory bandwidth: $(awk -v a="$agg" -v b="$bw" 'BEGIN { printf "%.3f", a / b }') counting the f32 input, $(awk -v a="$agg" -v b="$bw" 'BEGIN { printf "%.2f", 9 * a / b }') counting the memory the exact i128 sum moves (36 bytes a value) (target ≥ 0.5; see docs/PERFORMANCE.md)."
-} > BENCHMARKS.md
-cat BENCHMARKS.md
+} > "$(report_path . BENCHMARKS.md)"
+cat "$(report_path . BENCHMARKS.md)"

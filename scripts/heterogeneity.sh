@@ -2,11 +2,11 @@
 # Heterogeneity experiment: German credit across 10 banks with a Dirichlet(0.1) label skew;
 # FedProx, SCAFFOLD and FedYogi against FedAvg. Writes docs/HETEROGENEITY.md.
 # Usage: scripts/heterogeneity.sh [ROUNDS] [SEED] [TARGET]
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# (FLOTILLA_BIN_DIR and FLOTILLA_REPORT_DIR: see scripts/common.sh)
+source "$(dirname "$0")/common.sh"
 rounds="${1:-20}"; seed="${2:-42}"; target="${3:-0.72}"
-cargo build --locked -p flotilla-coordinator
-bin=target/debug/flotilla-coordinator; out=$(mktemp -d)
+flotilla_bins debug
+out=$(mktemp -d)
 common="--data data/germancredit.csv --config examples/banks.toml --clients 10 --partition dirichlet:0.1 --rounds $rounds --seed $seed"
 source scripts/experiment-lib.sh
 {
@@ -22,5 +22,5 @@ source scripts/experiment-lib.sh
   row "FedYogi η=0.01" --strategy fedyogi --server-lr 0.01
   row "SCAFFOLD (SGD lr 0.05)" --strategy scaffold --learning-rate 0.05
   row "FedAvg with SGD lr 0.05 (SCAFFOLD's control)" --strategy fedavg --learning-rate 0.05
-} | tee docs/HETEROGENEITY.md
+} | tee "$(report_path docs HETEROGENEITY.md)"
 rm -rf "$out"

@@ -2,18 +2,17 @@
 # Poisoning experiment: German credit split IID across 10 banks, 2 of them malicious
 # (they send their delta sign-flipped and scaled x10). Writes docs/POISONING.md.
 # Usage: scripts/poisoning.sh [ROUNDS] [SEED]
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# (FLOTILLA_BIN_DIR and FLOTILLA_REPORT_DIR: see scripts/common.sh)
+source "$(dirname "$0")/common.sh"
 rounds="${1:-10}"
 seed="${2:-42}"
-cargo build --locked -p flotilla-coordinator
-bin=target/debug/flotilla-coordinator
+flotilla_bins debug
 out=$(mktemp -d)
 run() { # label, extra flags...
   local label="$1"; shift
   local acc
   acc=$("$bin" --log error simulate --data data/germancredit.csv --config examples/banks.toml --clients 10 --partition iid \
-        --rounds "$rounds" --seed "$seed" --no-baselines --quiet --insecure --out "$out/run" "$@" \
+        --rounds "$rounds" --seed "$seed" --no-baselines --quiet --insecure --out "$out/run" --force "$@" \
         | sed -n 's/^final global model: accuracy \([0-9.]*\).*/\1/p')
   echo "| $label | $* | $acc |"
 }
@@ -32,5 +31,5 @@ run() { # label, extra flags...
   run "Krum f=2, 2 malicious" --strategy krum --byzantine 2 --malicious 2
   run "Multi-Krum f=2, 2 malicious" --strategy multi-krum --byzantine 2 --malicious 2
   run "Bulyan f=1, 2 malicious (f=2 needs 11 banks)" --strategy bulyan --byzantine 1 --malicious 2
-} | tee docs/POISONING.md
+} | tee "$(report_path docs POISONING.md)"
 rm -rf "$out"

@@ -2,16 +2,16 @@
 # The accuracy cost of privacy on the four hospitals: no protection, central DP at a few noise
 # levels, local DP, secure aggregation, and secure aggregation with central DP.
 # Writes docs/PRIVACY.md. Usage: scripts/privacy.sh [ROUNDS] [SEED]
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# (FLOTILLA_BIN_DIR and FLOTILLA_REPORT_DIR: see scripts/common.sh)
+source "$(dirname "$0")/common.sh"
 rounds="${1:-20}"; seed="${2:-42}"
-cargo build --locked -p flotilla-coordinator
-bin=target/debug/flotilla-coordinator; out=$(mktemp -d)
+flotilla_bins debug
+out=$(mktemp -d)
 row() { # label, extra flags...
   local label="$1"; shift
   local start end
   start=$EPOCHREALTIME
-  "$bin" --log error simulate --scenario hospitals --rounds "$rounds" --seed "$seed" --no-baselines --quiet --insecure --out "$out/run" "$@" > /dev/null
+  "$bin" --log error simulate --scenario hospitals --rounds "$rounds" --seed "$seed" --no-baselines --quiet --insecure --out "$out/run" --force "$@" > /dev/null
   end=$EPOCHREALTIME
   awk -F, -v label="$label" -v flags="$*" -v secs="$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')" '
     NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i }
@@ -36,5 +36,5 @@ row() { # label, extra flags...
   row "local DP, z = 0.5" --dp-clip 1 --dp-noise 0.5 --dp-local
   row "secure aggregation" --secure-aggregation
   row "secure aggregation + central DP, z = 0.5" --secure-aggregation --dp-clip 1 --dp-noise 0.5
-} | tee docs/PRIVACY.md
+} | tee "$(report_path docs PRIVACY.md)"
 rm -rf "$out"

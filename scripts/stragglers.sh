@@ -2,11 +2,11 @@
 # Straggler experiment in the style of FedProx: 50% and 90% of the banks complete only one of
 # the five local epochs asked. FedAvg drops their partial work; FedProx uses it.
 # Writes docs/STRAGGLERS.md. Usage: scripts/stragglers.sh [ROUNDS] [SEED] [TARGET]
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# (FLOTILLA_BIN_DIR and FLOTILLA_REPORT_DIR: see scripts/common.sh)
+source "$(dirname "$0")/common.sh"
 rounds="${1:-20}"; seed="${2:-42}"; target="${3:-0.70}"
-cargo build --locked -p flotilla-coordinator
-bin=target/debug/flotilla-coordinator; out=$(mktemp -d)
+flotilla_bins debug
+out=$(mktemp -d)
 common="--data data/germancredit.csv --config examples/banks.toml --clients 10 --partition dirichlet:0.5 --rounds $rounds --seed $seed"
 source scripts/experiment-lib.sh
 {
@@ -21,5 +21,5 @@ source scripts/experiment-lib.sh
   row "FedProx μ=0.1, 50% stragglers" --strategy fedprox --proximal-mu 0.1 --stragglers 0.5
   row "FedAvg, 90% stragglers" --strategy fedavg --stragglers 0.9
   row "FedProx μ=0.1, 90% stragglers" --strategy fedprox --proximal-mu 0.1 --stragglers 0.9
-} | tee docs/STRAGGLERS.md
+} | tee "$(report_path docs STRAGGLERS.md)"
 rm -rf "$out"

@@ -52,3 +52,44 @@ impl ClientError {
         }
     }
 }
+
+/// An error and its causes on one line, each cause once: many errors already quote their
+/// source in their own message (`{path}: {source}`), which a plain walk down the chain would
+/// repeat.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        next = err.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct Io {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading the request (--csr)")]
+    struct Outer(#[source] Io);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let e = Outer(Io { path: "x.csr".into(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory") });
+        assert_eq!(describe(&e), "reading the request (--csr): x.csr: No such file or directory");
+    }
+}

@@ -1,6 +1,7 @@
 //! `flotilla-client`: one site of a federation. Parses flags, reads the site's CSV, and runs
 //! the site until the coordinator says the federation is done.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -95,7 +96,13 @@ enum CertsCommand {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(&args.log)).with_target(false).init();
+    // Logs go to stderr, like the coordinator's, in colour only when it is a terminal.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
     let result = match args.command {
         Some(Command::Certs(CertsCommand::Request { site, out })) => request(&site, &out),
         None => run(args),
@@ -103,7 +110,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("flotilla-client: {e:#}");
+            eprintln!("flotilla-client: {}", flotilla_client::error::describe(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -124,6 +131,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (Some(coordinator), Some(data), Some(site)) = (args.coordinator.clone(), args.data.clone(), args.site.clone()) else {
         anyhow::bail!("--coordinator, --data and --site are required");
     };
+    check_scheme(&coordinator, args.insecure)?;
     let tls = match (&args.ca, &args.cert, &args.key) {
         (Some(ca), Some(cert), Some(key)) => Some(ClientTls::from_files(ca, cert, key)?),
         _ if args.insecure => None,
@@ -159,10 +167,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
         evaluations = report.evaluations,
         train = report.train_examples,
         test = report.test_examples,
+        refused_updates = report.refused_updates,
         "{}",
         report.reason
     );
     Ok(())
+}
+
+/// Refuses a URL whose scheme contradicts the transport asked for: `--insecure` talks
+/// plaintext (`http://`); mutual TLS needs `https://`. Either mix-up is a setup mistake, not a
+/// coordinator that cannot be reached.
+fn check_scheme(url: &str, insecure: bool) -> anyhow::Result<()> {
+    match (url.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase()), insecure) {
+        (Some(s), true) if s == "https" => anyhow::bail!(
+            "--coordinator {url} is an https:// URL but --insecure asks for plaintext: use http://HOST:PORT with --insecure, \
+             or drop --insecure and give --ca, --cert and --key"
+        ),
+        (Some(s), false) if s == "http" => anyhow::bail!(
+            "--coordinator {url} is a plaintext http:// URL: use https://HOST:PORT with --ca, --cert and --key, \
+             or pass --insecure if plaintext is really meant"
+        ),
+        (Some(s), _) if s == "http" || s == "https" => Ok(()),
+        _ => anyhow::bail!("--coordinator {url}: give a URL with its scheme, https://HOST:PORT (or http://HOST:PORT with --insecure)"),
+    }
 }
 
 /// True for http(s) URLs whose host is localhost or a loopback address.
@@ -175,7 +202,17 @@ fn is_loopback_url(url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback_url;
+    use super::{check_scheme, is_loopback_url};
+
+    #[test]
+    fn a_scheme_that_contradicts_the_transport_is_refused() {
+        let https = check_scheme("https://127.0.0.1:1", true).unwrap_err().to_string();
+        assert!(https.contains("--insecure") && https.contains("https://"), "{https}");
+        let http = check_scheme("http://127.0.0.1:1", false).unwrap_err().to_string();
+        assert!(http.contains("http://") && http.contains("--insecure"), "{http}");
+        assert!(check_scheme("127.0.0.1:1", true).is_err());
+        assert!(check_scheme("https://c:1", false).is_ok() && check_scheme("http://c:1", true).is_ok());
+    }
 
     #[test]
     fn loopback_urls_are_recognised() {

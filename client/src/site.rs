@@ -85,6 +85,8 @@ pub struct SiteReport {
     pub skipped_rows: usize,
     /// Simulated crashes (fault injection).
     pub crashes: u32,
+    /// Updates the coordinator refused (norm bound, non-finite values); the site stayed on.
+    pub refused_updates: u32,
     /// Why the federation ended.
     pub reason: String,
 }
@@ -124,7 +126,7 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
     let mut session = loop {
         match join(&conn, &opts, &table).await {
             Ok(s) => break s,
-            Err(e) if is_transient(&e) => backoff.wait(&opts, e, &shutdown).await?,
+            Err(e) if is_transient(&e) || forgot_us(&e) => backoff.wait(&opts, e, &shutdown).await?,
             Err(e) => return Err(e),
         }
         if shutdown.is_cancelled() {
@@ -167,7 +169,7 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
                         s.control = session.control.take();
                         session = s;
                     }
-                    Err(e) if is_transient(&e) => backoff.wait(&opts, e, &shutdown).await?,
+                    Err(e) if is_transient(&e) || forgot_us(&e) => backoff.wait(&opts, e, &shutdown).await?,
                     Err(e) => return Err(e),
                 }
             }
@@ -181,7 +183,7 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
                         session = s;
                         backoff.reset();
                     }
-                    Err(e) if is_transient(&e) => backoff.wait(&opts, e, &shutdown).await?,
+                    Err(e) if is_transient(&e) || forgot_us(&e) => backoff.wait(&opts, e, &shutdown).await?,
                     Err(e) => return Err(e),
                 }
             }
@@ -228,6 +230,12 @@ fn is_transient(e: &ClientError) -> bool {
         )
         // A connection torn down mid-stream surfaces as an HTTP/2 error with code Internal.
         || matches!(e, ClientError::Rpc { code: tonic::Code::Internal, message, .. } if message.contains("h2 protocol error") || message.contains("transport error"))
+}
+
+/// The coordinator forgot this connection (its lease expired, say between joining and
+/// reporting on a slow link): joining again is the answer, not giving up.
+fn forgot_us(e: &ClientError) -> bool {
+    e.code() == Some(tonic::Code::NotFound)
 }
 
 /// Exponential backoff with full jitter, bounded by the site's reconnect patience.
@@ -445,7 +453,18 @@ async fn step(
             };
             // The round counts against the budget once its update left the site.
             spent.rounds += 1;
-            conn.upload_update(header, delta).await?;
+            match conn.upload_update(header, delta).await {
+                Ok(()) => {}
+                // The coordinator refused this update (its norm is above the federation's bound,
+                // say): that is this round's loss, not the site's end. It keeps its place and
+                // trains again when asked; SCAFFOLD's c_i stays where it was.
+                Err(e) if e.code() == Some(tonic::Code::InvalidArgument) => {
+                    tracing::warn!(site = %opts.site, round, error = %e, "the coordinator refused this round's update; staying for the next round");
+                    report.refused_updates += 1;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
             if next_control.is_some() {
                 s.control = next_control;
             }

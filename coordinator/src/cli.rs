@@ -41,17 +41,21 @@ pub enum Command {
     /// Plan a privacy budget: the (ε, δ) that T rounds of the subsampled Gaussian mechanism
     /// spend (Rényi DP, orders 2..256, converted as in Opacus).
     Privacy(PrivacyArgs),
-    /// Write synthetic data as one CSV per client, a test CSV and the task (`task.toml`), for
-    /// runs with separate `flotilla-client` processes (the data `simulate --synthetic` uses).
+    /// Write synthetic data as one CSV per client, the task (`task.toml`) and a test CSV apart
+    /// (`test/test.csv`), for runs with separate `flotilla-client` processes or
+    /// `simulate --clients-dir` (the data `simulate --synthetic` uses).
     Synth(SynthArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct SynthArgs {
+    /// Clients: one CSV each, `client00000.csv`, `client00001.csv`, …
     #[arg(long, value_name = "N")]
     pub clients: usize,
+    /// Rows per client.
     #[arg(long, value_name = "S")]
     pub samples: usize,
+    /// Numeric feature columns (`x1`…), besides the label `y`.
     #[arg(long, value_name = "F")]
     pub features: usize,
     /// Dirichlet concentration of each client's class mix (small: skewed).
@@ -63,8 +67,11 @@ pub struct SynthArgs {
     /// Hidden layer widths of the task's MLP.
     #[arg(long, value_name = "W,W,…", value_delimiter = ',', default_value = "64,32")]
     pub hidden: Vec<usize>,
+    /// Seed of the data (the same seed as `simulate --synthetic --seed` gives the same rows).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Output directory: the client CSVs and task.toml; the test rows go to test/test.csv,
+    /// apart, so that `simulate --clients-dir DIR` sees only the clients.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
@@ -102,8 +109,8 @@ pub enum CertsCommand {
         /// IP addresses of the coordinator (repeatable; default 127.0.0.1).
         #[arg(long = "ip", value_name = "IP")]
         ips: Vec<std::net::IpAddr>,
-        /// Days the certificates are valid.
-        #[arg(long, default_value_t = 365)]
+        /// Days the certificates are valid (at least 1).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
         days: u32,
     },
     /// Sign a site's certificate signing request (from `flotilla-client certs request`).
@@ -120,8 +127,8 @@ pub enum CertsCommand {
         /// Where to write the site's certificate.
         #[arg(long, value_name = "SITE.pem")]
         out: PathBuf,
-        /// Days the certificate is valid.
-        #[arg(long, default_value_t = 365)]
+        /// Days the certificate is valid (at least 1).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
         days: u32,
     },
 }
@@ -138,6 +145,10 @@ pub struct RunArgs {
     /// Run directory: metrics.csv, checkpoint, model.safetensors, summary.json, accuracy.svg.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Replace an earlier run in --out (its metrics, models, summary and saved state are
+    /// deleted first). Without it, a folder that holds a run is refused.
+    #[arg(long)]
+    pub force: bool,
     /// Share of sites sampled to train in each round.
     #[arg(long, default_value_t = 1.0, value_name = "F")]
     pub fraction_fit: f64,
@@ -173,9 +184,9 @@ pub struct RunArgs {
     /// Central differential privacy: noise multiplier z (noise std z·S on the sum).
     #[arg(long, value_name = "Z", requires = "dp_clip")]
     pub dp_noise: Option<f64>,
-    /// δ of the reported (ε, δ).
-    #[arg(long, default_value_t = 1e-5, value_name = "D")]
-    pub dp_delta: f64,
+    /// δ of the reported (ε, δ) (default 1e-5; with differential privacy only).
+    #[arg(long, value_name = "D")]
+    pub dp_delta: Option<f64>,
     /// Hidden layer widths of the MLP, e.g. 2048,2048,512 (overrides the task's).
     #[arg(long, value_name = "W,W,…", value_delimiter = ',')]
     pub hidden: Option<Vec<usize>>,
@@ -192,6 +203,10 @@ pub struct RunArgs {
     /// the update norms (the paper's default 0.5; learning rate 0.2, count noise m/20).
     #[arg(long, value_name = "GAMMA", requires = "dp_clip")]
     pub dp_adaptive_quantile: Option<f64>,
+    /// Adaptive clipping: σ_b, the noise on the count of unclipped updates (default m/20 for
+    /// cohorts of m; it must exceed half the noise multiplier).
+    #[arg(long, value_name = "SIGMA", requires = "dp_adaptive_quantile")]
+    pub dp_count_stddev: Option<f64>,
     /// Override the task's local learning rate.
     #[arg(long, value_name = "LR")]
     pub learning_rate: Option<f64>,
@@ -210,8 +225,8 @@ pub struct RunArgs {
 /// The aggregation strategy and its parameters (override the task's `[strategy]`).
 #[derive(Debug, Args)]
 pub struct StrategyArgs {
-    /// fedavg, fedavgm, fedprox, fedadagrad, fedadam, fedyogi, median, trimmed-mean, krum,
-    /// multi-krum or bulyan.
+    /// fedavg, fedavgm, fedprox, fedadagrad, fedadam, fedyogi, scaffold, median, trimmed-mean,
+    /// krum, multi-krum or bulyan.
     #[arg(long, value_name = "NAME")]
     pub strategy: Option<StrategyName>,
     /// Server learning rate η (overrides the task's server_learning_rate).
@@ -241,6 +256,26 @@ pub struct StrategyArgs {
 }
 
 impl StrategyArgs {
+    /// Refuses a strategy parameter that `name` does not read: it would be silently ignored.
+    pub fn check_applies_to(&self, name: StrategyName) -> Result<(), String> {
+        let given = [
+            ("proximal_mu", "--proximal-mu", self.proximal_mu.is_some()),
+            ("beta1", "--beta1", self.beta1.is_some()),
+            ("beta2", "--beta2", self.beta2.is_some()),
+            ("tau", "--tau", self.tau.is_some()),
+            ("trim_fraction", "--trim-fraction", self.trim_fraction.is_some()),
+            ("byzantine", "--byzantine", self.byzantine.is_some()),
+            ("multi_krum_select", "--multi-krum-select", self.multi_krum_select.is_some()),
+        ];
+        for (parameter, flag, on) in given {
+            if on && !name.parameters().contains(&parameter) {
+                let users: Vec<&str> = StrategyName::using(parameter).into_iter().map(StrategyName::as_str).collect();
+                return Err(format!("{flag} does not apply to --strategy {name} (only to {}): drop it, or choose one of those", users.join(", ")));
+            }
+        }
+        Ok(())
+    }
+
     /// Applies the flags that were given to the task's strategy.
     pub fn apply(&self, task: &mut Task) {
         let s = &mut task.strategy;
@@ -272,9 +307,10 @@ pub struct SourceArgs {
     /// Number of simulated sites for --data.
     #[arg(long, value_name = "N")]
     pub clients: Option<usize>,
-    /// How --data is split: iid, dirichlet:ALPHA or column:NAME.
-    #[arg(long, default_value = "iid", value_name = "HOW")]
-    pub partition: String,
+    /// How --data is split: iid (the default), dirichlet:ALPHA, or column:NAME (one site per
+    /// value of column NAME; then without --clients).
+    #[arg(long, value_name = "HOW")]
+    pub partition: Option<String>,
     /// A directory with one CSV per site (the file stem is the site name; needs --config).
     #[arg(long, value_name = "DIR")]
     pub clients_dir: Option<PathBuf>,
@@ -288,16 +324,16 @@ pub struct SourceArgs {
     /// Features of the synthetic data.
     #[arg(long, value_name = "F")]
     pub features: Option<usize>,
-    /// Dirichlet concentration of each synthetic client's class mix (small: skewed).
-    #[arg(long, default_value_t = 1.0, value_name = "ALPHA")]
-    pub skew: f64,
+    /// Dirichlet concentration of each synthetic client's class mix (small: skewed; default 1).
+    #[arg(long, value_name = "ALPHA")]
+    pub skew: Option<f64>,
 }
 
 impl SourceArgs {
     /// The synthetic spec of `--synthetic`.
     pub fn synthetic_spec(&self) -> Option<SyntheticSpec> {
         match (self.synthetic, self.clients, self.samples, self.features) {
-            (true, Some(c), Some(s), Some(f)) => Some(SyntheticSpec { skew: self.skew, ..SyntheticSpec::new(c, s, f) }),
+            (true, Some(c), Some(s), Some(f)) => Some(SyntheticSpec { skew: self.skew.unwrap_or(1.0), ..SyntheticSpec::new(c, s, f) }),
             _ => None,
         }
     }
@@ -320,16 +356,16 @@ pub struct SimulateArgs {
     /// flipped and scaled by --attack-scale.
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub malicious: usize,
-    /// Scale of the malicious sites' sign-flipped updates.
-    #[arg(long, default_value_t = 10.0, value_name = "S")]
-    pub attack_scale: f32,
+    /// Scale of the malicious sites' sign-flipped updates (default 10; with --malicious).
+    #[arg(long, value_name = "S")]
+    pub attack_scale: Option<f32>,
     /// Experiments: this share of sites (the first by name) are stragglers that only manage
     /// --straggler-epochs local epochs per round.
     #[arg(long, default_value_t = 0.0, value_name = "F")]
     pub stragglers: f64,
-    /// Epochs a straggler completes.
-    #[arg(long, default_value_t = 1, value_name = "E")]
-    pub straggler_epochs: u32,
+    /// Epochs a straggler completes (default 1; with --stragglers).
+    #[arg(long, value_name = "E")]
+    pub straggler_epochs: Option<u32>,
     /// The burn CPU backend the simulated sites train and evaluate with: ndarray (the
     /// default) or flex (burn 0.22's newer backend: 1.6× on the seed MLP, 2.5× on large ones).
     #[arg(long, default_value_t = Backend::Ndarray, value_name = "ndarray|flex")]
@@ -338,12 +374,26 @@ pub struct SimulateArgs {
     pub run: RunArgs,
 }
 
+impl SimulateArgs {
+    /// Refuses the experiment flags that would be ignored without the experiment they tune.
+    pub fn check_experiments(&self) -> Result<(), String> {
+        if self.attack_scale.is_some() && self.malicious == 0 {
+            return Err("--attack-scale tunes the attack of --malicious K sites; without --malicious it would be ignored".into());
+        }
+        if self.straggler_epochs.is_some() && self.stragglers <= 0.0 {
+            return Err("--straggler-epochs tunes --stragglers F; without --stragglers it would be ignored".into());
+        }
+        Ok(())
+    }
+}
+
 /// Writes each simulated site's rows to its own CSV, for `flotilla-client --data`.
 #[derive(Debug, Args)]
 pub struct SplitArgs {
     #[command(flatten)]
     pub source: SourceArgs,
-    /// Federation task (needed with --data for the label of a Dirichlet split).
+    /// Federation task: needed with --data (any split: the label and columns come from it);
+    /// a --scenario brings its own.
     #[arg(long, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
     /// Seed of the split.
@@ -383,7 +433,7 @@ pub struct ServeArgs {
     pub allow_insecure_network: bool,
     /// Continue the run saved in --out (after a crash or a stop) instead of starting afresh.
     /// The task, seed and round policy must be the ones the run was started with.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "force")]
     pub resume: bool,
     #[command(flatten)]
     pub run: RunArgs,
@@ -411,6 +461,16 @@ impl RunArgs {
         };
         let p = self.limits.apply(p);
         p.validate()?;
+        // With every site in every round, how the cohort is drawn cannot matter.
+        if p.fraction_fit >= 1.0 && p.sampling == Sampling::Weighted {
+            return Err("--sampling weighted has no effect with --fraction-fit 1 (every site trains every round): lower --fraction-fit".into());
+        }
+        if p.fraction_fit >= 1.0 && p.over_selection > 1.0 {
+            return Err(format!(
+                "--over-selection {} has no effect with --fraction-fit 1 (every site is already selected): lower --fraction-fit",
+                p.over_selection
+            ));
+        }
         Ok(p)
     }
 
@@ -438,11 +498,17 @@ impl RunArgs {
             task.training.learning_rate = lr;
         }
         self.strategy.apply(&mut task);
+        self.strategy.check_applies_to(task.strategy.name)?;
         if let (Some(clip_norm), Some(noise_multiplier)) = (self.dp_clip, self.dp_noise) {
             let adaptive = self
                 .dp_adaptive_quantile
-                .map(|target_quantile| flotilla_common::privacy::dp_fedavg::AdaptiveClip { target_quantile, ..Default::default() });
-            task.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm, noise_multiplier, delta: self.dp_delta, adaptive, local: self.dp_local });
+                .map(|target_quantile| flotilla_common::privacy::dp_fedavg::AdaptiveClip { target_quantile, count_stddev: self.dp_count_stddev, ..Default::default() });
+            task.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm, noise_multiplier, delta: self.dp_delta.unwrap_or(1e-5), adaptive, local: self.dp_local });
+        } else if let Some(delta) = self.dp_delta {
+            match task.privacy.as_mut() {
+                Some(dp) => dp.delta = delta,
+                None => return Err("--dp-delta needs differential privacy: --dp-clip S --dp-noise Z, or [privacy] in the task file".into()),
+            }
         }
         if self.secure_aggregation {
             task.secure_aggregation = true;
@@ -454,22 +520,52 @@ impl RunArgs {
 
 impl SourceArgs {
     /// Where the simulated sites come from; custom data needs a task file (`has_config`).
+    /// A flag the chosen source would ignore is refused, naming it.
     pub fn source(&self, has_config: bool) -> Result<SiteSource, String> {
         let need_config = |flag: &str| {
             if has_config { Ok(()) } else { Err(format!("{flag} needs --config FILE.toml (label and columns of the task)")) }
         };
-        if let Some(spec) = self.synthetic_spec() {
-            return Ok(SiteSource::Synthetic(spec));
+        // Which flags each source reads; any other that was given would be silently ignored.
+        let given: [(&str, bool); 5] = [
+            ("--clients", self.clients.is_some()),
+            ("--partition", self.partition.is_some()),
+            ("--samples", self.samples.is_some()),
+            ("--features", self.features.is_some()),
+            ("--skew", self.skew.is_some()),
+        ];
+        let only = |source: &str, reads: &[&str]| -> Result<(), String> {
+            match given.iter().find(|(flag, on)| *on && !reads.contains(flag)) {
+                Some((flag, _)) => Err(format!("{flag} does not apply to {source}: drop it (it would be ignored)")),
+                None => Ok(()),
+            }
+        };
+        if self.synthetic {
+            only("--synthetic", &["--clients", "--samples", "--features", "--skew"])?;
+            return self.synthetic_spec().map(SiteSource::Synthetic).ok_or_else(|| "--synthetic needs --clients N --samples S --features F".into());
         }
         match (&self.scenario, &self.data, &self.clients_dir) {
-            (Some(s), None, None) => Ok(SiteSource::Scenario(*s)),
+            (Some(s), None, None) => {
+                only("--scenario", &[])?;
+                Ok(SiteSource::Scenario(*s))
+            }
             (None, Some(file), None) => {
-                let clients = self.clients.ok_or("--data needs --clients N")?;
-                let partition: Partition = self.partition.parse()?;
+                only("--data", &["--clients", "--partition"])?;
+                let partition: Partition = self.partition.as_deref().unwrap_or("iid").parse()?;
+                let clients = match (&partition, self.clients) {
+                    (Partition::Column(name), Some(n)) => {
+                        return Err(format!(
+                            "--partition column:{name} makes one site per value of column `{name}`; --clients {n} cannot apply: drop --clients"
+                        ));
+                    }
+                    (Partition::Column(_), None) => 0,
+                    (_, Some(n)) => n,
+                    (_, None) => return Err("--data needs --clients N (or --partition column:NAME, one site per value)".into()),
+                };
                 need_config("--data")?;
                 Ok(SiteSource::Csv { file: file.clone(), clients, partition })
             }
             (None, None, Some(dir)) => {
+                only("--clients-dir", &[])?;
                 need_config("--clients-dir")?;
                 Ok(SiteSource::Dir(dir.clone()))
             }

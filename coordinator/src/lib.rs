@@ -3,6 +3,7 @@
 //! - [`federation`]: the round policy, the round state machine and the actor that owns it.
 //! - [`service`]: the gRPC handlers (with `flotilla_common::wire`, the only code that names `pb::`).
 //! - [`server`]: serving the service on a listener until shutdown.
+//! - [`refusals`]: logging the requests refused for who sent them.
 //! - [`runner`]: a running coordinator (actor + server) and its orderly stop.
 //! - [`durable`]: the durable state in `<run>/state/` that `serve --resume` continues from.
 //! - [`run_dir`]: `metrics.csv`, checkpoints, `model.safetensors`, `summary.json`.
@@ -12,6 +13,7 @@
 //! - [`strategy`]: the strategy of a federation and its state across rounds.
 //! - [`summary`]: the content of `summary.json`.
 //! - [`tls`]: the coordinator's mutual-TLS material.
+//! - [`verdict`]: whether a finished federation has a usable model.
 //! - [`cli`]: command-line flags and the two-step config (flags and TOML, then validated settings).
 
 pub mod chart;
@@ -20,6 +22,7 @@ pub mod cli_limits;
 pub mod durable;
 pub mod federation;
 pub mod run_dir;
+pub mod refusals;
 pub mod runner;
 pub mod scenario;
 pub mod server;
@@ -30,3 +33,4 @@ pub mod streams;
 pub mod strategy;
 pub mod summary;
 pub mod tls;
+pub mod verdict;

@@ -1,5 +1,6 @@
 //! `flotilla-coordinator`: parses flags, sets up logging, and runs `simulate` or `serve`.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,11 +11,11 @@ use flotilla_coordinator::tls::ServerTls;
 use flotilla_common::pki;
 use flotilla_coordinator::scenario::load_sites;
 use flotilla_common::Task;
-use flotilla_coordinator::run_dir::{write_final, RunDir};
+use flotilla_coordinator::run_dir::{self, write_final, RunDir};
 use flotilla_coordinator::simulate::{report, simulate, SimulateOptions};
 use flotilla_client::shutdown::terminated;
 use flotilla_coordinator::durable::StateDir;
-use flotilla_coordinator::federation::Federation;
+use flotilla_coordinator::federation::{Federation, Metric};
 use flotilla_coordinator::{runner, summary};
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +27,13 @@ fn main() -> ExitCode {
         Command::Serve(_) | Command::Split(_) | Command::Certs(_) | Command::Privacy(_) | Command::Synth(_) => "info",
     };
     let filter = cli.log.clone().unwrap_or_else(|| default.to_owned());
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_target(false).with_writer(std::io::stderr).init();
+    // Logs go to stderr, in colour only when it is a terminal (never into a redirected file).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
         Command::Simulate(a) => run_simulate(a),
         Command::Serve(a) => run_serve(a),
@@ -38,7 +45,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("flotilla-coordinator: {e:#}");
+            eprintln!("flotilla-coordinator: {}", flotilla_client::error::describe(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -47,6 +54,7 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
     let source = a.source.source(a.run.config.is_some()).map_err(anyhow::Error::msg)?;
+    a.check_experiments().map_err(anyhow::Error::msg)?;
     let task = a.run.task_for(a.source.scenario, a.source.synthetic).map_err(anyhow::Error::msg)?;
     let policy = a.run.policy(1).map_err(anyhow::Error::msg)?;
     let sim = simulate(SimulateOptions {
@@ -59,10 +67,11 @@ async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
         baselines: !a.no_baselines,
         tls: !a.insecure,
         malicious: a.malicious,
-        attack_scale: a.attack_scale,
+        attack_scale: a.attack_scale.unwrap_or(10.0),
         stragglers: a.stragglers,
-        straggler_epochs: a.straggler_epochs,
+        straggler_epochs: a.straggler_epochs.unwrap_or(1),
         backend: a.backend,
+        force: a.run.force,
     })
     .await?;
     if let Some(c) = &sim.comparison {
@@ -74,11 +83,15 @@ async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
             c.centralized.pooled.accuracy
         );
     } else if let Some(last) = sim.outcome.history.last() {
-        println!("final global model: accuracy {:.3}, loss {:.4}", last.accuracy, last.loss);
+        if last.accuracy.is_finite() {
+            println!("final global model: accuracy {:.3}, loss {:.4}", last.accuracy, last.loss);
+        } else {
+            println!("final global model: no site evaluated it (round {})", last.round);
+        }
     }
     println!("{} rounds in {:.1} s; run directory {}", a.run.rounds, sim.seconds, a.run.out.display());
-    println!("model sha256 {}", sim.model_sha256);
-    Ok(())
+    println!("model file sha256 {}", sim.model_sha256);
+    refuse_unusable(&sim.outcome.history, &a.run.out)
 }
 
 #[tokio::main]
@@ -99,9 +112,16 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     let task = a.run.task(a.scenario).map_err(anyhow::Error::msg)?;
     let policy = a.run.policy(a.min_clients).map_err(anyhow::Error::msg)?;
+    policy.validate_for_task(&task).map_err(anyhow::Error::msg)?;
+    if let Some(allowed) = &policy.allowed_sites {
+        policy.validate_for_sites(allowed.len()).map_err(|e| anyhow::anyhow!("{e} (the allow list names {} sites)", allowed.len()))?;
+    }
     task.strategy.validate(policy.cohort_size(policy.min_clients)).map_err(anyhow::Error::msg)?;
     if let Some(dp) = &task.privacy {
         dp.validate_for_cohort(policy.cohort_size(policy.min_clients)).map_err(anyhow::Error::msg)?;
+    }
+    if !a.resume {
+        run_dir::claim_for_new_run(&a.run.out, a.run.force, "continue it with --resume, replace it with --force, or choose another --out folder")?;
     }
     let state = StateDir::create(&a.run.out)?;
     let (federation, run_dir) = if a.resume {
@@ -110,6 +130,9 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         let kept = updates.len();
         let federation = Federation::resume(task.clone(), a.run.seed, policy.clone(), snapshot, updates, std::time::Instant::now())
             .map_err(|e| anyhow::anyhow!("cannot resume the run in {}: {e}", a.run.out.display()))?;
+        if let Some(outcome) = federation.outcome() {
+            return finished_already(&a, &task, &policy, &outcome);
+        }
         tracing::info!(round = federation.round(), rounds_done = history.len().saturating_sub(1), kept_updates = kept, "resuming the saved run; waiting for its sites to rejoin");
         (federation, RunDir::resume(&a.run.out, &history)?)
     } else {
@@ -123,21 +146,53 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     let on_signal = interrupted.clone();
     tokio::spawn(async move {
         terminated().await;
-        tracing::warn!("interrupted: stopping; the last checkpoint stays in the run directory");
+        tracing::warn!("interrupted: stopping; the saved state stays in the run directory");
         on_signal.cancel();
     });
     let finished = running.wait_done(&interrupted).await;
     let outcome = running.finish(Duration::from_secs(if finished { 10 } else { 0 })).await?;
     let Some(outcome) = outcome else {
-        tracing::warn!("stopped before the last round; the last checkpoint is in {}", a.run.out.display());
+        let checkpoint = a.run.out.join("checkpoint.safetensors");
+        if checkpoint.exists() {
+            tracing::warn!("stopped before the last round; the model of the last closed round is {}; continue with --resume", checkpoint.display());
+        } else {
+            tracing::warn!("stopped before any round closed: there is no checkpoint yet; --resume starts again from the saved state in {}", a.run.out.join("state").display());
+        }
         return Ok(());
     };
-    let summary = summary::summary(&task, a.run.seed, &outcome, None);
+    let mut summary = summary::summary(&task, a.run.seed, &outcome, None);
+    summary["config"] = summary::config(&task, &policy, a.run.seed, None);
     let sha = write_final(&a.run.out, &outcome.model, &summary)?;
     if let Some(last) = outcome.history.last() {
-        tracing::info!(accuracy = last.accuracy, loss = last.loss, model_sha256 = %sha, "federation finished");
+        tracing::info!(accuracy = %Metric(Some(last.accuracy)), loss = %Metric(Some(last.loss)), model_file_sha256 = %sha, "federation finished");
     }
-    Ok(())
+    refuse_unusable(&outcome.history, &a.run.out)
+}
+
+/// `serve --resume` on a run that already finished: says so (writing the final files if the
+/// coordinator stopped before it could) instead of waiting for sites that will not come.
+fn finished_already(a: &ServeArgs, task: &Task, policy: &flotilla_coordinator::federation::Policy, outcome: &flotilla_coordinator::federation::Outcome) -> anyhow::Result<()> {
+    let out = &a.run.out;
+    if !out.join("model.safetensors").exists() || !out.join("summary.json").exists() {
+        let mut summary = summary::summary(task, a.run.seed, outcome, None);
+        summary["config"] = summary::config(task, policy, a.run.seed, None);
+        write_final(out, &outcome.model, &summary)?;
+    }
+    println!(
+        "the run in {} is complete ({} rounds): nothing to resume; its model is {}",
+        out.display(),
+        outcome.history.last().map_or(0, |r| r.round),
+        out.join("model.safetensors").display()
+    );
+    refuse_unusable(&outcome.history, out)
+}
+
+/// A federation that ran to its end without a usable model fails (after its files are written).
+fn refuse_unusable(history: &[flotilla_coordinator::federation::RoundRecord], out: &std::path::Path) -> anyhow::Result<()> {
+    match flotilla_coordinator::verdict::unusable_model(history) {
+        Some(reason) => anyhow::bail!("the federation ended without a usable model: {reason} (run directory {})", out.display()),
+        None => Ok(()),
+    }
 }
 
 fn run_synth(a: &SynthArgs) -> anyhow::Result<()> {
@@ -153,9 +208,20 @@ fn run_synth(a: &SynthArgs) -> anyhow::Result<()> {
     for k in 0..a.clients {
         write(&format!("client{k:05}.csv"), &spec.client_csv(a.seed, k).map_err(anyhow::Error::msg)?)?;
     }
-    write("test.csv", &spec.test_csv(a.seed, a.test_samples))?;
     write("task.toml", &task.to_toml())?;
-    println!("{} clients × {} rows × {} features, a test set of {} rows and task.toml in {}", a.clients, a.samples, a.features, a.test_samples, a.out.display());
+    // The test rows are no site's: apart, so that `--clients-dir` does not take them for one.
+    let test_dir = a.out.join("test");
+    std::fs::create_dir_all(&test_dir).with_context(|| format!("creating {}", test_dir.display()))?;
+    write("test/test.csv", &spec.test_csv(a.seed, a.test_samples))?;
+    println!(
+        "{} clients × {} rows × {} features and task.toml in {}; a test set of {} rows in {}",
+        a.clients,
+        a.samples,
+        a.features,
+        a.out.display(),
+        a.test_samples,
+        test_dir.join("test.csv").display()
+    );
     Ok(())
 }
 
@@ -198,9 +264,13 @@ fn run_certs(c: CertsCommand) -> anyhow::Result<()> {
             println!("keep ca.key offline; give each site its <site>.pem, <site>.key and ca.pem");
         }
         CertsCommand::Sign { ca, ca_key, csr, out, days } => {
-            let ca = pki::Issued { cert_pem: pki::read_pem(&ca)?, key_pem: pki::read_pem(&ca_key)? };
-            let (cert, site) = pki::sign_request(&ca, &pki::read_pem(&csr)?, pki::Validity::days(days))?;
-            pki::write_pem(&out, &cert, false)?;
+            let ca = pki::Issued {
+                cert_pem: pki::read_pem(&ca).context("reading the CA certificate (--ca)")?,
+                key_pem: pki::read_pem(&ca_key).context("reading the CA key (--ca-key)")?,
+            };
+            let request = pki::read_pem(&csr).context("reading the site's signing request (--csr)")?;
+            let (cert, site) = pki::sign_request(&ca, &request, pki::Validity::days(days)).with_context(|| format!("signing {} (--csr)", csr.display()))?;
+            pki::write_pem(&out, &cert, false).context("writing the certificate (--out)")?;
             println!("signed a certificate for site `{site}`, valid {days} days: {}", out.display());
         }
     }

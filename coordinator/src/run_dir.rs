@@ -20,6 +20,44 @@ pub enum RunDirError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Other { path: PathBuf, message: String },
+    /// The folder holds the files of an earlier run: starting afresh there would mix or lose them.
+    #[error("{} holds an earlier run ({}): {advice}", path.display(), found.join(", "))]
+    Occupied { path: PathBuf, found: Vec<&'static str>, advice: &'static str },
+}
+
+/// What a run leaves in its directory: any of these there means the folder holds a run.
+/// (`pki/` of `simulate` is throwaway material, rewritten by every simulation, and not listed:
+/// `--force` never deletes certificates.)
+pub const RUN_FILES: [&str; 6] = ["metrics.csv", "summary.json", "model.safetensors", "checkpoint.safetensors", "checkpoint-strategy.safetensors", "state/snapshot.safetensors"];
+
+/// The files of an earlier run in `root` (empty for a new or empty folder).
+pub fn earlier_run(root: &Path) -> Vec<&'static str> {
+    RUN_FILES.into_iter().filter(|f| root.join(f).exists()).collect()
+}
+
+/// Refuses a folder that holds an earlier run, unless `force`: then the earlier run's files
+/// (those of [`RUN_FILES`], `accuracy.svg` and `state/`) are deleted, and nothing else.
+/// `advice` says what the operator can do instead (it names the command's flags).
+pub fn claim_for_new_run(root: &Path, force: bool, advice: &'static str) -> Result<(), RunDirError> {
+    let found = earlier_run(root);
+    if found.is_empty() {
+        return Ok(());
+    }
+    if !force {
+        return Err(RunDirError::Occupied { path: root.to_owned(), found, advice });
+    }
+    for name in RUN_FILES.iter().chain(&["accuracy.svg"]).filter(|f| !f.starts_with("state/")) {
+        let path = root.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|source| RunDirError::Io { path, source })?;
+        }
+    }
+    let state = root.join("state");
+    if state.exists() {
+        std::fs::remove_dir_all(&state).map_err(|source| RunDirError::Io { path: state, source })?;
+    }
+    tracing::warn!(dir = %root.display(), "--force: deleted the earlier run in this folder");
+    Ok(())
 }
 
 /// A run directory being written.
@@ -68,7 +106,7 @@ impl RunDir {
         self.metrics.write_record(record.fields()).map_err(|e| other(&path, e))?;
         self.metrics.flush().map_err(|source| RunDirError::Io { path, source })?;
         self.history.push(record.clone());
-        let meta = HashMap::from([("round".to_owned(), record.round.to_string()), ("model_hash".to_owned(), record.model_hash.clone())]);
+        let meta = HashMap::from([("round".to_owned(), record.round.to_string()), ("params_sha256".to_owned(), record.model_hash.clone())]);
         let bytes = to_safetensors(model, meta).map_err(|e| other(&self.root.join("checkpoint.safetensors"), e))?;
         write_atomic(&self.root.join("checkpoint.safetensors"), &bytes)?;
         if !strategy_state.is_empty() {
@@ -83,14 +121,17 @@ impl RunDir {
 
 }
 
-/// Writes the final model and `summary.json` into `root`; returns the model file's SHA-256.
+/// Writes the final model and `summary.json` into `root`; returns the model file's SHA-256
+/// (`model_file_sha256` in the summary; `params_sha256` there is the hash of the parameters
+/// that `metrics.csv` names each round's model by).
 pub fn write_final(root: &Path, model: &FlatParams, summary: &serde_json::Value) -> Result<String, RunDirError> {
     let path = root.join("model.safetensors");
     let bytes = to_safetensors(model, HashMap::new()).map_err(|e| other(&path, e))?;
     write_atomic(&path, &bytes)?;
     let sha = hex::encode(Sha256::digest(&bytes));
     let mut summary = summary.clone();
-    summary["model_sha256"] = serde_json::Value::String(sha.clone());
+    summary["model_file_sha256"] = serde_json::Value::String(sha.clone());
+    summary["params_sha256"] = serde_json::Value::String(model.hash());
     let path = root.join("summary.json");
     let text = serde_json::to_string_pretty(&summary).map_err(|e| other(&path, e))?;
     write_atomic(&path, text.as_bytes())?;

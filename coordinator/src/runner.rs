@@ -23,7 +23,7 @@ pub struct Running {
     pub handle: FederationHandle,
     shutdown: CancellationToken,
     actor: JoinHandle<Option<Outcome>>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    server: JoinHandle<Result<(), server::ServeError>>,
     /// Whether clients must use `https://` (mutual TLS).
     https: bool,
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use flotilla_common::Task;
 use serde_json::{json, Value};
 
-use crate::federation::Outcome;
+use crate::federation::{Outcome, Policy};
 use crate::simulate::baselines::{Comparison, Scorecard};
 use crate::simulate::report::local_mean_accuracy;
 
@@ -51,5 +51,34 @@ fn metrics(s: &Scorecard) -> Value {
         "auc": s.pooled.auc,
         "examples": s.pooled.examples,
         "per_site": s.per_site,
+    })
+}
+
+/// The configuration a run was made with, as `summary.json`'s `config`: what a reader needs to
+/// know to interpret (or repeat) it. `backend` is the sites' burn backend when the coordinator
+/// knows it (`simulate`); served sites choose their own.
+pub fn config(task: &Task, policy: &Policy, seed: u64, backend: Option<&str>) -> Value {
+    json!({
+        "seed": seed,
+        "rounds": policy.rounds,
+        "strategy": task.strategy,
+        "server_learning_rate": task.training.server_learning_rate,
+        "training": task.training,
+        "model": task.model,
+        "differential_privacy": task.privacy,
+        "secure_aggregation": task.secure_aggregation,
+        "round_policy": {
+            "min_clients": policy.min_clients,
+            "fraction_fit": policy.fraction_fit,
+            "min_fit_results": policy.min_fit_results,
+            "over_selection": policy.over_selection,
+            "sampling": format!("{:?}", policy.sampling).to_lowercase(),
+            "max_update_norm": policy.max_update_norm,
+            "lease_seconds": policy.lease.as_secs_f64(),
+            "round_timeout_seconds": policy.round_timeout.as_secs_f64(),
+            "grace_seconds": policy.grace.as_secs_f64(),
+            "allowed_sites": policy.allowed_sites,
+        },
+        "backend": backend,
     })
 }

@@ -66,3 +66,157 @@ fn resume_refuses_a_different_seed_or_task() {
     let err = String::from_utf8_lossy(&task.stderr);
     assert!(!task.status.success() && err.contains("task") && err.contains("local_epochs"), "{err}");
 }
+
+/// A path in the repository (tests run in the crate's folder).
+fn repo(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path).display().to_string()
+}
+
+/// `base` followed by `extra`, owned.
+fn with(base: &[&str], extra: &[&str]) -> Vec<String> {
+    base.iter().chain(extra).map(|s| (*s).to_owned()).collect()
+}
+
+fn own(args: Vec<&str>) -> Vec<String> {
+    args.into_iter().map(str::to_owned).collect()
+}
+
+/// Runs the binary with `args` and returns stderr, asserting it failed.
+fn refused(args: &[&str]) -> String {
+    let out = coordinator(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "`{}` should be refused; stdout: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+    err
+}
+
+#[test]
+fn a_folder_that_holds_a_run_is_never_overwritten_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    std::fs::write(dir.path().join("metrics.csv"), "round,accuracy\n0,0.5\n1,0.7\n").unwrap();
+    std::fs::write(dir.path().join("summary.json"), "{\"earlier\": true}").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let before = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let (metrics, summary) = (before("metrics.csv"), before("summary.json"));
+
+    let err = refused(&["simulate", "--scenario", "hospitals", "--rounds", "1", "--no-baselines", "--insecure", "--quiet", "--out", out]);
+    assert!(err.contains(out) && err.contains("earlier run") && err.contains("--force") && err.contains("metrics.csv"), "{err}");
+    let err = refused(&["serve", "--insecure", "--listen", "127.0.0.1:0", "--scenario", "hospitals", "--out", out]);
+    assert!(err.contains(out) && err.contains("--resume") && err.contains("--force"), "{err}");
+    assert_eq!((before("metrics.csv"), before("summary.json")), (metrics, summary), "a refused command touched the earlier run");
+    assert!(!dir.path().join("state").exists() && !dir.path().join("pki").exists(), "a refused command wrote into the folder");
+    let err = refused(&["serve", "--insecure", "--listen", "127.0.0.1:0", "--scenario", "hospitals", "--resume", "--force", "--out", out]);
+    assert!(err.contains("--resume") && err.contains("--force"), "{err}");
+
+    // Asked for, the earlier run is replaced: its files, and nothing else.
+    let ok = coordinator(&["simulate", "--scenario", "hospitals", "--rounds", "1", "--no-baselines", "--insecure", "--quiet", "--force", "--out", out]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let metrics = String::from_utf8(before("metrics.csv")).unwrap();
+    assert!(metrics.starts_with("round,accuracy,loss,auc") && metrics.lines().count() == 3, "{metrics}");
+    assert_eq!(before("notes.txt"), b"mine");
+}
+
+#[test]
+fn flags_that_cannot_work_together_are_refused_at_start_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let out = out.to_str().unwrap();
+    let (data, hospitals) = (repo("data/heart_disease_uci.csv"), repo("examples/hospitals.toml"));
+    let sim = ["simulate", "--scenario", "hospitals", "--rounds", "1", "--no-baselines", "--insecure", "--quiet", "--out", out];
+    let serve = ["serve", "--insecure", "--listen", "127.0.0.1:0", "--scenario", "hospitals", "--out", out];
+    let (sim_s, serve_s) = (&sim[..], &serve[..]);
+    let cases: Vec<(Vec<String>, &[&str])> = vec![
+        (with(sim_s, &["--min-fit-results", "5"]), &["--min-fit-results 5", "at most 4 of the 4 sites"]),
+        (with(sim_s, &["--secure-aggregation", "--max-update-norm", "1"]), &["--max-update-norm", "--secure-aggregation", "binds no malicious site"]),
+        (with(serve_s, &["--secure-aggregation", "--max-update-norm", "1"]), &["--max-update-norm", "--secure-aggregation", "binds no malicious site"]),
+        (with(serve_s, &["--allow-site", "Cleveland", "--min-fit-results", "2"]), &["--min-fit-results 2", "allow list names 1"]),
+        (with(sim_s, &["--clients", "3"]), &["--clients", "--scenario"]),
+        (with(sim_s, &["--samples", "10"]), &["--samples"]),
+        (with(sim_s, &["--partition", "iid"]), &["--partition", "--scenario"]),
+        (with(sim_s, &["--allow-site", "Cleveland"]), &["Hungary", "--allow-site"]),
+        (with(sim_s, &["--proximal-mu", "0.1"]), &["--proximal-mu", "fedavg", "fedprox"]),
+        (with(sim_s, &["--strategy", "fedadagrad", "--beta2", "0.9"]), &["--beta2", "fedadagrad", "fedadam"]),
+        (with(sim_s, &["--sampling", "weighted"]), &["--sampling weighted", "--fraction-fit"]),
+        (with(sim_s, &["--over-selection", "1.5"]), &["--over-selection", "--fraction-fit"]),
+        (with(sim_s, &["--dp-delta", "1e-6"]), &["--dp-delta", "--dp-clip"]),
+        (with(sim_s, &["--attack-scale", "3"]), &["--attack-scale", "--malicious"]),
+        (with(sim_s, &["--straggler-epochs", "2"]), &["--straggler-epochs", "--stragglers"]),
+        (with(sim_s, &["--dp-clip", "1", "--dp-noise", "5", "--dp-adaptive-quantile", "0.5"]), &["--dp-count-stddev", "count_stddev"]),
+        (
+            own(vec!["simulate", "--data", &data, "--config", &hospitals, "--partition", "column:dataset", "--clients", "2", "--out", out]),
+            &["column:dataset", "--clients 2"],
+        ),
+        (own(vec!["simulate", "--data", &data, "--config", &hospitals, "--out", out]), &["--clients", "column:NAME"]),
+        (own(vec!["certs", "sign", "--ca", "ca.pem", "--ca-key", "ca.key", "--csr", "x.csr", "--out", "x.pem", "--days", "0"]), &["--days", "0"]),
+        (own(vec!["certs", "init", "--out", out, "--days", "0"]), &["--days", "0"]),
+    ];
+    for (args, words) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = refused(&args);
+        for w in words {
+            assert!(err.contains(w), "`{}`: the refusal does not name `{w}`: {err}", args.join(" "));
+        }
+        assert!(!Path::new(out).join("metrics.csv").exists(), "`{}` was refused only after it started", args.join(" "));
+    }
+}
+
+#[test]
+fn a_missing_request_is_named_with_its_flag_and_the_os_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    assert!(coordinator(&["certs", "init", "--out", pki.to_str().unwrap()]).status.success());
+    let (ca, key) = (pki.join("ca.pem"), pki.join("ca.key"));
+    let err = refused(&["certs", "sign", "--ca", ca.to_str().unwrap(), "--ca-key", key.to_str().unwrap(), "--csr", "Nowhere.csr", "--out", "x.pem"]);
+    assert!(err.contains("--csr") && err.contains("Nowhere.csr"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+#[test]
+fn help_texts_list_every_choice_and_say_what_each_flag_needs() {
+    let help = |args: &[&str]| String::from_utf8(coordinator(args).stdout).unwrap();
+    let simulate = help(&["simulate", "--help"]);
+    assert!(simulate.contains("scaffold") && simulate.contains("--dp-count-stddev") && simulate.contains("--force"), "{simulate}");
+    let split = help(&["split", "--help"]);
+    assert!(split.contains("needed with --data"), "{split}");
+    let synth = help(&["synth", "--help"]);
+    for flag in ["--clients <N>", "--samples <S>", "--features <F>", "--seed <SEED>", "--out <DIR>"] {
+        let line = synth.lines().find(|l| l.contains(flag)).unwrap_or_else(|| panic!("no {flag} in {synth}"));
+        let described = line.trim().len() > flag.len() + 4 || synth.split(flag).nth(1).is_some_and(|rest| rest.lines().nth(1).is_some_and(|l| !l.trim().starts_with('-')));
+        assert!(described, "synth's {flag} has no help text: {synth}");
+    }
+}
+
+#[test]
+fn synth_puts_its_test_rows_apart_so_that_clients_dir_sees_only_the_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ok = coordinator(&["synth", "--clients", "2", "--samples", "40", "--features", "3", "--out", data.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(data.join("test/test.csv").exists() && !data.join("test.csv").exists());
+    let out = dir.path().join("run");
+    let run = coordinator(&[
+        "simulate", "--clients-dir", data.to_str().unwrap(), "--config", data.join("task.toml").to_str().unwrap(), "--rounds", "1", "--no-baselines", "--insecure",
+        "--quiet", "--out", out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let round1 = metrics.lines().nth(2).unwrap();
+    assert_eq!(round1.split(',').nth(5), Some("2"), "two sites selected, not the test rows as a third: {metrics}");
+}
+
+#[test]
+fn a_federation_that_never_accepts_an_update_records_every_round_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let run = coordinator(&["simulate", "--scenario", "hospitals", "--rounds", "2", "--no-baselines", "--insecure", "--quiet", "--max-update-norm", "0.0001", "--out", out]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("without a usable model") && err.contains("no round accepted an update"), "{err}");
+    let metrics = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = metrics.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3, "every round is recorded, not only round 0: {metrics}");
+    for r in &rows[1..] {
+        // clients, selected, failed, rejected: every site refused, none dropped out.
+        assert_eq!(&r[4..8], &["0", "4", "4", "4"], "{metrics}");
+    }
+    assert!(dir.path().join("summary.json").exists() && dir.path().join("model.safetensors").exists(), "the files are written all the same");
+}

@@ -54,6 +54,7 @@ pub fn sim_options(source: SiteSource, task: Task, seed: u64, rounds: u32, out: 
         stragglers: 0.0,
         straggler_epochs: 1,
         backend: flotilla_common::train::Backend::Ndarray,
+        force: false,
     }
 }
 

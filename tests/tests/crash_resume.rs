@@ -69,7 +69,7 @@ fn finished(out: &Path) -> (String, Vec<u32>) {
     for line in metrics.lines().skip(1) {
         rounds.push(line.split(',').next().and_then(|r| r.parse().ok()).expect("a round number"));
     }
-    (summary["model_sha256"].as_str().expect("model_sha256").to_owned(), rounds)
+    (summary["model_file_sha256"].as_str().expect("model_file_sha256").to_owned(), rounds)
 }
 
 /// Runs a federation of the four hospitals against the real coordinator binary. The

@@ -46,9 +46,20 @@ async fn four_hospitals_learn_together_and_beat_training_alone() {
         assert!(summary["baselines"]["local"][site]["accuracy"].as_f64().is_some(), "no local baseline for {site}");
     }
     let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
-    assert_eq!(summary["model_sha256"], hex::encode(Sha256::digest(&bytes)));
+    assert_eq!(summary["model_file_sha256"], hex::encode(Sha256::digest(&bytes)));
     let (model, _) = from_safetensors(&bytes).unwrap();
     assert_eq!(model.hash(), sim.outcome.model.hash(), "the file is the final global model");
+    // Two hashes, named for what they hash: the parameters (as metrics.csv names each round's
+    // model) and the file.
+    let last_row = metrics.lines().last().unwrap();
+    let at = header.split(',').position(|h| h == "params_sha256").expect("a params_sha256 column");
+    assert_eq!(last_row.split(',').nth(at), summary["params_sha256"].as_str(), "the last round's model is the final one");
+    assert_ne!(summary["params_sha256"], summary["model_file_sha256"]);
+    // The configuration is on record.
+    let config = &summary["config"];
+    assert_eq!((config["strategy"]["name"].as_str(), config["rounds"].as_u64(), config["seed"].as_u64()), (Some("fedavg"), Some(20), Some(42)));
+    assert_eq!((config["secure_aggregation"].as_bool(), config["backend"].as_str()), (Some(false), Some("ndarray")));
+    assert!(config["differential_privacy"].is_null() && config["round_policy"]["min_fit_results"] == 1, "{config}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,26 +78,26 @@ async fn mallory(url: String, attack: bool) -> Vec<(tonic::Code, String)> {
             masked: false,
                 };
                 let small = vec![0.001f32; n];
-                let mut nan = small.clone();
-                nan[7] = f32::NAN;
                 let mut inf = small.clone();
                 inf[0] = f32::NEG_INFINITY;
+                // Refusals of the header, the stream or the checksum leave the site its round;
+                // refused values cost it the round (the same update would come back), so one
+                // kind of them comes last (NaN, the norm bound, and that nothing more is taken
+                // from the site in that round are in the state machine's tests).
                 let attempts = vec![
-                    (header.clone(), nan),
-                    (header.clone(), inf),
                     (pb::UpdateHeader { total_values: n as u64 - 1, ..header.clone() }, vec![0.001; n - 1]),
                     (pb::UpdateHeader { layout_fingerprint: "00".repeat(32), ..header.clone() }, small.clone()),
                     (pb::UpdateHeader { round: fit.round + 1, ..header.clone() }, small.clone()),
                     (pb::UpdateHeader { base_model_hash: "11".repeat(32), ..header.clone() }, small.clone()),
                     (pb::UpdateHeader { num_examples: declared * 10, ..header.clone() }, small.clone()),
                     (header.clone(), vec![0.001; n + 1000]),
-                    (header.clone(), vec![50.0; n]),
                     // One bit flipped in transit: the checksum (of the values sent) catches it.
                     (pb::UpdateHeader { values_sha256: checksum(&header.layout_fingerprint, &small), ..header.clone() }, {
                         let mut v = small.clone();
                         v[n / 2] = f32::from_bits(v[n / 2].to_bits() ^ 1);
                         v
                     }),
+                    (header.clone(), inf),
                 ];
                 for (h, values) in attempts {
                     let status = upload(&mut rpc, h, values).await.expect_err("a bad update must be refused");
@@ -136,16 +136,14 @@ async fn run(attack: bool) -> (String, Vec<(tonic::Code, String)>, usize) {
 async fn bad_updates_are_refused_and_the_model_is_as_if_they_were_never_sent() {
     let (attacked, refusals, rejected) = run(true).await;
     let expected = [
-        (tonic::Code::InvalidArgument, "is not finite"),
-        (tonic::Code::InvalidArgument, "is not finite"),
         (tonic::Code::InvalidArgument, "has layout"),
         (tonic::Code::InvalidArgument, "has layout"),
         (tonic::Code::FailedPrecondition, "round 2 is not open"),
         (tonic::Code::FailedPrecondition, "was computed from model"),
         (tonic::Code::InvalidArgument, "it declared"),
         (tonic::Code::InvalidArgument, "sent more"),
-        (tonic::Code::InvalidArgument, "L2 norm"),
         (tonic::Code::DataLoss, "checksum mismatch"),
+        (tonic::Code::InvalidArgument, "is not finite"),
     ];
     assert_eq!(refusals.len(), expected.len());
     for ((code, message), (want_code, want)) in refusals.iter().zip(expected) {

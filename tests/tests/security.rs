@@ -84,14 +84,22 @@ async fn strangers_impostors_and_expired_certificates_are_refused() {
     assert!(raw_join(&f, Some(&north), "north").await.is_ok());
 
     // No certificate at all.
-    let err = raw_join(&f, None, "north").await.unwrap_err();
-    assert!(err.contains("received fatal alert: CertificateRequired"), "a client without a certificate is refused in the handshake: {err}");
+    // Every try is refused; the alert that says why reaches the client on most tries (on
+    // others the client's HTTP/2 layer reports only the closed connection).
+    let mut errors = Vec::new();
+    for _ in 0..5 {
+        errors.push(raw_join(&f, None, "north").await.unwrap_err());
+    }
+    assert!(errors.iter().any(|e| e.contains("received fatal alert: CertificateRequired")), "a client without a certificate is refused in the handshake: {errors:?}");
 
     // A certificate from another CA.
     let other_ca = pki::new_ca("other", Validity::days(1)).unwrap();
     let forged = pki::issue_client(&other_ca, "north", Validity::days(1)).unwrap();
-    let err = raw_join(&f, Some(&forged), "north").await.unwrap_err();
-    assert!(err.contains("received fatal alert: UnknownCA"), "a certificate of another CA is refused in the handshake: {err}");
+    let mut errors = Vec::new();
+    for _ in 0..5 {
+        errors.push(raw_join(&f, Some(&forged), "north").await.unwrap_err());
+    }
+    assert!(errors.iter().any(|e| e.contains("received fatal alert: UnknownCA")), "a certificate of another CA is refused in the handshake: {errors:?}");
 
     // An expired certificate, and one not valid yet.
     let now = OffsetDateTime::now_utc();

@@ -94,7 +94,8 @@ impl DpConfig {
             if update_noise_multiplier(self.noise_multiplier, sigma_b).is_none() {
                 return Err(format!(
                     "adaptive clipping with noise multiplier {} needs count noise above {} for cohorts of {m}; \
-                     σ_b = {sigma_b} (set count_stddev, or use a larger cohort)",
+                     σ_b = {sigma_b} (raise it with --dp-count-stddev, or `count_stddev` in the task's \
+                     [privacy.adaptive]; or use a larger cohort)",
                     self.noise_multiplier,
                     self.noise_multiplier / 2.0
                 ));

@@ -66,6 +66,27 @@ impl StrategyName {
         }
     }
 
+    /// The strategy parameters (`StrategyConfig` fields) this rule reads; the others would be
+    /// ignored, so a flag that sets one of them is refused. (η, the server learning rate, is
+    /// read by every rule.)
+    pub fn parameters(self) -> &'static [&'static str] {
+        match self {
+            Self::Fedavg | Self::Scaffold | Self::Median => &[],
+            Self::Fedavgm => &["beta1"],
+            Self::Fedprox => &["proximal_mu"],
+            Self::Fedadagrad => &["beta1", "tau"],
+            Self::Fedadam | Self::Fedyogi => &["beta1", "beta2", "tau"],
+            Self::TrimmedMean => &["trim_fraction"],
+            Self::Krum | Self::Bulyan => &["byzantine"],
+            Self::MultiKrum => &["byzantine", "multi_krum_select"],
+        }
+    }
+
+    /// The rules that read `parameter` (see [`Self::parameters`]).
+    pub fn using(parameter: &str) -> Vec<StrategyName> {
+        Self::ALL.into_iter().filter(|n| n.parameters().contains(&parameter)).collect()
+    }
+
     /// True for rules that need every update of the round at once (the robust ones).
     pub fn needs_all_updates(self) -> bool {
         matches!(self, Self::Median | Self::TrimmedMean | Self::Krum | Self::MultiKrum | Self::Bulyan)

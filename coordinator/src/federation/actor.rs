@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::record::RoundRecord;
+use super::record::{Metric, RoundRecord};
 use super::rejection::Rejection;
 use super::secure::{Answer, Step};
 use super::state::{Event, Federation, Joined, Outcome, UpdateClaim, Work};
@@ -438,7 +438,7 @@ fn record(fed: &Federation, events: &[Event], writer: Option<&RoundWriter>, prog
             Event::Dropped { site, round, reason } => tracing::warn!(%site, round, %reason, "site dropped"),
             Event::Left { site } => tracing::info!(%site, "site left"),
             Event::PlanReady { features, params } => tracing::info!(features, params, "preprocessing plan ready; global model initialised"),
-            Event::FitOpened { round, cohort } => tracing::info!(round, cohort = ?cohort, "training round opened"),
+            Event::FitOpened { round, cohort } => tracing::info!(round, cohort = %cohort.join(", "), "training round opened"),
             Event::Abandoned { round, attempt, updates } => {
                 tracing::warn!(round, attempt, updates, "training attempt abandoned at the deadline; retrying with a fresh cohort")
             }
@@ -447,9 +447,9 @@ fn record(fed: &Federation, events: &[Event], writer: Option<&RoundWriter>, prog
             Event::UpdateAccepted { .. } => {} // logged when it arrived
             Event::SecAggStage { round } => tracing::debug!(round, "secure aggregation: next stage"),
             Event::Resumed { round, missing } if missing.is_empty() => tracing::info!(round, "every site is back; resuming"),
-            Event::Resumed { round, missing } => tracing::warn!(round, missing = ?missing, "resuming without sites that did not rejoin in time"),
+            Event::Resumed { round, missing } => tracing::warn!(round, missing = %missing.join(", "), "resuming without sites that did not rejoin in time"),
             Event::RoundClosed(r) => {
-                tracing::info!(round = r.round, accuracy = r.accuracy, loss = r.loss, auc = ?r.auc, clients = r.clients, "round closed");
+                tracing::info!(round = r.round, accuracy = %Metric(Some(r.accuracy)), loss = %Metric(Some(r.loss)), auc = %Metric(r.auc), clients = r.clients, "round closed");
                 if let (Some(w), Some((model, _))) = (writer, fed.global()) {
                     w.write((r.clone(), model, fed.strategy_state()));
                 }

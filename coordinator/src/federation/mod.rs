@@ -11,7 +11,7 @@ pub mod state;
 
 pub use actor::{spawn, FederationHandle, Progress};
 pub use policy::Policy;
-pub use record::RoundRecord;
+pub use record::{Metric, RoundRecord};
 pub use rejection::Rejection;
 pub use snapshot::{AcceptedUpdate, Snapshot};
 pub use state::{Event, Federation, Joined, Outcome, Work};

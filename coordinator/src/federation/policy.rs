@@ -113,6 +113,32 @@ impl Policy {
         Ok(())
     }
 
+    /// Refuses settings that cannot work with the task: a bound on update norms under secure
+    /// aggregation, where the coordinator never sees an update to measure.
+    pub fn validate_for_task(&self, task: &flotilla_common::Task) -> Result<(), String> {
+        if task.secure_aggregation && self.max_update_norm.is_some() {
+            return Err("--max-update-norm cannot be combined with --secure-aggregation: the coordinator never sees an \
+                        individual update to measure, and a bound the coordinator cannot check binds no malicious site \
+                        (clip on the sites with --dp-clip instead)"
+                .into());
+        }
+        Ok(())
+    }
+
+    /// Refuses a policy whose rounds could never gather `min_fit_results` updates from a
+    /// federation of at most `sites` sites (all of them in a simulation; the allow list in `serve`).
+    pub fn validate_for_sites(&self, sites: usize) -> Result<(), String> {
+        let selected = self.selection_size(sites);
+        if self.min_fit_results > selected {
+            return Err(format!(
+                "--min-fit-results {} can never be met: a round selects at most {selected} of the {sites} sites \
+                 (--fraction-fit {}, --over-selection {}); lower --min-fit-results, or raise --fraction-fit or the number of sites",
+                self.min_fit_results, self.fraction_fit, self.over_selection
+            ));
+        }
+        Ok(())
+    }
+
     /// The settings that decide which sites train and how updates count, so which model comes
     /// out: a resumed run must have the same. Timings (lease, deadline, grace) may change.
     pub fn identity(&self) -> String {
@@ -153,5 +179,15 @@ mod tests {
         assert_eq!(p.cohort_size(1), 1);
         assert_eq!(p.cohort_size(0), 0);
         assert!(Policy { fraction_fit: 0.0, ..Policy::default() }.validate().is_err());
+    }
+
+    #[test]
+    fn more_updates_than_a_round_can_select_are_refused() {
+        let p = Policy { min_fit_results: 5, ..Policy::default() };
+        let err = p.validate_for_sites(4).unwrap_err();
+        assert!(err.contains("--min-fit-results 5") && err.contains("at most 4 of the 4 sites"), "{err}");
+        assert!(p.validate_for_sites(5).is_ok());
+        let half = Policy { min_fit_results: 3, fraction_fit: 0.5, ..Policy::default() };
+        assert!(half.validate_for_sites(4).is_err() && half.validate_for_sites(6).is_ok());
     }
 }

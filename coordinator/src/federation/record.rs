@@ -6,8 +6,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
     pub round: u32,
-    /// Example-weighted federated evaluation of the new global model on the sites' test splits.
+    /// Example-weighted federated evaluation of the new global model on the sites' test splits;
+    /// NaN when no site evaluated it (an empty field in `metrics.csv`, `null` in JSON).
+    #[serde(deserialize_with = "nan_if_null")]
     pub accuracy: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Example-weighted over the sites whose test split holds both classes; empty if none.
     pub auc: Option<f64>,
@@ -32,7 +35,10 @@ pub struct RoundRecord {
     pub epsilon: Option<f64>,
     /// The DP clip norm for the next round (it moves under adaptive clipping).
     pub clip_norm: Option<f64>,
-    /// SHA-256 of the global model after the round.
+    /// SHA-256 of the global model's parameters after the round (layout fingerprint and values,
+    /// as sites name the model): `params_sha256` in `metrics.csv` and JSON. Not the hash of a
+    /// file: `summary.json`'s `model_file_sha256` is that of `model.safetensors`.
+    #[serde(rename = "params_sha256", alias = "model_hash")]
     pub model_hash: String,
     /// Other messages refused during the round (malformed or out-of-bounds aggregates,
     /// evaluations, identifiers; joins refused), each logged with site and reason.
@@ -44,16 +50,16 @@ impl RoundRecord {
     /// Column names of `metrics.csv`, in order.
     pub const HEADER: [&'static str; 16] = [
         "round", "accuracy", "loss", "auc", "clients", "selected", "failed", "rejected", "attempts", "evaluated", "train_loss", "seconds", "epsilon",
-        "clip_norm", "model_hash", "refused",
+        "clip_norm", "params_sha256", "refused",
     ];
 
     /// The record as CSV fields (empty for absent values).
     pub fn fields(&self) -> Vec<String> {
-        let opt = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
+        let opt = |v: Option<f64>| v.filter(|x| x.is_finite()).map_or(String::new(), |x| format!("{x:.6}"));
         vec![
             self.round.to_string(),
-            format!("{:.6}", self.accuracy),
-            format!("{:.6}", self.loss),
+            opt(Some(self.accuracy)),
+            opt(Some(self.loss)),
             opt(self.auc),
             self.clients.to_string(),
             self.selected.to_string(),
@@ -68,5 +74,60 @@ impl RoundRecord {
             self.model_hash.clone(),
             self.refused.to_string(),
         ]
+    }
+}
+
+/// JSON writes NaN as `null`; read it back as NaN (a saved round that no site evaluated).
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// A metric for logs, with Display: four decimals, or `none` when absent or not a number.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric(pub Option<f64>);
+
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.filter(|v| v.is_finite()) {
+            Some(v) => write!(f, "{v:.4}"),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_no_site_evaluated_leaves_its_metrics_empty_not_nan() {
+        let r = RoundRecord {
+            round: 3,
+            accuracy: f64::NAN,
+            loss: f64::NAN,
+            auc: None,
+            clients: 0,
+            selected: 4,
+            failed: 4,
+            rejected: 4,
+            attempts: 1,
+            evaluated: 0,
+            train_loss: None,
+            seconds: 1.0,
+            epsilon: None,
+            clip_norm: None,
+            model_hash: "ab".into(),
+            refused: 0,
+        };
+        let fields = r.fields();
+        assert_eq!((fields[1].as_str(), fields[2].as_str(), fields[3].as_str()), ("", "", ""));
+        assert!(fields.iter().all(|f| !f.contains("NaN")), "{fields:?}");
+        assert_eq!(Metric(Some(f64::NAN)).to_string(), "none");
+        assert_eq!(Metric(Some(0.34567)).to_string(), "0.3457");
+        let json = serde_json::to_value(&r).unwrap_or_default();
+        assert_eq!(json["params_sha256"], "ab");
+        assert!(json["accuracy"].is_null());
+        let back: RoundRecord = serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}"));
+        assert!(back.accuracy.is_nan() && back.model_hash == "ab", "a saved round no site evaluated reads back");
     }
 }

@@ -50,6 +50,8 @@ pub struct SimulateOptions {
     pub straggler_epochs: u32,
     /// The burn backend the simulated sites (and the baselines) compute with.
     pub backend: Backend,
+    /// Replace an earlier run in `out`; without it a folder that holds one is refused.
+    pub force: bool,
 }
 
 /// What a simulation produced.
@@ -73,7 +75,7 @@ pub enum SimulateError {
     Scenario(#[from] ScenarioError),
     #[error(transparent)]
     RunDir(#[from] RunDirError),
-    #[error("round policy: {0}")]
+    #[error("{0}")]
     Policy(String),
     #[error("cannot listen on loopback: {0}")]
     Listen(std::io::Error),
@@ -94,15 +96,27 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     let mut policy = opts.policy.clone();
     policy.min_clients = policy.min_clients.max(sites.len());
     policy.validate().map_err(SimulateError::Policy)?;
+    policy.validate_for_sites(sites.len()).map_err(SimulateError::Policy)?;
+    policy.validate_for_task(&opts.task).map_err(SimulateError::Policy)?;
     opts.task.strategy.validate(policy.cohort_size(policy.min_clients)).map_err(SimulateError::Policy)?;
     if let Some(dp) = &opts.task.privacy {
         dp.validate_for_cohort(policy.cohort_size(policy.min_clients)).map_err(SimulateError::Policy)?;
+    }
+    if let Some(allowed) = &policy.allowed_sites
+        && let Some((stranger, _)) = sites.iter().find(|(name, _)| !allowed.contains(name))
+    {
+        return Err(SimulateError::Policy(format!(
+            "site `{stranger}` of this simulation is not on the allow list (--allow-site): it would be refused at join"
+        )));
     }
     if opts.malicious > sites.len() {
         return Err(SimulateError::Policy(format!("--malicious {} is more than the {} sites", opts.malicious, sites.len())));
     }
     let first_malicious = sites.len() - opts.malicious;
     let stragglers = (opts.stragglers.clamp(0.0, 1.0) * sites.len() as f64).round() as usize;
+    // Only now that the configuration is known to work is the folder claimed (an earlier run
+    // there is refused, or with `force` deleted).
+    crate::run_dir::claim_for_new_run(&opts.out, opts.force, "replace it with --force, or choose another --out folder")?;
     let run_dir = RunDir::create(&opts.out)?;
     let pki = if opts.tls { Some(provision(&opts.out.join("pki"), &sites)?) } else { None };
     let listener = TcpListener::bind("127.0.0.1:0").await.map_err(SimulateError::Listen)?;
@@ -226,8 +240,10 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     summary["timings"] = serde_json::json!({ "total_seconds": seconds, "federation_seconds": federation_seconds });
     // Sites all ran this backend: models are reproducible on one backend, not across the two.
     summary["backend"] = serde_json::Value::String(opts.backend.to_string());
+    summary["config"] = summary::config(&opts.task, &policy, opts.seed, Some(&opts.backend.to_string()));
     let model_sha256 = write_final(&opts.out, &outcome.model, &summary)?;
-    summary["model_sha256"] = serde_json::Value::String(model_sha256.clone());
+    summary["model_file_sha256"] = serde_json::Value::String(model_sha256.clone());
+    summary["params_sha256"] = serde_json::Value::String(outcome.model.hash());
     Ok(Simulation { outcome, comparison, summary, model_sha256, seconds })
 }
 

@@ -112,19 +112,19 @@ impl Federation {
         let round = claim.round;
         let site = self.clients[claim.client_id.as_str()].site.clone();
         if let Some((i, v)) = delta.values().iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            self.count_rejection(round);
+            self.refuse_values(&site, round);
             return Err(Rejection::InvalidArgument(format!(
                 "update of site `{site}` for round {round}: value {v} at index {i} is not finite"
             )));
         }
         if !(metrics.loss.is_finite() && metrics.loss >= 0.0) {
-            self.count_rejection(round);
+            self.refuse_values(&site, round);
             return Err(Rejection::InvalidArgument(format!("update of site `{site}` for round {round}: training loss {} is not a finite, non-negative number", metrics.loss)));
         }
         if let Some(bound) = self.policy.max_update_norm {
             let norm = delta.l2_norm();
             if norm > bound {
-                self.count_rejection(round);
+                self.refuse_values(&site, round);
                 return Err(Rejection::InvalidArgument(format!(
                     "update of site `{site}` for round {round} has L2 norm {norm:.4e}, above the bound {bound}"
                 )));
@@ -241,6 +241,18 @@ impl Federation {
     /// An upload whose header was accepted broke off or overflowed: count it as rejected.
     pub fn upload_failed(&mut self, round: u32) {
         self.count_rejection(round);
+    }
+
+    /// An update whose values were refused: counted, and the site has failed this round (it
+    /// stays in the federation; asking it again would only bring the same update back).
+    pub(super) fn refuse_values(&mut self, site: &str, round: u32) {
+        self.count_rejection(round);
+        if let Phase::Fit(f) = &mut self.phase
+            && f.round == round
+            && f.pending.remove(site)
+        {
+            f.failed.insert(site.to_owned());
+        }
     }
 
     pub(super) fn count_rejection(&mut self, round: u32) {

@@ -64,9 +64,6 @@ fn every_bad_update_is_refused_with_its_reason_and_leaves_the_model_alone() {
     let ok = delta(&f, 0.01);
     let m = TrainReport { epochs: 5, ..TrainReport::default() };
     let cases: Vec<(&str, Result<Vec<Event>, Rejection>)> = vec![
-        ("not finite", f.submit_update(&claim(&a, 1, &h, 10), &nan, m, now)),
-        ("not finite", f.submit_update(&claim(&a, 1, &h, 10), &inf, m, now)),
-        ("L2 norm", f.submit_update(&claim(&a, 1, &h, 10), &huge, m, now)),
         ("claims 11 examples", f.submit_update(&claim(&a, 1, &h, 11), &ok, m, now)),
         ("computed from model", f.submit_update(&claim(&a, 1, "ffff", 10), &ok, m, now)),
         ("not open", f.submit_update(&claim(&a, 2, &h, 10), &ok, m, now)),
@@ -80,12 +77,26 @@ fn every_bad_update_is_refused_with_its_reason_and_leaves_the_model_alone() {
     }
     assert_eq!(f.global().unwrap().1, h, "nothing changed the global model");
     let Phase::Fit(round) = &f.phase else { panic!("round 1 must still be open") };
-    assert_eq!((round.sum.count(), round.rejected), (0, 8), "the update for round 2 counts against round 2, not this one");
-
-    // The honest updates still close the round.
+    assert_eq!((round.sum.count(), round.rejected), (0, 5), "the update for round 2 counts against round 2, not this one");
+    // A header refused is no verdict on the site: its honest update still counts.
     f.submit_update(&claim(&a, 1, &h, 10), &ok, m, now).unwrap();
     f.submit_update(&claim(&b, 1, &h, 20), &ok, m, now).unwrap();
     assert_ne!(f.global().unwrap().1, h);
+
+    // Refused values cost the site the round (it stays in the federation; the same update
+    // would come back), and the other sites' updates close it.
+    for (reason, bad) in [("not finite", nan), ("not finite", inf), ("L2 norm", huge)] {
+        let (mut f, a, b, now) = in_round_one(Policy { max_update_norm: Some(100.0), ..Policy::default() });
+        let err = f.submit_update(&claim(&a, 1, &h, 10), &bad, m, now).unwrap_err();
+        assert!(err.to_string().contains(reason), "expected `{reason}`, got `{err}`");
+        let again = f.submit_update(&claim(&a, 1, &h, 10), &ok, m, now).unwrap_err();
+        assert!(again.to_string().contains("dropped from round 1"), "{again}");
+        let Phase::Fit(round) = &f.phase else { panic!("round 1 must still be open") };
+        assert!(round.failed.contains("a") && !round.pending.contains("a") && round.rejected == 2);
+        f.submit_update(&claim(&b, 1, &h, 20), &ok, m, now).unwrap();
+        assert_ne!(f.global().unwrap().1, h, "b's update closed the round");
+        assert!(f.clients.values().any(|c| c.site == "a"), "a is still in the federation");
+    }
 }
 
 #[test]

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Walks the README's commands like a new user, with the binaries in $FLOTILLA_BIN_DIR (default:
+# a debug build of this checkout), in WORK_DIR (default: a temporary folder, removed after),
+# and checks what each answers: the main simulation, the run directory, a second run into the
+# same folder, split and synth, certificates (init, request, sign), serve with four TLS
+# sites, --resume of the finished run, and the refusals the README promises.
+# Usage: [FLOTILLA_BIN_DIR=target/release] scripts/readme_walk.sh [WORK_DIR]
+source "$(dirname "$0")/common.sh"
+flotilla_bins debug
+if [ -n "${1:-}" ]; then mkdir -p "$1"; w=$(cd "$1" && pwd); else w=$(mktemp -d); trap 'rm -rf "$w"' EXIT; fi
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' ERR
+step() { echo "== $*"; }
+fail() { echo "readme_walk: FAILED: $*" >&2; exit 1; }
+# Runs a command that must fail, and checks its stderr names each given word.
+refused() { # "words…" -- command…
+  local words="$1"; shift
+  if "$@" > "$w/out" 2> "$w/err"; then fail "expected a refusal: $*"; fi
+  for word in $words; do grep -qF -- "$word" "$w/err" || fail "the refusal of \`$*\` does not name $word: $(cat "$w/err")"; done
+  echo "   refused: $(tail -1 "$w/err")"
+}
+
+step "simulate --scenario hospitals --out runs/hospitals"
+"$coord" simulate --scenario hospitals --out "$w/runs/hospitals" | tee "$w/out"
+grep -q "federated (FedAvg)" "$w/out" || fail "no comparison table"
+for f in metrics.csv accuracy.svg summary.json model.safetensors checkpoint.safetensors pki/ca.pem; do
+  [ -e "$w/runs/hospitals/$f" ] || fail "runs/hospitals/$f is missing"
+done
+[ "$(head -1 "$w/runs/hospitals/metrics.csv")" = "round,accuracy,loss,auc,clients,selected,failed,rejected,attempts,evaluated,train_loss,seconds,epsilon,clip_norm,params_sha256" ] || fail "metrics.csv header"
+[ "$(wc -l < "$w/runs/hospitals/metrics.csv")" = 22 ] || fail "metrics.csv should have a header and rounds 0..=20"
+file_sha=$(sha256sum "$w/runs/hospitals/model.safetensors" | cut -d' ' -f1)
+grep -q "\"model_file_sha256\": \"$file_sha\"" "$w/runs/hospitals/summary.json" || fail "model_file_sha256 is not the file's hash"
+last_params=$(tail -1 "$w/runs/hospitals/metrics.csv" | awk -F, '{ print $NF }')
+grep -q "\"params_sha256\": \"$last_params\"" "$w/runs/hospitals/summary.json" || fail "the last params_sha256 of metrics.csv is not summary.json's"
+grep -q '"config"' "$w/runs/hospitals/summary.json" || fail "summary.json has no config"
+
+step "the same command again: refused, nothing touched; --force replaces"
+before=$(sha256sum "$w/runs/hospitals/metrics.csv")
+refused "runs/hospitals --force" "$coord" simulate --scenario hospitals --out "$w/runs/hospitals"
+[ "$(sha256sum "$w/runs/hospitals/metrics.csv")" = "$before" ] || fail "a refused run changed metrics.csv"
+"$coord" simulate --scenario hospitals --out "$w/runs/hospitals" --force --rounds 2 --no-baselines --quiet > /dev/null
+[ "$(wc -l < "$w/runs/hospitals/metrics.csv")" = 4 ] || fail "--force did not replace the run"
+
+step "split --scenario hospitals --out sites"
+"$coord" split --scenario hospitals --out "$w/sites"
+for s in Cleveland Hungary Switzerland "VA Long Beach"; do [ -f "$w/sites/$s.csv" ] || fail "sites/$s.csv is missing"; done
+
+step "synth, then simulate --clients-dir: the test rows are no site"
+"$coord" synth --clients 3 --samples 60 --features 4 --out "$w/synth"
+[ -f "$w/synth/test/test.csv" ] && [ ! -e "$w/synth/test.csv" ] || fail "synth's test rows are not in test/test.csv"
+"$coord" simulate --clients-dir "$w/synth" --config "$w/synth/task.toml" --rounds 2 --no-baselines --quiet --out "$w/runs/synth" > /dev/null
+[ "$(awk -F, 'NR == 3 { print $6 }' "$w/runs/synth/metrics.csv")" = 3 ] || fail "--clients-dir should select 3 sites"
+
+step "certificates: certs init for three hospitals, certs request + certs sign for Switzerland"
+"$coord" certs init --out "$w/pki" --site Cleveland --site Hungary --site "VA Long Beach"
+"$client" certs request --site Switzerland --out "$w/mykeys"
+[ -f "$w/mykeys/Switzerland.csr" ] && [ -f "$w/mykeys/Switzerland.key" ] || fail "certs request did not write mykeys/Switzerland.{csr,key}"
+"$coord" certs sign --ca "$w/pki/ca.pem" --ca-key "$w/pki/ca.key" --csr "$w/mykeys/Switzerland.csr" --out "$w/mykeys/Switzerland.pem"
+refused "--csr Switzerland.csr" "$coord" certs sign --ca "$w/pki/ca.pem" --ca-key "$w/pki/ca.key" --csr "$w/Switzerland.csr" --out "$w/x.pem"
+refused "--days" "$coord" certs sign --ca "$w/pki/ca.pem" --ca-key "$w/pki/ca.key" --csr "$w/mykeys/Switzerland.csr" --out "$w/x.pem" --days 0
+
+step "serve with four TLS sites, 3 rounds"
+port=$((20000 + RANDOM % 20000))
+serve=("$coord" serve --listen "127.0.0.1:$port" --scenario hospitals --rounds 3 --min-clients 4
+  --tls-cert "$w/pki/coordinator.pem" --tls-key "$w/pki/coordinator.key" --client-ca "$w/pki/ca.pem"
+  --allow-site Cleveland --allow-site Hungary --allow-site Switzerland --allow-site "VA Long Beach" --out "$w/runs/served")
+"${serve[@]}" 2> "$w/serve.log" & pids+=($!)
+for s in Cleveland Hungary Switzerland "VA Long Beach"; do
+  if [ "$s" = Switzerland ]; then keys="$w/mykeys"; else keys="$w/pki"; fi
+  "$client" --coordinator "https://127.0.0.1:$port" --site "$s" --data "$w/sites/$s.csv" --ca "$w/pki/ca.pem" \
+    --cert "$keys/$s.pem" --key "$keys/$s.key" 2> "$w/client-$s.log" & pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p" || fail "a process of the served federation failed (see $w/*.log)"; done
+pids=()
+grep -q "federation finished" "$w/serve.log" || fail "serve did not finish"
+if grep -q $'\e\[' "$w/serve.log" "$w/client-Cleveland.log"; then fail "colour codes in redirected logs"; fi
+served=$(tail -1 "$w/runs/served/metrics.csv" | awk -F, '{ print $NF }')
+"$coord" simulate --scenario hospitals --rounds 3 --no-baselines --quiet --out "$w/runs/sim3" > /dev/null
+[ "$(tail -1 "$w/runs/sim3/metrics.csv" | awk -F, '{ print $NF }')" = "$served" ] || fail "served and simulated models differ"
+echo "   served sites made the simulated model, bit for bit: $served"
+
+step "serve --resume on the finished run says it is complete"
+timeout 30 "${serve[@]}" --resume > "$w/out" 2> "$w/err" || fail "serve --resume of a finished run: $(cat "$w/err")"
+grep -q "is complete" "$w/out" || fail "serve --resume did not say the run is complete: $(cat "$w/out")"
+refused "--resume --force" "${serve[@]}"
+
+step "refusals at start"
+refused "--insecure https://" "$client" --coordinator "https://127.0.0.1:$port" --site Cleveland --data "$w/sites/Cleveland.csv" --insecure
+refused "--min-fit-results" "$coord" simulate --scenario hospitals --min-fit-results 5 --out "$w/runs/x1"
+refused "--max-update-norm --secure-aggregation" "$coord" simulate --scenario hospitals --secure-aggregation --max-update-norm 1 --out "$w/runs/x2"
+refused "--clients" "$coord" simulate --data data/heart_disease_uci.csv --config examples/hospitals.toml --partition column:dataset --clients 2 --out "$w/runs/x3"
+refused "usable" "$coord" simulate --scenario hospitals --rounds 2 --no-baselines --quiet --max-update-norm 0.0001 --out "$w/runs/x4"
+[ "$(wc -l < "$w/runs/x4/metrics.csv")" = 4 ] || fail "a run whose updates are all refused should still record its rounds"
+
+echo "readme_walk: every command answered as the README says"
