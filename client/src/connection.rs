@@ -4,17 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_common::FlatParams;
 use flotilla_common::data::{Plan, SiteStats};
+pub use flotilla_common::secagg::{Answer as SecAggReply, Step as SecAggSend};
 use flotilla_common::train::Evaluation;
 use flotilla_common::wire::{self, ModelReceiver, UpdateHeader};
-pub use flotilla_common::secagg::{Answer as SecAggReply, Step as SecAggSend};
-use flotilla_common::FlatParams;
-use flotilla_proto::pb::{self, federation_client::FederationClient};
 use flotilla_proto::PROTOCOL_VERSION;
+use flotilla_proto::pb::{self, federation_client::FederationClient};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ClientError;
-use crate::tls::{install_crypto_provider, ClientTls};
+use crate::tls::{ClientTls, install_crypto_provider};
 
 /// What the coordinator asks of the site.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,11 +130,7 @@ impl Connection {
     }
 
     pub async fn heartbeat(&self, client_id: &str) -> Result<(), ClientError> {
-        self.rpc
-            .clone()
-            .heartbeat(pb::HeartbeatRequest { client_id: client_id.to_owned() })
-            .await
-            .map_err(|s| ClientError::rpc("heartbeat", s))?;
+        self.rpc.clone().heartbeat(pb::HeartbeatRequest { client_id: client_id.to_owned() }).await.map_err(|s| ClientError::rpc("heartbeat", s))?;
         Ok(())
     }
 

@@ -14,5 +14,5 @@ pub mod site;
 pub mod tls;
 
 pub use error::ClientError;
-pub use site::{run_site, Attack, SiteOptions, SiteReport};
+pub use site::{Attack, SiteOptions, SiteReport, run_site};
 pub use tls::ClientTls;

@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use flotilla_client::shutdown::terminated;
-use flotilla_client::{run_site, ClientTls, SiteOptions};
-use flotilla_common::pki;
+use flotilla_client::{ClientTls, SiteOptions, run_site};
 use flotilla_common::data::RawTable;
+use flotilla_common::pki;
 use flotilla_common::train::Backend;
 use tokio_util::sync::CancellationToken;
 
@@ -196,7 +196,8 @@ fn check_scheme(url: &str, insecure: bool) -> anyhow::Result<()> {
 fn is_loopback_url(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split('/').next().unwrap_or("");
-    let host = if let Some(v6) = authority.strip_prefix('[') { v6.split(']').next().unwrap_or("") } else { authority.rsplit_once(':').map_or(authority, |(h, _)| h) };
+    let host =
+        if let Some(v6) = authority.strip_prefix('[') { v6.split(']').next().unwrap_or("") } else { authority.rsplit_once(':').map_or(authority, |(h, _)| h) };
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 

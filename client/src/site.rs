@@ -12,7 +12,7 @@ use flotilla_common::model::ModelShape;
 use flotilla_common::seed::derive_seed;
 use flotilla_common::site::{PreparedSite, SiteData};
 use flotilla_common::train::local::LocalConfig;
-use flotilla_common::train::{evaluate, train_local, Backend};
+use flotilla_common::train::{Backend, evaluate, train_local};
 use flotilla_common::wire::UpdateHeader;
 use flotilla_common::{FlatParams, Task};
 use tokio_util::sync::CancellationToken;
@@ -63,7 +63,22 @@ pub struct SiteOptions {
 impl SiteOptions {
     /// Options with the defaults for everything but the address and the name.
     pub fn new(coordinator: impl Into<String>, site: impl Into<String>) -> Self {
-        Self { coordinator: coordinator.into(), site: site.into(), heartbeat: Duration::from_secs(2), connect_patience: Duration::from_secs(30), reconnect_patience: Duration::from_secs(300), tls: None, budget: None, attack: None, max_epochs: None, seed: None, dropout: None, connection: None, cpu_slots: None, backend: Backend::Ndarray }
+        Self {
+            coordinator: coordinator.into(),
+            site: site.into(),
+            heartbeat: Duration::from_secs(2),
+            connect_patience: Duration::from_secs(30),
+            reconnect_patience: Duration::from_secs(300),
+            tls: None,
+            budget: None,
+            attack: None,
+            max_epochs: None,
+            seed: None,
+            dropout: None,
+            connection: None,
+            cpu_slots: None,
+            backend: Backend::Ndarray,
+        }
     }
 }
 
@@ -192,7 +207,12 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
             Err(e) if is_transient(&e) => backoff.wait(&opts, e, &shutdown).await?,
             // A round closed under us, or we were too late: resynchronise by pulling work.
             // A corrupted upload (DataLoss) is also refused and asked for again.
-            Err(e) if matches!(e.code(), Some(tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists | tonic::Code::PermissionDenied | tonic::Code::DataLoss)) => {
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists | tonic::Code::PermissionDenied | tonic::Code::DataLoss)
+                ) =>
+            {
                 tracing::info!(site = %opts.site, error = %e, "resynchronising");
             }
             Err(e) => return Err(e),
@@ -281,31 +301,26 @@ fn is_handshake_refusal(message: &str) -> bool {
 }
 
 async fn join(conn: &Connection, opts: &SiteOptions, table: &RawTable) -> Result<Session, ClientError> {
-    let Joined { client_id, task_toml, seed } = conn
-        .join(&opts.site, table.rows.len() as u64, table.header.clone())
-        .await
-        .map_err(|e| match e {
-            ClientError::Rpc {
-                code: tonic::Code::InvalidArgument | tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition | tonic::Code::Unauthenticated,
-                message,
-                ..
-            } => ClientError::Refused { site: opts.site.clone(), message },
-            // Over TLS 1.3 a refused client certificate shows up at the first call, as an
-            // alert from the coordinator. Anything else unreachable (a coordinator that is
-            // restarting) stays transient and is retried, with TLS as without.
-            ClientError::Rpc { code: tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled, message, .. }
-                if is_handshake_refusal(&message) =>
-            {
-                ClientError::Refused {
-                    site: opts.site.clone(),
-                    message: format!(
-                        "the coordinator closed the connection at the first call; it did not accept this site's certificate \
+    let Joined { client_id, task_toml, seed } = conn.join(&opts.site, table.rows.len() as u64, table.header.clone()).await.map_err(|e| match e {
+        ClientError::Rpc {
+            code: tonic::Code::InvalidArgument | tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition | tonic::Code::Unauthenticated,
+            message,
+            ..
+        } => ClientError::Refused { site: opts.site.clone(), message },
+        // Over TLS 1.3 a refused client certificate shows up at the first call, as an
+        // alert from the coordinator. Anything else unreachable (a coordinator that is
+        // restarting) stays transient and is retried, with TLS as without.
+        ClientError::Rpc { code: tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled, message, .. } if is_handshake_refusal(&message) => {
+            ClientError::Refused {
+                site: opts.site.clone(),
+                message: format!(
+                    "the coordinator closed the connection at the first call; it did not accept this site's certificate \
                          (another CA, expired, or revoked?): {message}"
-                    ),
-                }
+                ),
             }
-            other => other,
-        })?;
+        }
+        other => other,
+    })?;
     let task = Task::from_toml(&task_toml, "the coordinator's task")?;
     let seed = opts.seed.unwrap_or(seed);
     let prepared = PreparedSite::new(&opts.site, table, &task, seed)?;
@@ -488,13 +503,15 @@ async fn step(
 /// The site's data encoded with the federation's current plan (fetched when it changed).
 async fn ensure_plan(conn: &Connection, s: &mut Session, fingerprint: &str) -> Result<(Arc<SiteData>, ModelShape), ClientError> {
     if let Some((fp, data, shape)) = &s.encoded
-        && fp == fingerprint {
-            return Ok((data.clone(), shape.clone()));
-        }
-    let plan: Plan = conn
-        .plan(&s.client_id)
-        .await?
-        .ok_or_else(|| ClientError::Rpc { what: "get the plan".into(), code: tonic::Code::FailedPrecondition, message: "plan not ready".into() })?;
+        && fp == fingerprint
+    {
+        return Ok((data.clone(), shape.clone()));
+    }
+    let plan: Plan = conn.plan(&s.client_id).await?.ok_or_else(|| ClientError::Rpc {
+        what: "get the plan".into(),
+        code: tonic::Code::FailedPrecondition,
+        message: "plan not ready".into(),
+    })?;
     if plan.width() == 0 {
         return Err(flotilla_common::wire::WireError::Invalid("the preprocessing plan has no feature columns".into()).into());
     }
@@ -506,9 +523,10 @@ async fn ensure_plan(conn: &Connection, s: &mut Session, fingerprint: &str) -> R
 
 async fn ensure_model(conn: &Connection, opts: &SiteOptions, s: &mut Session, round: u32, hash: &str) -> Result<Arc<FlatParams>, ClientError> {
     if let Some((h, m)) = &s.model
-        && h == hash {
-            return Ok(m.clone());
-        }
+        && h == hash
+    {
+        return Ok(m.clone());
+    }
     s.model = None; // free the old copy before the new one arrives
     let m = Arc::new(download_heartbeating(conn, &s.client_id, opts, round, hash).await?);
     s.model = Some((hash.to_owned(), m.clone()));
@@ -555,7 +573,12 @@ async fn download_heartbeating(conn: &Connection, client_id: &str, opts: &SiteOp
 
 /// Runs CPU work on a blocking thread while heartbeats keep the lease alive.
 /// With `opts.cpu_slots`, it first waits for a slot (still heartbeating).
-async fn with_heartbeat<T: Send + 'static>(conn: &Connection, client_id: &str, opts: &SiteOptions, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ClientError> {
+async fn with_heartbeat<T: Send + 'static>(
+    conn: &Connection,
+    client_id: &str,
+    opts: &SiteOptions,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ClientError> {
     let beat = spawn_heartbeat(conn, client_id, opts.heartbeat);
     let permit = match &opts.cpu_slots {
         Some(slots) => Some(slots.clone().acquire_owned().await.map_err(|e| ClientError::Join(e.to_string()))?),

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use flotilla_common::pki::{read_pem, PkiError};
+use flotilla_common::pki::{PkiError, read_pem};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// A site's TLS material (PEM).

@@ -28,7 +28,19 @@ fn a_failed_start_says_so_on_stderr_without_colour_codes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("site.csv");
     std::fs::write(&data, "x,y\n1,0\n").unwrap();
-    let out = client(&["--coordinator", "http://127.0.0.1:1", "--site", "a", "--data", data.to_str().unwrap(), "--insecure", "--connect-timeout", "0", "--log", "debug"]);
+    let out = client(&[
+        "--coordinator",
+        "http://127.0.0.1:1",
+        "--site",
+        "a",
+        "--data",
+        data.to_str().unwrap(),
+        "--insecure",
+        "--connect-timeout",
+        "0",
+        "--log",
+        "debug",
+    ]);
     assert!(!out.status.success() && !out.stderr.is_empty());
     assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(!out.stderr.contains(&0x1b), "colour codes in a redirected log: {}", String::from_utf8_lossy(&out.stderr));

@@ -9,12 +9,12 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use flotilla_common::aggregate::WeightedSum;
 use flotilla_common::model::ModelShape;
-use flotilla_common::params::{extend_from_le_bytes, f32_to_le_bytes, FlatParams};
+use flotilla_common::params::{FlatParams, extend_from_le_bytes, f32_to_le_bytes};
 use flotilla_common::privacy::dp_fedavg::clip;
-use flotilla_common::wire::{model_chunks, ModelReceiver};
+use flotilla_common::wire::{ModelReceiver, model_chunks};
 
 /// The seed MLP (4,097 parameters) and W2's big MLP (6.85 M parameters, 27 MB).
 fn models() -> Vec<(&'static str, FlatParams)> {
@@ -74,9 +74,7 @@ fn chunking(c: &mut Criterion) {
         let hash = p.hash();
         let shared = Arc::new(p);
         // What the sender does: the header and 1 MiB data chunks, produced lazily.
-        g.bench_function(format!("model_chunks/{name}"), |b| {
-            b.iter(|| model_chunks(shared.clone(), 1, hash.clone()).for_each(|c| drop(black_box(c))))
-        });
+        g.bench_function(format!("model_chunks/{name}"), |b| b.iter(|| model_chunks(shared.clone(), 1, hash.clone()).for_each(|c| drop(black_box(c)))));
         // What the receiver does: reassemble into one buffer and verify the announced hash.
         let chunks: Vec<_> = model_chunks(shared.clone(), 1, hash.clone()).collect();
         g.bench_function(format!("receive_and_verify/{name}"), |b| {
@@ -100,9 +98,7 @@ fn clipping(c: &mut Criterion) {
     let mut g = c.benchmark_group("clipping");
     for (name, p) in models() {
         g.throughput(bytes(&p));
-        g.bench_function(format!("clip/{name}"), |b| {
-            b.iter_batched_ref(|| p.values().to_vec(), |d| clip(d, 0.5), BatchSize::LargeInput)
-        });
+        g.bench_function(format!("clip/{name}"), |b| b.iter_batched_ref(|| p.values().to_vec(), |d| clip(d, 0.5), BatchSize::LargeInput));
     }
     g.finish();
 }

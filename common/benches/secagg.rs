@@ -3,7 +3,7 @@
 //! they shared their keys. Run: `cargo bench -p flotilla-common --bench secagg`
 //! (`-- --quick` for 100 clients). Prints a table next to the paper's figures.
 
-use flotilla_common::secagg::in_memory::{run_round, Dropout};
+use flotilla_common::secagg::in_memory::{Dropout, run_round};
 use flotilla_common::secagg::majority;
 
 fn main() {
@@ -22,10 +22,6 @@ fn main() {
             (0..len).map(|j| included.iter().map(|&i| (i * 31 + j) as u64).fold(0u64, u64::wrapping_add)).collect()
         };
         assert_eq!(sum, want, "the unmasked sum is exact");
-        println!(
-            "| {n} | {len} | {label} | {:.3} | {:.2} | {paper} |",
-            timing.clients_seconds / n as f64,
-            timing.server_seconds
-        );
+        println!("| {n} | {len} | {label} | {:.3} | {:.2} | {paper} |", timing.clients_seconds / n as f64, timing.server_seconds);
     }
 }

@@ -259,11 +259,7 @@ mod tests {
         sum.add(&params(&[1.0, 1.0]), 2).unwrap();
         let err = sum.add(&params(&[1.0, 1.0, 1.0]), 1).unwrap_err();
         assert!(matches!(err, AggregateError::Params(_)), "{err}");
-        let wrong_name = FlatParams::new(
-            Layout::new(vec![TensorSpec { name: "v".into(), shape: vec![2] }]),
-            vec![0.0, 0.0],
-        )
-        .unwrap();
+        let wrong_name = FlatParams::new(Layout::new(vec![TensorSpec { name: "v".into(), shape: vec![2] }]), vec![0.0, 0.0]).unwrap();
         assert!(sum.add(&wrong_name, 1).is_err());
         assert_eq!(sum.count(), 1);
         assert_eq!(sum.mean().unwrap().values(), &[1.0, 1.0]);

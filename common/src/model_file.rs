@@ -6,20 +6,17 @@ use std::collections::HashMap;
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::error::ParamsError;
-use crate::params::{f32_to_le_bytes, extend_from_le_bytes, FlatParams, Layout, TensorSpec};
+use crate::params::{FlatParams, Layout, TensorSpec, extend_from_le_bytes, f32_to_le_bytes};
 
 /// Serialises a model (tensors in layout order) with string metadata.
 pub fn to_safetensors(params: &FlatParams, metadata: HashMap<String, String>) -> Result<Vec<u8>, ParamsError> {
-    let bytes: Vec<Vec<u8>> =
-        (0..params.layout().tensors().len()).map(|i| f32_to_le_bytes(params.tensor_values(i))).collect();
+    let bytes: Vec<Vec<u8>> = (0..params.layout().tensors().len()).map(|i| f32_to_le_bytes(params.tensor_values(i))).collect();
     let views = params
         .layout()
         .tensors()
         .iter()
         .zip(&bytes)
-        .map(|(t, b)| {
-            TensorView::new(Dtype::F32, t.shape.clone(), b).map(|v| (t.name.clone(), v)).map_err(|e| ParamsError::Safetensors(e.to_string()))
-        })
+        .map(|(t, b)| TensorView::new(Dtype::F32, t.shape.clone(), b).map(|v| (t.name.clone(), v)).map_err(|e| ParamsError::Safetensors(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     // Order is part of the layout; it is recorded so that reading restores it.
     let mut metadata = metadata;

@@ -77,10 +77,7 @@ impl Layout {
     /// Fails unless `other` is the same layout.
     pub fn ensure_same(&self, other: &Layout) -> Result<(), ParamsError> {
         if self.fingerprint != other.fingerprint {
-            return Err(ParamsError::LayoutMismatch {
-                expected: self.fingerprint.clone(),
-                found: other.fingerprint.clone(),
-            });
+            return Err(ParamsError::LayoutMismatch { expected: self.fingerprint.clone(), found: other.fingerprint.clone() });
         }
         Ok(())
     }
@@ -233,18 +230,12 @@ mod tests {
     use super::*;
 
     fn layout() -> Layout {
-        Layout::new(vec![
-            TensorSpec { name: "a.weight".into(), shape: vec![2, 3] },
-            TensorSpec { name: "a.bias".into(), shape: vec![3] },
-        ])
+        Layout::new(vec![TensorSpec { name: "a.weight".into(), shape: vec![2, 3] }, TensorSpec { name: "a.bias".into(), shape: vec![3] }])
     }
 
     #[test]
     fn fingerprint_depends_on_names_and_shapes() {
-        let other = Layout::new(vec![
-            TensorSpec { name: "a.weight".into(), shape: vec![3, 2] },
-            TensorSpec { name: "a.bias".into(), shape: vec![3] },
-        ]);
+        let other = Layout::new(vec![TensorSpec { name: "a.weight".into(), shape: vec![3, 2] }, TensorSpec { name: "a.bias".into(), shape: vec![3] }]);
         assert_eq!(layout().fingerprint(), layout().fingerprint());
         assert_ne!(layout().fingerprint(), other.fingerprint());
         assert!(layout().ensure_same(&other).is_err());

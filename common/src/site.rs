@@ -39,10 +39,7 @@ impl PreparedSite {
         let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &[name, "split"]));
         let (train, test) = stratified_split(&rows.labels(), task.data.test_fraction, &mut rng);
         if train.is_empty() || test.is_empty() {
-            return Err(DataError::File {
-                file: table.source.clone(),
-                message: format!("{} usable rows are too few for a train/test split", rows.rows.len()),
-            });
+            return Err(DataError::File { file: table.source.clone(), message: format!("{} usable rows are too few for a train/test split", rows.rows.len()) });
         }
         let stats = SiteStats::of_rows(&rows, &train);
         Ok(Self { name: name.to_owned(), rows, train, test, stats })

@@ -204,8 +204,7 @@ pub struct Augmentation {
 impl Task {
     /// Parses and validates a task from TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, TaskError> {
-        let task: Task =
-            toml::from_str(text).map_err(|e| TaskError::Parse { origin: origin.to_owned(), message: e.to_string() })?;
+        let task: Task = toml::from_str(text).map_err(|e| TaskError::Parse { origin: origin.to_owned(), message: e.to_string() })?;
         task.validate()?;
         Ok(task)
     }
@@ -245,10 +244,7 @@ impl Task {
         if let Some(dp) = &self.privacy {
             dp.validate().map_err(TaskError::Invalid)?;
             if self.strategy.name != crate::strategy::StrategyName::Fedavg {
-                return Err(TaskError::Invalid(format!(
-                    "differential privacy is implemented for fedavg only, not {}",
-                    self.strategy.name
-                )));
+                return Err(TaskError::Invalid(format!("differential privacy is implemented for fedavg only, not {}", self.strategy.name)));
             }
         }
         if self.secure_aggregation && self.strategy.name != crate::strategy::StrategyName::Fedavg {
@@ -287,8 +283,7 @@ impl Task {
 
     /// The banks task (German credit).
     pub fn banks() -> Self {
-        Self::from_toml(include_str!("../../examples/banks.toml"), "examples/banks.toml")
-            .unwrap_or_else(|e| panic!("bundled banks task is invalid: {e}"))
+        Self::from_toml(include_str!("../../examples/banks.toml"), "examples/banks.toml").unwrap_or_else(|e| panic!("bundled banks task is invalid: {e}"))
     }
 }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use flotilla_proto::pb;
 
 use crate::data::{ColumnKind, ColumnPlan, ColumnStats, Plan, SiteStats};
-use crate::params::{extend_from_le_bytes, Checksum, FlatParams, Layout, TensorSpec};
+use crate::params::{Checksum, FlatParams, Layout, TensorSpec, extend_from_le_bytes};
 use crate::train::{Evaluation, TrainReport};
 
 /// Bytes of f32 data per chunk: 1 MiB, far below tonic's 4 MiB message limit.
@@ -47,11 +47,7 @@ pub enum WireError {
 /// The protocol form of a layout.
 pub fn layout_to_pb(layout: &Layout) -> pb::Layout {
     pb::Layout {
-        tensors: layout
-            .tensors()
-            .iter()
-            .map(|t| pb::Tensor { name: t.name.clone(), shape: t.shape.iter().map(|&d| d as u64).collect() })
-            .collect(),
+        tensors: layout.tensors().iter().map(|t| pb::Tensor { name: t.name.clone(), shape: t.shape.iter().map(|&d| d as u64).collect() }).collect(),
         fingerprint: layout.fingerprint().to_owned(),
     }
 }
@@ -166,11 +162,7 @@ impl ModelReceiver {
             (Some(pb::model_chunk::Kind::Header(h)), None) => {
                 let layout = layout_from_pb(h.layout.as_ref().ok_or(WireError::Missing("layout"))?)?;
                 if layout.total() as u64 != h.total_values {
-                    return Err(WireError::Invalid(format!(
-                        "header declares {} values but its layout holds {}",
-                        h.total_values,
-                        layout.total()
-                    )));
+                    return Err(WireError::Invalid(format!("header declares {} values but its layout holds {}", h.total_values, layout.total())));
                 }
                 let asm = Assembler::new(h.total_values, layout.fingerprint())?;
                 self.header = Some((ModelHeader { layout, hash: h.model_hash, round: h.round }, asm));
@@ -321,9 +313,7 @@ pub fn plan_to_pb(plan: &Plan) -> pb::Plan {
                 name: c.name.clone(),
                 kind: Some(match &c.kind {
                     ColumnKind::Numeric { mean, std } => pb::column_plan::Kind::Numeric(pb::NumericPlan { mean: *mean, std: *std }),
-                    ColumnKind::Categorical { vocabulary } => {
-                        pb::column_plan::Kind::Categorical(pb::CategoricalPlan { vocabulary: vocabulary.clone() })
-                    }
+                    ColumnKind::Categorical { vocabulary } => pb::column_plan::Kind::Categorical(pb::CategoricalPlan { vocabulary: vocabulary.clone() }),
                 }),
             })
             .collect(),

@@ -6,22 +6,19 @@
 
 use std::path::Path;
 
+use flotilla_common::Task;
 use flotilla_common::data::{RawTable, SiteRows};
 use flotilla_common::wire::{self, Assembler, ModelReceiver, UpdatePart};
-use flotilla_common::Task;
 use flotilla_proto::pb;
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 
 fn chunk_strategy() -> impl Strategy<Value = pb::ModelChunk> {
     prop_oneof![
         (proptest::collection::vec(("[a-z.0-9]{0,8}", proptest::collection::vec(0u64..64, 0..3)), 0..4), "[0-9a-f]{0,64}", any::<u64>(), any::<u32>())
             .prop_map(|(tensors, fp, total, round)| pb::ModelChunk {
                 kind: Some(pb::model_chunk::Kind::Header(pb::ModelHeader {
-                    layout: Some(pb::Layout {
-                        tensors: tensors.into_iter().map(|(name, shape)| pb::Tensor { name, shape }).collect(),
-                        fingerprint: fp,
-                    }),
+                    layout: Some(pb::Layout { tensors: tensors.into_iter().map(|(name, shape)| pb::Tensor { name, shape }).collect(), fingerprint: fp }),
                     model_hash: String::new(),
                     round,
                     total_values: total % 4096,

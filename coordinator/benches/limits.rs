@@ -7,14 +7,14 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Instant;
 
+use flotilla_common::Task;
 use flotilla_common::aggregate::WeightedSum;
 use flotilla_common::data::synthetic::SyntheticSpec;
 use flotilla_common::data::{Plan, RawTable};
 use flotilla_common::model::ModelShape;
 use flotilla_common::site::PreparedSite;
 use flotilla_common::train::local::LocalConfig;
-use flotilla_common::train::{train_local, Backend};
-use flotilla_common::Task;
+use flotilla_common::train::{Backend, train_local};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Seconds for one epoch of local training over `clients` clients of `samples` × `features`

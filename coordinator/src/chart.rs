@@ -20,12 +20,7 @@ pub fn write_accuracy_chart(path: &Path, history: &[RoundRecord], references: &[
         .x_label_area_size(40)
         .y_label_area_size(56)
         .build_cartesian_2d(0u32..last, 0f64..1f64)?;
-    chart
-        .configure_mesh()
-        .x_desc("round")
-        .y_desc("accuracy / ROC AUC")
-        .y_label_formatter(&|v| format!("{v:.1}"))
-        .draw()?;
+    chart.configure_mesh().x_desc("round").y_desc("accuracy / ROC AUC").y_label_formatter(&|v| format!("{v:.1}")).draw()?;
     let acc: Vec<(u32, f64)> = history.iter().filter(|r| r.accuracy.is_finite()).map(|r| (r.round, r.accuracy)).collect();
     chart
         .draw_series(LineSeries::new(acc.clone(), BLUE.stroke_width(2)))?

@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use flotilla_common::Task;
 use flotilla_common::data::partition::Partition;
 use flotilla_common::data::synthetic::SyntheticSpec;
 use flotilla_common::strategy::StrategyName;
 use flotilla_common::train::Backend;
-use flotilla_common::Task;
 
-use crate::federation::policy::Sampling;
 use crate::federation::Policy;
+use crate::federation::policy::Sampling;
 use crate::scenario::{Scenario, SiteSource};
 
 /// The Flotilla coordinator: runs federated training rounds over gRPC.
@@ -500,10 +500,13 @@ impl RunArgs {
         self.strategy.apply(&mut task);
         self.strategy.check_applies_to(task.strategy.name)?;
         if let (Some(clip_norm), Some(noise_multiplier)) = (self.dp_clip, self.dp_noise) {
-            let adaptive = self
-                .dp_adaptive_quantile
-                .map(|target_quantile| flotilla_common::privacy::dp_fedavg::AdaptiveClip { target_quantile, count_stddev: self.dp_count_stddev, ..Default::default() });
-            task.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm, noise_multiplier, delta: self.dp_delta.unwrap_or(1e-5), adaptive, local: self.dp_local });
+            let adaptive = self.dp_adaptive_quantile.map(|target_quantile| flotilla_common::privacy::dp_fedavg::AdaptiveClip {
+                target_quantile,
+                count_stddev: self.dp_count_stddev,
+                ..Default::default()
+            });
+            task.privacy =
+                Some(flotilla_common::privacy::DpConfig { clip_norm, noise_multiplier, delta: self.dp_delta.unwrap_or(1e-5), adaptive, local: self.dp_local });
         } else if let Some(delta) = self.dp_delta {
             match task.privacy.as_mut() {
                 Some(dp) => dp.delta = delta,

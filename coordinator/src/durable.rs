@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flotilla_common::model_file::{from_safetensors, to_safetensors};
-use flotilla_common::params::{extend_from_le_bytes, f32_to_le_bytes, TensorSpec};
+use flotilla_common::params::{TensorSpec, extend_from_le_bytes, f32_to_le_bytes};
 use flotilla_common::train::TrainReport;
 use flotilla_common::{FlatParams, Layout};
 use safetensors::tensor::{Dtype, TensorView};
@@ -206,7 +206,7 @@ fn decode_update(bytes: &[u8]) -> Result<AcceptedUpdate, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::federation::snapshot::{RunIdentity, SavedPhase, SNAPSHOT_VERSION};
+    use crate::federation::snapshot::{RunIdentity, SNAPSHOT_VERSION, SavedPhase};
 
     fn snapshot() -> Snapshot {
         let layout = Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![2, 3] }, TensorSpec { name: "b".into(), shape: vec![3] }]);
@@ -246,7 +246,10 @@ mod tests {
         let (back, updates) = state.load().unwrap();
         assert_eq!(back.global.as_deref(), s.global.as_deref());
         assert_eq!((back.epsilon, back.clip_norm, back.phase.clone()), (s.epsilon, s.clip_norm, s.phase.clone()));
-        assert_eq!(back.strategy_state[0].1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), s.strategy_state[0].1.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            back.strategy_state[0].1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            s.strategy_state[0].1.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
         assert_eq!(updates.len(), 3);
         assert!(updates.iter().any(|u| u.site == longest), "a 128-byte name survives the trip");
         let u = updates.iter().find(|u| u.site == "VA Long Beach").unwrap();

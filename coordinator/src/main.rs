@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use flotilla_coordinator::cli::{CertsCommand, Cli, Command, PrivacyArgs, ServeArgs, SimulateArgs, SplitArgs, SynthArgs};
-use flotilla_coordinator::tls::ServerTls;
-use flotilla_common::pki;
-use flotilla_coordinator::scenario::load_sites;
-use flotilla_common::Task;
-use flotilla_coordinator::run_dir::{self, write_final, RunDir};
-use flotilla_coordinator::simulate::{report, simulate, SimulateOptions};
 use flotilla_client::shutdown::terminated;
+use flotilla_common::Task;
+use flotilla_common::pki;
+use flotilla_coordinator::cli::{CertsCommand, Cli, Command, PrivacyArgs, ServeArgs, SimulateArgs, SplitArgs, SynthArgs};
 use flotilla_coordinator::durable::StateDir;
 use flotilla_coordinator::federation::{Federation, Metric};
+use flotilla_coordinator::run_dir::{self, RunDir, write_final};
+use flotilla_coordinator::scenario::load_sites;
+use flotilla_coordinator::simulate::{SimulateOptions, report, simulate};
+use flotilla_coordinator::tls::ServerTls;
 use flotilla_coordinator::{runner, summary};
 use tokio_util::sync::CancellationToken;
 
@@ -133,7 +133,12 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         if let Some(outcome) = federation.outcome() {
             return finished_already(&a, &task, &policy, &outcome);
         }
-        tracing::info!(round = federation.round(), rounds_done = history.len().saturating_sub(1), kept_updates = kept, "resuming the saved run; waiting for its sites to rejoin");
+        tracing::info!(
+            round = federation.round(),
+            rounds_done = history.len().saturating_sub(1),
+            kept_updates = kept,
+            "resuming the saved run; waiting for its sites to rejoin"
+        );
         (federation, RunDir::resume(&a.run.out, &history)?)
     } else {
         state.clear()?;
@@ -156,7 +161,10 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         if checkpoint.exists() {
             tracing::warn!("stopped before the last round; the model of the last closed round is {}; continue with --resume", checkpoint.display());
         } else {
-            tracing::warn!("stopped before any round closed: there is no checkpoint yet; --resume starts again from the saved state in {}", a.run.out.join("state").display());
+            tracing::warn!(
+                "stopped before any round closed: there is no checkpoint yet; --resume starts again from the saved state in {}",
+                a.run.out.join("state").display()
+            );
         }
         return Ok(());
     };
@@ -171,7 +179,12 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
 
 /// `serve --resume` on a run that already finished: says so (writing the final files if the
 /// coordinator stopped before it could) instead of waiting for sites that will not come.
-fn finished_already(a: &ServeArgs, task: &Task, policy: &flotilla_coordinator::federation::Policy, outcome: &flotilla_coordinator::federation::Outcome) -> anyhow::Result<()> {
+fn finished_already(
+    a: &ServeArgs,
+    task: &Task,
+    policy: &flotilla_coordinator::federation::Policy,
+    outcome: &flotilla_coordinator::federation::Outcome,
+) -> anyhow::Result<()> {
     let out = &a.run.out;
     if !out.join("model.safetensors").exists() || !out.join("summary.json").exists() {
         let mut summary = summary::summary(task, a.run.seed, outcome, None);
@@ -226,7 +239,7 @@ fn run_synth(a: &SynthArgs) -> anyhow::Result<()> {
 }
 
 fn run_privacy(p: &PrivacyArgs) -> anyhow::Result<()> {
-    use flotilla_common::privacy::accountant::{default_orders, epsilon, Step};
+    use flotilla_common::privacy::accountant::{Step, default_orders, epsilon};
     let spent = epsilon(&[Step { q: p.sampling_rate, sigma: p.noise_multiplier, count: p.rounds }], p.delta, default_orders())?;
     println!(
         "epsilon {:.4} at delta {:e} (Renyi order {}) for {} rounds, sampling rate {}, noise multiplier {}",
@@ -244,7 +257,11 @@ fn run_split(a: SplitArgs) -> anyhow::Result<()> {
     };
     let sites = load_sites(&source, &task, a.seed)?;
     // Every name is checked before anything is written: a data value cannot escape --out.
-    let paths = sites.iter().map(|(name, _)| flotilla_coordinator::site_files::site_csv_path(&a.out, name)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+    let paths = sites
+        .iter()
+        .map(|(name, _)| flotilla_coordinator::site_files::site_csv_path(&a.out, name))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     for ((_, table), path) in sites.iter().zip(&paths) {
         let path = path.clone();

@@ -6,9 +6,9 @@
 
 use std::task::{Context, Poll};
 
-use tonic::codegen::{http, BoxFuture, Service};
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Code;
+use tonic::codegen::{BoxFuture, Service, http};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// The layer, for `tonic::transport::Server::layer`.
 #[derive(Debug, Clone, Copy, Default)]

@@ -6,8 +6,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use flotilla_common::model_file::to_safetensors;
 use flotilla_common::FlatParams;
+use flotilla_common::model_file::to_safetensors;
 use sha2::{Digest, Sha256};
 
 use crate::chart;
@@ -28,7 +28,8 @@ pub enum RunDirError {
 /// What a run leaves in its directory: any of these there means the folder holds a run.
 /// (`pki/` of `simulate` is throwaway material, rewritten by every simulation, and not listed:
 /// `--force` never deletes certificates.)
-pub const RUN_FILES: [&str; 6] = ["metrics.csv", "summary.json", "model.safetensors", "checkpoint.safetensors", "checkpoint-strategy.safetensors", "state/snapshot.safetensors"];
+pub const RUN_FILES: [&str; 6] =
+    ["metrics.csv", "summary.json", "model.safetensors", "checkpoint.safetensors", "checkpoint-strategy.safetensors", "state/snapshot.safetensors"];
 
 /// The files of an earlier run in `root` (empty for a new or empty folder).
 pub fn earlier_run(root: &Path) -> Vec<&'static str> {
@@ -74,12 +75,7 @@ impl RunDir {
     pub fn create(root: &Path) -> Result<Self, RunDirError> {
         std::fs::create_dir_all(root).map_err(|source| RunDirError::Io { path: root.to_owned(), source })?;
         let path = root.join("metrics.csv");
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|source| RunDirError::Io { path: path.clone(), source })?;
+        let file = OpenOptions::new().create(true).write(true).truncate(true).open(&path).map_err(|source| RunDirError::Io { path: path.clone(), source })?;
         let mut metrics = csv::Writer::from_writer(file);
         metrics.write_record(RoundRecord::HEADER).map_err(|e| other(&path, e))?;
         metrics.flush().map_err(|source| RunDirError::Io { path: path.clone(), source })?;
@@ -118,7 +114,6 @@ impl RunDir {
         chart::write_accuracy_chart(&self.root.join("accuracy.svg"), &self.history, &[]).map_err(|e| other(&self.root.join("accuracy.svg"), e))?;
         Ok(())
     }
-
 }
 
 /// Writes the final model and `summary.json` into `root`; returns the model file's SHA-256

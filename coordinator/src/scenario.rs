@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use flotilla_common::data::partition::{partition, Partition};
-use flotilla_common::data::synthetic::SyntheticSpec;
 use flotilla_common::data::RawTable;
+use flotilla_common::data::partition::{Partition, partition};
+use flotilla_common::data::synthetic::SyntheticSpec;
 use flotilla_common::{DataError, Task, TaskError};
 
 /// The bundled UCI Heart Disease file (four hospitals), compiled in so the demo needs no files.
@@ -37,7 +37,11 @@ impl Scenario {
 pub enum SiteSource {
     Scenario(Scenario),
     /// One CSV split into `clients` sites.
-    Csv { file: PathBuf, clients: usize, partition: Partition },
+    Csv {
+        file: PathBuf,
+        clients: usize,
+        partition: Partition,
+    },
     /// One CSV per site; the file stem is the site name.
     Dir(PathBuf),
     /// Seeded synthetic clients (`client00000`, …), see `flotilla_common::data::synthetic`.
@@ -64,18 +68,13 @@ pub fn load_sites(source: &SiteSource, task: &Task, seed: u64) -> Result<Vec<(St
         }
         SiteSource::Scenario(Scenario::Banks) => {
             let table = RawTable::from_reader(GERMAN_CREDIT_CSV.as_bytes(), Path::new("data/germancredit.csv"))?;
-            partition(&table, &Partition::Dirichlet(0.5), 5, &task.data.label, seed)?
-                .into_iter()
-                .map(|(name, t)| (name.replace("site", "bank"), t))
-                .collect()
+            partition(&table, &Partition::Dirichlet(0.5), 5, &task.data.label, seed)?.into_iter().map(|(name, t)| (name.replace("site", "bank"), t)).collect()
         }
         SiteSource::Csv { file, clients, partition: how } => partition(&RawTable::read(file)?, how, *clients, &task.data.label, seed)?,
         SiteSource::Dir(dir) => {
             let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.clone(), source })?;
-            let mut files: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("csv")))
-                .collect();
+            let mut files: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("csv"))).collect();
             files.sort();
             let mut sites = Vec::new();
             for f in files {

@@ -42,7 +42,13 @@ pub enum ServeError {
 ///
 /// The caller binds the listener (port 0 in tests) so it knows the address before any
 /// client connects.
-pub async fn serve(listener: TcpListener, handle: FederationHandle, limits: StreamLimits, tls: Option<ServerTls>, shutdown: CancellationToken) -> Result<(), ServeError> {
+pub async fn serve(
+    listener: TcpListener,
+    handle: FederationHandle,
+    limits: StreamLimits,
+    tls: Option<ServerTls>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     // Keepalive finds connections whose peer vanished without a word; the per-connection
     // stream limit bounds what one connection can open (uploads are bounded per site too).
     let router = tonic::transport::Server::builder()
@@ -67,7 +73,11 @@ pub async fn serve(listener: TcpListener, handle: FederationHandle, limits: Stre
 
 /// Accepts connections on `listener` and hands on those whose TLS handshake succeeded; a
 /// refused one is logged at warn level with the peer and the reason.
-fn tls_incoming(listener: TcpListener, config: Arc<rustls::ServerConfig>, shutdown: CancellationToken) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+fn tls_incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -111,10 +121,7 @@ async fn close_gently(mut tcp: TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tcp.shutdown().await;
     let mut sink = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async { while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {} }).await;
 }
 
 fn refused(peer: SocketAddr, reason: &str) {

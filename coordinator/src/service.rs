@@ -4,19 +4,19 @@
 
 use std::pin::Pin;
 
-use flotilla_common::wire::{self, Assembler, UpdatePart};
 use flotilla_common::FlatParams;
-use flotilla_proto::pb::{self, federation_server::Federation as FederationRpc};
+use flotilla_common::wire::{self, Assembler, UpdatePart};
 use flotilla_proto::PROTOCOL_VERSION;
+use flotilla_proto::pb::{self, federation_server::Federation as FederationRpc};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use flotilla_common::pki;
 
-use crate::federation::state::site_of_client_id;
-use crate::streams::{self, StreamLimits, UploadSlots};
 use crate::federation::secure::{Answer, Step};
+use crate::federation::state::site_of_client_id;
 use crate::federation::{FederationHandle, Rejection, Work};
+use crate::streams::{self, StreamLimits, UploadSlots};
 
 /// The `flotilla.v1.Federation` service.
 #[derive(Debug, Clone)]
@@ -56,11 +56,10 @@ impl FederationService {
     fn authorize<T>(&self, req: &Request<T>, client_id: &str) -> Result<(), Status> {
         bounded("client_id", client_id)?;
         if let Some(site) = self.caller(req)?
-            && site_of_client_id(client_id) != Some(site.as_str()) {
-                return Err(Status::permission_denied(format!(
-                    "the certificate is for site `{site}` but the request speaks for client `{client_id}`"
-                )));
-            }
+            && site_of_client_id(client_id) != Some(site.as_str())
+        {
+            return Err(Status::permission_denied(format!("the certificate is for site `{site}` but the request speaks for client `{client_id}`")));
+        }
         Ok(())
     }
 }
@@ -101,9 +100,10 @@ impl FederationRpc for FederationService {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
         if let Some(site) = caller
-            && site != r.site {
-                return Err(Status::permission_denied(format!("the certificate is for site `{site}` but the request claims to be `{}`", r.site)));
-            }
+            && site != r.site
+        {
+            return Err(Status::permission_denied(format!("the certificate is for site `{site}` but the request claims to be `{}`", r.site)));
+        }
         if r.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
                 "site `{}` speaks protocol version {}, this coordinator speaks {PROTOCOL_VERSION}",
@@ -174,22 +174,26 @@ impl FederationRpc for FederationService {
     async fn upload_update(&self, req: Request<Streaming<pb::UpdateChunk>>) -> Result<Response<pb::Ack>, Status> {
         let caller = self.caller(&req)?;
         let mut stream = req.into_inner();
-        let first = streams::next_within(&mut stream, self.limits.idle, "update stream").await?.ok_or_else(|| Status::invalid_argument("empty update stream"))?;
+        let first =
+            streams::next_within(&mut stream, self.limits.idle, "update stream").await?.ok_or_else(|| Status::invalid_argument("empty update stream"))?;
         let UpdatePart::Header(h) = wire::update_part(first).map_err(bad)? else {
             return Err(Status::invalid_argument("an update stream must start with its header"));
         };
-        for (field, value) in [("client_id", &h.client_id), ("base_model_hash", &h.base_model_hash), ("layout_fingerprint", &h.layout_fingerprint), ("values_sha256", &h.values_sha256)] {
+        for (field, value) in [
+            ("client_id", &h.client_id),
+            ("base_model_hash", &h.base_model_hash),
+            ("layout_fingerprint", &h.layout_fingerprint),
+            ("values_sha256", &h.values_sha256),
+        ] {
             bounded(field, value)?;
         }
         // Each open upload holds a model-sized buffer: a site gets a bounded number of them.
         let _slot = self.uploads.take(site_of_client_id(&h.client_id).unwrap_or(&h.client_id), self.limits.uploads_per_site)?;
         if let Some(site) = caller
-            && site_of_client_id(&h.client_id) != Some(site.as_str()) {
-                return Err(Status::permission_denied(format!(
-                    "the certificate is for site `{site}` but the update speaks for client `{}`",
-                    h.client_id
-                )));
-            }
+            && site_of_client_id(&h.client_id) != Some(site.as_str())
+        {
+            return Err(Status::permission_denied(format!("the certificate is for site `{site}` but the update speaks for client `{}`", h.client_id)));
+        }
         // Armed before the header is checked: the connection may die (and this handler be
         // dropped) while the actor checks it.
         let mut guard = UploadGuard { handle: self.handle.clone(), client: h.client_id.clone(), round: h.round, reason: None, armed: true };
@@ -236,7 +240,9 @@ impl FederationRpc for FederationService {
         bounded("model_hash", &r.model_hash)?;
         let eval = match wire::evaluation_from_pb(&r) {
             Ok(e) => e,
-            Err(e) => return Err(self.refuse(&r.client_id, Status::invalid_argument(format!("evaluation of `{}` for round {}: {e}", r.client_id, r.round))).await),
+            Err(e) => {
+                return Err(self.refuse(&r.client_id, Status::invalid_argument(format!("evaluation of `{}` for round {}: {e}", r.client_id, r.round))).await);
+            }
         };
         self.handle.evaluation(r.client_id, r.round, r.model_hash, eval).await.map_err(status)?;
         Ok(Response::new(pb::Ack {}))
@@ -290,7 +296,12 @@ impl FederationRpc for FederationService {
 impl FederationService {
     /// A masked input (secure aggregation): read as u64 values, checked against its checksum,
     /// and handed to the actor, which adds it to the secure sum.
-    async fn receive_masked(&self, stream: &mut Streaming<pb::UpdateChunk>, h: wire::UpdateHeader, guard: &mut UploadGuard) -> Result<Response<pb::Ack>, Status> {
+    async fn receive_masked(
+        &self,
+        stream: &mut Streaming<pb::UpdateChunk>,
+        h: wire::UpdateHeader,
+        guard: &mut UploadGuard,
+    ) -> Result<Response<pb::Ack>, Status> {
         let what = |e: wire::WireError| Status::invalid_argument(format!("masked input of `{}` for round {}: {e}", h.client_id, h.round));
         let received = async {
             let mut asm = wire::MaskedAssembler::new(h.total_values).map_err(what)?;

@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
+use flotilla_common::FlatParams;
 use flotilla_common::aggregate::apply_delta;
 use flotilla_common::strategy::server_opt::{self, Adaptive, ServerOptConfig};
-use flotilla_common::strategy::{robust, StrategyConfig, StrategyName};
-use flotilla_common::FlatParams;
+use flotilla_common::strategy::{StrategyConfig, StrategyName, robust};
 
 /// What a round collected.
 #[derive(Debug)]

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_common::wire;
 use flotilla_common::FlatParams;
+use flotilla_common::wire;
 use flotilla_proto::pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -52,9 +52,7 @@ impl UploadSlots {
         let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = open.entry(site.to_owned()).or_default();
         if *n >= max {
-            return Err(Status::resource_exhausted(format!(
-                "site `{site}` already has {n} uploads open, the most a site may have (--max-uploads-per-site)"
-            )));
+            return Err(Status::resource_exhausted(format!("site `{site}` already has {n} uploads open, the most a site may have (--max-uploads-per-site)")));
         }
         *n += 1;
         Ok(UploadSlot { open: self.open.clone(), site: site.to_owned() })

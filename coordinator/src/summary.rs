@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use flotilla_common::Task;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::federation::{Outcome, Policy};
 use crate::simulate::baselines::{Comparison, Scorecard};

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use flotilla_common::pki::{read_pem, PkiError};
+use flotilla_common::pki::{PkiError, read_pem};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// The coordinator's TLS material (PEM).
@@ -23,9 +23,7 @@ impl ServerTls {
 
     /// tonic's configuration: TLS 1.3/1.2 via rustls, client certificates required.
     pub fn config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.client_ca_pem))
+        ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem)).client_ca_root(Certificate::from_pem(&self.client_ca_pem))
     }
 }
 

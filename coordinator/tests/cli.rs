@@ -181,7 +181,8 @@ fn help_texts_list_every_choice_and_say_what_each_flag_needs() {
     let synth = help(&["synth", "--help"]);
     for flag in ["--clients <N>", "--samples <S>", "--features <F>", "--seed <SEED>", "--out <DIR>"] {
         let line = synth.lines().find(|l| l.contains(flag)).unwrap_or_else(|| panic!("no {flag} in {synth}"));
-        let described = line.trim().len() > flag.len() + 4 || synth.split(flag).nth(1).is_some_and(|rest| rest.lines().nth(1).is_some_and(|l| !l.trim().starts_with('-')));
+        let described =
+            line.trim().len() > flag.len() + 4 || synth.split(flag).nth(1).is_some_and(|rest| rest.lines().nth(1).is_some_and(|l| !l.trim().starts_with('-')));
         assert!(described, "synth's {flag} has no help text: {synth}");
     }
 }
@@ -195,8 +196,18 @@ fn synth_puts_its_test_rows_apart_so_that_clients_dir_sees_only_the_clients() {
     assert!(data.join("test/test.csv").exists() && !data.join("test.csv").exists());
     let out = dir.path().join("run");
     let run = coordinator(&[
-        "simulate", "--clients-dir", data.to_str().unwrap(), "--config", data.join("task.toml").to_str().unwrap(), "--rounds", "1", "--no-baselines", "--insecure",
-        "--quiet", "--out", out.to_str().unwrap(),
+        "simulate",
+        "--clients-dir",
+        data.to_str().unwrap(),
+        "--config",
+        data.join("task.toml").to_str().unwrap(),
+        "--rounds",
+        "1",
+        "--no-baselines",
+        "--insecure",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
@@ -208,7 +219,20 @@ fn synth_puts_its_test_rows_apart_so_that_clients_dir_sees_only_the_clients() {
 fn a_federation_that_never_accepts_an_update_records_every_round_and_fails() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
-    let run = coordinator(&["simulate", "--scenario", "hospitals", "--rounds", "2", "--no-baselines", "--insecure", "--quiet", "--max-update-norm", "0.0001", "--out", out]);
+    let run = coordinator(&[
+        "simulate",
+        "--scenario",
+        "hospitals",
+        "--rounds",
+        "2",
+        "--no-baselines",
+        "--insecure",
+        "--quiet",
+        "--max-update-norm",
+        "0.0001",
+        "--out",
+        out,
+    ]);
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && err.contains("without a usable model") && err.contains("no round accepted an update"), "{err}");
     let metrics = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();

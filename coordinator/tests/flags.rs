@@ -72,10 +72,9 @@ fn every_flag_of_simulate_changes_what_it_says_in_the_run_directory() {
         (vec!["--grace", "5"], |r, _| r.config()["round_policy"]["grace_seconds"] == 5.0),
         (vec!["--max-update-norm", "1000"], |r, b| r.config()["round_policy"]["max_update_norm"] == 1000.0 && r.params(1) == b.params(1)),
         (vec!["--max-update-norm", "0.0001"], |r, _| !r.ok && r.cell(1, "rejected") == "4" && r.cell(1, "clients") == "0"),
-        (
-            vec!["--allow-site", "Cleveland", "--allow-site", "Hungary", "--allow-site", "Switzerland", "--allow-site", "VA Long Beach"],
-            |r, _| r.config()["round_policy"]["allowed_sites"].as_array().is_some_and(|a| a.len() == 4),
-        ),
+        (vec!["--allow-site", "Cleveland", "--allow-site", "Hungary", "--allow-site", "Switzerland", "--allow-site", "VA Long Beach"], |r, _| {
+            r.config()["round_policy"]["allowed_sites"].as_array().is_some_and(|a| a.len() == 4)
+        }),
         (vec!["--dp-clip", "1", "--dp-noise", "0.5"], |r, b| !r.cell(1, "epsilon").is_empty() && b.cell(1, "epsilon").is_empty()),
         (vec!["--dp-clip", "1", "--dp-noise", "0.5", "--dp-delta", "0.001"], |r, _| r.config()["differential_privacy"]["delta"] == 0.001),
         (vec!["--dp-clip", "0.1", "--dp-noise", "0.3", "--dp-adaptive-quantile", "0.5"], |r, _| {

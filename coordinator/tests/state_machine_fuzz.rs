@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use flotilla_common::data::{ColumnStats, SiteStats};
 use flotilla_common::train::{Evaluation, TrainReport};
 use flotilla_common::{FlatParams, Task};
-use flotilla_coordinator::federation::state::{Event, Federation, UpdateClaim, Work};
 use flotilla_coordinator::federation::Policy;
+use flotilla_coordinator::federation::state::{Event, Federation, UpdateClaim, Work};
 use proptest::prelude::*;
 
 /// Site names the fuzzer speaks for: honest ones and names a hostile site might pick.
@@ -129,7 +129,14 @@ impl Harness {
         };
         let mut task = Task::banks();
         task.training.local_epochs = 2;
-        Self { fed: Federation::new(task, 7, policy), now: Instant::now(), sites: vec![SiteState::default(); SITES.len()], rounds: 3, accepted: 0, last_round_closed: None }
+        Self {
+            fed: Federation::new(task, 7, policy),
+            now: Instant::now(),
+            sites: vec![SiteState::default(); SITES.len()],
+            rounds: 3,
+            accepted: 0,
+            last_round_closed: None,
+        }
     }
 
     fn client(&self, s: usize) -> String {
@@ -231,7 +238,8 @@ impl Harness {
         let layout = global.layout().clone();
         let mut values = vec![0.01f32; layout.total()];
         let declared = self.sites[s].declared.unwrap_or(1);
-        let mut claim = UpdateClaim { client_id: client, round, base_hash: model_hash, fingerprint: String::new(), total: 0, num_examples: declared, masked: false };
+        let mut claim =
+            UpdateClaim { client_id: client, round, base_hash: model_hash, fingerprint: String::new(), total: 0, num_examples: declared, masked: false };
         let mut epochs = 2;
         match kind {
             Upload::Valid => {}

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_client::connection::Connection;
-use flotilla_common::data::synthetic::SyntheticSpec;
 use flotilla_common::data::RawTable;
+use flotilla_common::data::synthetic::SyntheticSpec;
 use flotilla_common::params::checksum;
 use flotilla_common::wire::UpdateHeader;
 use flotilla_common::{FlatParams, Task};
 use flotilla_proto::pb::work_item::Kind;
-use flotilla_tests::{start_coordinator, test_policy, RawSite};
+use flotilla_tests::{RawSite, start_coordinator, test_policy};
 
 const DOWNLOADS: usize = 10;
 
@@ -84,7 +84,12 @@ async fn main() {
     let upload = t.elapsed().as_secs_f64();
 
     println!("| gRPC model download, {:.1} MB, verified (mean of {DOWNLOADS}) | {:.3} s ({:.0} MB/s) |", bytes / 1e6, download, bytes / download / 1e6);
-    println!("| gRPC update upload, {:.1} MB, checksummed and added to the exact sum (round 2, round left open) | {:.3} s ({:.0} MB/s) |", bytes / 1e6, upload, bytes / upload / 1e6);
+    println!(
+        "| gRPC update upload, {:.1} MB, checksummed and added to the exact sum (round 2, round left open) | {:.3} s ({:.0} MB/s) |",
+        bytes / 1e6,
+        upload,
+        bytes / upload / 1e6
+    );
     drop(conn);
     let _ = running.stop(Duration::from_secs(1)).await;
 }

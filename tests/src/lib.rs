@@ -1,17 +1,17 @@
 //! Helpers for the integration tests: a coordinator on an ephemeral loopback port, real
 //! clients in-process, and a hand-driven "raw" client that can misbehave on purpose.
 
-pub mod proxy;
 pub mod process;
+pub mod proxy;
 
 use std::time::Duration;
 
-use flotilla_common::data::RawTable;
 use flotilla_common::Task;
+use flotilla_common::data::RawTable;
 use flotilla_coordinator::federation::Policy;
 use flotilla_coordinator::run_dir::RunDir;
 use flotilla_coordinator::runner::{self, Running};
-use flotilla_coordinator::scenario::{load_sites, Scenario, SiteSource};
+use flotilla_coordinator::scenario::{Scenario, SiteSource, load_sites};
 
 /// The four hospitals with their rows.
 pub fn hospital_sites(seed: u64) -> Vec<(String, RawTable)> {
@@ -89,7 +89,12 @@ impl RawSite {
         use flotilla_proto::pb;
         let mut rpc = pb::federation_client::FederationClient::connect(url).await.expect("connect");
         let j = rpc
-            .join(pb::JoinRequest { site: name.into(), protocol_version: flotilla_proto::PROTOCOL_VERSION, num_rows: table.rows.len() as u64, columns: table.header.clone() })
+            .join(pb::JoinRequest {
+                site: name.into(),
+                protocol_version: flotilla_proto::PROTOCOL_VERSION,
+                num_rows: table.rows.len() as u64,
+                columns: table.header.clone(),
+            })
             .await
             .expect("join")
             .into_inner();
@@ -131,7 +136,15 @@ impl RawSite {
 
     /// Answers an evaluation with made-up but valid numbers.
     pub async fn evaluate(&mut self, e: flotilla_proto::pb::EvaluateWork) {
-        let r = flotilla_proto::pb::EvaluationResult { client_id: self.id.clone(), round: e.round, model_hash: e.model_hash, num_examples: 12, loss: 0.7, accuracy: 0.5, auc: None };
+        let r = flotilla_proto::pb::EvaluationResult {
+            client_id: self.id.clone(),
+            round: e.round,
+            model_hash: e.model_hash,
+            num_examples: 12,
+            loss: 0.7,
+            accuracy: 0.5,
+            auc: None,
+        };
         self.rpc.submit_evaluation(r).await.expect("evaluation");
     }
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use flotilla_client::{run_site, ClientTls, SiteReport};
+use flotilla_client::{ClientTls, SiteReport, run_site};
 use flotilla_tests::process::{CoordinatorProcess, KillAt};
 use flotilla_tests::proxy::{Faults, Proxy};
 use flotilla_tests::{hospital_sites, test_site};
@@ -18,10 +18,8 @@ use tokio_util::sync::CancellationToken;
 const ROUNDS: u32 = 3;
 
 fn serve_args(port: u16, out: &Path, resume: bool, pki: Option<&Path>) -> Vec<String> {
-    let mut args: Vec<String> = ["serve", "--scenario", "hospitals", "--min-clients", "4", "--seed", "7", "--lease", "5", "--grace", "600"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    let mut args: Vec<String> =
+        ["serve", "--scenario", "hospitals", "--min-clients", "4", "--seed", "7", "--lease", "5", "--grace", "600"].iter().map(|s| (*s).to_owned()).collect();
     match pki {
         Some(p) => {
             for (flag, file) in [("--tls-cert", "coordinator.pem"), ("--tls-key", "coordinator.key"), ("--client-ca", "ca.pem")] {

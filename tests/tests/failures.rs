@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use flotilla_client::run_site;
+use flotilla_common::Task;
 use flotilla_common::data::RawTable;
+use flotilla_common::model::ModelShape;
 use flotilla_common::site::PreparedSite;
 use flotilla_common::train::evaluate;
-use flotilla_common::model::ModelShape;
 use flotilla_common::wire;
-use flotilla_common::Task;
-use flotilla_proto::pb::{self, federation_client::FederationClient};
 use flotilla_proto::PROTOCOL_VERSION;
+use flotilla_proto::pb::{self, federation_client::FederationClient};
 use flotilla_tests::{hospital_sites, start_coordinator, test_policy, test_site};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -28,9 +28,13 @@ async fn vanishing_site(url: String, name: String, table: RawTable) -> u32 {
     let task = Task::from_toml(&joined.task_toml, "task").unwrap();
     let prepared = PreparedSite::new(&name, &table, &task, joined.seed).unwrap();
     let id = joined.client_id.clone();
-    rpc.report_stats(pb::ReportStatsRequest { client_id: id.clone(), columns: wire::stats_to_pb(&prepared.stats), num_train_examples: prepared.num_train() as u64 })
-        .await
-        .unwrap();
+    rpc.report_stats(pb::ReportStatsRequest {
+        client_id: id.clone(),
+        columns: wire::stats_to_pb(&prepared.stats),
+        num_train_examples: prepared.num_train() as u64,
+    })
+    .await
+    .unwrap();
     loop {
         let work = rpc.pull_work(pb::PullWorkRequest { client_id: id.clone(), known_round: 0 }).await.unwrap().into_inner();
         match work.kind.unwrap() {
@@ -96,17 +100,12 @@ async fn requests_for_closed_rounds_and_unknown_clients_get_clear_statuses() {
     assert_eq!(err.code(), tonic::Code::NotFound);
     assert!(err.message().contains("join again"), "{}", err.message());
 
-    let err = rpc
-        .join(pb::JoinRequest { site: "Cleveland".into(), protocol_version: 99, num_rows: 1, columns: vec!["num".into()] })
-        .await
-        .unwrap_err();
+    let err = rpc.join(pb::JoinRequest { site: "Cleveland".into(), protocol_version: 99, num_rows: 1, columns: vec!["num".into()] }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("protocol version 99"), "{}", err.message());
 
-    let err = rpc
-        .join(pb::JoinRequest { site: "Cleveland".into(), protocol_version: PROTOCOL_VERSION, num_rows: 1, columns: vec!["age".into()] })
-        .await
-        .unwrap_err();
+    let err =
+        rpc.join(pb::JoinRequest { site: "Cleveland".into(), protocol_version: PROTOCOL_VERSION, num_rows: 1, columns: vec!["age".into()] }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("`num`"), "{}", err.message());
 

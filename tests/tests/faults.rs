@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use flotilla_client::{run_site, SiteReport};
+use flotilla_client::{SiteReport, run_site};
 use flotilla_coordinator::federation::{Outcome, Policy};
 use flotilla_tests::proxy::{Faults, Proxy};
 use flotilla_tests::{start_coordinator, synthetic_table, synthetic_task, test_site};
@@ -36,12 +36,8 @@ async fn three_sites(up: Faults, down: Faults) -> Faulty {
         assert!(report.reason.contains("finished"), "{}", report.reason);
     }
     let outcome = running.stop(Duration::from_secs(1)).await.expect("federation done");
-    let faulty = Faulty {
-        model: outcome.model.hash(),
-        rejected: outcome.history.iter().map(|r| r.rejected).sum(),
-        cuts: proxy.cuts(),
-        corrupted: proxy.corrupted(),
-    };
+    let faulty =
+        Faulty { model: outcome.model.hash(), rejected: outcome.history.iter().map(|r| r.rejected).sum(), cuts: proxy.cuts(), corrupted: proxy.corrupted() };
     proxy.stop();
     faulty
 }
@@ -54,7 +50,13 @@ async fn cut_and_corrupted_transfers_are_retried_and_the_model_is_unchanged() {
     let at = Some(150_000);
     let cut_up = three_sites(Faults { cut_at: at, ..Faults::default() }, Faults::default()).await;
     assert_eq!(cut_up.cuts, 1, "alice's connection was cut mid-upload");
-    assert!(cut_up.rejected >= 1, "the broken upload is counted as refused (rejected {}, cuts {}, clean {})", cut_up.rejected, cut_up.cuts, cut_up.model == clean.model);
+    assert!(
+        cut_up.rejected >= 1,
+        "the broken upload is counted as refused (rejected {}, cuts {}, clean {})",
+        cut_up.rejected,
+        cut_up.cuts,
+        cut_up.model == clean.model
+    );
     assert_eq!(cut_up.model, clean.model, "alice retrained and re-sent the same update");
 
     let cut_down = three_sites(Faults::default(), Faults { cut_at: at, ..Faults::default() }).await;
@@ -164,7 +166,10 @@ async fn with_carol(replay: bool) -> (String, Vec<tonic::Code>) {
     loop {
         match carol.pull().await {
             Kind::Evaluate(e) => {
-                if replay && e.round == 1 && let Some((fit, fp, values)) = &sent {
+                if replay
+                    && e.round == 1
+                    && let Some((fit, fp, values)) = &sent
+                {
                     refusals.push(carol.upload(fit, fp, values).await.expect_err("a late update is refused").code());
                 }
                 carol.evaluate(e).await;

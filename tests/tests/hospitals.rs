@@ -1,9 +1,9 @@
 //! The main job, end to end: four real hospitals federate over gRPC on loopback.
 
-use flotilla_common::model_file::from_safetensors;
 use flotilla_common::Task;
+use flotilla_common::model_file::from_safetensors;
 use flotilla_coordinator::scenario::{Scenario, SiteSource};
-use flotilla_coordinator::simulate::{report::local_mean_accuracy, simulate, SimulateOptions};
+use flotilla_coordinator::simulate::{SimulateOptions, report::local_mean_accuracy, simulate};
 use flotilla_tests::sim_options;
 use sha2::{Digest, Sha256};
 

@@ -8,7 +8,7 @@ use flotilla_client::run_site;
 use flotilla_coordinator::federation::Policy;
 use flotilla_proto::pb;
 use flotilla_tests::proxy::{Faults, Proxy};
-use flotilla_tests::{start_coordinator, synthetic_table, synthetic_task, test_site, RawSite};
+use flotilla_tests::{RawSite, start_coordinator, synthetic_table, synthetic_task, test_site};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -60,10 +60,11 @@ async fn hostile_identifiers_get_an_error_and_the_federation_goes_on() {
     mallory.rpc.leave(pb::LeaveRequest { client_id: mallory.id.clone() }).await.unwrap();
 
     // The coordinator is alive and an honest site takes the federation to its end.
-    let report = tokio::time::timeout(Duration::from_secs(60), run_site(test_site(running.url(), "north"), synthetic_table("north", 60, 0), CancellationToken::new()))
-        .await
-        .expect("the federation must not hang")
-        .expect("the honest site finishes");
+    let report =
+        tokio::time::timeout(Duration::from_secs(60), run_site(test_site(running.url(), "north"), synthetic_table("north", 60, 0), CancellationToken::new()))
+            .await
+            .expect("the federation must not hang")
+            .expect("the honest site finishes");
     assert!(report.reason.contains("finished its 2 rounds"), "{}", report.reason);
     let outcome = running.finish(Duration::from_secs(1)).await.expect("the coordinator did not fail").expect("an outcome");
     assert_eq!(outcome.history.len(), 3);
@@ -87,7 +88,16 @@ async fn hostile_aggregates_are_refused_counted_and_cannot_reshape_the_plan() {
         ("inconsistent", vec![numeric("x1", 50, 1e308, 1.0)], 50),
         ("sums must be finite", vec![numeric("x1", 50, f64::INFINITY, 1.0)], 50),
         // A vocabulary without bound.
-        ("categories at this site", vec![pb::ColumnStats { name: "x1".into(), categorical: true, categories: (0..5_000).map(|i| (format!("v{i}"), 1)).collect(), ..Default::default() }], 100),
+        (
+            "categories at this site",
+            vec![pb::ColumnStats {
+                name: "x1".into(),
+                categorical: true,
+                categories: (0..5_000).map(|i| (format!("v{i}"), 1)).collect(),
+                ..Default::default()
+            }],
+            100,
+        ),
         ("reported twice", vec![numeric("x1", 5, 0.0, 1.0), numeric("x1", 5, 0.0, 1.0)], 50),
         ("training examples", plausible(50), 101),
     ];
@@ -99,7 +109,12 @@ async fn hostile_aggregates_are_refused_counted_and_cannot_reshape_the_plan() {
     // One site calls the numeric column x1 categorical: a valid report, but it holds fewer
     // of x1's rows than the two honest sites, so x1 stays numeric for everyone.
     let mut flip = plausible(50);
-    flip[0] = pb::ColumnStats { name: "x1".into(), categorical: true, categories: [("a".to_owned(), 25), ("b".to_owned(), 25)].into_iter().collect(), ..Default::default() };
+    flip[0] = pb::ColumnStats {
+        name: "x1".into(),
+        categorical: true,
+        categories: [("a".to_owned(), 25), ("b".to_owned(), 25)].into_iter().collect(),
+        ..Default::default()
+    };
     mallory.report(flip, 50).await.expect("a consistent report");
     let err = mallory.report(plausible(50), 50).await.expect_err("twice");
     assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
@@ -232,7 +247,15 @@ async fn a_site_cannot_raise_its_weight_or_claim_more_examples_than_it_has() {
             break e;
         }
     };
-    let r = pb::EvaluationResult { client_id: again.id.clone(), round: e.round, model_hash: e.model_hash.clone(), num_examples: 1_000_000, loss: 0.7, accuracy: 0.5, auc: None };
+    let r = pb::EvaluationResult {
+        client_id: again.id.clone(),
+        round: e.round,
+        model_hash: e.model_hash.clone(),
+        num_examples: 1_000_000,
+        loss: 0.7,
+        accuracy: 0.5,
+        auc: None,
+    };
     let err = again.rpc.submit_evaluation(r).await.expect_err("too many examples");
     assert!(err.message().contains("claims 1000000 examples"), "{}", err.message());
     // A join declaring more rows than any site may have.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use flotilla_client::{run_site, SiteOptions};
+use flotilla_client::{SiteOptions, run_site};
 use flotilla_coordinator::federation::Policy;
 use flotilla_tests::{start_coordinator, synthetic_table, synthetic_task};
 use tokio_util::sync::CancellationToken;

@@ -5,8 +5,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use flotilla_common::Task;
-use flotilla_coordinator::scenario::{Scenario, SiteSource, HEART_DISEASE_CSV};
-use flotilla_coordinator::simulate::{simulate, SimulateOptions};
+use flotilla_coordinator::scenario::{HEART_DISEASE_CSV, Scenario, SiteSource};
+use flotilla_coordinator::simulate::{SimulateOptions, simulate};
 use flotilla_tests::sim_options;
 
 #[derive(Clone, Default)]
@@ -32,9 +32,7 @@ async fn a_debug_log_of_a_whole_run_holds_no_data() {
         .with_ansi(false)
         .init();
     let dir = tempfile::tempdir().unwrap();
-    simulate(SimulateOptions { tls: true, ..sim_options(SiteSource::Scenario(Scenario::Hospitals), Task::hospitals(), 3, 2, dir.path()) })
-    .await
-    .unwrap();
+    simulate(SimulateOptions { tls: true, ..sim_options(SiteSource::Scenario(Scenario::Hospitals), Task::hospitals(), 3, 2, dir.path()) }).await.unwrap();
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(log.contains("round closed"), "the log was captured: {}", &log[..log.len().min(500)]);
     for value in ["typical angina", "asymptomatic", "lv hypertrophy", "reversable defect", "downsloping", "non-anginal"] {

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flotilla_client::{run_site, ClientError, SiteReport};
-use flotilla_tests::process::{coordinator_binary, CoordinatorProcess};
+use flotilla_client::{ClientError, SiteReport, run_site};
+use flotilla_tests::process::{CoordinatorProcess, coordinator_binary};
 use flotilla_tests::{hospital_sites, test_site};
 use tokio_util::sync::CancellationToken;
 
@@ -76,7 +76,8 @@ async fn resuming_a_finished_run_says_it_is_complete_and_exits() {
     let summary = std::fs::read(dir.path().join("summary.json")).expect("summary.json");
     let args = serve_args(free_port(), dir.path(), &["--min-clients", "4", "--rounds", "1", "--resume"]);
     let out = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(coordinator_binary()).args(&args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("start");
+        let mut child =
+            Command::new(coordinator_binary()).args(&args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("start");
         let start = Instant::now();
         while child.try_wait().expect("wait").is_none() {
             if start.elapsed() > Duration::from_secs(30) {

@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use flotilla_client::run_site;
-use flotilla_common::site::PreparedSite;
-use flotilla_common::wire;
 use flotilla_common::Task;
 use flotilla_common::params::checksum;
+use flotilla_common::site::PreparedSite;
+use flotilla_common::wire;
 use flotilla_coordinator::federation::Policy;
-use flotilla_proto::pb::{self, federation_client::FederationClient};
 use flotilla_proto::PROTOCOL_VERSION;
+use flotilla_proto::pb::{self, federation_client::FederationClient};
 use flotilla_tests::{start_coordinator, synthetic_table, synthetic_task, test_site};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -51,7 +51,15 @@ async fn mallory(url: String, attack: bool) -> Vec<(tonic::Code, String)> {
         let w = rpc.pull_work(pb::PullWorkRequest { client_id: id.clone(), known_round: 0 }).await.unwrap().into_inner();
         match w.kind.unwrap() {
             pb::work_item::Kind::Evaluate(e) => {
-                let r = pb::EvaluationResult { client_id: id.clone(), round: e.round, model_hash: e.model_hash, num_examples: 12, loss: 0.7, accuracy: 0.5, auc: None };
+                let r = pb::EvaluationResult {
+                    client_id: id.clone(),
+                    round: e.round,
+                    model_hash: e.model_hash,
+                    num_examples: 12,
+                    loss: 0.7,
+                    accuracy: 0.5,
+                    auc: None,
+                };
                 rpc.submit_evaluation(r).await.unwrap();
             }
             pb::work_item::Kind::Fit(fit) if attack => {
@@ -75,7 +83,7 @@ async fn mallory(url: String, attack: bool) -> Vec<(tonic::Code, String)> {
                     num_examples: declared,
                     metrics: None,
                     values_sha256: String::new(),
-            masked: false,
+                    masked: false,
                 };
                 let small = vec![0.001f32; n];
                 let mut inf = small.clone();

@@ -1,9 +1,9 @@
 //! Central DP-FedAvg: updates are clipped and noised, and the run reports the ε it spent,
 //! equal to what the accountant says for the same parameters.
 
-use flotilla_common::privacy::accountant::{default_orders, epsilon, Step};
-use flotilla_common::privacy::DpConfig;
 use flotilla_common::Task;
+use flotilla_common::privacy::DpConfig;
+use flotilla_common::privacy::accountant::{Step, default_orders, epsilon};
 use flotilla_coordinator::scenario::{Scenario, SiteSource};
 use flotilla_coordinator::simulate::simulate;
 use flotilla_tests::sim_options;
@@ -15,9 +15,7 @@ async fn a_dp_run_reports_the_epsilon_it_spent_and_still_learns() {
     let dp = DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None, local: false };
     task.privacy = Some(dp);
     let rounds = 5;
-    let sim = simulate(sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, rounds, dir.path()))
-    .await
-    .unwrap();
+    let sim = simulate(sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, rounds, dir.path())).await.unwrap();
     let h = &sim.outcome.history;
     let eps: Vec<f64> = h[1..].iter().map(|r| r.epsilon.unwrap()).collect();
     assert!(eps.windows(2).all(|w| w[1] > w[0]), "ε grows every round: {eps:?}");
@@ -80,9 +78,7 @@ async fn adaptive_clipping_moves_the_clip_norm_towards_the_update_norms() {
     // Four hospitals: the default σ_b = 4/20 is too small for z = 0.5, so it is set explicitly.
     let adaptive = AdaptiveClip { count_stddev: Some(1.0), ..AdaptiveClip::default() };
     task.privacy = Some(DpConfig { clip_norm: 0.01, noise_multiplier: 0.5, delta: 1e-5, adaptive: Some(adaptive), local: false });
-    let sim = simulate(sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, 6, dir.path()))
-    .await
-    .unwrap();
+    let sim = simulate(sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, 6, dir.path())).await.unwrap();
     let norms: Vec<f64> = sim.outcome.history[1..].iter().map(|r| r.clip_norm.unwrap()).collect();
     assert!(norms[norms.len() - 1] > 0.01 * 1.5, "the clip norm grew from 0.01: {norms:?}");
 }

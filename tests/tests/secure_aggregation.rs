@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use flotilla_client::run_site;
-use flotilla_common::privacy::DpConfig;
 use flotilla_common::Task;
+use flotilla_common::privacy::DpConfig;
 use flotilla_coordinator::federation::Policy;
 use flotilla_coordinator::scenario::{Scenario, SiteSource};
 use flotilla_coordinator::simulate::simulate;
 use flotilla_proto::pb::work_item::Kind;
-use flotilla_tests::{sim_options, start_coordinator, synthetic_table, synthetic_task, test_site, RawSite};
+use flotilla_tests::{RawSite, sim_options, start_coordinator, synthetic_table, synthetic_task, test_site};
 use tokio_util::sync::CancellationToken;
 
 async fn hospitals(secure: bool, dp: Option<DpConfig>) -> flotilla_coordinator::simulate::Simulation {

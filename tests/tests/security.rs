@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use flotilla_client::{run_site, ClientError, ClientTls};
+use flotilla_client::{ClientError, ClientTls, run_site};
 use flotilla_common::pki::{self, Issued, Validity};
 use flotilla_coordinator::federation::Policy;
 use flotilla_coordinator::run_dir::RunDir;
 use flotilla_coordinator::runner::{self, Running};
 use flotilla_coordinator::tls::ServerTls;
-use flotilla_proto::pb::{self, federation_client::FederationClient};
 use flotilla_proto::PROTOCOL_VERSION;
+use flotilla_proto::pb::{self, federation_client::FederationClient};
 use flotilla_tests::{synthetic_table, synthetic_task, test_site};
 use time::{Duration as TimeDelta, OffsetDateTime};
 use tokio_util::sync::CancellationToken;
@@ -90,7 +90,10 @@ async fn strangers_impostors_and_expired_certificates_are_refused() {
     for _ in 0..5 {
         errors.push(raw_join(&f, None, "north").await.unwrap_err());
     }
-    assert!(errors.iter().any(|e| e.contains("received fatal alert: CertificateRequired")), "a client without a certificate is refused in the handshake: {errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("received fatal alert: CertificateRequired")),
+        "a client without a certificate is refused in the handshake: {errors:?}"
+    );
 
     // A certificate from another CA.
     let other_ca = pki::new_ca("other", Validity::days(1)).unwrap();
@@ -124,7 +127,8 @@ async fn strangers_impostors_and_expired_certificates_are_refused() {
     // Refused at once (an alert is final), not retried for the reconnect patience.
     let mut o = site_options(&f, "north", client_tls(&f.ca, &forged));
     o.reconnect_patience = Duration::from_secs(120);
-    let foreign = tokio::time::timeout(Duration::from_secs(30), run_site(o, synthetic_table("north", 20, 0), CancellationToken::new())).await.expect("not retried");
+    let foreign =
+        tokio::time::timeout(Duration::from_secs(30), run_site(o, synthetic_table("north", 20, 0), CancellationToken::new())).await.expect("not retried");
     let err = foreign.unwrap_err();
     assert!(matches!(err, ClientError::Refused { .. }), "{err}");
     assert!(err.to_string().contains("UnknownCA"), "the message says why: {err}");

@@ -50,7 +50,15 @@ async fn two_hundred_sites_fifty_rounds_ten_percent_dropouts() {
             && rss.last().is_none_or(|(r, _)| *r != last.round)
         {
             rss.push((last.round, status_kb("VmRSS").unwrap_or(0)));
-            eprintln!("round {:>2}: clients {:>3}, failed {:>2}, accuracy {:.3}, {:.1} s, RSS {} MiB", last.round, last.clients, last.failed, last.accuracy, last.seconds, rss.last().map_or(0, |x| x.1) / 1024);
+            eprintln!(
+                "round {:>2}: clients {:>3}, failed {:>2}, accuracy {:.3}, {:.1} s, RSS {} MiB",
+                last.round,
+                last.clients,
+                last.failed,
+                last.accuracy,
+                last.seconds,
+                rss.last().map_or(0, |x| x.1) / 1024
+            );
         }
         if p.done || progress.changed().await.is_err() {
             break;

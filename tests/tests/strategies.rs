@@ -1,11 +1,11 @@
 //! Strategies end to end: poisoned updates wreck FedAvg but not the robust rules, and a
 //! strategy that cannot hold its guarantee for the cohort is refused before round 1.
 
+use flotilla_common::Task;
 use flotilla_common::data::partition::Partition;
 use flotilla_common::strategy::StrategyName;
-use flotilla_common::Task;
 use flotilla_coordinator::scenario::SiteSource;
-use flotilla_coordinator::simulate::{simulate, SimulateError, SimulateOptions};
+use flotilla_coordinator::simulate::{SimulateError, SimulateOptions, simulate};
 use flotilla_tests::sim_options;
 
 fn banks_split(dir: &std::path::Path) -> SiteSource {
@@ -21,8 +21,7 @@ async fn run(strategy: StrategyName, byzantine: usize, malicious: usize) -> Resu
     task.strategy.name = strategy;
     task.strategy.byzantine = byzantine;
     task.strategy.trim_fraction = 0.2;
-    let sim = simulate(SimulateOptions { malicious, attack_scale: 10.0, ..sim_options(banks_split(dir.path()), task, 11, 8, &dir.path().join("run")) })
-    .await?;
+    let sim = simulate(SimulateOptions { malicious, attack_scale: 10.0, ..sim_options(banks_split(dir.path()), task, 11, 8, &dir.path().join("run")) }).await?;
     Ok(sim.outcome.history.last().unwrap().accuracy)
 }
 
@@ -31,7 +30,9 @@ async fn robust_rules_survive_two_sign_flipping_banks_that_break_fedavg() {
     let clean = run(StrategyName::Fedavg, 0, 0).await.unwrap();
     let poisoned = run(StrategyName::Fedavg, 0, 2).await.unwrap();
     assert!(poisoned < clean - 0.2, "FedAvg should collapse under attack: clean {clean:.3}, poisoned {poisoned:.3}");
-    for (rule, f) in [(StrategyName::Median, 0), (StrategyName::TrimmedMean, 0), (StrategyName::Krum, 2), (StrategyName::MultiKrum, 2), (StrategyName::Bulyan, 1)] {
+    for (rule, f) in
+        [(StrategyName::Median, 0), (StrategyName::TrimmedMean, 0), (StrategyName::Krum, 2), (StrategyName::MultiKrum, 2), (StrategyName::Bulyan, 1)]
+    {
         let acc = run(rule, f, 2).await.unwrap();
         assert!(acc > clean - 0.05, "{rule} under attack: {acc:.3} vs clean FedAvg {clean:.3}");
     }
@@ -53,11 +54,16 @@ async fn adaptive_and_scaffold_state_is_checkpointed_and_scaffold_learns() {
         task.strategy.name = name;
         task.training.learning_rate = lr;
         task.training.server_learning_rate = if name == StrategyName::Fedadam { 0.01 } else { 1.0 };
-        let sim = simulate(sim_options(SiteSource::Scenario(flotilla_coordinator::scenario::Scenario::Hospitals), task, 5, 5, dir.path()))
-        .await
-        .unwrap();
+        let sim = simulate(sim_options(SiteSource::Scenario(flotilla_coordinator::scenario::Scenario::Hospitals), task, 5, 5, dir.path())).await.unwrap();
         let h = &sim.outcome.history;
-        assert!(h[5].accuracy >= 0.75 && h[5].loss < h[0].loss, "{name} learns: {:.3} -> {:.3}, loss {:.3} -> {:.3}", h[0].accuracy, h[5].accuracy, h[0].loss, h[5].loss);
+        assert!(
+            h[5].accuracy >= 0.75 && h[5].loss < h[0].loss,
+            "{name} learns: {:.3} -> {:.3}, loss {:.3} -> {:.3}",
+            h[0].accuracy,
+            h[5].accuracy,
+            h[0].loss,
+            h[5].loss
+        );
         let bytes = std::fs::read(dir.path().join("checkpoint-strategy.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         for t in tensors {

@@ -38,9 +38,10 @@ impl std::str::FromStr for Partition {
             };
         }
         if let Some(c) = s.strip_prefix("column:")
-            && !c.is_empty() {
-                return Ok(Partition::Column(c.to_owned()));
-            }
+            && !c.is_empty()
+        {
+            return Ok(Partition::Column(c.to_owned()));
+        }
         Err(format!("unknown partition `{s}`: use iid, dirichlet:ALPHA or column:NAME"))
     }
 }
@@ -55,10 +56,9 @@ pub fn partition(table: &RawTable, how: &Partition, clients: usize, label: &Labe
     let sub = |name: &str, rows: Vec<RawRow>| (name.to_owned(), table.with_rows(PathBuf::from(format!("{}#{name}", table.source.display())), rows));
     match how {
         Partition::Column(col) => {
-            let idx = table.column_index(col).ok_or_else(|| DataError::File {
-                file: table.source.clone(),
-                message: format!("partition column `{col}` is not in the header"),
-            })?;
+            let idx = table
+                .column_index(col)
+                .ok_or_else(|| DataError::File { file: table.source.clone(), message: format!("partition column `{col}` is not in the header") })?;
             let mut groups: BTreeMap<String, Vec<RawRow>> = BTreeMap::new();
             for r in &table.rows {
                 groups.entry(r.fields[idx].clone()).or_default().push(r.clone());
@@ -78,10 +78,9 @@ pub fn partition(table: &RawTable, how: &Partition, clients: usize, label: &Labe
         Partition::Dirichlet(alpha) => {
             check_clients(table, clients)?;
             let rule = label.rule().map_err(|e| DataError::Spec(e.to_string()))?;
-            let li = table.column_index(&label.column).ok_or_else(|| DataError::File {
-                file: table.source.clone(),
-                message: format!("label column `{}` is not in the header", label.column),
-            })?;
+            let li = table
+                .column_index(&label.column)
+                .ok_or_else(|| DataError::File { file: table.source.clone(), message: format!("label column `{}` is not in the header", label.column) })?;
             // Rows with an unreadable label go to the first site, whose cleaning reports them.
             let mut by_class: BTreeMap<u32, Vec<RawRow>> = BTreeMap::new();
             let mut unlabelled = Vec::new();
@@ -122,11 +121,7 @@ pub fn partition(table: &RawTable, how: &Partition, clients: usize, label: &Labe
 
 fn check_clients(table: &RawTable, clients: usize) -> Result<(), DataError> {
     if clients == 0 || clients > table.rows.len() / 2 {
-        return Err(DataError::Spec(format!(
-            "cannot split {} rows across {clients} clients (need 1 to {})",
-            table.rows.len(),
-            table.rows.len() / 2
-        )));
+        return Err(DataError::Spec(format!("cannot split {} rows across {clients} clients (need 1 to {})", table.rows.len(), table.rows.len() / 2)));
     }
     Ok(())
 }

@@ -185,8 +185,7 @@ impl Plan {
 
     /// Encodes the selected rows of a site with this plan.
     pub fn encode(&self, site: &SiteRows, indices: &[usize], num_classes: usize) -> Result<Dataset, DataError> {
-        let positions: Vec<Option<usize>> =
-            self.columns.iter().map(|c| site.columns.iter().position(|s| *s == c.name)).collect();
+        let positions: Vec<Option<usize>> = self.columns.iter().map(|c| site.columns.iter().position(|s| *s == c.name)).collect();
         let width = self.width();
         let mut features = Vec::with_capacity(indices.len() * width);
         let mut labels = Vec::with_capacity(indices.len());
@@ -249,10 +248,7 @@ mod tests {
             }
             k => panic!("{k:?}"),
         }
-        assert_eq!(
-            plan.columns[1].kind,
-            ColumnKind::Categorical { vocabulary: vec!["blue".into(), "red".into(), MISSING_CATEGORY.into()] }
-        );
+        assert_eq!(plan.columns[1].kind, ColumnKind::Categorical { vocabulary: vec!["blue".into(), "red".into(), MISSING_CATEGORY.into()] });
         assert_eq!(plan.width(), 4);
         let ds = plan.encode(&a, &[0, 1], 2).unwrap();
         let s = 3.5f32.sqrt();

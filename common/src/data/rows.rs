@@ -35,27 +35,21 @@ impl SiteRows {
     /// Cleans and labels a table.
     pub fn from_table(table: &RawTable, spec: &DataSpec) -> Result<Self, DataError> {
         let rule = spec.label.rule().map_err(|e| DataError::Spec(e.to_string()))?;
-        let label_idx = table.column_index(&spec.label.column).ok_or_else(|| DataError::File {
-            file: table.source.clone(),
-            message: format!("label column `{}` is not in the header", spec.label.column),
-        })?;
+        let label_idx = table
+            .column_index(&spec.label.column)
+            .ok_or_else(|| DataError::File { file: table.source.clone(), message: format!("label column `{}` is not in the header", spec.label.column) })?;
         let dropped: BTreeSet<&str> = spec.drop.iter().map(String::as_str).collect();
-        let features: Vec<usize> = (0..table.header.len())
-            .filter(|&i| i != label_idx && !dropped.contains(table.header[i].as_str()))
-            .collect();
+        let features: Vec<usize> = (0..table.header.len()).filter(|&i| i != label_idx && !dropped.contains(table.header[i].as_str())).collect();
         if features.is_empty() {
             return Err(DataError::File { file: table.source.clone(), message: "no feature columns left after drop".into() });
         }
         if let Categorical::Listed(list) = &spec.categorical
-            && let Some(missing) = list.iter().find(|c| !table.header.contains(c)) {
-                return Err(DataError::File {
-                    file: table.source.clone(),
-                    message: format!("categorical column `{missing}` is not in the header"),
-                });
-            }
+            && let Some(missing) = list.iter().find(|c| !table.header.contains(c))
+        {
+            return Err(DataError::File { file: table.source.clone(), message: format!("categorical column `{missing}` is not in the header") });
+        }
         let columns: Vec<String> = features.iter().map(|&i| table.header[i].clone()).collect();
-        let missing_spellings: Vec<&[String]> =
-            columns.iter().map(|c| spec.missing_values.get(c).map_or(&[][..], Vec::as_slice)).collect();
+        let missing_spellings: Vec<&[String]> = columns.iter().map(|c| spec.missing_values.get(c).map_or(&[][..], Vec::as_slice)).collect();
         let is_missing = |j: usize, v: &str| v.is_empty() || missing_spellings[j].iter().any(|m| m == v);
 
         let categorical: Vec<bool> = match &spec.categorical {
@@ -131,11 +125,9 @@ pub fn parse_label(v: &str, rule: &LabelRule) -> Result<u32, String> {
             _ => Err("the label is not a number".into()),
         },
         LabelRule::PositiveValues(pos) => Ok(u32::from(pos.iter().any(|p| p == v))),
-        LabelRule::Classes(classes) => classes
-            .iter()
-            .position(|c| c == v)
-            .map(|i| i as u32)
-            .ok_or_else(|| format!("the label is not one of the task's {} classes", classes.len())),
+        LabelRule::Classes(classes) => {
+            classes.iter().position(|c| c == v).map(|i| i as u32).ok_or_else(|| format!("the label is not one of the task's {} classes", classes.len()))
+        }
     }
 }
 

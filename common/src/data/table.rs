@@ -30,12 +30,7 @@ impl RawTable {
     /// Reads CSV text from any reader; `source` names it in errors.
     pub fn from_reader<R: std::io::Read>(reader: R, source: &Path) -> Result<Self, DataError> {
         let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(reader);
-        let header: Vec<String> = rdr
-            .headers()
-            .map_err(|e| csv_error(e, source))?
-            .iter()
-            .map(|h| h.trim().to_owned())
-            .collect();
+        let header: Vec<String> = rdr.headers().map_err(|e| csv_error(e, source))?.iter().map(|h| h.trim().to_owned()).collect();
         if header.is_empty() || header.iter().all(String::is_empty) {
             return Err(DataError::File { file: source.to_owned(), message: "no header row".into() });
         }

@@ -131,7 +131,10 @@ mod tests {
         let written = write_params(Mlp::new(&shape, &d), &params).unwrap();
         let (a, b) = (model.forward(x.clone()), written.forward(x));
         assert_eq!(a.into_data().as_slice::<f32>().unwrap(), b.into_data().as_slice::<f32>().unwrap());
-        let g = burn::optim::GradientsParams::from_grads(model.forward(Tensor::from_data(TensorData::new(vec![0.5f32, 0.5, 0.5], [1, 3]), &d)).sum().backward(), &model);
+        let g = burn::optim::GradientsParams::from_grads(
+            model.forward(Tensor::from_data(TensorData::new(vec![0.5f32, 0.5, 0.5], [1, 3]), &d)).sum().backward(),
+            &model,
+        );
         assert_eq!(g.len(), 6, "every parameter must require gradients");
         let other = ModelShape { inputs: 4, hidden: vec![4, 2], outputs: 1 };
         assert!(matches!(Mlp::from_params(&other, &params, &d), Err(ParamsError::LayoutMismatch { .. })));

@@ -122,12 +122,9 @@ mod tests {
         let opacus = [Step { q: 1e-5, sigma: 1.0, count: 10 }, Step { q: 1e-4, sigma: 3.0, count: 4 }];
         let e = epsilon(&opacus, 1e-5, 2..=32).unwrap();
         assert!((e.epsilon - 0.336).abs() < 1e-3 && e.order == 23, "{e:?}");
-        for (steps, delta, expected) in [
-            (one(0.01, 1.0, 1000), 1e-5, 2.108),
-            (one(0.1, 1.0, 100), 1e-5, 7.973),
-            (one(1.0, 1.0, 1), 1e-5, 4.753),
-            (one(1e-4, 1.0, 2000), 1e-6, 0.586),
-        ] {
+        for (steps, delta, expected) in
+            [(one(0.01, 1.0, 1000), 1e-5, 2.108), (one(0.1, 1.0, 100), 1e-5, 7.973), (one(1.0, 1.0, 1), 1e-5, 4.753), (one(1e-4, 1.0, 2000), 1e-6, 0.586)]
+        {
             let e = epsilon(&steps, delta, default_orders()).unwrap();
             assert!((e.epsilon - expected).abs() < 1e-3, "{steps:?}: {e:?} vs {expected}");
         }

@@ -4,5 +4,5 @@
 pub mod accountant;
 pub mod dp_fedavg;
 
-pub use accountant::{epsilon, rdp_subsampled_gaussian, PrivacySpent, Step};
+pub use accountant::{PrivacySpent, Step, epsilon, rdp_subsampled_gaussian};
 pub use dp_fedavg::DpConfig;

@@ -54,7 +54,6 @@ impl FixedPoint {
     }
 }
 
-
 /// A site's input to secure aggregation: `w·Δ` in fixed point, then the weight `w` itself
 /// (an integer), so the unmasked sum gives Σ w·Δ and Σ w and nothing per site.
 pub fn encode_weighted(delta: &[f32], weight: u64) -> Result<Vec<u64>, String> {

@@ -15,4 +15,4 @@ pub mod shamir;
 
 pub use masking::FixedPoint;
 pub use messages::{Answer, Step};
-pub use protocol::{majority, Client, PublicKeys, Reveal, Roster, SecAggError, Sealed, Server};
+pub use protocol::{Client, PublicKeys, Reveal, Roster, Sealed, SecAggError, Server, majority};

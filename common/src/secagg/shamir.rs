@@ -97,12 +97,7 @@ pub fn split(secret: &[u8; 32], n: usize, t: usize, rng: &mut impl RngCore) -> V
             std::iter::once(u64::from_le_bytes(limb)).chain((1..t.max(1)).map(|_| random_element(rng))).collect()
         })
         .collect();
-    (1..=n as u64)
-        .map(|x| Share {
-            x,
-            y: std::array::from_fn(|l| coefficients[l].iter().rev().fold(0, |acc, &c| add(mul(acc, x), c))),
-        })
-        .collect()
+    (1..=n as u64).map(|x| Share { x, y: std::array::from_fn(|l| coefficients[l].iter().rev().fold(0, |acc, &c| add(mul(acc, x), c))) }).collect()
 }
 
 /// The Lagrange weights at 0 for the evaluation points `xs` (distinct, non-zero).

@@ -97,9 +97,10 @@ impl std::str::FromStr for StrategyName {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|n| n.as_str() == s).ok_or_else(|| {
-            format!("unknown strategy `{s}`; one of: {}", Self::ALL.map(StrategyName::as_str).join(", "))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|n| n.as_str() == s)
+            .ok_or_else(|| format!("unknown strategy `{s}`; one of: {}", Self::ALL.map(StrategyName::as_str).join(", ")))
     }
 }
 
@@ -196,14 +197,12 @@ impl StrategyConfig {
             StrategyName::TrimmedMean if !(0.0..0.5).contains(&self.trim_fraction) => {
                 Err(format!("trimmed-mean: trim-fraction must be in [0, 0.5), got {}", self.trim_fraction))
             }
-            StrategyName::Krum | StrategyName::MultiKrum if cohort < 2 * f + 3 => Err(format!(
-                "{name} with --byzantine {f} needs cohorts of at least 2f + 3 = {} sites; this federation's cohort is {cohort}",
-                2 * f + 3
-            )),
-            StrategyName::Bulyan if cohort < 4 * f + 3 => Err(format!(
-                "bulyan with --byzantine {f} needs cohorts of at least 4f + 3 = {} sites; this federation's cohort is {cohort}",
-                4 * f + 3
-            )),
+            StrategyName::Krum | StrategyName::MultiKrum if cohort < 2 * f + 3 => {
+                Err(format!("{name} with --byzantine {f} needs cohorts of at least 2f + 3 = {} sites; this federation's cohort is {cohort}", 2 * f + 3))
+            }
+            StrategyName::Bulyan if cohort < 4 * f + 3 => {
+                Err(format!("bulyan with --byzantine {f} needs cohorts of at least 4f + 3 = {} sites; this federation's cohort is {cohort}", 4 * f + 3))
+            }
             StrategyName::MultiKrum if self.multi_krum_select.is_some_and(|m| m == 0 || m > cohort) => {
                 Err(format!("multi-krum: multi-krum-select must be between 1 and the cohort size {cohort}"))
             }

@@ -2,8 +2,8 @@
 
 use std::time::Instant;
 
-use burn::nn::loss::{BinaryCrossEntropyLossConfig, CrossEntropyLossConfig};
 use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::loss::{BinaryCrossEntropyLossConfig, CrossEntropyLossConfig};
 use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::prelude::*;
 use rand::SeedableRng;
@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use super::device::Backend;
 use crate::data::Dataset;
 use crate::error::TrainError;
-use crate::model::{bridge, Mlp, ModelShape};
+use crate::model::{Mlp, ModelShape, bridge};
 use crate::params::FlatParams;
 
 /// What a site reports about its local training.
@@ -176,7 +176,8 @@ mod tests {
         let shape = ModelShape { inputs: 2, hidden: vec![8], outputs: 1 };
         let global = shape.init_params(1);
         let data = blobs(128);
-        let cfg = LocalConfig { epochs: 20, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: 0.0, scaffold_correction: None, backend: Backend::Ndarray };
+        let cfg =
+            LocalConfig { epochs: 20, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: 0.0, scaffold_correction: None, backend: Backend::Ndarray };
         let (local, report) = train_local(&global, &shape, &data, &cfg).unwrap();
         assert_eq!(report.steps, 20 * 8);
         let before = evaluate(&global, &shape, &data, Backend::Ndarray).unwrap();
@@ -193,7 +194,8 @@ mod tests {
         let global = shape.init_params(1);
         let data = blobs(128);
         let run = |mu| {
-            let cfg = LocalConfig { epochs: 10, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: mu, scaffold_correction: None, backend: Backend::Ndarray };
+            let cfg =
+                LocalConfig { epochs: 10, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: mu, scaffold_correction: None, backend: Backend::Ndarray };
             train_local(&global, &shape, &data, &cfg).unwrap().0.delta_from(&global).unwrap().l2_norm()
         };
         let (free, tied) = (run(0.0), run(10.0));
@@ -209,7 +211,8 @@ mod tests {
         let global = shape.init_params(1);
         let data = blobs(32);
         let c = FlatParams::new(global.layout().clone(), vec![100.0; global.layout().total()]).unwrap();
-        let cfg = LocalConfig { epochs: 1, batch_size: 16, learning_rate: 0.001, seed: 5, proximal_mu: 0.0, scaffold_correction: Some(c), backend: Backend::Ndarray };
+        let cfg =
+            LocalConfig { epochs: 1, batch_size: 16, learning_rate: 0.001, seed: 5, proximal_mu: 0.0, scaffold_correction: Some(c), backend: Backend::Ndarray };
         let (local, report) = train_local(&global, &shape, &data, &cfg).unwrap();
         let expected = -(report.steps as f64) * 0.001 * 100.0; // −0.2
         let delta = local.delta_from(&global).unwrap();
@@ -220,7 +223,8 @@ mod tests {
     #[test]
     fn wrong_feature_count_is_an_error() {
         let shape = ModelShape { inputs: 3, hidden: vec![4], outputs: 1 };
-        let cfg = LocalConfig { epochs: 1, batch_size: 4, learning_rate: 0.01, seed: 1, proximal_mu: 0.0, scaffold_correction: None, backend: Backend::Ndarray };
+        let cfg =
+            LocalConfig { epochs: 1, batch_size: 4, learning_rate: 0.01, seed: 1, proximal_mu: 0.0, scaffold_correction: None, backend: Backend::Ndarray };
         let err = train_local(&shape.init_params(1), &shape, &blobs(8), &cfg).unwrap_err();
         assert!(matches!(err, TrainError::FeatureMismatch { expected: 3, found: 2 }));
     }

@@ -6,5 +6,5 @@ pub mod local;
 pub mod metrics;
 
 pub use device::Backend;
-pub use evaluate::{evaluate, Evaluation};
-pub use local::{train_local, TrainReport};
+pub use evaluate::{Evaluation, evaluate};
+pub use local::{TrainReport, train_local};

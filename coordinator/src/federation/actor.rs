@@ -12,11 +12,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::persist::{DurableWriter, Stored, UpdateJob};
 use super::record::{Metric, RoundRecord};
 use super::rejection::Rejection;
 use super::secure::{Answer, Step};
 use super::state::{Event, Federation, Joined, Outcome, UpdateClaim, Work};
-use super::persist::{DurableWriter, Stored, UpdateJob};
 use crate::durable::StateDir;
 use crate::run_dir::RunDir;
 
@@ -38,23 +38,92 @@ pub struct Progress {
 type Reply<T> = oneshot::Sender<Result<T, Rejection>>;
 
 enum Request {
-    Join { site: String, columns: Vec<String>, num_rows: u64, reply: Reply<Joined> },
-    Stats { client: String, stats: SiteStats, num_train: u64, reply: Reply<()> },
-    Plan { client: String, reply: Reply<Option<Arc<Plan>>> },
-    Pull { client: String, reply: Reply<Work> },
-    Touch { client: String, reply: Reply<()> },
-    Model { client: String, round: u32, hash: String, reply: Reply<Arc<FlatParams>> },
-    BeginUpdate { client: String, round: u32, base: String, fingerprint: String, total: u64, examples: u64, masked: bool, reply: Reply<Layout> },
-    Masked { client: String, round: u32, base: String, fingerprint: String, values: Vec<u64>, metrics: TrainReport, reply: Reply<()> },
-    SecAgg { client: String, round: u32, step: Step, reply: Reply<Answer> },
-    Update { client: String, round: u32, base: String, delta: FlatParams, examples: u64, metrics: TrainReport, reply: Reply<()> },
-    Evaluation { client: String, round: u32, hash: String, eval: Evaluation, reply: Reply<()> },
-    Leave { client: String },
+    Join {
+        site: String,
+        columns: Vec<String>,
+        num_rows: u64,
+        reply: Reply<Joined>,
+    },
+    Stats {
+        client: String,
+        stats: SiteStats,
+        num_train: u64,
+        reply: Reply<()>,
+    },
+    Plan {
+        client: String,
+        reply: Reply<Option<Arc<Plan>>>,
+    },
+    Pull {
+        client: String,
+        reply: Reply<Work>,
+    },
+    Touch {
+        client: String,
+        reply: Reply<()>,
+    },
+    Model {
+        client: String,
+        round: u32,
+        hash: String,
+        reply: Reply<Arc<FlatParams>>,
+    },
+    BeginUpdate {
+        client: String,
+        round: u32,
+        base: String,
+        fingerprint: String,
+        total: u64,
+        examples: u64,
+        masked: bool,
+        reply: Reply<Layout>,
+    },
+    Masked {
+        client: String,
+        round: u32,
+        base: String,
+        fingerprint: String,
+        values: Vec<u64>,
+        metrics: TrainReport,
+        reply: Reply<()>,
+    },
+    SecAgg {
+        client: String,
+        round: u32,
+        step: Step,
+        reply: Reply<Answer>,
+    },
+    Update {
+        client: String,
+        round: u32,
+        base: String,
+        delta: FlatParams,
+        examples: u64,
+        metrics: TrainReport,
+        reply: Reply<()>,
+    },
+    Evaluation {
+        client: String,
+        round: u32,
+        hash: String,
+        eval: Evaluation,
+        reply: Reply<()>,
+    },
+    Leave {
+        client: String,
+    },
     /// Fault injection for tests (in-process only; no message on the wire leads here).
     Panic,
     /// A message the service refused before it reached the state machine (malformed).
-    Refused { what: String, reason: String },
-    UploadFailed { client: String, round: u32, reason: String },
+    Refused {
+        what: String,
+        reason: String,
+    },
+    UploadFailed {
+        client: String,
+        round: u32,
+        reason: String,
+    },
 }
 
 /// A cheap, cloneable way to talk to the federation actor.
@@ -96,7 +165,16 @@ impl FederationHandle {
         ask!(self, Model { client: client, round: round, hash: hash })
     }
     #[allow(clippy::too_many_arguments)]
-    pub async fn begin_update(&self, client: String, round: u32, base: String, fingerprint: String, total: u64, examples: u64, masked: bool) -> Result<Layout, Rejection> {
+    pub async fn begin_update(
+        &self,
+        client: String,
+        round: u32,
+        base: String,
+        fingerprint: String,
+        total: u64,
+        examples: u64,
+        masked: bool,
+    ) -> Result<Layout, Rejection> {
         ask!(self, BeginUpdate { client: client, round: round, base: base, fingerprint: fingerprint, total: total, examples: examples, masked: masked })
     }
     /// A masked input (secure aggregation), added to the secure sum and dropped.
@@ -291,7 +369,8 @@ fn commit_stored(fed: &mut Federation, stored: Stored<Pending>) -> Vec<Event> {
 fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pending>>) -> Vec<Event> {
     let now = Instant::now();
     if let Request::Update { client, round, base, delta, examples, metrics, reply } = req {
-        let claim = UpdateClaim { client_id: client.clone(), round, base_hash: base, fingerprint: String::new(), total: 0, num_examples: examples, masked: false };
+        let claim =
+            UpdateClaim { client_id: client.clone(), round, base_hash: base, fingerprint: String::new(), total: 0, num_examples: examples, masked: false };
         let checked = fed.check_update(&claim, &delta, metrics, now);
         return match (checked, durable) {
             (Err(reason), _) => {

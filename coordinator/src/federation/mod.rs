@@ -9,7 +9,7 @@ pub mod secure;
 pub mod snapshot;
 pub mod state;
 
-pub use actor::{spawn, FederationHandle, Progress};
+pub use actor::{FederationHandle, Progress, spawn};
 pub use policy::Policy;
 pub use record::{Metric, RoundRecord};
 pub use rejection::Rejection;

@@ -8,8 +8,8 @@
 //! snapshot that lands late costs nothing either: runs are determined by their seed, so a
 //! resume from the previous snapshot asks the sites for the same bits again.
 
-use flotilla_common::train::TrainReport;
 use flotilla_common::FlatParams;
+use flotilla_common::train::TrainReport;
 use tokio::sync::mpsc;
 
 use super::snapshot::Snapshot;

@@ -49,8 +49,22 @@ pub struct RoundRecord {
 impl RoundRecord {
     /// Column names of `metrics.csv`, in order.
     pub const HEADER: [&'static str; 16] = [
-        "round", "accuracy", "loss", "auc", "clients", "selected", "failed", "rejected", "attempts", "evaluated", "train_loss", "seconds", "epsilon",
-        "clip_norm", "params_sha256", "refused",
+        "round",
+        "accuracy",
+        "loss",
+        "auc",
+        "clients",
+        "selected",
+        "failed",
+        "rejected",
+        "attempts",
+        "evaluated",
+        "train_loss",
+        "seconds",
+        "epsilon",
+        "clip_norm",
+        "params_sha256",
+        "refused",
     ];
 
     /// The record as CSV fields (empty for absent values).

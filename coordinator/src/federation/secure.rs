@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 pub use flotilla_common::secagg::{Answer, Step};
-use flotilla_common::secagg::{majority, PublicKeys, Reveal, Roster, Sealed, Server};
+use flotilla_common::secagg::{PublicKeys, Reveal, Roster, Sealed, Server, majority};
 use flotilla_common::train::TrainReport;
 
 use super::rejection::Rejection;
@@ -194,7 +194,10 @@ impl SecureRound {
             return Err(Rejection::Duplicate(format!("secure aggregation: `{site}` already sent its masked input")));
         }
         if total != self.len as u64 {
-            return Err(Rejection::InvalidArgument(format!("secure aggregation: the masked input of `{site}` declares {total} values; the round takes {}", self.len)));
+            return Err(Rejection::InvalidArgument(format!(
+                "secure aggregation: the masked input of `{site}` declares {total} values; the round takes {}",
+                self.len
+            )));
         }
         Ok(())
     }

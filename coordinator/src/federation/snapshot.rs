@@ -10,10 +10,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use flotilla_common::FlatParams;
 use flotilla_common::data::Plan;
 use flotilla_common::privacy::Step;
 use flotilla_common::train::{Evaluation, TrainReport};
-use flotilla_common::FlatParams;
 use serde::{Deserialize, Serialize};
 
 use super::record::RoundRecord;
@@ -40,13 +40,8 @@ impl RunIdentity {
             return Some(format!("the round policy differs: saved `{}`, now `{}`", self.policy, other.policy));
         }
         if self.task_toml != other.task_toml {
-            let line = self
-                .task_toml
-                .lines()
-                .zip(other.task_toml.lines())
-                .find(|(a, b)| a != b)
-                .map(|(a, b)| format!(": saved `{a}`, now `{b}`"))
-                .unwrap_or_default();
+            let line =
+                self.task_toml.lines().zip(other.task_toml.lines()).find(|(a, b)| a != b).map(|(a, b)| format!(": saved `{a}`, now `{b}`")).unwrap_or_default();
             return Some(format!("the task (model, training, data, strategy or privacy) differs{line}"));
         }
         None
@@ -57,11 +52,23 @@ impl RunIdentity {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SavedPhase {
     /// Between rounds, before `next` opens.
-    Gathering { next: u32 },
+    Gathering {
+        next: u32,
+    },
     /// Training of `round` is open (its `attempt`-th try) with this cohort.
-    Fit { round: u32, attempt: u32, cohort: Vec<String>, target: usize, failed: Vec<String>, rejected: usize },
+    Fit {
+        round: u32,
+        attempt: u32,
+        cohort: Vec<String>,
+        target: usize,
+        failed: Vec<String>,
+        rejected: usize,
+    },
     /// The model of `round` is being evaluated; `fit` summarises its training half.
-    Evaluate { round: u32, fit: Option<SavedFit> },
+    Evaluate {
+        round: u32,
+        fit: Option<SavedFit>,
+    },
     Done,
 }
 

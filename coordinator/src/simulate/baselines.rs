@@ -9,7 +9,7 @@ use flotilla_common::model::ModelShape;
 use flotilla_common::seed::derive_seed;
 use flotilla_common::site::SiteData;
 use flotilla_common::train::local::LocalConfig;
-use flotilla_common::train::{evaluate, train_local, Backend, Evaluation};
+use flotilla_common::train::{Backend, Evaluation, evaluate, train_local};
 use flotilla_common::{FlatParams, Task, TrainError};
 
 /// One model evaluated on every site's test split and on the pooled test split.
@@ -40,7 +40,15 @@ pub fn scorecard(params: &FlatParams, shape: &ModelShape, sites: &BTreeMap<Strin
 }
 
 /// Trains the local-only and centralised baselines and scores them with the federated model.
-pub fn compare(task: &Task, shape: &ModelShape, sites: &BTreeMap<String, SiteData>, federated: &FlatParams, rounds: u32, seed: u64, backend: Backend) -> Result<Comparison, TrainError> {
+pub fn compare(
+    task: &Task,
+    shape: &ModelShape,
+    sites: &BTreeMap<String, SiteData>,
+    federated: &FlatParams,
+    rounds: u32,
+    seed: u64,
+    backend: Backend,
+) -> Result<Comparison, TrainError> {
     let epochs = rounds * task.training.local_epochs;
     let init = shape.init_params(seed);
     let cfg = |label: &str| LocalConfig {
@@ -59,10 +67,5 @@ pub fn compare(task: &Task, shape: &ModelShape, sites: &BTreeMap<String, SiteDat
     }
     let pooled_train = Dataset::concat(sites.values().map(|d| &d.train));
     let (central, _) = train_local(&init, shape, &pooled_train, &cfg("<centralized>"))?;
-    Ok(Comparison {
-        federated: scorecard(federated, shape, sites, backend)?,
-        local,
-        centralized: scorecard(&central, shape, sites, backend)?,
-        epochs,
-    })
+    Ok(Comparison { federated: scorecard(federated, shape, sites, backend)?, local, centralized: scorecard(&central, shape, sites, backend)?, epochs })
 }

@@ -8,21 +8,21 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use flotilla_client::{run_site, Attack, ClientTls, SiteOptions};
+use flotilla_client::{Attack, ClientTls, SiteOptions, run_site};
+use flotilla_common::Task;
 use flotilla_common::pki;
 use flotilla_common::site::{PreparedSite, SiteData};
 use flotilla_common::train::Backend;
-use flotilla_common::Task;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::federation::{Outcome, Policy};
-use crate::run_dir::{write_final, RunDir, RunDirError};
+use crate::run_dir::{RunDir, RunDirError, write_final};
+use crate::scenario::{ScenarioError, SiteSource, load_sites};
+use crate::summary;
 use crate::tls::ServerTls;
 use crate::{chart, runner};
-use crate::scenario::{load_sites, ScenarioError, SiteSource};
-use crate::summary;
 use baselines::Comparison;
 
 /// A simulation to run.
@@ -207,7 +207,8 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
         let _ = tokio::time::timeout(Duration::from_secs(10), c).await;
     }
     stop_clients.cancel();
-    let outcome = running.finish(Duration::from_secs(2)).await.map_err(|e| SimulateError::Site(e.to_string()))?.filter(|_| finished).ok_or(SimulateError::Unfinished)?;
+    let outcome =
+        running.finish(Duration::from_secs(2)).await.map_err(|e| SimulateError::Site(e.to_string()))?.filter(|_| finished).ok_or(SimulateError::Unfinished)?;
     let federation_seconds = start.elapsed().as_secs_f64();
 
     // The baselines see all the data at once: only a simulation can compute them.
@@ -227,13 +228,9 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
         None
     };
     if let Some(c) = &comparison {
-        let refs = vec![
-            ("centralized".to_owned(), c.centralized.pooled.accuracy),
-            ("local-only mean".to_owned(), report::local_mean_accuracy(c)),
-        ];
+        let refs = vec![("centralized".to_owned(), c.centralized.pooled.accuracy), ("local-only mean".to_owned(), report::local_mean_accuracy(c))];
         let path = opts.out.join("accuracy.svg");
-        chart::write_accuracy_chart(&path, &outcome.history, &refs)
-            .map_err(|e| RunDirError::Other { path, message: e.to_string() })?;
+        chart::write_accuracy_chart(&path, &outcome.history, &refs).map_err(|e| RunDirError::Other { path, message: e.to_string() })?;
     }
     let seconds = start.elapsed().as_secs_f64();
     let mut summary = summary::summary(&opts.task, opts.seed, &outcome, comparison.as_ref());
@@ -266,7 +263,12 @@ fn provision(dir: &std::path::Path, sites: &[(String, flotilla_common::data::Raw
 }
 
 /// Every site's data, encoded with the federation's final plan (as the sites did).
-fn encode_sites(sites: &[(String, flotilla_common::data::RawTable)], task: &Task, o: &Outcome, seed: u64) -> Result<BTreeMap<String, SiteData>, flotilla_common::DataError> {
+fn encode_sites(
+    sites: &[(String, flotilla_common::data::RawTable)],
+    task: &Task,
+    o: &Outcome,
+    seed: u64,
+) -> Result<BTreeMap<String, SiteData>, flotilla_common::DataError> {
     let mut out = BTreeMap::new();
     for (name, table) in sites {
         let prepared = PreparedSite::new(name, table, task, seed)?;

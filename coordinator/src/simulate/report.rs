@@ -1,6 +1,6 @@
 //! The comparison table printed at the end of a simulation.
 
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 
 use super::baselines::{Comparison, Scorecard};
 

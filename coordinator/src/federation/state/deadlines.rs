@@ -6,8 +6,7 @@ impl Federation {
     /// Expires leases and deadlines.
     pub fn tick(&mut self, now: Instant) -> Vec<Event> {
         let lease = self.policy.lease;
-        let expired: Vec<String> =
-            self.clients.iter().filter(|(_, c)| now.duration_since(c.last_seen) > lease).map(|(id, _)| id.clone()).collect();
+        let expired: Vec<String> = self.clients.iter().filter(|(_, c)| now.duration_since(c.last_seen) > lease).map(|(id, _)| id.clone()).collect();
         let mut events = Vec::new();
         for id in expired {
             if let Some(c) = self.clients.remove(&id) {

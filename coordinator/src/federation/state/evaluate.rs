@@ -78,8 +78,7 @@ impl Federation {
         };
         let with_auc: Vec<&Evaluation> = e.results.values().filter(|r| r.auc.is_some()).collect();
         let n_auc: u64 = with_auc.iter().fold(0u64, |a, r| a.saturating_add(r.examples));
-        let auc = (n_auc > 0)
-            .then(|| with_auc.iter().map(|r| r.examples as f64 * r.auc.unwrap_or(0.0)).sum::<f64>() / n_auc as f64);
+        let auc = (n_auc > 0).then(|| with_auc.iter().map(|r| r.examples as f64 * r.auc.unwrap_or(0.0)).sum::<f64>() / n_auc as f64);
         let fit = e.fit.clone();
         let record = RoundRecord {
             round: e.round,

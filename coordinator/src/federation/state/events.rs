@@ -14,20 +14,53 @@ pub enum Work {
 /// Something that happened and that the outside world may want to record or show.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Joined { site: String, client_id: String },
-    Dropped { site: String, round: u32, reason: String },
-    Left { site: String },
-    PlanReady { features: usize, params: usize },
-    FitOpened { round: u32, cohort: Vec<String> },
-    EvaluationOpened { round: u32, sites: usize },
-    ModelKept { round: u32, reason: String },
-    Abandoned { round: u32, attempt: u32, updates: usize },
-    UpdateAccepted { site: String, round: u32 },
+    Joined {
+        site: String,
+        client_id: String,
+    },
+    Dropped {
+        site: String,
+        round: u32,
+        reason: String,
+    },
+    Left {
+        site: String,
+    },
+    PlanReady {
+        features: usize,
+        params: usize,
+    },
+    FitOpened {
+        round: u32,
+        cohort: Vec<String>,
+    },
+    EvaluationOpened {
+        round: u32,
+        sites: usize,
+    },
+    ModelKept {
+        round: u32,
+        reason: String,
+    },
+    Abandoned {
+        round: u32,
+        attempt: u32,
+        updates: usize,
+    },
+    UpdateAccepted {
+        site: String,
+        round: u32,
+    },
     RoundClosed(RoundRecord),
     /// Secure aggregation moved to its next stage (sites waiting on it wake up).
-    SecAggStage { round: u32 },
+    SecAggStage {
+        round: u32,
+    },
     /// A resumed federation has its sites back (or stopped waiting for the missing ones).
-    Resumed { round: u32, missing: Vec<String> },
+    Resumed {
+        round: u32,
+        missing: Vec<String>,
+    },
     Done,
 }
 

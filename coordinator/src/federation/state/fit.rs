@@ -113,21 +113,20 @@ impl Federation {
         let site = self.clients[claim.client_id.as_str()].site.clone();
         if let Some((i, v)) = delta.values().iter().enumerate().find(|(_, v)| !v.is_finite()) {
             self.refuse_values(&site, round);
-            return Err(Rejection::InvalidArgument(format!(
-                "update of site `{site}` for round {round}: value {v} at index {i} is not finite"
-            )));
+            return Err(Rejection::InvalidArgument(format!("update of site `{site}` for round {round}: value {v} at index {i} is not finite")));
         }
         if !(metrics.loss.is_finite() && metrics.loss >= 0.0) {
             self.refuse_values(&site, round);
-            return Err(Rejection::InvalidArgument(format!("update of site `{site}` for round {round}: training loss {} is not a finite, non-negative number", metrics.loss)));
+            return Err(Rejection::InvalidArgument(format!(
+                "update of site `{site}` for round {round}: training loss {} is not a finite, non-negative number",
+                metrics.loss
+            )));
         }
         if let Some(bound) = self.policy.max_update_norm {
             let norm = delta.l2_norm();
             if norm > bound {
                 self.refuse_values(&site, round);
-                return Err(Rejection::InvalidArgument(format!(
-                    "update of site `{site}` for round {round} has L2 norm {norm:.4e}, above the bound {bound}"
-                )));
+                return Err(Rejection::InvalidArgument(format!("update of site `{site}` for round {round} has L2 norm {norm:.4e}, above the bound {bound}")));
             }
         }
         let asked = self.task.training.local_epochs;
@@ -175,7 +174,15 @@ impl Federation {
     }
 
     /// Adds a validated update to the open round (also used to replay kept updates on resume).
-    pub(super) fn accept(&mut self, site: &str, round: u32, delta: &FlatParams, num_examples: u64, metrics: TrainReport, now: Instant) -> Result<Vec<Event>, Rejection> {
+    pub(super) fn accept(
+        &mut self,
+        site: &str,
+        round: u32,
+        delta: &FlatParams,
+        num_examples: u64,
+        metrics: TrainReport,
+        now: Instant,
+    ) -> Result<Vec<Event>, Rejection> {
         let site = site.to_owned();
         // Central DP: every update is clipped to norm S and counts once, whatever its size.
         let clipped;
@@ -257,9 +264,10 @@ impl Federation {
 
     pub(super) fn count_rejection(&mut self, round: u32) {
         if let Phase::Fit(f) = &mut self.phase
-            && f.round == round {
-                f.rejected += 1;
-            }
+            && f.round == round
+        {
+            f.rejected += 1;
+        }
     }
 
     pub(super) fn open_fit_round(&mut self, round: u32, now: Instant) -> Vec<Event> {
@@ -267,8 +275,7 @@ impl Federation {
     }
 
     pub(super) fn open_fit_attempt(&mut self, round: u32, attempt: u32, now: Instant) -> Vec<Event> {
-        let eligible: Vec<(String, u64)> =
-            self.eligible_sites().into_iter().map(|s| (s.clone(), self.sites_seen.get(&s).copied().unwrap_or(1))).collect();
+        let eligible: Vec<(String, u64)> = self.eligible_sites().into_iter().map(|s| (s.clone(), self.sites_seen.get(&s).copied().unwrap_or(1))).collect();
         let target = self.policy.cohort_size(eligible.len());
         let k = self.policy.selection_size(eligible.len());
         let seed = if attempt == 1 {
@@ -312,8 +319,7 @@ impl Federation {
             secure_sum = Some(secure.take_result().unwrap_or_else(|| Err("secure aggregation did not finish".into())));
         }
         let total: u64 = f.contributors.values().fold(0u64, |a, (n, _)| a.saturating_add(*n));
-        let train_loss = (total > 0)
-            .then(|| f.contributors.values().map(|(n, m)| *n as f64 * m.loss).sum::<f64>() / total as f64);
+        let train_loss = (total > 0).then(|| f.contributors.values().map(|(n, m)| *n as f64 * m.loss).sum::<f64>() / total as f64);
         let mut events = Vec::new();
         if f.contributors.len() >= self.policy.min_fit_results
             && let Some(global) = &self.global
@@ -332,25 +338,25 @@ impl Federation {
                     }
                 },
                 (None, _) => match &self.task.privacy {
-                // (Σ clip(Δ_k) + N(0, (z·S)²)) / m, with m the round's expected cohort size.
-                Some(dp) if !dp.local => f.sum.sum().and_then(|sum| {
-                    let seed = derive_seed(self.seed, &["dp-noise", &f.round.to_string(), &f.attempt.to_string()]);
-                    // With adaptive clipping the count of unclipped updates takes part of the
-                    // noise budget; the update gets the rest (z_Δ).
-                    let z = match &dp.adaptive {
-                        Some(a) => update_noise_multiplier(dp.noise_multiplier, a.sigma_b(f.target)).unwrap_or(dp.noise_multiplier),
-                        None => dp.noise_multiplier,
-                    };
-                    match noisy_mean(sum.values(), z * self.clip_norm, f.target, seed) {
-                        Ok(v) => FlatParams::new(sum.layout().clone(), v).ok(),
-                        Err(reason) => {
-                            events.push(Event::ModelKept { round: f.round, reason });
-                            None
+                    // (Σ clip(Δ_k) + N(0, (z·S)²)) / m, with m the round's expected cohort size.
+                    Some(dp) if !dp.local => f.sum.sum().and_then(|sum| {
+                        let seed = derive_seed(self.seed, &["dp-noise", &f.round.to_string(), &f.attempt.to_string()]);
+                        // With adaptive clipping the count of unclipped updates takes part of the
+                        // noise budget; the update gets the rest (z_Δ).
+                        let z = match &dp.adaptive {
+                            Some(a) => update_noise_multiplier(dp.noise_multiplier, a.sigma_b(f.target)).unwrap_or(dp.noise_multiplier),
+                            None => dp.noise_multiplier,
+                        };
+                        match noisy_mean(sum.values(), z * self.clip_norm, f.target, seed) {
+                            Ok(v) => FlatParams::new(sum.layout().clone(), v).ok(),
+                            Err(reason) => {
+                                events.push(Event::ModelKept { round: f.round, reason });
+                                None
+                            }
                         }
-                    }
-                }),
-                _ => f.sum.mean(),
-            },
+                    }),
+                    _ => f.sum.mean(),
+                },
             };
             let collected = match (&f.all, mean) {
                 (Some(all), _) => Some(Collected::All(all)),

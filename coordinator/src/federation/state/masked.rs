@@ -55,7 +55,15 @@ impl Federation {
 
     /// The mean delta from an unmasked secure sum (Σ w·Δ, Σ w); with central DP the sites
     /// sent clipped deltas with weight 1, and the noise is added here, after unmasking.
-    pub(super) fn secure_mean(&self, sum: &[u64], layout: &Layout, dp: Option<flotilla_common::privacy::DpConfig>, round: u32, attempt: u32, target: usize) -> Result<FlatParams, String> {
+    pub(super) fn secure_mean(
+        &self,
+        sum: &[u64],
+        layout: &Layout,
+        dp: Option<flotilla_common::privacy::DpConfig>,
+        round: u32,
+        attempt: u32,
+        target: usize,
+    ) -> Result<FlatParams, String> {
         let (weighted, weight) = flotilla_common::secagg::masking::decode_weighted(sum)?;
         let values = match dp {
             Some(dp) => {

@@ -101,7 +101,6 @@ impl Federation {
         self.client_mut(client_id, now).map(|_| ())
     }
 
-
     /// A site leaves; it is treated as failed in the current round.
     pub fn leave(&mut self, client_id: &str, now: Instant) -> Vec<Event> {
         match self.clients.remove(client_id) {
@@ -142,13 +141,8 @@ impl Federation {
             Phase::Evaluate(e) => e.pending.remove(site),
             _ => false,
         };
-        if was_pending {
-            vec![Event::Dropped { site: site.to_owned(), round, reason: reason.to_owned() }]
-        } else {
-            vec![Event::Left { site: site.to_owned() }]
-        }
+        if was_pending { vec![Event::Dropped { site: site.to_owned(), round, reason: reason.to_owned() }] } else { vec![Event::Left { site: site.to_owned() }] }
     }
-
 
     pub(super) fn eligible_sites(&self) -> Vec<String> {
         self.clients.values().filter(|c| c.stats.is_some()).map(|c| c.site.clone()).collect::<BTreeSet<_>>().into_iter().collect()

@@ -21,12 +21,12 @@ use rand_chacha::ChaCha8Rng;
 
 use super::policy::{Policy, Sampling};
 use super::record::RoundRecord;
-use flotilla_common::privacy::accountant::{default_orders, epsilon, Step};
+use flotilla_common::privacy::accountant::{Step, default_orders, epsilon};
 use flotilla_common::privacy::dp_fedavg::{clip, next_clip_norm, noisy_mean, update_noise_multiplier};
 
 use super::rejection::Rejection;
 use super::secure::{Answer, SecureRound, Step as SecAggStep};
-use super::snapshot::{AcceptedUpdate, RunIdentity, SavedFit, SavedPhase, Snapshot, SNAPSHOT_VERSION};
+use super::snapshot::{AcceptedUpdate, RunIdentity, SNAPSHOT_VERSION, SavedFit, SavedPhase, Snapshot};
 use crate::strategy::{Collected, Strategy};
 
 mod deadlines;
@@ -37,24 +37,30 @@ mod masked;
 mod membership;
 mod resume;
 
+use evaluate::{EvalRound, FitSummary};
 pub use events::{Event, Joined, Outcome, UpdateClaim, Work};
 pub use fit::sample_cohort;
-pub use membership::site_of_client_id;
-use evaluate::{EvalRound, FitSummary};
 use fit::{FitRound, MAX_ATTEMPTS};
 use membership::Client;
+pub use membership::site_of_client_id;
 use resume::Resume;
 
 #[derive(Debug)]
 enum Phase {
     /// Waiting for enough sites (and their aggregates) before round `next`: `min_clients`
     /// before the first round, `min_fit_results` before later ones.
-    Gathering { next: u32 },
+    Gathering {
+        next: u32,
+    },
     Fit(FitRound),
     Evaluate(EvalRound),
     /// Restarted from a snapshot: waiting until the sites connected before the crash are
     /// back (or `until` passes), so the cohorts and the population match the crash-free run.
-    Resuming { then: Box<Resume>, awaiting: BTreeSet<String>, until: Instant },
+    Resuming {
+        then: Box<Resume>,
+        awaiting: BTreeSet<String>,
+        until: Instant,
+    },
     Done,
 }
 
@@ -153,7 +159,6 @@ impl Federation {
         self.plan.clone()
     }
 
-
     /// The next piece of work for a site.
     pub fn pull_work(&mut self, client_id: &str, now: Instant) -> Result<Work, Rejection> {
         let site = self.client_mut(client_id, now)?.site.clone();
@@ -169,13 +174,10 @@ impl Federation {
                 control_hash: self.control.as_ref().map(|(_, h)| h.clone()).unwrap_or_default(),
                 secure_aggregation: self.task.secure_aggregation,
             },
-            Phase::Evaluate(e) if e.pending.contains(&site) => {
-                Work::Evaluate { round: e.round, model_hash: self.global_hash.clone(), plan_fingerprint }
-            }
+            Phase::Evaluate(e) if e.pending.contains(&site) => Work::Evaluate { round: e.round, model_hash: self.global_hash.clone(), plan_fingerprint },
             _ => Work::Wait { current_round: self.round() },
         })
     }
-
 
     /// What the federation produced, once done.
     pub fn outcome(&self) -> Option<Outcome> {
@@ -309,8 +311,7 @@ impl Federation {
 
     fn make_plan(&mut self) -> Vec<Event> {
         // Sorted by site name: the plan does not depend on arrival order.
-        let mut by_site: Vec<(&String, &SiteStats)> =
-            self.clients.values().filter_map(|c| c.stats.as_ref().map(|s| (&c.site, s))).collect();
+        let mut by_site: Vec<(&String, &SiteStats)> = self.clients.values().filter_map(|c| c.stats.as_ref().map(|s| (&c.site, s))).collect();
         by_site.sort_by(|a, b| a.0.cmp(b.0));
         let stats: Vec<&SiteStats> = by_site.into_iter().map(|(_, s)| s).collect();
         let plan = Plan::combine_within(&stats, &self.policy.limits);

@@ -87,7 +87,11 @@ impl Federation {
                 ));
             }
             if global.hash() != snapshot.global_hash {
-                return Err(format!("the saved global model hashes to {}, not the recorded {}: the state is damaged", short(&global.hash()), short(&snapshot.global_hash)));
+                return Err(format!(
+                    "the saved global model hashes to {}, not the recorded {}: the state is damaged",
+                    short(&global.hash()),
+                    short(&snapshot.global_hash)
+                ));
             }
             f.strategy.restore(&snapshot.strategy_state, global.layout())?;
             f.global_hash = snapshot.global_hash;
@@ -109,10 +113,7 @@ impl Federation {
                 return Ok(f);
             }
             SavedPhase::Gathering { next } => Resume::Gathering { next },
-            SavedPhase::Evaluate { round, fit } => Resume::Evaluate {
-                round,
-                fit: fit.map(|counts| FitSummary { started: now, counts }),
-            },
+            SavedPhase::Evaluate { round, fit } => Resume::Evaluate { round, fit: fit.map(|counts| FitSummary { started: now, counts }) },
             SavedPhase::Fit { round, attempt, cohort, target, failed, rejected } => {
                 let mut fit = f.new_fit_round(round, attempt, cohort.into_iter().collect(), target, now);
                 fit.failed = failed.into_iter().collect();
@@ -124,7 +125,9 @@ impl Federation {
         for u in updates {
             let fits = match &f.phase {
                 Phase::Resuming { then, .. } => match then.as_ref() {
-                    Resume::Fit(fit) => fit.round == u.round && fit.attempt == u.attempt && fit.cohort.contains(&u.site) && !fit.contributors.contains_key(&u.site),
+                    Resume::Fit(fit) => {
+                        fit.round == u.round && fit.attempt == u.attempt && fit.cohort.contains(&u.site) && !fit.contributors.contains_key(&u.site)
+                    }
                     _ => false,
                 },
                 _ => false,

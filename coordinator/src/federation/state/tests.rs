@@ -211,7 +211,8 @@ fn the_grace_period_closes_a_round_once_the_minimum_is_in() {
 
 #[test]
 fn an_attempt_without_enough_updates_is_abandoned_and_retried_with_a_fresh_cohort() {
-    let (mut f, ids, now) = four_sites(Policy { fraction_fit: 0.5, round_timeout: Duration::from_secs(5), lease: Duration::from_secs(100), ..Policy::default() });
+    let (mut f, ids, now) =
+        four_sites(Policy { fraction_fit: 0.5, round_timeout: Duration::from_secs(5), lease: Duration::from_secs(100), ..Policy::default() });
     let first = fit_sites(&mut f, &ids, now);
     let events = f.tick(now + Duration::from_secs(6));
     assert!(events.iter().any(|e| matches!(e, Event::Abandoned { round: 1, attempt: 1, updates: 0 })), "{events:?}");
