@@ -293,3 +293,40 @@ async fn if_the_state_machine_dies_the_coordinator_says_so_instead_of_finishing_
     let err = running.finish(Duration::ZERO).await.expect_err("the failure is reported, not swallowed");
     assert!(err.to_string().contains("panicked: fault injected by a test") && err.to_string().contains("--resume"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_the_coordinator_could_not_keep_is_never_reported_as_accepted() {
+    use flotilla_coordinator::durable::StateDir;
+    use flotilla_coordinator::federation::Federation;
+    use flotilla_coordinator::run_dir::RunDir;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Policy { rounds: 1, min_clients: 1, ..Policy::default() };
+    let state = StateDir::create(dir.path()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let federation = Federation::new(synthetic_task(vec![8]), 3, policy.clone());
+    let running =
+        flotilla_coordinator::runner::start_federation(federation, &policy, Some(RunDir::create(dir.path()).unwrap()), Some(state), listener, None).unwrap();
+    let mut site = RawSite::join(running.url(), "north", &synthetic_table("north", 40, 0)).await;
+    let fit = loop {
+        match site.pull().await {
+            pb::work_item::Kind::Evaluate(e) => site.evaluate(e).await,
+            pb::work_item::Kind::Fit(f) => break f,
+            _ => {}
+        }
+    };
+    let global = site.global(&fit).await;
+    let values = vec![0.001f32; global.values().len()];
+    // The disk fails: where the kept updates go is no longer a directory.
+    let updates = dir.path().join("state").join("updates");
+    std::fs::remove_dir_all(&updates).unwrap();
+    std::fs::write(&updates, b"not a directory").unwrap();
+    let err = site.upload(&fit, global.layout().fingerprint(), &values).await.expect_err("not kept, so not accepted");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("could not keep the update of site `north` for round 1") && err.message().contains("send it again"), "{}", err.message());
+    assert_eq!(running.handle.progress().borrow().last.as_ref().map(|r| r.round), Some(0), "round 1 did not close on an update that is not on disk");
+    // The disk is back: the same update, sent again, is kept and accepted.
+    std::fs::remove_file(&updates).unwrap();
+    std::fs::create_dir(&updates).unwrap();
+    site.upload(&fit, global.layout().fingerprint(), &values).await.expect("kept and accepted");
+    running.stop(Duration::ZERO).await;
+}
