@@ -11,6 +11,8 @@ if [ -n "${1:-}" ]; then mkdir -p "$1"; w=$(cd "$1" && pwd); else w=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' ERR
 step() { echo "== $*"; }
+# The params_sha256 of the last round in a metrics.csv, found by its column name.
+last_params() { awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "params_sha256") c = i } END { print $c }' "$1"; }
 fail() { echo "readme_walk: FAILED: $*" >&2; exit 1; }
 # Runs a command that must fail, and checks its stderr names each given word.
 refused() { # "words…" -- command…
@@ -26,11 +28,11 @@ grep -q "federated (FedAvg)" "$w/out" || fail "no comparison table"
 for f in metrics.csv accuracy.svg summary.json model.safetensors checkpoint.safetensors pki/ca.pem; do
   [ -e "$w/runs/hospitals/$f" ] || fail "runs/hospitals/$f is missing"
 done
-[ "$(head -1 "$w/runs/hospitals/metrics.csv")" = "round,accuracy,loss,auc,clients,selected,failed,rejected,attempts,evaluated,train_loss,seconds,epsilon,clip_norm,params_sha256" ] || fail "metrics.csv header"
+[ "$(head -1 "$w/runs/hospitals/metrics.csv")" = "round,accuracy,loss,auc,clients,selected,failed,rejected,attempts,evaluated,train_loss,seconds,epsilon,clip_norm,params_sha256,refused" ] || fail "metrics.csv header"
 [ "$(wc -l < "$w/runs/hospitals/metrics.csv")" = 22 ] || fail "metrics.csv should have a header and rounds 0..=20"
 file_sha=$(sha256sum "$w/runs/hospitals/model.safetensors" | cut -d' ' -f1)
 grep -q "\"model_file_sha256\": \"$file_sha\"" "$w/runs/hospitals/summary.json" || fail "model_file_sha256 is not the file's hash"
-last_params=$(tail -1 "$w/runs/hospitals/metrics.csv" | awk -F, '{ print $NF }')
+last_params=$(last_params "$w/runs/hospitals/metrics.csv")
 grep -q "\"params_sha256\": \"$last_params\"" "$w/runs/hospitals/summary.json" || fail "the last params_sha256 of metrics.csv is not summary.json's"
 grep -q '"config"' "$w/runs/hospitals/summary.json" || fail "summary.json has no config"
 
@@ -74,9 +76,9 @@ for p in "${pids[@]}"; do wait "$p" || fail "a process of the served federation 
 pids=()
 grep -q "federation finished" "$w/serve.log" || fail "serve did not finish"
 if grep -q $'\e\[' "$w/serve.log" "$w/client-Cleveland.log"; then fail "colour codes in redirected logs"; fi
-served=$(tail -1 "$w/runs/served/metrics.csv" | awk -F, '{ print $NF }')
+served=$(last_params "$w/runs/served/metrics.csv")
 "$coord" simulate --scenario hospitals --rounds 3 --no-baselines --quiet --out "$w/runs/sim3" > /dev/null
-[ "$(tail -1 "$w/runs/sim3/metrics.csv" | awk -F, '{ print $NF }')" = "$served" ] || fail "served and simulated models differ"
+[ -n "$served" ] && [ "$(last_params "$w/runs/sim3/metrics.csv")" = "$served" ] || fail "served and simulated models differ"
 echo "   served sites made the simulated model, bit for bit: $served"
 
 step "serve --resume on the finished run says it is complete"

@@ -134,6 +134,18 @@ impl RawSite {
         self.rpc.pull_work(req).await.expect("pull").into_inner().kind.expect("work kind")
     }
 
+    /// Pulls work, answering evaluations, until this site is asked to train.
+    pub async fn until_fit(&mut self) -> flotilla_proto::pb::FitWork {
+        use flotilla_proto::pb::work_item::Kind;
+        loop {
+            match self.pull().await {
+                Kind::Evaluate(e) => self.evaluate(e).await,
+                Kind::Fit(f) => return f,
+                _ => {}
+            }
+        }
+    }
+
     /// Answers an evaluation with made-up but valid numbers.
     pub async fn evaluate(&mut self, e: flotilla_proto::pb::EvaluateWork) {
         let r = flotilla_proto::pb::EvaluationResult {

@@ -181,13 +181,7 @@ async fn uploads_are_bounded_per_site_and_a_silent_upload_is_cut_off() {
     let policy = Policy { rounds: 1, min_clients: 1, lease: Duration::from_millis(1500), ..Policy::default() };
     let running = start_coordinator(synthetic_task(vec![8]), 3, policy, dir.path()).await;
     let mut mallory = RawSite::join(running.url(), "mallory", &synthetic_table("mallory", 40, 0)).await;
-    let fit = loop {
-        match mallory.pull().await {
-            pb::work_item::Kind::Evaluate(e) => mallory.evaluate(e).await,
-            pb::work_item::Kind::Fit(f) => break f,
-            _ => {}
-        }
-    };
+    let fit = mallory.until_fit().await;
     let global = mallory.global(&fit).await;
     let header = pb::UpdateHeader {
         client_id: mallory.id.clone(),
@@ -307,13 +301,7 @@ async fn an_update_the_coordinator_could_not_keep_is_never_reported_as_accepted(
     let running =
         flotilla_coordinator::runner::start_federation(federation, &policy, Some(RunDir::create(dir.path()).unwrap()), Some(state), listener, None).unwrap();
     let mut site = RawSite::join(running.url(), "north", &synthetic_table("north", 40, 0)).await;
-    let fit = loop {
-        match site.pull().await {
-            pb::work_item::Kind::Evaluate(e) => site.evaluate(e).await,
-            pb::work_item::Kind::Fit(f) => break f,
-            _ => {}
-        }
-    };
+    let fit = site.until_fit().await;
     let global = site.global(&fit).await;
     let values = vec![0.001f32; global.values().len()];
     // The disk fails: where the kept updates go is no longer a directory.
