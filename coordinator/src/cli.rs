@@ -184,6 +184,12 @@ pub struct RunArgs {
     /// Central differential privacy: noise multiplier z (noise std z·S on the sum).
     #[arg(long, value_name = "Z", requires = "dp_clip")]
     pub dp_noise: Option<f64>,
+    /// Central DP, for reproducible experiments only: the coordinator's secret seed of the
+    /// noise it adds. Without it the noise comes from the OS's generator, which no site can
+    /// know. It stays in the coordinator's durable state (so `--resume` is bit-identical) and
+    /// is never sent to a site nor written to the run's records.
+    #[arg(long, value_name = "N")]
+    pub dp_seed: Option<u64>,
     /// δ of the reported (ε, δ) (default 1e-5; with differential privacy only).
     #[arg(long, value_name = "D")]
     pub dp_delta: Option<f64>,
@@ -457,6 +463,7 @@ impl RunArgs {
             max_update_norm: self.max_update_norm,
             sampling: self.sampling,
             allowed_sites: (!self.allow_sites.is_empty()).then(|| self.allow_sites.iter().cloned().collect()),
+            dp_seed: self.dp_seed,
             ..Policy::default()
         };
         let p = self.limits.apply(p);
@@ -515,6 +522,11 @@ impl RunArgs {
         }
         if self.secure_aggregation {
             task.secure_aggregation = true;
+        }
+        if self.dp_seed.is_some() && !task.privacy.is_some_and(|dp| !dp.local) {
+            return Err("--dp-seed seeds the noise the coordinator adds under central DP (--dp-clip S --dp-noise Z, or [privacy] \
+                        in the task file, without --dp-local); this run has none"
+                .into());
         }
         task.validate().map_err(|e| e.to_string())?;
         Ok(task)

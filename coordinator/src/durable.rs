@@ -225,6 +225,7 @@ mod tests {
             dp_steps: vec![],
             epsilon: Some(0.1 + 0.2),
             clip_norm: 1.0 / 3.0,
+            noise_seed: Some(17),
             global: Some(Arc::new(global)),
             strategy_state: vec![("strategy.m".into(), vec![1.0 / 7.0, -0.0, 1e-300])],
         }
@@ -246,6 +247,7 @@ mod tests {
         let (back, updates) = state.load().unwrap();
         assert_eq!(back.global.as_deref(), s.global.as_deref());
         assert_eq!((back.epsilon, back.clip_norm, back.phase.clone()), (s.epsilon, s.clip_norm, s.phase.clone()));
+        assert_eq!(back.noise_seed, Some(17), "the DP noise seed survives, so a resumed run adds the same noise");
         assert_eq!(
             back.strategy_state[0].1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
             s.strategy_state[0].1.iter().map(|x| x.to_bits()).collect::<Vec<_>>()

@@ -139,6 +139,8 @@ fn flags_that_cannot_work_together_are_refused_at_start_naming_them() {
         (with(sim_s, &["--sampling", "weighted"]), &["--sampling weighted", "--fraction-fit"]),
         (with(sim_s, &["--over-selection", "1.5"]), &["--over-selection", "--fraction-fit"]),
         (with(sim_s, &["--dp-delta", "1e-6"]), &["--dp-delta", "--dp-clip"]),
+        (with(sim_s, &["--dp-seed", "7"]), &["--dp-seed", "central DP"]),
+        (with(sim_s, &["--dp-clip", "1", "--dp-noise", "0.5", "--dp-local", "--dp-seed", "7"]), &["--dp-seed", "--dp-local"]),
         (with(sim_s, &["--attack-scale", "3"]), &["--attack-scale", "--malicious"]),
         (with(sim_s, &["--straggler-epochs", "2"]), &["--straggler-epochs", "--stragglers"]),
         (with(sim_s, &["--dp-clip", "1", "--dp-noise", "5", "--dp-adaptive-quantile", "0.5"]), &["--dp-count-stddev", "count_stddev"]),

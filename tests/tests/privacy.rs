@@ -15,7 +15,11 @@ async fn a_dp_run_reports_the_epsilon_it_spent_and_still_learns() {
     let dp = DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None, local: false };
     task.privacy = Some(dp);
     let rounds = 5;
-    let sim = simulate(sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, rounds, dir.path())).await.unwrap();
+    // The coordinator's DP seed pins the noise (a reproducible experiment): without it each run
+    // draws fresh noise, and five rounds of four sites may or may not lower the loss.
+    let mut opts = sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, rounds, dir.path());
+    opts.policy.dp_seed = Some(3);
+    let sim = simulate(opts).await.unwrap();
     let h = &sim.outcome.history;
     let eps: Vec<f64> = h[1..].iter().map(|r| r.epsilon.unwrap()).collect();
     assert!(eps.windows(2).all(|w| w[1] > w[0]), "ε grows every round: {eps:?}");
@@ -78,7 +82,38 @@ async fn adaptive_clipping_moves_the_clip_norm_towards_the_update_norms() {
     // Four hospitals: the default σ_b = 4/20 is too small for z = 0.5, so it is set explicitly.
     let adaptive = AdaptiveClip { count_stddev: Some(1.0), ..AdaptiveClip::default() };
     task.privacy = Some(DpConfig { clip_norm: 0.01, noise_multiplier: 0.5, delta: 1e-5, adaptive: Some(adaptive), local: false });
-    let sim = simulate(sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, 6, dir.path())).await.unwrap();
+    let mut opts = sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, 6, dir.path());
+    opts.policy.dp_seed = Some(3);
+    let sim = simulate(opts).await.unwrap();
     let norms: Vec<f64> = sim.outcome.history[1..].iter().map(|r| r.clip_norm.unwrap()).collect();
     assert!(norms[norms.len() - 1] > 0.01 * 1.5, "the clip norm grew from 0.01: {norms:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn central_dp_noise_is_secret_from_the_sites_and_reproducible_only_with_the_coordinators_seed() {
+    let run = |out: std::path::PathBuf, dp_seed: Option<u64>| async move {
+        let mut task = Task::hospitals();
+        task.privacy = Some(DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None, local: false });
+        let mut opts = sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, 2, &out);
+        opts.policy.dp_seed = dp_seed;
+        let sim = simulate(opts).await.unwrap();
+        let records = std::fs::read_to_string(out.join("summary.json")).unwrap() + &std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+        (sim.outcome.model.hash(), sim.outcome.history[0].model_hash.clone(), records)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Everything the sites receive is the same in both runs (task, federation seed, data, so
+    // the same updates): if it determined the noise, the models would be equal. They are not.
+    let (a, a0, records) = run(dir.path().join("a"), None).await;
+    let (b, b0, _) = run(dir.path().join("b"), None).await;
+    assert_eq!(a0, b0, "same seed, same start");
+    assert_ne!(a, b, "the noise comes from randomness no site can know");
+    // The coordinator's own seed makes an experiment reproducible, and only that seed does.
+    let (c, _, with_seed) = run(dir.path().join("c"), Some(8_675_309)).await;
+    let (d, _, _) = run(dir.path().join("d"), Some(8_675_309)).await;
+    let (e, _, _) = run(dir.path().join("e"), Some(8_675_310)).await;
+    assert_eq!(c, d);
+    assert_ne!(c, e);
+    for text in [records, with_seed] {
+        assert!(!text.contains("8675309") && !text.contains("dp_seed") && !text.contains("noise_seed"), "the DP seed is in no record");
+    }
 }

@@ -48,6 +48,9 @@ pub struct Policy {
     pub limits: StatsLimits,
     /// Uploads one site may have open at once (each holds a model-sized buffer).
     pub max_uploads_per_site: usize,
+    /// Central DP: the coordinator's secret seed of its noise (`None`: the OS's generator).
+    /// Never sent to a site, never in `identity` or the run's records.
+    pub dp_seed: Option<u64>,
 }
 
 impl Default for Policy {
@@ -67,6 +70,7 @@ impl Default for Policy {
             max_sites: 100_000,
             limits: StatsLimits::default(),
             max_uploads_per_site: 2,
+            dp_seed: None,
         }
     }
 }

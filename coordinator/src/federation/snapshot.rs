@@ -103,6 +103,9 @@ pub struct Snapshot {
     pub dp_steps: Vec<Step>,
     pub epsilon: Option<f64>,
     pub clip_norm: f64,
+    /// Central DP's secret noise seed (the state directory is the coordinator's alone).
+    #[serde(default)]
+    pub noise_seed: Option<u64>,
     /// The global model (absent before the plan); kept as a tensor, not in the metadata.
     #[serde(skip)]
     pub global: Option<Arc<FlatParams>>,

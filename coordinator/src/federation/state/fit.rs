@@ -340,7 +340,7 @@ impl Federation {
                 (None, _) => match &self.task.privacy {
                     // (Σ clip(Δ_k) + N(0, (z·S)²)) / m, with m the round's expected cohort size.
                     Some(dp) if !dp.local => f.sum.sum().and_then(|sum| {
-                        let seed = derive_seed(self.seed, &["dp-noise", &f.round.to_string(), &f.attempt.to_string()]);
+                        let seed = derive_seed(self.noise_seed, &["dp-noise", &f.round.to_string(), &f.attempt.to_string()]);
                         // With adaptive clipping the count of unclipped updates takes part of the
                         // noise budget; the update gets the rest (z_Δ).
                         let z = match &dp.adaptive {
@@ -376,7 +376,7 @@ impl Federation {
             }
         }
         if let Some(a) = self.task.privacy.as_ref().and_then(|dp| dp.adaptive) {
-            let seed = derive_seed(self.seed, &["dp-clip", &f.round.to_string(), &f.attempt.to_string()]);
+            let seed = derive_seed(self.noise_seed, &["dp-clip", &f.round.to_string(), &f.attempt.to_string()]);
             match next_clip_norm(self.clip_norm, f.unclipped, f.target, &a, seed) {
                 Ok(c) => self.clip_norm = c,
                 Err(reason) => events.push(Event::ModelKept { round: f.round, reason }),

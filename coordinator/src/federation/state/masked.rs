@@ -67,7 +67,7 @@ impl Federation {
         let (weighted, weight) = flotilla_common::secagg::masking::decode_weighted(sum)?;
         let values = match dp {
             Some(dp) => {
-                let seed = derive_seed(self.seed, &["dp-noise", &round.to_string(), &attempt.to_string()]);
+                let seed = derive_seed(self.noise_seed, &["dp-noise", &round.to_string(), &attempt.to_string()]);
                 noisy_mean(&weighted, dp.noise_multiplier * self.clip_norm, target, seed)?
             }
             None if weight == 0 => return Err("the secure sum carries no weight".into()),

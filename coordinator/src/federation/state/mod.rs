@@ -95,6 +95,10 @@ pub struct Federation {
     spare_accumulator: Option<Vec<i128>>,
     /// Messages refused since the last round closed (updates are counted in the round).
     refused: usize,
+    /// Central DP: the seed of the noise the coordinator adds, secret from every site (the
+    /// federation seed, which sites receive, must not determine it): `--dp-seed` or the OS's
+    /// generator. Kept in the durable state so that a resumed run adds the same noise.
+    noise_seed: u64,
 }
 
 impl Federation {
@@ -102,6 +106,7 @@ impl Federation {
     pub fn new(task: Task, seed: u64, policy: Policy) -> Self {
         let task_toml = task.to_toml();
         let strategy = Strategy::new(task.strategy.clone(), f64::from(task.training.server_learning_rate));
+        let noise_seed = policy.dp_seed.unwrap_or_else(rand::random);
         Self {
             strategy,
             control: None,
@@ -124,6 +129,7 @@ impl Federation {
             sites_seen: BTreeMap::new(),
             spare_accumulator: None,
             refused: 0,
+            noise_seed,
         }
     }
 

@@ -56,6 +56,7 @@ impl Federation {
             dp_steps: self.dp_steps.clone(),
             epsilon: self.epsilon,
             clip_norm: self.clip_norm,
+            noise_seed: Some(self.noise_seed),
             global: self.global.clone(),
             strategy_state: self.strategy.state().into_iter().map(|(n, v)| (n.to_owned(), v)).collect(),
         }
@@ -107,6 +108,9 @@ impl Federation {
         f.dp_steps = snapshot.dp_steps;
         f.epsilon = snapshot.epsilon;
         f.clip_norm = snapshot.clip_norm;
+        if let Some(s) = snapshot.noise_seed {
+            f.noise_seed = s;
+        }
         let then = match snapshot.phase {
             SavedPhase::Done => {
                 f.phase = Phase::Done;

@@ -289,3 +289,16 @@ fn client_ids_name_their_site() {
     assert_eq!(site_of_client_id("VA Long Beach#3"), Some("VA Long Beach"));
     assert_eq!(site_of_client_id("nohash"), None);
 }
+
+#[test]
+fn the_dp_noise_seed_is_secret_and_survives_a_resume() {
+    let now = Instant::now();
+    let (a, b) = (Federation::new(Task::banks(), 1, Policy::default()), Federation::new(Task::banks(), 1, Policy::default()));
+    assert_ne!(a.noise_seed, b.noise_seed, "drawn from the OS, not from the federation seed");
+    let pinned = Federation::new(Task::banks(), 1, Policy { dp_seed: Some(5), ..Policy::default() });
+    assert_eq!(pinned.noise_seed, 5);
+    let (joined, _) = Federation::new(Task::banks(), 1, Policy::default()).join("a", &["creditability".to_owned()], 10, now).unwrap();
+    assert_eq!(joined.seed, 1, "a site receives the federation seed only");
+    let resumed = Federation::resume(Task::banks(), 1, Policy::default(), a.snapshot(), Vec::new(), now).unwrap();
+    assert_eq!(resumed.noise_seed, a.noise_seed);
+}
