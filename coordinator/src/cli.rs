@@ -523,7 +523,7 @@ impl RunArgs {
         if self.secure_aggregation {
             task.secure_aggregation = true;
         }
-        if self.dp_seed.is_some() && !task.privacy.is_some_and(|dp| !dp.local) {
+        if self.dp_seed.is_some() && task.privacy.is_none_or(|dp| dp.local) {
             return Err("--dp-seed seeds the noise the coordinator adds under central DP (--dp-clip S --dp-noise Z, or [privacy] \
                         in the task file, without --dp-local); this run has none"
                 .into());
