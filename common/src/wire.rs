@@ -275,20 +275,12 @@ pub fn stats_to_pb(stats: &SiteStats) -> Vec<pb::ColumnStats> {
         .collect()
 }
 
-/// A site's aggregates from the wire; sums must be finite.
-pub fn stats_from_pb(columns: Vec<pb::ColumnStats>) -> Result<SiteStats, WireError> {
-    let mut out = Vec::with_capacity(columns.len());
-    // A set, not a scan of what came before: a site may send many columns.
-    let mut names = std::collections::HashSet::with_capacity(columns.len());
-    for c in columns {
-        let name: String = c.name.chars().take(40).collect();
-        if !(c.sum.is_finite() && c.sum_squares.is_finite() && c.sum_squares >= 0.0) {
-            return Err(WireError::Invalid(format!("column `{name}`: sums must be finite")));
-        }
-        if !names.insert(c.name.clone()) {
-            return Err(WireError::Invalid(format!("column `{name}` reported twice")));
-        }
-        out.push(ColumnStats {
+/// A site's aggregates from the wire, as they came: `SiteStats::validate` (in the federation,
+/// against what the site declared) decides whether they are acceptable.
+pub fn stats_from_pb(columns: Vec<pb::ColumnStats>) -> SiteStats {
+    let columns = columns
+        .into_iter()
+        .map(|c| ColumnStats {
             name: c.name,
             categorical: c.categorical,
             numeric_count: c.numeric_count,
@@ -296,9 +288,9 @@ pub fn stats_from_pb(columns: Vec<pb::ColumnStats>) -> Result<SiteStats, WireErr
             sum_squares: c.sum_squares,
             missing: c.missing,
             categories: c.categories.into_iter().collect::<BTreeMap<_, _>>(),
-        });
-    }
-    Ok(SiteStats { columns: out })
+        })
+        .collect();
+    SiteStats { columns }
 }
 
 /// The plan on the wire.

@@ -120,10 +120,7 @@ impl FederationRpc for FederationService {
     async fn report_stats(&self, req: Request<pb::ReportStatsRequest>) -> Result<Response<pb::Ack>, Status> {
         self.authorize(&req, &req.get_ref().client_id)?;
         let r = req.into_inner();
-        let stats = match wire::stats_from_pb(r.columns) {
-            Ok(s) => s,
-            Err(e) => return Err(self.refuse(&r.client_id, Status::invalid_argument(format!("aggregates of `{}`: {e}", r.client_id))).await),
-        };
+        let stats = wire::stats_from_pb(r.columns);
         self.handle.report_stats(r.client_id, stats, r.num_train_examples).await.map_err(status)?;
         Ok(Response::new(pb::Ack {}))
     }

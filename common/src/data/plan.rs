@@ -224,6 +224,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::data::stats::ColumnStats;
     use crate::data::table::RawTable;
     use crate::task::Task;
 
@@ -263,5 +264,50 @@ mod tests {
         let b = SiteStats::of_rows(&site("x,c,y\n1,red,bad\n3,blue,good\n"), &[0, 1]);
         assert_ne!(Plan::combine(&[&a]).fingerprint(), Plan::combine(&[&b]).fingerprint());
         assert_eq!(Plan::combine(&[&a]).fingerprint(), Plan::combine(&[&a]).fingerprint());
+    }
+
+    fn column(stats: ColumnStats) -> SiteStats {
+        SiteStats { columns: vec![stats] }
+    }
+
+    #[test]
+    fn one_site_cannot_make_a_column_categorical_for_the_others() {
+        let numeric = |n: u64| column(ColumnStats { name: "x".into(), numeric_count: n, sum: n as f64, sum_squares: 2.0 * n as f64, ..Default::default() });
+        let categorical = |n: u64| column(ColumnStats { name: "x".into(), categorical: true, categories: [("a".to_owned(), n)].into(), ..Default::default() });
+        let (big, small) = (numeric(90), categorical(10));
+        assert!(matches!(Plan::combine(&[&big, &small]).columns[0].kind, ColumnKind::Numeric { .. }), "10 rows of 100 do not decide");
+        let (few, most) = (numeric(10), categorical(90));
+        assert!(matches!(Plan::combine(&[&few, &most]).columns[0].kind, ColumnKind::Categorical { .. }), "the majority of rows does");
+    }
+
+    #[test]
+    fn a_vocabulary_keeps_the_most_frequent_categories_up_to_the_limit() {
+        let limits = StatsLimits { max_categories: 3, ..StatsLimits::default() };
+        let site = |cats: &[(&str, u64)]| {
+            column(ColumnStats {
+                name: "c".into(),
+                categorical: true,
+                categories: cats.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+                ..Default::default()
+            })
+        };
+        // Each site within the limit; their union is not.
+        let (a, b) = (site(&[("red", 50), ("blue", 40), ("rare", 1)]), site(&[("green", 30), ("pink", 2), ("red", 5)]));
+        let plan = Plan::combine_within(&[&a, &b], &limits);
+        assert_eq!(plan.columns[0].kind, ColumnKind::Categorical { vocabulary: vec!["blue".into(), "green".into(), "red".into()] });
+        assert_eq!(plan.width(), 3);
+    }
+
+    #[test]
+    fn pooled_moments_stay_finite_when_the_sums_would_overflow() {
+        // Two consistent sites near f64::MAX: Σ sums is infinite, the pooled moments are not.
+        let huge = column(ColumnStats { name: "x".into(), numeric_count: 2, sum: 1.5e308, sum_squares: 1.7e308, ..Default::default() });
+        assert!(huge.validate(2, &StatsLimits::default()).is_err(), "validation already refuses these");
+        let big = column(ColumnStats { name: "x".into(), numeric_count: 1, sum: 1e154, sum_squares: 1.2e308, ..Default::default() });
+        assert_eq!(big.validate(1, &StatsLimits::default()), Ok(()));
+        match &Plan::combine(&[&big, &big]).columns[0].kind {
+            ColumnKind::Numeric { mean, std } => assert!(mean.is_finite() && std.is_finite() && *std > 0.0, "{mean} {std}"),
+            k => panic!("{k:?}"),
+        }
     }
 }

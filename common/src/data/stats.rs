@@ -149,3 +149,67 @@ impl SiteStats {
         Self { columns }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numeric(name: &str, n: u64, sum: f64, sum_squares: f64) -> ColumnStats {
+        ColumnStats { name: name.into(), numeric_count: n, sum, sum_squares, ..Default::default() }
+    }
+
+    fn refused(columns: Vec<ColumnStats>, num_train: u64) -> String {
+        SiteStats { columns }.validate(num_train, &StatsLimits::default()).expect_err("hostile aggregates")
+    }
+
+    #[test]
+    fn honest_aggregates_pass_and_hostile_ones_are_named() {
+        let limits = StatsLimits::default();
+        let honest = SiteStats {
+            columns: vec![
+                numeric("age", 40, 2000.0, 110_000.0),
+                ColumnStats {
+                    name: "sex".into(),
+                    categorical: true,
+                    missing: 2,
+                    categories: [("f".to_owned(), 20), ("m".to_owned(), 18)].into(),
+                    ..Default::default()
+                },
+            ],
+        };
+        assert_eq!(honest.validate(40, &limits), Ok(()));
+        // Counts that wrap u64 when added, or exceed the declared rows.
+        assert!(
+            refused(vec![ColumnStats { name: "a".into(), numeric_count: u64::MAX, missing: 1, ..Default::default() }], 40)
+                .contains("add up to more than the 40")
+        );
+        assert!(refused(vec![numeric("a", 41, 0.0, 1.0)], 40).contains("add up to more"));
+        // Sums that are infinite, negative squares, or that no data could have.
+        assert!(refused(vec![numeric("a", 4, f64::INFINITY, 1.0)], 40).contains("finite"));
+        assert!(refused(vec![numeric("a", 4, 0.0, -1.0)], 40).contains("finite"));
+        assert!(refused(vec![numeric("a", 4, 1e308, 1.0)], 40).contains("inconsistent"));
+        assert!(refused(vec![numeric("a", 4, 8.0, 1.0)], 40).contains("inconsistent"), "mean 2, mean of squares 0.25");
+        assert!(refused(vec![numeric("a", 0, 3.0, 9.0)], 40).contains("without any numeric value"));
+        // Names: repeated, empty, too long; a category list without bound or a category of 0.
+        assert!(refused(vec![numeric("a", 1, 0.0, 0.0), numeric("a", 1, 0.0, 0.0)], 40).contains("reported twice"));
+        assert!(refused(vec![numeric("", 1, 0.0, 0.0)], 40).contains("1 to 256 bytes"));
+        let many: BTreeMap<String, u64> = (0..300).map(|i| (format!("v{i}"), 1)).collect();
+        assert!(refused(vec![ColumnStats { name: "c".into(), categorical: true, categories: many, ..Default::default() }], 1000).contains("300 categories"));
+        let zero: BTreeMap<String, u64> = [("x".to_owned(), 0)].into();
+        assert!(refused(vec![ColumnStats { name: "c".into(), categorical: true, categories: zero, ..Default::default() }], 40).contains("count of zero"));
+        assert!(
+            refused(vec![ColumnStats { name: "c".into(), categorical: true, numeric_count: 1, ..Default::default() }], 40).contains("categorical with numeric")
+        );
+    }
+
+    #[test]
+    fn messages_cut_hostile_names_at_a_character_boundary() {
+        // 300 bytes of two-byte characters: too long, and byte 40 falls inside a character.
+        let name = "é".repeat(150);
+        let err = refused(vec![numeric(&name, 1, 0.0, 0.0)], 40);
+        assert!(err.starts_with(&format!("column `{}`", "é".repeat(40))), "{err}");
+        let long_category: BTreeMap<String, u64> = [("ü".repeat(200), 1)].into();
+        let err = refused(vec![ColumnStats { name: "c".into(), categorical: true, categories: long_category, ..Default::default() }], 40);
+        assert!(err.contains("longer than 256 bytes"), "{err}");
+    }
+}
