@@ -3,7 +3,8 @@
 # a debug build of this checkout), in WORK_DIR (default: a temporary folder, removed after),
 # and checks what each answers: the main simulation, the run directory, a second run into the
 # same folder, split and synth, certificates (init, request, sign), serve with four TLS
-# sites, --resume of the finished run, and the refusals the README promises.
+# sites, four sites with the example site policy and their audit, --resume of the finished
+# run, and the refusals the README promises.
 # Usage: [FLOTILLA_BIN_DIR=target/release] scripts/readme_walk.sh [WORK_DIR]
 source "$(dirname "$0")/common.sh"
 flotilla_bins debug
@@ -80,6 +81,22 @@ served=$(last_params "$w/runs/served/metrics.csv")
 "$coord" simulate --scenario hospitals --rounds 3 --no-baselines --quiet --out "$w/runs/sim3" > /dev/null
 [ -n "$served" ] && [ "$(last_params "$w/runs/sim3/metrics.csv")" = "$served" ] || fail "served and simulated models differ"
 echo "   served sites made the simulated model, bit for bit: $served"
+
+step "the hospitals with their site policy (examples/site-policy.toml) and state directories, 2 rounds"
+port2=$((port + 1))
+"$coord" serve --listen "127.0.0.1:$port2" --scenario hospitals --rounds 2 --min-clients 4 \
+  --tls-cert "$w/pki/coordinator.pem" --tls-key "$w/pki/coordinator.key" --client-ca "$w/pki/ca.pem" --out "$w/runs/policy" 2> "$w/serve-policy.log" & pids+=($!)
+for s in Cleveland Hungary Switzerland "VA Long Beach"; do
+  if [ "$s" = Switzerland ]; then keys="$w/mykeys"; else keys="$w/pki"; fi
+  "$client" --coordinator "https://127.0.0.1:$port2" --site "$s" --data "$w/sites/$s.csv" --ca "$w/pki/ca.pem" \
+    --cert "$keys/$s.pem" --key "$keys/$s.key" --policy examples/site-policy.toml --state-dir "$w/state/$s" 2> "$w/client-policy-$s.log" & pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p" || fail "a process of the federation with site policies failed (see $w/*policy*.log)"; done
+pids=()
+"$client" audit --state-dir "$w/state/Cleveland" | tee "$w/out"
+grep -q "rounds trained: 2" "$w/out" && grep -q "refusals: 0" "$w/out" || fail "the audit of Cleveland does not show its 2 rounds"
+if grep -q "dataset" "$w/out"; then fail "the column naming the hospital left the site"; fi
+refused "bounds.min_batch_size" "$client" policy check --policy examples/site-policy.toml --task <(sed 's/batch_size = 32/batch_size = 1/' examples/hospitals.toml)
 
 step "serve --resume on the finished run says it is complete"
 timeout 30 "${serve[@]}" --resume > "$w/out" 2> "$w/err" || fail "serve --resume of a finished run: $(cat "$w/err")"

@@ -134,8 +134,9 @@ impl Connection {
         Ok(())
     }
 
-    /// Downloads a global model chunk by chunk into one buffer and checks its hash.
-    pub async fn download_model(&self, client_id: &str, round: u32, hash: &str) -> Result<FlatParams, ClientError> {
+    /// Downloads a global model chunk by chunk into one buffer and checks its hash. With
+    /// `layout`, a header announcing another layout is refused before anything is allocated.
+    pub async fn download_model(&self, client_id: &str, round: u32, hash: &str, layout: Option<&flotilla_common::Layout>) -> Result<FlatParams, ClientError> {
         let what = || format!("download the model of round {round}");
         let mut stream = self
             .rpc
@@ -144,7 +145,10 @@ impl Connection {
             .await
             .map_err(|s| ClientError::rpc(what(), s))?
             .into_inner();
-        let mut rx = ModelReceiver::default();
+        let mut rx = match layout {
+            Some(l) => ModelReceiver::expecting(l.clone()),
+            None => ModelReceiver::default(),
+        };
         while let Some(chunk) = stream.message().await.map_err(|s| ClientError::rpc(what(), s))? {
             rx.push(chunk)?;
         }

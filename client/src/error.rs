@@ -24,6 +24,10 @@ pub enum ClientError {
     Certificate(String),
     #[error("a local task failed: {0}")]
     Join(String),
+    #[error("site `{site}` refuses by its policy ({policy}), {violation}")]
+    Policy { site: String, policy: String, violation: crate::policy::Violation },
+    #[error("this site's state directory: {0}")]
+    State(#[from] crate::state::StateError),
     #[error("simulated crash in round {round} (fault injection)")]
     Crashed { round: u32, downtime: std::time::Duration },
 }

@@ -4,12 +4,15 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use flotilla_client::policy::SitePolicy;
 use flotilla_client::shutdown::terminated;
 use flotilla_client::{ClientTls, SiteOptions, run_site};
+use flotilla_common::Task;
 use flotilla_common::data::RawTable;
 use flotilla_common::pki;
 use flotilla_common::train::Backend;
@@ -57,6 +60,14 @@ struct Args {
     /// spend more than this ε (from the federation's announced DP parameters).
     #[arg(long, value_name = "EPSILON")]
     max_epsilon: Option<f64>,
+    /// This site's policy (TOML): what it accepts from the coordinator; see
+    /// examples/site-policy.toml. Refusals name the rule and the value.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Where this site keeps what must survive a restart: its privacy ledger (ledger.json)
+    /// and its audit log (audit.jsonl). Without it the budget is counted in memory only.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// δ of this site's budget.
     #[arg(long, default_value_t = 1e-5, value_name = "DELTA")]
     max_delta: f64,
@@ -78,6 +89,31 @@ enum Command {
     /// Certificates: make this site's key and a signing request for the federation's CA.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Print a summary of this site's audit log and privacy ledger, for its data officer.
+    Audit {
+        /// The site's state directory (its --state-dir).
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+    },
+    /// Site policies: check a policy file, or print a task's fingerprint to pin it.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Check a policy file; with --task, check that task against it.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        #[arg(long, value_name = "TASK.toml")]
+        task: Option<PathBuf>,
+    },
+    /// Print the fingerprint of a task file (for `[task] fingerprint` in a policy).
+    Fingerprint {
+        #[arg(long, value_name = "TASK.toml")]
+        task: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +141,9 @@ fn main() -> ExitCode {
         .init();
     let result = match args.command {
         Some(Command::Certs(CertsCommand::Request { site, out })) => request(&site, &out),
+        Some(Command::Audit { state_dir }) => audit(&state_dir),
+        Some(Command::Policy(PolicyCommand::Check { policy, task })) => check_policy(&policy, task.as_deref()),
+        Some(Command::Policy(PolicyCommand::Fingerprint { task })) => Task::from_file(&task).map(|t| println!("{}", t.fingerprint())).map_err(Into::into),
         None => run(args),
     };
     match result {
@@ -125,8 +164,61 @@ fn request(site: &str, out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn run(args: Args) -> anyhow::Result<()> {
+/// The audit log's summary, then the ledger's totals.
+fn audit(dir: &std::path::Path) -> anyhow::Result<()> {
+    let path = dir.join("audit.jsonl");
+    print!("{}", flotilla_client::state::audit::summary(&path)?);
+    let ledger = flotilla_client::state::Ledger::load(&dir.join("ledger.json"))?;
+    let rounds: Vec<String> = ledger.dp_rounds.iter().map(|r| format!("{} at noise multiplier {}", r.rounds, r.noise_multiplier)).collect();
+    println!(
+        "  ledger: {} rounds trained ({} with DP: {}; {} without)",
+        ledger.rounds(),
+        ledger.dp_rounds.iter().map(|r| r.rounds).sum::<u64>(),
+        if rounds.is_empty() { "none".to_owned() } else { rounds.join(", ") },
+        ledger.plain_rounds
+    );
+    if ledger.plain_rounds > 0 {
+        println!("  ε unbounded: rounds without differential privacy were trained");
+        return Ok(());
+    }
+    for delta in [1e-5, 1e-6] {
+        match ledger.epsilon_with(None, delta) {
+            Ok(e) => println!("  ε = {e:.3} at δ = {delta:e} (every round counted with sampling rate 1)"),
+            Err(e) => println!("  ε: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn check_policy(policy: &std::path::Path, task: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let p = SitePolicy::from_file(policy)?;
+    println!("{}: a valid site policy", policy.display());
+    if let Some(task) = task {
+        let t = Task::from_file(task)?;
+        match p.check_task(&t) {
+            Ok(()) => println!("{}: accepted (fingerprint {})", task.display(), t.fingerprint()),
+            Err(v) => anyhow::bail!("{}: refused by {}, {v}", task.display(), policy.display()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads the policy, then starts the runtime with the threads it allows.
+fn run(args: Args) -> anyhow::Result<()> {
+    let policy = args.policy.as_deref().map(SitePolicy::from_file).transpose()?.map(Arc::new);
+    let threads = policy.as_ref().and_then(|p| p.resources.threads);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = threads {
+        // Training runs on blocking threads, burn-ndarray's parallel operations on rayon's
+        // global pool: both are held to the policy's count. Results do not depend on it.
+        runtime.worker_threads(n).max_blocking_threads(n);
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("limiting compute threads (resources.threads)")?;
+    }
+    runtime.build().context("starting the async runtime")?.block_on(run_site_from_args(args, policy))
+}
+
+async fn run_site_from_args(args: Args, policy: Option<Arc<SitePolicy>>) -> anyhow::Result<()> {
     // clap enforces these without a subcommand.
     let (Some(coordinator), Some(data), Some(site)) = (args.coordinator.clone(), args.data.clone(), args.site.clone()) else {
         anyhow::bail!("--coordinator, --data and --site are required");
@@ -146,7 +238,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if !(args.heartbeat > 0.0 && args.connect_timeout >= 0.0) {
         anyhow::bail!("--heartbeat must be positive and --connect-timeout non-negative");
     }
-    let table = RawTable::read(&data).with_context(|| format!("reading the data of site `{site}`"))?;
+    // With a policy, columns it does not allow are never read past the header.
+    let table = match &policy {
+        Some(p) => RawTable::read_keeping(&data, &|c| p.may_read(c)),
+        None => RawTable::read(&data),
+    }
+    .with_context(|| format!("reading the data of site `{site}`"))?;
     let mut opts = SiteOptions::new(coordinator, site.clone());
     opts.tls = tls;
     opts.heartbeat = Duration::from_secs_f64(args.heartbeat);
@@ -154,6 +251,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     opts.seed = args.seed;
     opts.backend = args.backend;
     opts.budget = args.max_epsilon.map(|e| (e, args.max_delta));
+    opts.policy = policy;
+    opts.state_dir = args.state_dir.clone();
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

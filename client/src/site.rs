@@ -4,6 +4,7 @@
 //! then only weight deltas and evaluation metrics. Training runs on a blocking thread while a
 //! heartbeat keeps the site's lease alive.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Connection, Joined, Work};
 use crate::error::ClientError;
+use crate::guard::{Guard, Sent};
+use crate::policy::SitePolicy;
+use crate::state::AuditEvent;
 use crate::tls::ClientTls;
 
 /// How a site connects and behaves.
@@ -58,6 +62,10 @@ pub struct SiteOptions {
     pub cpu_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// The burn CPU backend that trains and evaluates.
     pub backend: Backend,
+    /// The site's policy: what it accepts from the coordinator (see [`crate::policy`]).
+    pub policy: Option<Arc<SitePolicy>>,
+    /// Where the site keeps its privacy ledger and audit log across restarts.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl SiteOptions {
@@ -78,6 +86,8 @@ impl SiteOptions {
             connection: None,
             cpu_slots: None,
             backend: Backend::Ndarray,
+            policy: None,
+            state_dir: None,
         }
     }
 }
@@ -120,17 +130,39 @@ struct Session {
     control: Option<FlatParams>,
 }
 
-/// Rounds this site trained in, for its own privacy accounting (kept across rejoins).
-#[derive(Debug, Default, Clone, Copy)]
-struct Spent {
-    rounds: u64,
-}
-
 /// Runs a site until the federation is done or `shutdown` is cancelled.
+///
+/// With a policy, only the columns it allows are kept from `table` (the CLI does not even
+/// read the others), and everything the coordinator sends is checked against it.
 pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: CancellationToken) -> Result<SiteReport, ClientError> {
     if let Some(tls) = &opts.tls {
         flotilla_common::pki::check_validity(&tls.cert_pem).map_err(|e| ClientError::Certificate(e.to_string()))?;
     }
+    let mut guard = Guard::open(&opts.site, opts.policy.clone(), opts.budget, opts.state_dir.as_deref())?;
+    let table = match guard.policy() {
+        Some(p) => table.keeping(&|c| p.may_read(c)),
+        None => table,
+    };
+    guard.record(AuditEvent::Started {
+        site: opts.site.clone(),
+        coordinator: opts.coordinator.clone(),
+        policy: opts.policy.as_ref().map(|p| p.source.display().to_string()),
+        policy_sha256: opts.policy.as_ref().and_then(|p| std::fs::read(&p.source).ok()).map(|b| {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(b))
+        }),
+    })?;
+    let result = run_guarded(&opts, &table, &mut guard, shutdown).await;
+    let reason = match &result {
+        Ok(r) => r.reason.clone(),
+        Err(e) => format!("stopped: {}", crate::error::describe(e)),
+    };
+    guard.record(AuditEvent::Left { reason })?;
+    result
+}
+
+async fn run_guarded(opts: &SiteOptions, table: &RawTable, guard: &mut Guard, shutdown: CancellationToken) -> Result<SiteReport, ClientError> {
+    let opts = opts.clone();
     let conn = match &opts.connection {
         Some(c) => c.clone(),
         None => Connection::connect(&opts.coordinator, opts.tls.as_ref(), opts.connect_patience).await?,
@@ -139,7 +171,7 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
     let mut backoff = Backoff::default();
     // The first join retries too: the coordinator may be (re)starting as the site starts.
     let mut session = loop {
-        match join(&conn, &opts, &table).await {
+        match join(&conn, &opts, table, guard).await {
             Ok(s) => break s,
             Err(e) if is_transient(&e) || forgot_us(&e) => backoff.wait(&opts, e, &shutdown).await?,
             Err(e) => return Err(e),
@@ -154,14 +186,13 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
     report.skipped_rows = session.prepared.rows.skipped.len();
     let mut known_round = 0;
     backoff.reset();
-    let mut spent = Spent::default();
     loop {
         if shutdown.is_cancelled() {
             let _ = conn.leave(&session.client_id).await;
             report.reason = "stopped".into();
             return Ok(report);
         }
-        let result = step(&conn, &opts, &mut session, &mut report, &mut known_round, &mut spent, &shutdown).await;
+        let result = step(&conn, &opts, &mut session, &mut report, &mut known_round, guard, &shutdown).await;
         match result {
             Ok(Some(reason)) => {
                 // Best effort: lets the coordinator stop without waiting for our lease to expire.
@@ -179,7 +210,7 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
                     _ = shutdown.cancelled() => {}
                 }
                 report.crashes += 1;
-                match join(&conn, &opts, &table).await {
+                match join(&conn, &opts, table, guard).await {
                     Ok(mut s) => {
                         s.control = session.control.take();
                         session = s;
@@ -191,7 +222,7 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
             // The coordinator forgot us (lease expired, or it restarted): join again.
             Err(e) if e.code() == Some(tonic::Code::NotFound) => {
                 tracing::warn!(site = %opts.site, error = %e, "rejoining");
-                match join(&conn, &opts, &table).await {
+                match join(&conn, &opts, table, guard).await {
                     Ok(mut s) => {
                         // SCAFFOLD's c_i is the site's own state: it survives a rejoin.
                         s.control = session.control.take();
@@ -215,29 +246,13 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
             {
                 tracing::info!(site = %opts.site, error = %e, "resynchronising");
             }
+            // A refusal by the site's own rules: leave cleanly, then stop.
+            Err(e @ ClientError::Policy { .. }) => {
+                let _ = conn.leave(&session.client_id).await;
+                return Err(e);
+            }
             Err(e) => return Err(e),
         }
-    }
-}
-
-/// Why the site must not train one more round, or `None` when its budget allows it.
-///
-/// The site counts every round it trains in with sampling rate 1 (it knows it was selected,
-/// so it claims no amplification by sampling): conservative, and nothing the coordinator says
-/// can lower it.
-fn over_budget(opts: &SiteOptions, task: &Task, rounds: u64) -> Option<String> {
-    let (max_eps, delta) = opts.budget?;
-    let Some(dp) = &task.privacy else {
-        return Some(format!("this site requires differential privacy (ε ≤ {max_eps}) and the federation announces none; not training"));
-    };
-    let step = flotilla_common::privacy::Step { q: 1.0, sigma: dp.noise_multiplier, count: rounds };
-    match flotilla_common::privacy::epsilon(&[step], delta, flotilla_common::privacy::accountant::default_orders()) {
-        Ok(p) if p.epsilon <= max_eps => None,
-        Ok(p) => Some(format!(
-            "privacy budget: training round {rounds} would bring this site to ε = {:.3} (δ = {delta:e}, noise multiplier {}), above its limit {max_eps}; stopping",
-            p.epsilon, dp.noise_multiplier
-        )),
-        Err(e) => Some(format!("privacy budget: {e}; not training")),
     }
 }
 
@@ -300,7 +315,7 @@ fn is_handshake_refusal(message: &str) -> bool {
     m.contains("certificate") || m.contains("alert")
 }
 
-async fn join(conn: &Connection, opts: &SiteOptions, table: &RawTable) -> Result<Session, ClientError> {
+async fn join(conn: &Connection, opts: &SiteOptions, table: &RawTable, guard: &mut Guard) -> Result<Session, ClientError> {
     let Joined { client_id, task_toml, seed } = conn.join(&opts.site, table.rows.len() as u64, table.header.clone()).await.map_err(|e| match e {
         ClientError::Rpc {
             code: tonic::Code::InvalidArgument | tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition | tonic::Code::Unauthenticated,
@@ -322,11 +337,29 @@ async fn join(conn: &Connection, opts: &SiteOptions, table: &RawTable) -> Result
         other => other,
     })?;
     let task = Task::from_toml(&task_toml, "the coordinator's task")?;
+    if let Err(e) = guard.check_task(&task) {
+        // Nothing of the data has been read for this task yet: leave and stop.
+        let _ = conn.leave(&client_id).await;
+        return Err(e);
+    }
     let seed = opts.seed.unwrap_or(seed);
-    let prepared = PreparedSite::new(&opts.site, table, &task, seed)?;
+    let k = guard.policy().map_or(task.data.min_category_count, |p| p.min_category_count(task.data.min_category_count));
+    // Another allowed label column is not a feature unless the policy lists it as one.
+    let usable = match guard.policy() {
+        Some(p) => table.clone().keeping(&|c| p.may_use(c, &task.data.label.column)),
+        None => table.clone(),
+    };
+    let prepared = PreparedSite::with_min_count(&opts.site, &usable, &task, seed, k)?;
     for skipped in &prepared.rows.skipped {
         tracing::warn!(site = %opts.site, "skipped row: {skipped}");
     }
+    guard.record(AuditEvent::Joined {
+        client_id: client_id.clone(),
+        task: task.name.clone(),
+        task_fingerprint: task.fingerprint(),
+        columns: table.header.clone(),
+        min_category_count: k,
+    })?;
     conn.report_stats(&client_id, &prepared.stats, prepared.num_train() as u64).await?;
     tracing::info!(site = %opts.site, %client_id, train = prepared.num_train(), test = prepared.test.len(), "joined");
     Ok(Session { client_id, task, seed, prepared, encoded: None, model: None, control: None })
@@ -339,7 +372,7 @@ async fn step(
     s: &mut Session,
     report: &mut SiteReport,
     known_round: &mut u32,
-    spent: &mut Spent,
+    guard: &mut Guard,
     shutdown: &CancellationToken,
 ) -> Result<Option<String>, ClientError> {
     let work = tokio::select! {
@@ -360,7 +393,7 @@ async fn step(
                 return Err(flotilla_common::wire::WireError::Invalid(format!("proximal mu {proximal_mu} must be >= 0")).into());
             }
             *known_round = round;
-            if let Some(reason) = over_budget(opts, &s.task, spent.rounds + 1) {
+            if let Some(reason) = guard.check_fit(&s.task, round, local_epochs, secure_aggregation)? {
                 tracing::warn!(site = %opts.site, round, "{reason}");
                 return Ok(Some(reason));
             }
@@ -370,13 +403,13 @@ async fn step(
                     return Err(ClientError::Crashed { round, downtime });
                 }
             }
-            let (data, shape) = ensure_plan(conn, s, &plan_fingerprint).await?;
-            let global = ensure_model(conn, opts, s, round, &model_hash).await?;
+            let (data, shape) = ensure_plan(conn, s, guard, &plan_fingerprint).await?;
+            let global = ensure_model(conn, opts, s, &shape, round, &model_hash).await?;
             // SCAFFOLD: download the server control c; the gradient correction is c − c_i.
             let controls = if control_hash.is_empty() {
                 None
             } else {
-                let c = download_heartbeating(conn, &s.client_id, opts, round, &control_hash).await?;
+                let c = download_heartbeating(conn, &s.client_id, opts, round, &control_hash, None).await?;
                 c.layout().ensure_same(global.layout()).map_err(flotilla_common::TrainError::from)?;
                 let ci = s.control.take().filter(|ci| ci.layout() == c.layout()).unwrap_or_else(|| FlatParams::zeros(c.layout().clone()));
                 Some((c, ci))
@@ -385,8 +418,9 @@ async fn step(
                 Some((c, ci)) => Some(c.delta_from(ci).map_err(flotilla_common::TrainError::from)?),
                 None => None,
             };
+            let epochs = opts.max_epochs.map_or(local_epochs, |m| m.min(local_epochs));
             let cfg = LocalConfig {
-                epochs: opts.max_epochs.map_or(local_epochs, |m| m.min(local_epochs)),
+                epochs,
                 batch_size: s.task.training.batch_size,
                 learning_rate: s.task.training.learning_rate,
                 seed: derive_seed(s.seed, &[&opts.site, "train", &round.to_string()]),
@@ -439,7 +473,7 @@ async fn step(
                 let header = UpdateHeader {
                     client_id: s.client_id.clone(),
                     round,
-                    base_model_hash: model_hash,
+                    base_model_hash: model_hash.clone(),
                     layout_fingerprint: delta.layout().fingerprint().to_owned(),
                     total_values: 0,
                     num_examples: 0, // the weight travels under the masks
@@ -448,8 +482,18 @@ async fn step(
                     masked: true,
                 };
                 drop(delta);
-                spent.rounds += 1;
+                let bytes = (x.len() * 8) as u64;
+                guard.spend(&s.task)?;
                 let outcome = crate::secure::take_part(conn, &s.client_id, &opts.site, round, x, header).await?;
+                let sent = Sent {
+                    round,
+                    model_hash,
+                    update_sha256: String::new(),
+                    update_bytes: bytes,
+                    examples: s.prepared.num_train() as u64,
+                    local_epochs: epochs,
+                };
+                guard.trained(&s.task, sent)?;
                 tracing::debug!(site = %opts.site, round, %outcome, "secure aggregation");
                 report.rounds_trained += 1;
                 return Ok(None);
@@ -466,8 +510,10 @@ async fn step(
                 values_sha256: delta.hash(),
                 masked: false,
             };
-            // The round counts against the budget once its update left the site.
-            spent.rounds += 1;
+            // The round counts against the budget before its update leaves the site.
+            guard.spend(&s.task)?;
+            let (update_sha256, update_bytes) = (header.values_sha256.clone(), header.total_values * 4);
+            let model = header.base_model_hash.clone();
             match conn.upload_update(header, delta).await {
                 Ok(()) => {}
                 // The coordinator refused this update (its norm is above the federation's bound,
@@ -483,17 +529,20 @@ async fn step(
             if next_control.is_some() {
                 s.control = next_control;
             }
+            let sent = Sent { round, model_hash: model, update_sha256, update_bytes, examples: s.prepared.num_train() as u64, local_epochs: epochs };
+            guard.trained(&s.task, sent)?;
             report.rounds_trained += 1;
             tracing::debug!(site = %opts.site, round, loss = metrics.loss, "update sent");
             Ok(None)
         }
         Work::Evaluate { round, model_hash, plan_fingerprint } => {
             *known_round = round;
-            let (data, shape) = ensure_plan(conn, s, &plan_fingerprint).await?;
-            let global = ensure_model(conn, opts, s, round, &model_hash).await?;
+            let (data, shape) = ensure_plan(conn, s, guard, &plan_fingerprint).await?;
+            let global = ensure_model(conn, opts, s, &shape, round, &model_hash).await?;
             let backend = opts.backend;
             let eval = with_heartbeat(conn, &s.client_id, opts, move || evaluate(&global, &shape, &data.test, backend)).await??;
             conn.submit_evaluation(&s.client_id, round, &model_hash, &eval).await?;
+            guard.record(AuditEvent::Evaluated { round, model_hash, examples: s.prepared.test.len() as u64 })?;
             report.evaluations += 1;
             Ok(None)
         }
@@ -501,7 +550,7 @@ async fn step(
 }
 
 /// The site's data encoded with the federation's current plan (fetched when it changed).
-async fn ensure_plan(conn: &Connection, s: &mut Session, fingerprint: &str) -> Result<(Arc<SiteData>, ModelShape), ClientError> {
+async fn ensure_plan(conn: &Connection, s: &mut Session, guard: &mut Guard, fingerprint: &str) -> Result<(Arc<SiteData>, ModelShape), ClientError> {
     if let Some((fp, data, shape)) = &s.encoded
         && fp == fingerprint
     {
@@ -515,20 +564,33 @@ async fn ensure_plan(conn: &Connection, s: &mut Session, fingerprint: &str) -> R
     if plan.width() == 0 {
         return Err(flotilla_common::wire::WireError::Invalid("the preprocessing plan has no feature columns".into()).into());
     }
+    // The plan decides the model's width and the encoding's size: checked before either exists.
+    let parameters = guard.check_plan(&s.task, &plan, s.prepared.num_train(), s.prepared.test.len())?;
     let data = Arc::new(s.prepared.encode(&plan, &s.task, s.seed)?);
     let shape = ModelShape::for_task(&s.task, plan.width());
+    guard.record(AuditEvent::PlanAccepted { plan_fingerprint: plan.fingerprint(), features: plan.width() as u64, parameters })?;
     s.encoded = Some((plan.fingerprint(), data.clone(), shape.clone()));
     Ok((data, shape))
 }
 
-async fn ensure_model(conn: &Connection, opts: &SiteOptions, s: &mut Session, round: u32, hash: &str) -> Result<Arc<FlatParams>, ClientError> {
+/// The global model, downloaded only when its hash changed. It must have the plan's shape:
+/// a coordinator that announces another layout (a larger model, say) is refused before any
+/// of it is allocated.
+async fn ensure_model(
+    conn: &Connection,
+    opts: &SiteOptions,
+    s: &mut Session,
+    shape: &ModelShape,
+    round: u32,
+    hash: &str,
+) -> Result<Arc<FlatParams>, ClientError> {
     if let Some((h, m)) = &s.model
         && h == hash
     {
         return Ok(m.clone());
     }
     s.model = None; // free the old copy before the new one arrives
-    let m = Arc::new(download_heartbeating(conn, &s.client_id, opts, round, hash).await?);
+    let m = Arc::new(download_heartbeating(conn, &s.client_id, opts, round, hash, Some(&shape.layout())).await?);
     s.model = Some((hash.to_owned(), m.clone()));
     Ok(m)
 }
@@ -564,9 +626,16 @@ fn spawn_heartbeat(conn: &Connection, client_id: &str, every: Duration) -> tokio
 
 /// Downloads a model with heartbeats alongside: on a slow link a large model takes longer
 /// than the lease, and only the site knows when the last byte arrived.
-async fn download_heartbeating(conn: &Connection, client_id: &str, opts: &SiteOptions, round: u32, hash: &str) -> Result<FlatParams, ClientError> {
+async fn download_heartbeating(
+    conn: &Connection,
+    client_id: &str,
+    opts: &SiteOptions,
+    round: u32,
+    hash: &str,
+    layout: Option<&flotilla_common::Layout>,
+) -> Result<FlatParams, ClientError> {
     let beat = spawn_heartbeat(conn, client_id, opts.heartbeat);
-    let model = conn.download_model(client_id, round, hash).await;
+    let model = conn.download_model(client_id, round, hash, layout).await;
     beat.abort();
     model
 }

@@ -33,14 +33,21 @@ pub struct SiteData {
 }
 
 impl PreparedSite {
-    /// Cleans, labels and splits a table; `seed` is the federation seed.
+    /// Cleans, labels and splits a table; `seed` is the federation seed. Categories rarer
+    /// than the task's k are folded before anything is summarised.
     pub fn new(name: &str, table: &RawTable, task: &Task, seed: u64) -> Result<Self, DataError> {
-        let rows = SiteRows::from_table(table, &task.data)?;
+        Self::with_min_count(name, table, task, seed, task.data.min_category_count)
+    }
+
+    /// As [`PreparedSite::new`] with the site's own k (its policy may raise the task's).
+    pub fn with_min_count(name: &str, table: &RawTable, task: &Task, seed: u64, k: u64) -> Result<Self, DataError> {
+        let mut rows = SiteRows::from_table(table, &task.data)?;
         let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &[name, "split"]));
         let (train, test) = stratified_split(&rows.labels(), task.data.test_fraction, &mut rng);
         if train.is_empty() || test.is_empty() {
             return Err(DataError::File { file: table.source.clone(), message: format!("{} usable rows are too few for a train/test split", rows.rows.len()) });
         }
+        rows.fold_rare_categories(&train, k.max(task.data.min_category_count));
         let stats = SiteStats::of_rows(&rows, &train);
         Ok(Self { name: name.to_owned(), rows, train, test, stats })
     }

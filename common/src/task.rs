@@ -101,10 +101,20 @@ pub struct DataSpec {
     pub test_fraction: f64,
     #[serde(default)]
     pub augmentation: Augmentation,
+    /// k: a site reports a category only when at least k of its training rows have it;
+    /// rarer values become one `(other)` category at the site before anything is sent (or
+    /// missing, when even those are fewer than k). A site's policy may raise it.
+    #[serde(default = "default_min_category_count")]
+    pub min_category_count: u64,
 }
 
 fn default_test_fraction() -> f64 {
     0.2
+}
+
+/// The k of [`DataSpec::min_category_count`]: 5, as statistical offices' threshold rules.
+pub fn default_min_category_count() -> u64 {
+    5
 }
 
 /// The label column and how its values become classes.
@@ -221,6 +231,14 @@ impl Task {
         toml::to_string(self).unwrap_or_default()
     }
 
+    /// SHA-256 of the task's canonical TOML (what the coordinator sends): the same task,
+    /// however its file is laid out or commented, has the same fingerprint. A site's policy
+    /// can pin it.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(self.to_toml().as_bytes()))
+    }
+
     /// Checks the values a site or the coordinator would otherwise trip over later.
     pub fn validate(&self) -> Result<(), TaskError> {
         self.data.label.rule()?;
@@ -255,6 +273,9 @@ impl Task {
         }
         if self.secure_aggregation && self.privacy.is_some_and(|p| p.adaptive.is_some()) {
             return Err(TaskError::Invalid("adaptive clipping needs the count of unclipped updates: it cannot be combined with secure aggregation".into()));
+        }
+        if self.data.min_category_count == 0 {
+            return Err(TaskError::Invalid("data.min_category_count must be at least 1 (1 reports every category)".into()));
         }
         if self.data.augmentation.jitter_std < 0.0 {
             return Err(TaskError::Invalid("data.augmentation.jitter_std must be >= 0".into()));
@@ -308,6 +329,17 @@ mod tests {
         let text = include_str!("../../examples/hospitals.toml").replace("batch_size = 32", "batch_size = 0");
         let err = Task::from_toml(&text, "x.toml").unwrap_err().to_string();
         assert!(err.contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_layout_and_sees_every_value() {
+        let text = include_str!("../../examples/hospitals.toml");
+        let a = Task::from_toml(text, "a").unwrap();
+        let reformatted = Task::from_toml(&format!("# a comment\n{}", text.replace("batch_size = 32", "batch_size    =   32")), "b").unwrap();
+        assert_eq!(a.fingerprint(), reformatted.fingerprint());
+        let changed = Task::from_toml(&text.replace("batch_size = 32", "batch_size = 31"), "c").unwrap();
+        assert_ne!(a.fingerprint(), changed.fingerprint());
+        assert_eq!(a.fingerprint().len(), 64);
     }
 
     #[test]

@@ -153,9 +153,17 @@ pub fn model_from_chunks(chunks: impl IntoIterator<Item = pb::ModelChunk>) -> Re
 #[derive(Debug, Default)]
 pub struct ModelReceiver {
     header: Option<(ModelHeader, Assembler)>,
+    /// The layout the receiver knows the model must have (a site knows its plan's shape).
+    expected: Option<Layout>,
 }
 
 impl ModelReceiver {
+    /// A receiver that refuses a header announcing any other layout than `layout`, before
+    /// allocating for it.
+    pub fn expecting(layout: Layout) -> Self {
+        Self { header: None, expected: Some(layout) }
+    }
+
     /// Takes the next chunk.
     pub fn push(&mut self, chunk: pb::ModelChunk) -> Result<(), WireError> {
         match (chunk.kind, &mut self.header) {
@@ -163,6 +171,17 @@ impl ModelReceiver {
                 let layout = layout_from_pb(h.layout.as_ref().ok_or(WireError::Missing("layout"))?)?;
                 if layout.total() as u64 != h.total_values {
                     return Err(WireError::Invalid(format!("header declares {} values but its layout holds {}", h.total_values, layout.total())));
+                }
+                if let Some(expected) = &self.expected
+                    && *expected != layout
+                {
+                    return Err(WireError::Invalid(format!(
+                        "the model announced has {} values in {} tensors; the federation's plan makes {} in {}",
+                        layout.total(),
+                        layout.tensors().len(),
+                        expected.total(),
+                        expected.tensors().len()
+                    )));
                 }
                 let asm = Assembler::new(h.total_values, layout.fingerprint())?;
                 self.header = Some((ModelHeader { layout, hash: h.model_hash, round: h.round }, asm));

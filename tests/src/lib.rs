@@ -1,6 +1,7 @@
 //! Helpers for the integration tests: a coordinator on an ephemeral loopback port, real
 //! clients in-process, and a hand-driven "raw" client that can misbehave on purpose.
 
+pub mod fake_coordinator;
 pub mod process;
 pub mod proxy;
 

@@ -16,6 +16,9 @@ use crate::error::DataError;
 /// The category that stands for a missing value of a categorical column.
 pub const MISSING_CATEGORY: &str = "<missing>";
 
+/// The category that stands for a site's values rarer than the task's k (`min_category_count`).
+pub const OTHER_CATEGORY: &str = "<other>";
+
 /// How one feature column is encoded.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ColumnKind {

@@ -4,11 +4,12 @@
 //! label or numeric field cannot be parsed is reported with file, line and column, and the
 //! spec decides whether that stops the site or the row is skipped and counted.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::error::{DataError, Location};
 use crate::task::{BadRows, Categorical, DataSpec, LabelRule};
 
+use super::plan::OTHER_CATEGORY;
 use super::table::RawTable;
 
 /// One cleaned row: a class label and the raw text of each feature (`None` = missing).
@@ -44,7 +45,7 @@ impl SiteRows {
             return Err(DataError::File { file: table.source.clone(), message: "no feature columns left after drop".into() });
         }
         if let Categorical::Listed(list) = &spec.categorical
-            && let Some(missing) = list.iter().find(|c| !table.header.contains(c))
+            && let Some(missing) = list.iter().find(|c| !table.header.contains(c) && !table.withheld.contains(c))
         {
             return Err(DataError::File { file: table.source.clone(), message: format!("categorical column `{missing}` is not in the header") });
         }
@@ -106,6 +107,39 @@ impl SiteRows {
             return Err(DataError::File { file: table.source.clone(), message: "no usable rows".into() });
         }
         Ok(Self { columns, categorical, rows, skipped })
+    }
+
+    /// The k-threshold: in each categorical column, a value that fewer than `k` of the rows in
+    /// `counted` (the training split, whose counts are reported) have becomes
+    /// [`OTHER_CATEGORY`] in every row, test rows included; when the rare values together are
+    /// still fewer than `k`, they become missing. Values seen only outside `counted` are rare
+    /// too. Returns how many values were folded. After this, every category the site reports
+    /// counts at least `k` rows.
+    pub fn fold_rare_categories(&mut self, counted: &[usize], k: u64) -> usize {
+        let mut folded = 0;
+        for j in 0..self.columns.len() {
+            if !self.categorical[j] || k <= 1 {
+                continue;
+            }
+            let mut counts: HashMap<&str, u64> = HashMap::new();
+            for &i in counted {
+                if let Some(v) = &self.rows[i].values[j] {
+                    *counts.entry(v.as_str()).or_default() += 1;
+                }
+            }
+            let kept: HashSet<String> = counts.iter().filter(|&(_, &n)| n >= k).map(|(v, _)| (*v).to_owned()).collect();
+            let other: u64 = counts.iter().filter(|&(_, &n)| n < k).map(|(_, &n)| n).sum();
+            let replacement = (other >= k).then(|| OTHER_CATEGORY.to_owned());
+            for row in &mut self.rows {
+                if let Some(v) = &row.values[j]
+                    && !kept.contains(v)
+                {
+                    row.values[j] = replacement.clone();
+                    folded += 1;
+                }
+            }
+        }
+        folded
     }
 
     /// Labels in row order.
@@ -181,6 +215,37 @@ mod tests {
         let t = table(&format!("{HEADER}1,63,Male,Cleveland,typical angina,145,233,TRUE,lv hypertrophy,150,FALSE,2.3,downsloping,0,fixed defect,\n"));
         let err = SiteRows::from_table(&t, &Task::hospitals().data).unwrap_err().to_string();
         assert!(err.contains("site.csv:2") && err.contains("column `num`"), "{err}");
+    }
+
+    #[test]
+    fn categories_rarer_than_k_become_other_or_missing() {
+        // 6 × a, 3 × b, 2 × c, 1 × d in the counted rows; e only in an uncounted row.
+        let values = ["a", "a", "a", "a", "a", "a", "b", "b", "b", "c", "c", "d", "e"];
+        let text: String = values.iter().enumerate().map(|(i, v)| format!("{i},{v},good\n")).collect();
+        let mut spec = Task::banks().data;
+        spec.label.column = "y".into();
+        spec.categorical = Categorical::Listed(vec!["color".into()]);
+        let counted: Vec<usize> = (0..12).collect();
+        let column = |rows: &SiteRows| rows.rows.iter().map(|r| r.values[1].clone()).collect::<Vec<_>>();
+
+        let mut rows = SiteRows::from_table(&table(&format!("x,color,y\n{text}")), &spec).unwrap();
+        assert_eq!(rows.fold_rare_categories(&counted, 5), 7);
+        let other = Some(OTHER_CATEGORY.to_owned());
+        let expected: Vec<Option<String>> = (0..13).map(|i| if i < 6 { Some("a".to_owned()) } else { other.clone() }).collect();
+        assert_eq!(column(&rows), expected, "b, c, d (6 rows together) are one category; e is rare too");
+        let stats = crate::data::SiteStats::of_rows(&rows, &counted);
+        assert!(stats.columns[1].categories.values().all(|&n| n >= 5), "{:?}", stats.columns[1].categories);
+
+        // With k = 7 even `a` is rare, and all rare values together (12) form `other`; with
+        // k = 13 they are too few and become missing: nothing is reported.
+        let mut rows = SiteRows::from_table(&table(&format!("x,color,y\n{text}")), &spec).unwrap();
+        rows.fold_rare_categories(&counted, 13);
+        assert!(column(&rows).iter().all(Option::is_none));
+        assert!(crate::data::SiteStats::of_rows(&rows, &counted).columns[1].categories.is_empty());
+
+        // k = 1 reports everything, as before.
+        let mut rows = SiteRows::from_table(&table(&format!("x,color,y\n{text}")), &spec).unwrap();
+        assert_eq!(rows.fold_rare_categories(&counted, 1), 0);
     }
 
     #[test]

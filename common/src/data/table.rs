@@ -11,6 +11,9 @@ pub struct RawTable {
     pub source: PathBuf,
     pub header: Vec<String>,
     pub rows: Vec<RawRow>,
+    /// Columns of the file that were not read past the header (a site's policy withholds
+    /// them): only their names are known, to tell "withheld" from "not in the file".
+    pub withheld: Vec<String>,
 }
 
 /// One data row and its 1-based line in the source file.
@@ -27,8 +30,20 @@ impl RawTable {
         Self::from_reader(file, path)
     }
 
+    /// Reads a CSV file keeping only the columns `keep` accepts: the others' fields are
+    /// parsed past (the CSV grammar needs it) but never stored.
+    pub fn read_keeping(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Self, DataError> {
+        let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_owned(), source })?;
+        Self::from_reader_keeping(file, path, keep)
+    }
+
     /// Reads CSV text from any reader; `source` names it in errors.
     pub fn from_reader<R: std::io::Read>(reader: R, source: &Path) -> Result<Self, DataError> {
+        Self::from_reader_keeping(reader, source, &|_| true)
+    }
+
+    /// Reads CSV text, keeping only the columns `keep` accepts.
+    pub fn from_reader_keeping<R: std::io::Read>(reader: R, source: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Self, DataError> {
         let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(reader);
         let header: Vec<String> = rdr.headers().map_err(|e| csv_error(e, source))?.iter().map(|h| h.trim().to_owned()).collect();
         if header.is_empty() || header.iter().all(String::is_empty) {
@@ -42,13 +57,34 @@ impl RawTable {
                 return Err(DataError::File { file: source.to_owned(), message: format!("header names column `{name}` twice") });
             }
         }
+        let kept: Vec<bool> = header.iter().map(|h| keep(h)).collect();
         let mut rows = Vec::new();
         for record in rdr.records() {
             let record = record.map_err(|e| csv_error(e, source))?;
             let line = record.position().map_or(0, |p| p.line());
-            rows.push(RawRow { line, fields: record.iter().map(|f| f.trim().to_owned()).collect() });
+            let fields = record.iter().zip(&kept).filter(|(_, k)| **k).map(|(f, _)| f.trim().to_owned()).collect();
+            rows.push(RawRow { line, fields });
         }
-        Ok(Self { source: source.to_owned(), header, rows })
+        let (kept_names, withheld) = header.into_iter().zip(kept).partition::<Vec<_>, _>(|(_, k)| *k);
+        let header = kept_names.into_iter().map(|(h, _)| h).collect();
+        Ok(Self { source: source.to_owned(), header, rows, withheld: withheld.into_iter().map(|(h, _)| h).collect() })
+    }
+
+    /// The same table without the columns `keep` refuses (for tables already in memory).
+    pub fn keeping(mut self, keep: &dyn Fn(&str) -> bool) -> Self {
+        let kept: Vec<bool> = self.header.iter().map(|h| keep(h)).collect();
+        if kept.iter().all(|k| *k) {
+            return self;
+        }
+        for row in &mut self.rows {
+            let mut flags = kept.iter();
+            row.fields.retain(|_| *flags.next().unwrap_or(&false));
+        }
+        let mut flags = kept.iter();
+        let (header, withheld): (Vec<String>, Vec<String>) = self.header.drain(..).partition(|_| *flags.next().unwrap_or(&false));
+        self.header = header;
+        self.withheld.extend(withheld);
+        self
     }
 
     /// Index of a named column.
@@ -58,7 +94,7 @@ impl RawTable {
 
     /// A table with the same header and a subset of rows.
     pub fn with_rows(&self, source: PathBuf, rows: Vec<RawRow>) -> RawTable {
-        RawTable { source, header: self.header.clone(), rows }
+        RawTable { source, header: self.header.clone(), rows, withheld: self.withheld.clone() }
     }
 
     /// Writes the table back as CSV (used to hand simulated sites their own files).
@@ -104,6 +140,19 @@ mod tests {
     fn ragged_row_names_file_and_line() {
         let err = RawTable::from_reader("a,b\n1,2\n3\n".as_bytes(), Path::new("t.csv")).unwrap_err().to_string();
         assert!(err.contains("t.csv:3") && err.contains("1 fields"), "{err}");
+    }
+
+    #[test]
+    fn withheld_columns_are_not_kept() {
+        let text = "id,secret,age,y\n1,hiv+,40,0\n2,\"a,b\",50,1\n";
+        let keep = |c: &str| c != "secret" && c != "id";
+        let t = RawTable::from_reader_keeping(text.as_bytes(), Path::new("t.csv"), &keep).unwrap();
+        assert_eq!(t.header, vec!["age", "y"]);
+        assert_eq!(t.withheld, vec!["id", "secret"]);
+        assert_eq!(t.rows[1].fields, vec!["50", "1"]);
+        assert!(!format!("{t:?}").contains("hiv"), "a withheld value stays nowhere in memory: {t:?}");
+        let same = RawTable::from_reader(text.as_bytes(), Path::new("t.csv")).unwrap().keeping(&keep);
+        assert_eq!((same.header, same.withheld, same.rows), (t.header, t.withheld, t.rows));
     }
 
     #[test]

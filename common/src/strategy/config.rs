@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The strategies Flotilla implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StrategyName {
     /// Federated averaging weighted by examples (McMahan et al. 2017).
