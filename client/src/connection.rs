@@ -180,7 +180,7 @@ impl Connection {
         use pb::sec_agg_request::Step;
         use pb::sec_agg_response::Answer;
         let step = match &send {
-            SecAggSend::Keys(k) => Step::Keys(wire::keys_to_pb(k)),
+            SecAggSend::Keys(k, e) => Step::Keys(wire::keys_to_pb(k, e.as_ref())),
             SecAggSend::Shares(s) => Step::Shares(wire::sealed_to_pb(s)),
             SecAggSend::Reveal(r) => Step::Reveal(wire::reveal_to_pb(r)),
             SecAggSend::Poll(stage) => Step::Poll(*stage),

@@ -1,26 +1,68 @@
 //! A site's side of secure aggregation (Bonawitz et al. 2017) over the network: it advertises
 //! fresh keys, shares them, sends its masked input and helps unmask the sum. Its update never
 //! leaves the site unmasked; its keys and self-mask come from the OS-seeded generator.
+//!
+//! With a certificate (mutual TLS), the exchange is signed: the site signs its keys with its
+//! certificate's key, and seals shares only to members whose keys carry a valid signature
+//! from a certificate of the federation's CA naming them. A coordinator that substitutes its
+//! own keys for a site's is then refused, not obeyed.
 
 use std::sync::Arc;
 
-use flotilla_common::secagg::{Client, SecAggError};
+use flotilla_common::pki;
+use flotilla_common::secagg::{Client, Endorsement, PublicKeys, Roster, SecAggError, endorsed_bytes};
 use flotilla_common::wire::{self, UpdateHeader};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 use crate::connection::{Connection, SecAggReply, SecAggSend};
 use crate::error::ClientError;
+use crate::tls::ClientTls;
+
+/// The site's signature over its round keys, with its certificate.
+fn endorse(tls: &ClientTls, round: u32, site: &str, keys: &PublicKeys) -> Result<Endorsement, ClientError> {
+    let signature = pki::sign(&tls.key_pem, &endorsed_bytes(round, site, keys)).map_err(|e| ClientError::Certificate(e.to_string()))?;
+    let certificate = pki::certificate_der(&tls.cert_pem).map_err(|e| ClientError::Certificate(e.to_string()))?;
+    Ok(Endorsement { signature, certificate })
+}
+
+/// Every member of the roster carries keys signed by a certificate of the federation's CA
+/// that names it; this site's own entry is the keys it sent. The first failure is the reason.
+pub fn check_roster(roster: &Roster, tls: &ClientTls, round: u32, site: &str, own: &PublicKeys) -> Result<(), String> {
+    for (member, keys) in &roster.members {
+        if member == site {
+            if keys != own {
+                return Err(format!("the roster's keys for this site (`{site}`) are not the ones it sent"));
+            }
+            continue;
+        }
+        let e = roster.endorsements.get(member).ok_or_else(|| format!("the keys of `{member}` are not signed"))?;
+        pki::verify_site_signature(&tls.ca_pem, &e.certificate, member, &endorsed_bytes(round, member, keys), &e.signature).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
 
 /// Takes part in round `round` with input `x` (see `secagg::masking::encode_weighted`);
 /// `header` describes the masked upload (model hash, layout, metrics). Returns how it ended.
-pub async fn take_part(conn: &Connection, client_id: &str, site: &str, round: u32, x: Vec<u64>, header: UpdateHeader) -> Result<String, ClientError> {
+pub async fn take_part(
+    conn: &Connection,
+    client_id: &str,
+    site: &str,
+    round: u32,
+    x: Vec<u64>,
+    header: UpdateHeader,
+    identity: Option<&ClientTls>,
+) -> Result<String, ClientError> {
     let mut rng = ChaCha20Rng::from_rng(&mut rand::rng());
     let (mut client, keys) = Client::new(site, &mut rng);
     // A protocol failure on this side (too few shares, a box that does not open) ends this
     // site's part of the round, not the site: the coordinator will see it as dropped.
     let gave_up = |e: SecAggError| format!("gave up: {e}");
-    let reply = conn.secagg(client_id, round, SecAggSend::Keys(keys)).await?;
+    let endorsement = match identity {
+        Some(tls) => Some(endorse(tls, round, site, &keys)?),
+        None => None,
+    };
+    let reply = conn.secagg(client_id, round, SecAggSend::Keys(keys, endorsement)).await?;
     let roster = match wait_for(conn, client_id, round, reply, 1, "the roster", |r| match r {
         SecAggReply::Roster(r) => Ok(r),
         other => Err(other),
@@ -30,6 +72,12 @@ pub async fn take_part(conn: &Connection, client_id: &str, site: &str, round: u3
         Ok(r) => r,
         Err(reason) => return Ok(reason),
     };
+    if let Some(tls) = identity
+        && let Err(reason) = check_roster(&roster, tls, round, site, &keys)
+    {
+        tracing::warn!(site, round, "secure aggregation: {reason}; not sharing keys (the coordinator may be substituting keys)");
+        return Ok(format!("refused the roster: {reason}"));
+    }
     let boxes = match client.share_keys(roster, &mut rng) {
         Ok(b) => b,
         Err(e) => return Ok(gave_up(e)),
@@ -101,4 +149,63 @@ fn unexpected(waiting_for: &str, got: &SecAggReply) -> ClientError {
         SecAggReply::Done(_) => "done",
     };
     ClientError::Wire(wire::WireError::Invalid(format!("secure aggregation: waiting for {waiting_for}, the coordinator sent {got}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_common::pki::{Validity, issue_client, new_ca};
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn tls_of(ca: &pki::Issued, site: &str) -> ClientTls {
+        let cert = issue_client(ca, site, Validity::days(1)).unwrap();
+        ClientTls { ca_pem: ca.cert_pem.clone(), cert_pem: cert.cert_pem, key_pem: cert.key_pem }
+    }
+
+    /// A roster of alice, bob and carol, each with keys signed for round 3.
+    fn signed_roster(ca: &pki::Issued) -> (Roster, Vec<(ClientTls, PublicKeys)>) {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let mut members = Vec::new();
+        let mut endorsements = std::collections::BTreeMap::new();
+        let mut sites = Vec::new();
+        for site in ["alice", "bob", "carol"] {
+            let tls = tls_of(ca, site);
+            let (_, keys) = Client::new(site, &mut rng);
+            endorsements.insert(site.to_owned(), endorse(&tls, 3, site, &keys).unwrap());
+            members.push((site.to_owned(), keys));
+            sites.push((tls, keys));
+        }
+        (Roster { threshold: 2, members, endorsements }, sites)
+    }
+
+    #[test]
+    fn a_coordinator_cannot_substitute_keys_in_a_signed_roster() {
+        let ca = new_ca("test", Validity::days(1)).unwrap();
+        let (roster, sites) = signed_roster(&ca);
+        let (alice, alice_keys) = &sites[0];
+        assert_eq!(check_roster(&roster, alice, 3, "alice", alice_keys), Ok(()));
+
+        // The coordinator puts its own keys in bob's place.
+        let mut swapped = roster.clone();
+        let (_, own) = Client::new("bob", &mut ChaCha20Rng::seed_from_u64(9));
+        swapped.members[1].1 = own;
+        assert!(check_roster(&swapped, alice, 3, "alice", alice_keys).unwrap_err().contains("signature of `bob` does not verify"));
+        // ... or re-signs them with a certificate of its own CA, or with carol's certificate.
+        let rogue = new_ca("rogue", Validity::days(1)).unwrap();
+        let mut forged = swapped.clone();
+        forged.endorsements.insert("bob".into(), endorse(&tls_of(&rogue, "bob"), 3, "bob", &own).unwrap());
+        assert!(check_roster(&forged, alice, 3, "alice", alice_keys).unwrap_err().contains("not issued by the federation's CA"));
+        let mut borrowed = swapped.clone();
+        borrowed.endorsements.insert("bob".into(), endorse(&sites[2].0, 3, "bob", &own).unwrap());
+        assert!(check_roster(&borrowed, alice, 3, "alice", alice_keys).unwrap_err().contains("names `carol`"));
+        // ... or drops the signature, replays bob's keys of another round, or changes alice's own.
+        let mut unsigned = roster.clone();
+        unsigned.endorsements.remove("bob");
+        assert!(check_roster(&unsigned, alice, 3, "alice", alice_keys).unwrap_err().contains("not signed"));
+        assert!(check_roster(&roster, alice, 4, "alice", alice_keys).unwrap_err().contains("does not verify"), "signatures are bound to the round");
+        let mut mine = roster.clone();
+        mine.members[0].1 = own;
+        assert!(check_roster(&mine, alice, 3, "alice", alice_keys).unwrap_err().contains("not the ones it sent"));
+    }
 }

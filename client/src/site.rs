@@ -97,6 +97,9 @@ impl SiteOptions {
 pub enum Attack {
     /// Send `−scale · Δ` instead of the honest delta Δ.
     SignFlip { scale: f32 },
+    /// Under secure aggregation, claim `factor` times the site's weight (the coordinator never
+    /// sees an individual weight: only the check of the unmasked sum catches this).
+    InflateWeight { factor: u64 },
 }
 
 /// What a site did, reported when the federation is done.
@@ -469,6 +472,10 @@ async fn step(
                     }
                     None => s.prepared.num_train() as u64,
                 };
+                let weight = match opts.attack {
+                    Some(Attack::InflateWeight { factor }) => weight.saturating_mul(factor),
+                    _ => weight,
+                };
                 let x = flotilla_common::secagg::masking::encode_weighted(delta.values(), weight).map_err(flotilla_common::wire::WireError::Invalid)?;
                 let header = UpdateHeader {
                     client_id: s.client_id.clone(),
@@ -477,14 +484,16 @@ async fn step(
                     layout_fingerprint: delta.layout().fingerprint().to_owned(),
                     total_values: 0,
                     num_examples: 0, // the weight travels under the masks
-                    metrics,
+                    // A site's training loss and accuracy say something of its data: under
+                    // secure aggregation they stay here too (only the epochs done travel).
+                    metrics: flotilla_common::train::TrainReport { epochs: metrics.epochs, ..Default::default() },
                     values_sha256: String::new(),
                     masked: true,
                 };
                 drop(delta);
                 let bytes = (x.len() * 8) as u64;
                 guard.spend(&s.task)?;
-                let outcome = crate::secure::take_part(conn, &s.client_id, &opts.site, round, x, header).await?;
+                let outcome = crate::secure::take_part(conn, &s.client_id, &opts.site, round, x, header, opts.tls.as_ref()).await?;
                 let sent = Sent {
                     round,
                     model_hash,

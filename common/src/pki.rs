@@ -146,6 +146,43 @@ pub fn site_of_certificate(der: &[u8]) -> Result<String, PkiError> {
         .ok_or_else(|| PkiError::Invalid("the certificate names no site (no common name)".into()))
 }
 
+/// Signs `message` with a private key (PEM): a site signs its secure-aggregation keys with
+/// its certificate's key.
+pub fn sign(key_pem: &str, message: &[u8]) -> Result<Vec<u8>, PkiError> {
+    let key = KeyPair::from_pem(key_pem)?;
+    rcgen::SigningKey::sign(&key, message).map_err(PkiError::from)
+}
+
+/// Checks that `signature` over `message` is site `site`'s: its certificate (DER) is issued
+/// by the federation CA (PEM) and valid now, names `site`, and its key verifies the signature.
+/// The reason names what failed.
+pub fn verify_site_signature(ca_pem: &str, cert_der: &[u8], site: &str, message: &[u8], signature: &[u8]) -> Result<(), PkiError> {
+    let ca_der = certificate_der(ca_pem)?;
+    let (_, ca) = X509Certificate::from_der(&ca_der).map_err(|e| PkiError::Invalid(format!("the CA certificate: {e}")))?;
+    let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| PkiError::Invalid(format!("the certificate of `{site}` is unreadable: {e}")))?;
+    if cert.issuer() != ca.subject() || cert.verify_signature(Some(ca.public_key())).is_err() {
+        return Err(PkiError::Invalid(format!("the certificate offered for `{site}` is not issued by the federation's CA")));
+    }
+    if !cert.validity().is_valid() {
+        return Err(PkiError::Invalid(format!("the certificate of `{site}` is expired or not yet valid")));
+    }
+    let named = site_of_certificate(cert_der)?;
+    if named != site {
+        return Err(PkiError::Invalid(format!("the certificate offered for `{site}` names `{named}`")));
+    }
+    let spki = cert.public_key();
+    let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok()).map(|o| o.to_id_string());
+    let algorithm: &dyn ring::signature::VerificationAlgorithm = match (spki.algorithm.algorithm.to_id_string().as_str(), curve.as_deref()) {
+        ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7")) => &ring::signature::ECDSA_P256_SHA256_ASN1,
+        ("1.2.840.10045.2.1", Some("1.3.132.0.34")) => &ring::signature::ECDSA_P384_SHA384_ASN1,
+        ("1.3.101.112", _) => &ring::signature::ED25519,
+        (other, _) => return Err(PkiError::Invalid(format!("the key of `{site}` is of a type signed secure aggregation does not support ({other})"))),
+    };
+    ring::signature::UnparsedPublicKey::new(algorithm, spki.subject_public_key.data.as_ref())
+        .verify(message, signature)
+        .map_err(|_| PkiError::Invalid(format!("the signature of `{site}` does not verify with its certificate's key")))
+}
+
 /// Checks that a certificate (PEM) is valid now, so a site with an expired or not-yet-valid
 /// certificate learns why before the coordinator refuses it.
 pub fn check_validity(cert_pem: &str) -> Result<(), PkiError> {

@@ -435,14 +435,35 @@ mod tests {
 // ---- secure aggregation -------------------------------------------------------------------
 
 use crate::secagg::shamir::Share;
-use crate::secagg::{PublicKeys, Reveal, Roster, Sealed};
+use crate::secagg::{Endorsement, PublicKeys, Reveal, Roster, Sealed};
 
 fn key32(b: &[u8], what: &'static str) -> Result<[u8; 32], WireError> {
     b.try_into().map_err(|_| WireError::Invalid(format!("{what} must be 32 bytes, got {}", b.len())))
 }
 
-pub fn keys_to_pb(k: &PublicKeys) -> pb::SecAggKeys {
-    pb::SecAggKeys { c: k.c.to_vec(), s: k.s.to_vec(), b_commitment: k.b_commitment.to_vec() }
+pub fn keys_to_pb(k: &PublicKeys, e: Option<&Endorsement>) -> pb::SecAggKeys {
+    pb::SecAggKeys {
+        c: k.c.to_vec(),
+        s: k.s.to_vec(),
+        b_commitment: k.b_commitment.to_vec(),
+        signature: e.map_or_else(Vec::new, |e| e.signature.clone()),
+        certificate: e.map_or_else(Vec::new, |e| e.certificate.clone()),
+    }
+}
+
+/// The endorsement that came with keys (`None` when unsigned), bounded in size.
+pub fn endorsement_from_pb(k: &pb::SecAggKeys) -> Result<Option<Endorsement>, WireError> {
+    if k.signature.is_empty() && k.certificate.is_empty() {
+        return Ok(None);
+    }
+    if k.signature.len() > crate::secagg::endorse::MAX_SIGNATURE_BYTES || k.certificate.len() > crate::secagg::endorse::MAX_CERTIFICATE_BYTES {
+        return Err(WireError::Invalid(format!(
+            "a key endorsement of {} signature and {} certificate bytes is larger than allowed",
+            k.signature.len(),
+            k.certificate.len()
+        )));
+    }
+    Ok(Some(Endorsement { signature: k.signature.clone(), certificate: k.certificate.clone() }))
 }
 
 pub fn keys_from_pb(k: &pb::SecAggKeys) -> Result<PublicKeys, WireError> {
@@ -452,19 +473,24 @@ pub fn keys_from_pb(k: &pb::SecAggKeys) -> Result<PublicKeys, WireError> {
 pub fn roster_to_pb(r: &Roster) -> pb::SecAggRoster {
     pb::SecAggRoster {
         threshold: r.threshold as u32,
-        members: r.members.iter().map(|(site, k)| pb::SecAggMember { site: site.clone(), keys: Some(keys_to_pb(k)) }).collect(),
+        members: r.members.iter().map(|(site, k)| pb::SecAggMember { site: site.clone(), keys: Some(keys_to_pb(k, r.endorsements.get(site))) }).collect(),
     }
 }
 
 pub fn roster_from_pb(r: &pb::SecAggRoster) -> Result<Roster, WireError> {
     let mut members = Vec::with_capacity(r.members.len());
+    let mut endorsements = std::collections::BTreeMap::new();
     for m in &r.members {
-        members.push((m.site.clone(), keys_from_pb(m.keys.as_ref().ok_or(WireError::Missing("roster keys"))?)?));
+        let keys = m.keys.as_ref().ok_or(WireError::Missing("roster keys"))?;
+        members.push((m.site.clone(), keys_from_pb(keys)?));
+        if let Some(e) = endorsement_from_pb(keys)? {
+            endorsements.insert(m.site.clone(), e);
+        }
     }
     if !members.windows(2).all(|w| w[0].0 < w[1].0) {
         return Err(WireError::Invalid("the roster must be sorted by site, without repeats".into()));
     }
-    Ok(Roster { threshold: r.threshold as usize, members })
+    Ok(Roster { threshold: r.threshold as usize, members, endorsements })
 }
 
 pub fn sealed_to_pb(s: &[Sealed]) -> pb::SecAggShares {

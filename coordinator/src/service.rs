@@ -252,7 +252,7 @@ impl FederationRpc for FederationService {
         let bad = |e: wire::WireError| Status::invalid_argument(format!("secure aggregation message of `{}` for round {}: {e}", r.client_id, r.round));
         let site = site_of_client_id(&r.client_id).unwrap_or_default().to_owned();
         let step = match r.step.clone().ok_or_else(|| Status::invalid_argument("a secure aggregation message needs a step"))? {
-            PbStep::Keys(k) => Step::Keys(wire::keys_from_pb(&k).map_err(bad)?),
+            PbStep::Keys(k) => Step::Keys(wire::keys_from_pb(&k).map_err(bad)?, wire::endorsement_from_pb(&k).map_err(bad)?),
             PbStep::Shares(s) => Step::Shares(wire::sealed_from_pb(s)),
             PbStep::Reveal(v) => Step::Reveal(wire::reveal_from_pb(&site, &v).map_err(bad)?),
             PbStep::Poll(stage) => Step::Poll(stage),

@@ -73,7 +73,7 @@ async fn with_mallory(plain: bool) -> (flotilla_coordinator::federation::Outcome
                     let req = flotilla_proto::pb::SecAggRequest {
                         client_id: mallory.id.clone(),
                         round: fit.round,
-                        step: Some(flotilla_proto::pb::sec_agg_request::Step::Keys(flotilla_common::wire::keys_to_pb(&keys))),
+                        step: Some(flotilla_proto::pb::sec_agg_request::Step::Keys(flotilla_common::wire::keys_to_pb(&keys, None))),
                     };
                     mallory.rpc.sec_agg(req).await.unwrap();
                 }
@@ -101,4 +101,48 @@ async fn a_site_vanishing_after_its_keys_is_unmasked_away_and_plain_updates_are_
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("secure aggregation"), "{}", status.message());
     assert_eq!(outcome.history[1].clients, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_that_inflates_its_hidden_weight_makes_the_round_fail_loudly_not_the_model_wrong() {
+    // Under secure aggregation no one sees a site's weight; mallory claims 1000 times hers.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Policy { rounds: 2, min_clients: 4, lease: Duration::from_millis(1500), ..Policy::default() };
+    let mut task = synthetic_task(vec![8]);
+    task.secure_aggregation = true;
+    let running = start_coordinator(task, 8, policy, dir.path()).await;
+    let token = CancellationToken::new();
+    let sites: Vec<_> = ["alice", "bob", "carol", "mallory"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut o = test_site(running.url(), name);
+            if name == "mallory" {
+                o.attack = Some(flotilla_client::Attack::InflateWeight { factor: 1000 });
+            }
+            tokio::spawn(run_site(o, synthetic_table(name, 60, i * 60), token.clone()))
+        })
+        .collect();
+    for s in sites {
+        tokio::time::timeout(Duration::from_secs(60), s).await.expect("site ends").unwrap().unwrap();
+    }
+    let outcome = running.stop(Duration::from_secs(1)).await.unwrap();
+    for round in &outcome.history[1..] {
+        assert_eq!(round.model_hash, outcome.history[0].model_hash, "the model is kept, never aggregated with a forged weight: {round:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mutual_tls_the_hospitals_sign_their_keys_and_every_input_gets_in() {
+    // simulate's sites hold certificates of the run's CA: each signs its round keys and checks
+    // the others' before sealing shares to them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut task = Task::hospitals();
+    task.secure_aggregation = true;
+    let mut opts = sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 5, 2, dir.path());
+    opts.tls = true;
+    let sim = simulate(opts).await.unwrap();
+    for round in &sim.outcome.history[1..] {
+        assert_eq!(round.clients, 4, "every signed input is in the sum: {round:?}");
+    }
 }

@@ -102,7 +102,7 @@ mod tests {
 
     use super::*;
     use crate::secagg::masking::FixedPoint;
-    use crate::secagg::protocol::majority;
+    use crate::secagg::protocol::{Reveal, Sealed, majority};
 
     fn inputs(n: usize, len: usize) -> (Vec<Vec<f64>>, Vec<Vec<u64>>) {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
@@ -202,5 +202,89 @@ mod tests {
         reveals[0].secret_key[0].1.y[0] ^= 1;
         reveals.truncate(3);
         assert!(matches!(server.unmask(reveals), Err(SecAggError::BadShares(id)) if id == "c4"));
+    }
+
+    /// A round of `n` clients driven by hand up to the reveals, with a hook to tamper with
+    /// the routed boxes; returns the reveals, the server and the plain sum of the survivors.
+    fn by_hand(n: usize, t: usize, tamper_boxes: impl FnOnce(&mut Vec<Vec<Sealed>>)) -> (Vec<Reveal>, Server, Vec<String>, Vec<f64>) {
+        let (plain, encoded) = inputs(n, 64);
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let ids: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+        let mut clients: Vec<_> = ids.iter().map(|id| Client::new(id.clone(), &mut rng)).collect();
+        let mut server = Server::new(t, 64);
+        let roster = server.roster(clients.iter().zip(&ids).map(|((_, k), id)| (id.clone(), *k)).collect()).unwrap();
+        let mut boxes: Vec<_> = clients.iter_mut().map(|(c, _)| c.share_keys(roster.clone(), &mut rng).unwrap()).collect();
+        tamper_boxes(&mut boxes);
+        let inbox = server.route(boxes).unwrap();
+        for (i, (c, _)) in clients.iter_mut().enumerate() {
+            if let Some(mine) = inbox.get(&ids[i]) {
+                let y = c.masked_input(&encoded[i], mine).unwrap();
+                server.add_masked(&ids[i], &y).unwrap();
+            }
+        }
+        let survivors = server.survivors().unwrap();
+        let reveals = clients.iter().enumerate().filter(|(i, _)| survivors.contains(&ids[*i])).map(|(_, (c, _))| c.reveal(&survivors).unwrap()).collect();
+        let included: Vec<usize> = (0..n).filter(|i| survivors.contains(&ids[*i])).collect();
+        (reveals, server, survivors, plain_sum(&plain, &included))
+    }
+
+    #[test]
+    fn a_sender_that_leaves_out_a_box_is_dropped_and_the_sum_stays_right() {
+        // c0 seals no box for c3: c3 would never remove c0's pairwise mask.
+        let (reveals, server, survivors, expected) = by_hand(6, 4, |boxes| boxes[0].retain(|b| b.to != "c3"));
+        assert!(!survivors.contains(&"c0".to_owned()), "{survivors:?}");
+        assert_eq!(server.incomplete().iter().collect::<Vec<_>>(), vec!["c0"]);
+        let sum = server.unmask(reveals).unwrap();
+        assert!(max_error(&sum, &expected) < 1e-6, "the sum of the five others, exactly");
+        // Two boxes to one member (and none to another) is no better.
+        let (reveals, server, survivors, expected) = by_hand(6, 4, |boxes| {
+            let copy = boxes[1][0].clone();
+            boxes[1].pop();
+            boxes[1].push(copy);
+        });
+        assert!(!survivors.contains(&"c1".to_owned()));
+        assert!(max_error(&server.unmask(reveals).unwrap(), &expected) < 1e-6);
+    }
+
+    #[test]
+    fn a_duplicated_or_misplaced_share_leaves_out_its_helper_not_the_round() {
+        let (mut reveals, server, _, expected) = by_hand(6, 4, |_| {});
+        // c0 repeats one share; c1 sends a share at another helper's point.
+        let dup = reveals[0].self_mask[0].clone();
+        reveals[0].self_mask.push(dup);
+        reveals[1].self_mask[0].1.x = 6;
+        let sum = server.unmask(reveals).unwrap();
+        assert!(max_error(&sum, &expected) < 1e-6, "four well-formed reveals are enough");
+    }
+
+    #[test]
+    fn a_tampered_self_mask_share_is_outvoted_by_the_spare_shares() {
+        let (mut reveals, server, _, expected) = by_hand(6, 4, |_| {});
+        reveals[2].self_mask[1].1.y[0] ^= 1;
+        let sum = server.unmask(reveals).unwrap();
+        assert!(max_error(&sum, &expected) < 1e-6, "a subset without the lie matches the commitment");
+    }
+
+    #[test]
+    fn a_tampered_key_share_of_a_dropped_client_is_outvoted_by_the_spare_shares() {
+        // c5 shares its keys but never sends its input: its pairwise masks come off with its
+        // reconstructed key, which one helper lies about.
+        let (plain, encoded) = inputs(6, 64);
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let ids: Vec<String> = (0..6).map(|i| format!("c{i}")).collect();
+        let mut clients: Vec<_> = ids.iter().map(|id| Client::new(id.clone(), &mut rng)).collect();
+        let mut server = Server::new(4, 64);
+        let roster = server.roster(clients.iter().zip(&ids).map(|((_, k), id)| (id.clone(), *k)).collect()).unwrap();
+        let boxes = clients.iter_mut().map(|(c, _)| c.share_keys(roster.clone(), &mut rng).unwrap()).collect();
+        let inbox = server.route(boxes).unwrap();
+        for (i, (c, _)) in clients.iter_mut().enumerate().take(5) {
+            let y = c.masked_input(&encoded[i], &inbox[&ids[i]]).unwrap();
+            server.add_masked(&ids[i], &y).unwrap();
+        }
+        let survivors = server.survivors().unwrap();
+        let mut reveals: Vec<_> = clients.iter().take(5).map(|(c, _)| c.reveal(&survivors).unwrap()).collect();
+        reveals[3].secret_key[0].1.y[2] ^= 1 << 7;
+        let sum = server.unmask(reveals).unwrap();
+        assert!(max_error(&sum, &plain_sum(&plain, &[0, 1, 2, 3, 4])) < 1e-6);
     }
 }

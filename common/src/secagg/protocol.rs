@@ -62,6 +62,8 @@ pub struct PublicKeys {
 pub struct Roster {
     pub threshold: usize,
     pub members: Vec<(String, PublicKeys)>,
+    /// Signed secure aggregation: each member's signature over its keys, with its certificate.
+    pub endorsements: BTreeMap<String, super::endorse::Endorsement>,
 }
 
 impl Roster {
@@ -109,6 +111,41 @@ fn check_threshold(t: usize, n: usize) -> Result<(), SecAggError> {
 /// The smallest allowed threshold for `n` participants: a strict majority.
 pub fn majority(n: usize) -> usize {
     (n / 2 + 1).max(2)
+}
+
+/// Subsets of shares tried per secret before the round fails: enough to outvote a few lying
+/// helpers, bounded so that a hostile reveal cannot make unmasking run for long.
+const MAX_SUBSETS: usize = 256;
+
+/// The `k`-subsets of `0..n` in lexicographic order.
+struct Combinations {
+    n: usize,
+    next: Option<Vec<usize>>,
+}
+
+impl Combinations {
+    fn new(n: usize, k: usize) -> Self {
+        Self { n, next: (k <= n && k > 0).then(|| (0..k).collect()) }
+    }
+}
+
+impl Iterator for Combinations {
+    type Item = Vec<usize>;
+
+    fn next(&mut self) -> Option<Vec<usize>> {
+        let current = self.next.take()?;
+        let k = current.len();
+        let mut following = current.clone();
+        // The rightmost position that can still move right.
+        if let Some(i) = (0..k).rev().find(|&i| following[i] < self.n - k + i) {
+            following[i] += 1;
+            for j in i + 1..k {
+                following[j] = following[j - 1] + 1;
+            }
+            self.next = Some(following);
+        }
+        Some(current)
+    }
 }
 
 /// A client's side of one round.
@@ -239,12 +276,31 @@ pub struct Server {
     shared: BTreeSet<String>,
     sum: Vec<u64>,
     survivors: BTreeSet<String>,
+    /// Senders dropped at routing for not sealing one box to every other member.
+    incomplete: BTreeSet<String>,
+    /// Helpers whose reveal was malformed (a share at another point than theirs, an id twice
+    /// or in both lists, an id outside the round), left out of the unmasking.
+    malformed: BTreeSet<String>,
 }
 
 impl Server {
     /// A round over vectors of `len` values with threshold `threshold`.
     pub fn new(threshold: usize, len: usize) -> Self {
-        Self { threshold, len, roster: None, shared: BTreeSet::new(), sum: vec![0; len], survivors: BTreeSet::new() }
+        Self {
+            threshold,
+            len,
+            roster: None,
+            shared: BTreeSet::new(),
+            sum: vec![0; len],
+            survivors: BTreeSet::new(),
+            incomplete: BTreeSet::new(),
+            malformed: BTreeSet::new(),
+        }
+    }
+
+    /// Senders dropped at routing for missing or repeated boxes (to say who, in logs).
+    pub fn incomplete(&self) -> &BTreeSet<String> {
+        &self.incomplete
     }
 
     /// Round 0 → 1: the roster of the clients that advertised keys.
@@ -253,16 +309,21 @@ impl Server {
             return Err(SecAggError::TooFew { stage: "advertised keys", have: keys.len(), need: self.threshold });
         }
         check_threshold(self.threshold, keys.len())?;
-        let roster = Roster { threshold: self.threshold, members: keys.into_iter().collect() };
+        let roster = Roster { threshold: self.threshold, members: keys.into_iter().collect(), endorsements: BTreeMap::new() };
         self.roster = Some(roster.clone());
         Ok(roster)
     }
 
     /// Round 1 → 2: routes sealed shares; each client that sent its boxes gets the boxes sent
-    /// to it by the others that did.
+    /// to it by the others that did. A sender must seal exactly one box to every other roster
+    /// member: one that left a member out (whose pairwise mask would then never cancel) or
+    /// sealed two to one is dropped from the round, as if it had not shared its keys.
     pub fn route(&mut self, sealed: Vec<Vec<Sealed>>) -> Result<BTreeMap<String, Vec<Sealed>>, SecAggError> {
         let roster = self.roster.as_ref().ok_or(SecAggError::Order("key shares before the roster"))?;
+        let others = roster.members.len().saturating_sub(1);
         let mut senders = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        self.incomplete.clear();
         for batch in &sealed {
             let Some(first) = batch.first() else { continue };
             if roster.position(&first.from).is_none() {
@@ -271,9 +332,15 @@ impl Server {
             if batch.iter().any(|s| s.from != first.from || roster.position(&s.to).is_none()) {
                 return Err(SecAggError::Stranger(first.from.clone()));
             }
-            if !senders.insert(first.from.clone()) {
+            if !seen.insert(first.from.clone()) {
                 return Err(SecAggError::Duplicate(first.from.clone()));
             }
+            let to: BTreeSet<&str> = batch.iter().map(|s| s.to.as_str()).collect();
+            if batch.len() != others || to.len() != others || to.contains(first.from.as_str()) {
+                self.incomplete.insert(first.from.clone());
+                continue;
+            }
+            senders.insert(first.from.clone());
         }
         if senders.len() < self.threshold {
             return Err(SecAggError::TooFew { stage: "key shares", have: senders.len(), need: self.threshold });
@@ -314,8 +381,15 @@ impl Server {
     }
 
     /// Round 3: removes the masks with the revealed shares; returns `Σ x` over the survivors.
-    pub fn unmask(self, reveals: Vec<Reveal>) -> Result<Vec<u64>, SecAggError> {
-        let roster = self.roster.ok_or(SecAggError::Order("unmasking before the roster"))?;
+    ///
+    /// Each helper's shares are checked: all at its own point (its roster position + 1), each
+    /// id once, a survivor's `b` or a dropped client's `s` and never both. A malformed reveal
+    /// is left out (one helper cannot make the round fail). A secret is accepted only when it
+    /// matches what its owner committed to (the `b` commitment, the advertised `s` key); with
+    /// more than `t` shares, other subsets are tried, so a lying helper is outvoted when there
+    /// are spare shares, and detected (the round fails, never with a wrong sum) when not.
+    pub fn unmask(mut self, reveals: Vec<Reveal>) -> Result<Vec<u64>, SecAggError> {
+        let roster = self.roster.take().ok_or(SecAggError::Order("unmasking before the roster"))?;
         let mut seen = BTreeSet::new();
         let mut b_shares: BTreeMap<String, Vec<Share>> = BTreeMap::new();
         let mut s_shares: BTreeMap<String, Vec<Share>> = BTreeMap::new();
@@ -323,9 +397,18 @@ impl Server {
             if !self.survivors.contains(&r.from) {
                 return Err(SecAggError::Stranger(r.from));
             }
-            if !seen.insert(r.from.clone()) {
+            if seen.contains(&r.from) || self.malformed.contains(&r.from) {
                 return Err(SecAggError::Duplicate(r.from));
             }
+            let point = roster.position(&r.from).map_or(0, |p| p as u64 + 1);
+            let mut ids = BTreeSet::new();
+            let well_formed = r.self_mask.iter().all(|(id, sh)| sh.x == point && self.survivors.contains(id) && ids.insert(id.clone()))
+                && r.secret_key.iter().all(|(id, sh)| sh.x == point && self.shared.contains(id) && !self.survivors.contains(id) && ids.insert(id.clone()));
+            if !well_formed {
+                self.malformed.insert(r.from);
+                continue;
+            }
+            seen.insert(r.from.clone());
             for (id, share) in r.self_mask {
                 b_shares.entry(id).or_default().push(share);
             }
@@ -336,35 +419,42 @@ impl Server {
         if seen.len() < self.threshold {
             return Err(SecAggError::TooFew { stage: "reveals", have: seen.len(), need: self.threshold });
         }
-        let mut sum = self.sum;
+        let mut sum = std::mem::take(&mut self.sum);
         let t = self.threshold;
         // Lagrange weights depend only on which points answered: computed once per point set.
         let mut weights: BTreeMap<Vec<u64>, Vec<u64>> = BTreeMap::new();
-        let mut recover = |shares: &[Share]| -> Option<[u8; 32]> {
-            let chosen: Vec<Share> = shares.iter().take(t).copied().collect();
-            if chosen.len() < t {
-                return None;
+        let mut recover = |shares: &[Share], valid: &dyn Fn(&[u8; 32]) -> bool| -> Option<[u8; 32]> {
+            let mut tries = 0;
+            for chosen in Combinations::new(shares.len(), t) {
+                tries += 1;
+                if tries > MAX_SUBSETS {
+                    break;
+                }
+                let chosen: Vec<Share> = chosen.iter().map(|&i| shares[i]).collect();
+                let xs: Vec<u64> = chosen.iter().map(|s| s.x).collect();
+                let w = weights.entry(xs.clone()).or_insert_with(|| shamir::lagrange_at_zero(&xs));
+                if let Some(secret) = shamir::combine_with(&chosen, w)
+                    && valid(&secret)
+                {
+                    return Some(secret);
+                }
             }
-            let xs: Vec<u64> = chosen.iter().map(|s| s.x).collect();
-            let w = weights.entry(xs.clone()).or_insert_with(|| shamir::lagrange_at_zero(&xs));
-            shamir::combine_with(&chosen, w)
+            None
         };
         for id in &self.survivors {
-            let b = recover(b_shares.get(id).map_or(&[][..], Vec::as_slice)).ok_or_else(|| SecAggError::BadShares(id.clone()))?;
             let pos = roster.position(id).ok_or_else(|| SecAggError::Stranger(id.clone()))?;
-            if <[u8; 32]>::from(Sha256::digest(b)) != roster.members[pos].1.b_commitment {
-                return Err(SecAggError::BadShares(id.clone()));
-            }
+            let commitment = roster.members[pos].1.b_commitment;
+            let b = recover(b_shares.get(id).map_or(&[][..], Vec::as_slice), &|b| <[u8; 32]>::from(Sha256::digest(b)) == commitment)
+                .ok_or_else(|| SecAggError::BadShares(id.clone()))?;
             apply_mask(&mut sum, &b, true);
         }
         for id in self.shared.difference(&self.survivors) {
-            let bytes = recover(s_shares.get(id).map_or(&[][..], Vec::as_slice)).ok_or_else(|| SecAggError::BadShares(id.clone()))?;
-            let s_sk = StaticSecret::from(bytes);
             let pos = roster.position(id).ok_or_else(|| SecAggError::Stranger(id.clone()))?;
+            let advertised = roster.members[pos].1.s;
             // The reconstructed key must be the one the client advertised.
-            if PublicKey::from(&s_sk).to_bytes() != roster.members[pos].1.s {
-                return Err(SecAggError::BadShares(id.clone()));
-            }
+            let bytes = recover(s_shares.get(id).map_or(&[][..], Vec::as_slice), &|k| PublicKey::from(&StaticSecret::from(*k)).to_bytes() == advertised)
+                .ok_or_else(|| SecAggError::BadShares(id.clone()))?;
+            let s_sk = StaticSecret::from(bytes);
             for (u, keys) in &roster.members {
                 if self.survivors.contains(u) {
                     // Survivor u applied +mask if u < id, −mask otherwise: undo exactly that.

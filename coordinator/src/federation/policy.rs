@@ -126,6 +126,22 @@ impl Policy {
                         (clip on the sites with --dp-clip instead)"
                 .into());
         }
+        if task.privacy.is_some_and(|p| !p.local) {
+            // The accountant assumes each site is in a cohort with probability --fraction-fit.
+            if self.sampling == Sampling::Weighted {
+                return Err("--sampling weighted cannot be combined with central DP: it picks large sites far more often than \
+                            --fraction-fit, and the privacy accounting (each site sampled with probability --fraction-fit) \
+                            would under-report their ε; use --sampling uniform"
+                    .into());
+            }
+            if self.over_selection > 1.0 {
+                return Err(format!(
+                    "--over-selection {} cannot be combined with central DP: under DP each site is in a round's cohort with \
+                     probability --fraction-fit ({}), the rate the accountant counts; selecting more would under-report ε",
+                    self.over_selection, self.fraction_fit
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -193,5 +209,19 @@ mod tests {
         assert!(p.validate_for_sites(5).is_ok());
         let half = Policy { min_fit_results: 3, fraction_fit: 0.5, ..Policy::default() };
         assert!(half.validate_for_sites(4).is_err() && half.validate_for_sites(6).is_ok());
+    }
+
+    #[test]
+    fn sampling_the_accountant_does_not_assume_is_refused_with_central_dp() {
+        let mut task = flotilla_common::Task::banks();
+        task.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm: 1.0, noise_multiplier: 1.0, delta: 1e-5, adaptive: None, local: false });
+        let weighted = Policy { sampling: Sampling::Weighted, ..Policy::default() }.validate_for_task(&task).unwrap_err();
+        assert!(weighted.contains("--sampling weighted") && weighted.contains("under-report"), "{weighted}");
+        let over = Policy { over_selection: 1.5, ..Policy::default() }.validate_for_task(&task).unwrap_err();
+        assert!(over.contains("--over-selection"), "{over}");
+        assert!(Policy::default().validate_for_task(&task).is_ok());
+        // Local DP is each site's own mechanism, counted at rate 1: any sampling is fine.
+        task.privacy = task.privacy.map(|p| flotilla_common::privacy::DpConfig { local: true, ..p });
+        assert!(Policy { sampling: Sampling::Weighted, ..Policy::default() }.validate_for_task(&task).is_ok());
     }
 }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 pub use flotilla_common::secagg::{Answer, Step};
-use flotilla_common::secagg::{PublicKeys, Reveal, Roster, Sealed, Server, majority};
+use flotilla_common::secagg::{Endorsement, PublicKeys, Reveal, Roster, Sealed, Server, majority};
 use flotilla_common::train::TrainReport;
 
 use super::rejection::Rejection;
@@ -33,6 +33,7 @@ pub struct SecureRound {
     stage: Stage,
     stage_started: Instant,
     keys: BTreeMap<String, PublicKeys>,
+    endorsements: BTreeMap<String, Endorsement>,
     server: Option<Server>,
     roster: Option<Roster>,
     boxes: BTreeMap<String, Vec<Sealed>>,
@@ -55,6 +56,7 @@ impl SecureRound {
             stage: Stage::Keys,
             stage_started: now,
             keys: BTreeMap::new(),
+            endorsements: BTreeMap::new(),
             server: None,
             roster: None,
             boxes: BTreeMap::new(),
@@ -104,12 +106,18 @@ impl SecureRound {
     }
 
     /// Stage 0: a site's keys (it has trained and is ready to take part).
-    pub fn add_keys(&mut self, site: &str, keys: PublicKeys) -> Result<(), Rejection> {
+    /// The endorsement (signature and certificate) is routed to the other sites, which verify
+    /// it: the coordinator cannot check what it could forge anyway.
+    pub fn add_keys(&mut self, site: &str, keys: PublicKeys, endorsement: Option<Endorsement>) -> Result<(), Rejection> {
         if self.stage != Stage::Keys {
             return Err(Rejection::Closed(format!("secure aggregation: keys of `{site}` arrived after the roster was fixed")));
         }
-        if self.keys.insert(site.to_owned(), keys).is_some() {
+        if self.keys.contains_key(site) {
             return Err(Rejection::Duplicate(format!("secure aggregation: `{site}` already sent its keys")));
+        }
+        self.keys.insert(site.to_owned(), keys);
+        if let Some(e) = endorsement {
+            self.endorsements.insert(site.to_owned(), e);
         }
         Ok(())
     }
@@ -120,7 +128,8 @@ impl SecureRound {
         let t = majority(n);
         let mut server = Server::new(t, self.len);
         match server.roster(std::mem::take(&mut self.keys)) {
-            Ok(r) => {
+            Ok(mut r) => {
+                r.endorsements = std::mem::take(&mut self.endorsements);
                 self.roster = Some(r);
                 self.server = Some(server);
                 self.enter(Stage::Shares, now);
@@ -135,7 +144,7 @@ impl SecureRound {
             return Ok(done);
         }
         match step {
-            Step::Keys(_) => Err(Rejection::InvalidArgument("secure aggregation: keys go through the fit round".into())),
+            Step::Keys(..) => Err(Rejection::InvalidArgument("secure aggregation: keys go through the fit round".into())),
             Step::Shares(boxes) => {
                 if self.stage != Stage::Shares {
                     return Err(Rejection::Closed(format!("secure aggregation: the key shares of `{site}` are late")));
@@ -143,18 +152,21 @@ impl SecureRound {
                 if boxes.iter().any(|b| b.from != site) {
                     return Err(Rejection::InvalidArgument(format!("secure aggregation: `{site}` sent boxes in another site's name")));
                 }
-                if self.boxes.insert(site.to_owned(), boxes).is_some() {
+                // The first message stands: a second one is refused, never swapped in.
+                if self.boxes.contains_key(site) {
                     return Err(Rejection::Duplicate(format!("secure aggregation: `{site}` already sent its key shares")));
                 }
+                self.boxes.insert(site.to_owned(), boxes);
                 Ok(Answer::Wait)
             }
             Step::Reveal(reveal) => {
                 if self.stage != Stage::Reveal || !self.survivors.iter().any(|s| s == site) {
                     return Err(Rejection::Closed(format!("secure aggregation: the reveal of `{site}` is not expected now")));
                 }
-                if self.reveals.insert(site.to_owned(), Reveal { from: site.to_owned(), ..reveal }).is_some() {
+                if self.reveals.contains_key(site) {
                     return Err(Rejection::Duplicate(format!("secure aggregation: `{site}` already revealed")));
                 }
+                self.reveals.insert(site.to_owned(), Reveal { from: site.to_owned(), ..reveal });
                 Ok(Answer::Done("revealed".into()))
             }
             Step::Poll(want) => Ok(self.poll(site, want)),
@@ -239,6 +251,11 @@ impl SecureRound {
                 let boxes = std::mem::take(&mut self.boxes).into_values().collect();
                 match self.server.as_mut().map(|s| s.route(boxes)) {
                     Some(Ok(inbox)) => {
+                        if let Some(server) = &self.server
+                            && !server.incomplete().is_empty()
+                        {
+                            tracing::warn!(sites = ?server.incomplete(), "secure aggregation: left out of the round for not sealing one key share to every other member");
+                        }
                         self.inbox = inbox;
                         self.enter(Stage::Masked, now);
                     }

@@ -283,7 +283,11 @@ impl Federation {
         } else {
             derive_seed(self.seed, &["cohort", &round.to_string(), "attempt", &attempt.to_string()])
         };
-        let cohort = sample_cohort(&eligible, k, self.policy.sampling, seed);
+        // Central DP: a Poisson cohort from the secret seed (the accountant's assumption).
+        let cohort = match self.central_dp() {
+            Some(_) => self.dp_cohort(&eligible, round, attempt),
+            None => sample_cohort(&eligible, k, self.policy.sampling, seed),
+        };
         self.phase = Phase::Fit(self.new_fit_round(round, attempt, cohort.clone(), target, now));
         vec![Event::FitOpened { round, cohort: cohort.into_iter().collect() }]
     }
@@ -314,23 +318,36 @@ impl Federation {
         // Secure aggregation: only the survivors' inputs are in the sum, and only their
         // (unweighted) training metrics are known.
         let mut secure_sum = None;
+        let mut survivors = Vec::new();
         if let Some(secure) = f.secure.as_mut() {
             f.contributors = secure.survivors().iter().map(|s| (s.clone(), (1, secure.metrics.get(s).copied().unwrap_or_default()))).collect();
+            survivors = secure.survivors().to_vec();
             secure_sum = Some(secure.take_result().unwrap_or_else(|| Err("secure aggregation did not finish".into())));
         }
         let total: u64 = f.contributors.values().fold(0u64, |a, (n, _)| a.saturating_add(*n));
-        let train_loss = (total > 0).then(|| f.contributors.values().map(|(n, m)| *n as f64 * m.loss).sum::<f64>() / total as f64);
+        // Central DP: what this round releases, computed once for the noise and the accountant.
+        let release = self.central_dp().map(|dp| self.release(&dp, f.target));
+        let noise_seed = derive_seed(self.noise_seed, &["dp-noise", &f.round.to_string(), &f.attempt.to_string()]);
+        // Under secure aggregation no site's training metrics are known (sites do not send them).
+        let train_loss = (total > 0 && f.secure.is_none()).then(|| f.contributors.values().map(|(n, m)| *n as f64 * m.loss).sum::<f64>() / total as f64);
         let mut events = Vec::new();
         if f.contributors.len() >= self.policy.min_fit_results
             && let Some(global) = &self.global
         {
             let population = self.clients.values().filter(|c| c.stats.is_some()).count().max(f.cohort.len());
             let mean = match (secure_sum.take(), &self.task.privacy) {
+                // Central DP whose release is impossible this round: nothing is released.
+                _ if release.as_ref().is_some_and(Result::is_err) => {
+                    if let Some(Err(reason)) = &release {
+                        events.push(Event::ModelKept { round: f.round, reason: reason.clone() });
+                    }
+                    None
+                }
                 (Some(Err(reason)), _) => {
                     events.push(Event::ModelKept { round: f.round, reason });
                     None
                 }
-                (Some(Ok(sum)), privacy) => match self.secure_mean(&sum, global.layout(), privacy.filter(|p| !p.local), f.round, f.attempt, f.target) {
+                (Some(Ok(sum)), _) => match self.secure_mean(&sum, global.layout(), &survivors, release.clone().and_then(Result::ok), noise_seed, f.target) {
                     Ok(m) => Some(m),
                     Err(reason) => {
                         events.push(Event::ModelKept { round: f.round, reason });
@@ -340,14 +357,11 @@ impl Federation {
                 (None, _) => match &self.task.privacy {
                     // (Σ clip(Δ_k) + N(0, (z·S)²)) / m, with m the round's expected cohort size.
                     Some(dp) if !dp.local => f.sum.sum().and_then(|sum| {
-                        let seed = derive_seed(self.noise_seed, &["dp-noise", &f.round.to_string(), &f.attempt.to_string()]);
-                        // With adaptive clipping the count of unclipped updates takes part of the
-                        // noise budget; the update gets the rest (z_Δ).
-                        let z = match &dp.adaptive {
-                            Some(a) => update_noise_multiplier(dp.noise_multiplier, a.sigma_b(f.target)).unwrap_or(dp.noise_multiplier),
-                            None => dp.noise_multiplier,
-                        };
-                        match noisy_mean(sum.values(), z * self.clip_norm, f.target, seed) {
+                        let seed = noise_seed;
+                        // The release says how much noise: with adaptive clipping the count of
+                        // unclipped updates takes part of the budget, the update the rest (z_Δ).
+                        let std = release.clone().and_then(Result::ok).map_or(dp.noise_multiplier * self.clip_norm, |r| r.noise_std);
+                        match noisy_mean(sum.values(), std, f.target, seed) {
                             Ok(v) => FlatParams::new(sum.layout().clone(), v).ok(),
                             Err(reason) => {
                                 events.push(Event::ModelKept { round: f.round, reason });
@@ -375,23 +389,18 @@ impl Federation {
                 None => {}
             }
         }
-        if let Some(a) = self.task.privacy.as_ref().and_then(|dp| dp.adaptive) {
+        if let Some(a) = self.task.privacy.as_ref().and_then(|dp| dp.adaptive)
+            && !release.as_ref().is_some_and(Result::is_err)
+        {
             let seed = derive_seed(self.noise_seed, &["dp-clip", &f.round.to_string(), &f.attempt.to_string()]);
             match next_clip_norm(self.clip_norm, f.unclipped, f.target, &a, seed) {
                 Ok(c) => self.clip_norm = c,
                 Err(reason) => events.push(Event::ModelKept { round: f.round, reason }),
             }
         }
-        if let Some(dp) = &self.task.privacy {
-            // Account for the round: each site took part with probability cohort / population.
-            let population = self.clients.values().filter(|c| c.stats.is_some()).count().max(f.cohort.len()).max(1);
-            // Local DP: each site's own mechanism, counted at rate 1 for the site that ran it.
-            let q = if dp.local { 1.0 } else { f.cohort.len() as f64 / population as f64 };
-            match self.dp_steps.iter_mut().find(|s| s.q == q) {
-                Some(s) => s.count += 1,
-                None => self.dp_steps.push(Step { q, sigma: dp.noise_multiplier, count: 1 }),
-            }
-            self.epsilon = epsilon(&self.dp_steps, dp.delta, default_orders()).ok().map(|p| p.epsilon);
+        // A round that released nothing (its release was impossible) costs nothing.
+        if !release.as_ref().is_some_and(Result::is_err) {
+            self.account(release.clone().and_then(Result::ok));
         }
         let summary = FitSummary {
             started: f.started,

@@ -27,14 +27,14 @@ impl Federation {
             }
             _ => return Ok((Answer::Done(format!("training of round {round} is over")), Vec::new())),
         }
-        if let SecAggStep::Keys(keys) = step {
+        if let SecAggStep::Keys(keys, endorsement) = step {
             // Keys mean "my update is ready": the site delivers, as a plain update would.
             self.open_fit(&site, round)?;
             let min = self.policy.min_fit_results;
             if let Phase::Fit(f) = &mut self.phase
                 && let Some(secure) = f.secure.as_mut()
             {
-                secure.add_keys(&site, keys)?;
+                secure.add_keys(&site, keys, endorsement)?;
                 f.pending.remove(&site);
                 f.contributors.insert(site.clone(), (1, TrainReport::default()));
                 if f.contributors.len() >= min && f.min_reached_at.is_none() {
@@ -54,22 +54,46 @@ impl Federation {
     }
 
     /// The mean delta from an unmasked secure sum (Σ w·Δ, Σ w); with central DP the sites
-    /// sent clipped deltas with weight 1, and the noise is added here, after unmasking.
+    /// sent clipped deltas with weight 1, and the noise of the round's `release` is added here,
+    /// after unmasking: the same release, so the same noise, as the plain path's.
+    ///
+    /// The sum is checked before use: its weight must be exactly what the survivors declared
+    /// (1 each under DP, their training examples otherwise), and under DP its norm at most
+    /// survivors × S. Masks that did not cancel leave values uniform in Z/2^64, which fail
+    /// both with overwhelming probability: the round then keeps the model and says why.
     pub(super) fn secure_mean(
         &self,
         sum: &[u64],
         layout: &Layout,
-        dp: Option<flotilla_common::privacy::DpConfig>,
-        round: u32,
-        attempt: u32,
+        survivors: &[String],
+        release: Option<Release>,
+        noise_seed: u64,
         target: usize,
     ) -> Result<FlatParams, String> {
         let (weighted, weight) = flotilla_common::secagg::masking::decode_weighted(sum)?;
-        let values = match dp {
-            Some(dp) => {
-                let seed = derive_seed(self.noise_seed, &["dp-noise", &round.to_string(), &attempt.to_string()]);
-                noisy_mean(&weighted, dp.noise_multiplier * self.clip_norm, target, seed)?
+        let n = survivors.len();
+        let expected = match release {
+            Some(_) => n as u64,
+            None => survivors.iter().fold(0u64, |a, s| a.saturating_add(self.sites_seen.get(s).copied().unwrap_or(0))),
+        };
+        if weight != expected {
+            return Err(format!(
+                "secure aggregation: the unmasked sum carries weight {weight}, not the {expected} its {n} sites declared: \
+                 the masks did not cancel (inconsistent inputs or key shares); the model is kept"
+            ));
+        }
+        if let Some(r) = release {
+            let norm = weighted.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+            let bound = n as f64 * r.sensitivity;
+            if norm.is_nan() || norm > bound * (1.0 + 1e-3) + 1e-3 {
+                return Err(format!(
+                    "secure aggregation: the unmasked sum has norm {norm:.4}, above the {bound:.4} that {n} updates clipped to {} can have; the model is kept",
+                    r.sensitivity
+                ));
             }
+        }
+        let values = match release {
+            Some(r) => noisy_mean(&weighted, r.noise_std, target, noise_seed)?,
             None if weight == 0 => return Err("the secure sum carries no weight".into()),
             None => weighted.iter().map(|v| (f64::from(*v) / weight as f64) as f32).collect(),
         };

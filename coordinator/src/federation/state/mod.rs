@@ -30,6 +30,7 @@ use super::snapshot::{AcceptedUpdate, RunIdentity, SNAPSHOT_VERSION, SavedFit, S
 use crate::strategy::{Collected, Strategy};
 
 mod deadlines;
+mod dp;
 mod evaluate;
 mod events;
 mod fit;
@@ -37,6 +38,7 @@ mod masked;
 mod membership;
 mod resume;
 
+pub use dp::{Release, poisson_cohort};
 use evaluate::{EvalRound, FitSummary};
 pub use events::{Event, Joined, Outcome, UpdateClaim, Work};
 pub use fit::sample_cohort;

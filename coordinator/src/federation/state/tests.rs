@@ -302,3 +302,92 @@ fn the_dp_noise_seed_is_secret_and_survives_a_resume() {
     let resumed = Federation::resume(Task::banks(), 1, Policy::default(), a.snapshot(), Vec::new(), now).unwrap();
     assert_eq!(resumed.noise_seed, a.noise_seed);
 }
+
+/// Four sites of a central-DP federation on a wide model (40,801 parameters), round 1 open.
+fn dp_federation(z: f64, fraction_fit: f64, adaptive: Option<flotilla_common::privacy::dp_fedavg::AdaptiveClip>) -> (Federation, Vec<String>, Instant) {
+    let now = Instant::now();
+    let mut task = Task::banks();
+    task.model.hidden = vec![200, 200];
+    task.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm: 1.0, noise_multiplier: z, delta: 1e-5, adaptive, local: false });
+    let mut f = Federation::new(task, 1, Policy { min_clients: 4, rounds: 200, fraction_fit, min_fit_results: 1, dp_seed: Some(3), ..Policy::default() });
+    let cols = vec!["creditability".to_owned(), "x".to_owned()];
+    let ids: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| f.join(s, &cols, 100, now).unwrap().0.client_id).collect();
+    for id in &ids {
+        f.report_stats(id, stats(), 10, now).unwrap();
+    }
+    let (_, h) = f.global().unwrap();
+    for id in &ids {
+        f.submit_evaluation(id, 0, &h, eval(), now).unwrap();
+    }
+    (f, ids, now)
+}
+
+#[test]
+fn central_dp_clips_every_update_and_adds_exactly_the_noise_it_accounts_for() {
+    // Every site sends a delta of norm 202 (all ones); the clip is 1, z = 0.5, 4 sites at q = 1.
+    let (mut f, ids, now) = dp_federation(0.5, 1.0, None);
+    let (before, h) = f.global().unwrap();
+    let asked = fit_sites(&mut f, &ids, now);
+    assert_eq!(asked.len(), 4);
+    let n = before.layout().total();
+    for id in &asked {
+        let big = FlatParams::new(before.layout().clone(), vec![1.0; n]).unwrap();
+        f.submit_update(&claim(id, 1, &h, 10), &big, TrainReport { epochs: 5, ..TrainReport::default() }, now).unwrap();
+    }
+    let (after, _) = f.global().unwrap();
+    // w' = w + (Σ clip(Δ_k) + N(0, (zS)²)) / m with m = 4: recover the noise coordinate by coordinate.
+    let clipped = 1.0 / (n as f64).sqrt();
+    let noise: Vec<f64> = after.values().iter().zip(before.values()).map(|(a, b)| (f64::from(*a) - f64::from(*b)) * 4.0 - 4.0 * clipped).collect();
+    let mean = noise.iter().sum::<f64>() / n as f64;
+    let std = (noise.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
+    // 40,801 draws: the standard error of the std is 0.35 %, of the mean 0.0025.
+    let step = f.dp_steps[0];
+    assert_eq!((step.q, step.count), (1.0, 1), "each site was sampled with probability 1");
+    assert!((std / f.clip_norm - step.sigma).abs() < 0.02 * step.sigma, "measured noise multiplier {} vs accounted {}", std / f.clip_norm, step.sigma);
+    assert!(mean.abs() < 0.015, "noise has mean 0 and the updates were clipped to S (unclipped they would add 4): {mean}");
+    assert!(f.epsilon.is_some());
+}
+
+#[test]
+fn central_dp_cohorts_are_poisson_samples_from_the_secret_seed() {
+    let sites: Vec<(String, u64)> = (0..40).map(|i| (format!("s{i:02}"), 10)).collect();
+    let sizes: Vec<usize> = (0..400).map(|seed| poisson_cohort(&sites, 0.25, seed).len()).collect();
+    let mean = sizes.iter().sum::<usize>() as f64 / sizes.len() as f64;
+    assert!((mean - 10.0).abs() < 0.5, "expected size q·N = 10: {mean}");
+    assert!(sizes.iter().any(|&k| k != 10), "sizes vary, as Poisson sampling does");
+    assert_eq!(poisson_cohort(&sites, 1.0, 9).len(), 40);
+    // The cohort follows the coordinator's secret seed, not the federation seed every site holds.
+    let cohort = |dp_seed| {
+        let (mut f, ids, now) = dp_federation(0.5, 0.5, None);
+        f.noise_seed = dp_seed;
+        f.phase = Phase::Gathering { next: 1 };
+        f.advance(now);
+        fit_sites(&mut f, &ids, now)
+    };
+    let draws: BTreeSet<Vec<String>> = (0..8).map(cohort).collect();
+    assert!(draws.len() > 1, "different secret seeds, different cohorts under the same federation seed");
+    let (f, _, _) = dp_federation(0.5, 0.5, None);
+    assert_eq!(f.release(&f.task.privacy.unwrap(), 2).unwrap().q, 0.5, "the accountant's q is the sampling rate");
+}
+
+#[test]
+fn adaptive_clipping_is_accounted_as_its_two_gaussians_and_releases_nothing_it_cannot_afford() {
+    use flotilla_common::privacy::dp_fedavg::AdaptiveClip;
+    let (f, _, _) = dp_federation(0.5, 1.0, Some(AdaptiveClip { count_stddev: Some(2.0), ..AdaptiveClip::default() }));
+    let r = f.release(&f.task.privacy.unwrap(), 4).unwrap();
+    assert!((r.noise_multiplier() - 0.5).abs() < 1e-12, "z_Δ and σ_b compose to the announced z: {}", r.noise_multiplier());
+    assert!(r.noise_std > 0.5 * r.sensitivity, "the update's share of the noise is larger than z·S");
+    // σ_b = 4/20 is too small for z = 0.5: the round releases nothing and costs nothing.
+    let (mut f, ids, now) = dp_federation(0.5, 1.0, Some(AdaptiveClip::default()));
+    let (before, h) = f.global().unwrap();
+    let clip_before = f.clip_norm;
+    let asked = fit_sites(&mut f, &ids, now);
+    let mut events = Vec::new();
+    for id in &asked {
+        events.extend(f.submit_update(&claim(id, 1, &h, 10), &delta(&f, 0.01), TrainReport { epochs: 5, ..TrainReport::default() }, now).unwrap());
+    }
+    assert!(events.iter().any(|e| matches!(e, Event::ModelKept { reason, .. } if reason.contains("releases nothing"))), "{events:?}");
+    assert_eq!(f.global().unwrap().0.values(), before.values());
+    assert_eq!(f.clip_norm, clip_before);
+    assert!(f.dp_steps.is_empty() && f.epsilon.is_none());
+}
