@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use flotilla_common::Task;
 use flotilla_common::data::Plan;
+use flotilla_common::privacy::Step;
 
 use crate::error::ClientError;
 use crate::policy::{PlanFacts, SitePolicy, Violation, model_params, task_diff};
@@ -40,13 +41,24 @@ pub struct Sent {
 }
 
 /// How a round is protected, as the site sees it.
-fn dp_kind(task: &Task) -> (&'static str, Option<f64>) {
-    match &task.privacy {
-        Some(dp) if dp.local => ("local", Some(dp.noise_multiplier)),
+fn dp_kind(task: &Task) -> &'static str {
+    match (&task.privacy, &task.record_privacy) {
+        (Some(dp), Some(_)) if dp.local => "local + record (DP-SGD)",
+        (Some(_), Some(_)) => "central (declared) + record (DP-SGD)",
+        (Some(dp), None) if dp.local => "local",
         // The site cannot see the coordinator add its noise: declared, not verified.
-        Some(dp) => ("central (declared)", Some(dp.noise_multiplier)),
-        None => ("none", None),
+        (Some(_), None) => "central (declared)",
+        (None, Some(_)) => "record (DP-SGD)",
+        (None, None) => "none",
     }
+}
+
+/// What a round costs the site: the client-level round at rate 1 (the site knows it was
+/// selected) and its own DP-SGD steps.
+fn round_steps(task: &Task, record: Option<Step>) -> Vec<Step> {
+    let mut steps: Vec<Step> = task.privacy.iter().map(|dp| Step { q: 1.0, sigma: dp.noise_multiplier, count: 1 }).collect();
+    steps.extend(record);
+    steps
 }
 
 impl Guard {
@@ -140,7 +152,15 @@ impl Guard {
     /// A round to train: its epochs within the policy, the rounds of this task within the
     /// policy, and the site's budget. `Ok(Some(reason))` when the budget is spent (the site
     /// leaves without training).
-    pub fn check_fit(&mut self, task: &Task, round: u32, local_epochs: u32, secure_aggregation: bool) -> Result<Option<String>, ClientError> {
+    /// `record`: the round's DP-SGD steps, when the task asks for record-level DP.
+    pub fn check_fit(
+        &mut self,
+        task: &Task,
+        round: u32,
+        local_epochs: u32,
+        secure_aggregation: bool,
+        record: Option<Step>,
+    ) -> Result<Option<String>, ClientError> {
         if secure_aggregation != task.secure_aggregation {
             let v = Violation {
                 rule: "task.secure_aggregation",
@@ -157,16 +177,17 @@ impl Guard {
             }
         }
         let Some((max_eps, delta)) = self.budget else { return Ok(None) };
-        let Some(dp) = &task.privacy else {
+        let steps = round_steps(task, record);
+        if steps.is_empty() {
             let reason = format!("this site requires differential privacy (ε ≤ {max_eps}) and the federation announces none; not training");
             self.record(AuditEvent::Refused { round: Some(round), rule: "privacy.max_epsilon".into(), message: reason.clone() })?;
             return Ok(Some(reason));
-        };
-        let reason = match self.ledger.epsilon_with(Some((dp.noise_multiplier, 1)), delta) {
+        }
+        let reason = match self.ledger.epsilon_with_steps(&steps, delta) {
             Ok(e) if e <= max_eps => return Ok(None),
             Ok(e) => format!(
-                "privacy budget: round {round} would bring this site to ε = {e:.3} (δ = {delta:e}, noise multiplier {}, {} rounds spent before), above its limit {max_eps}; stopping",
-                dp.noise_multiplier,
+                "privacy budget: round {round} would bring this site to ε = {e:.3} (δ = {delta:e}, {}, {} rounds spent before), above its limit {max_eps}; stopping",
+                dp_kind(task),
                 self.ledger.rounds()
             ),
             Err(e) => format!("privacy budget: {e}; not training"),
@@ -177,19 +198,34 @@ impl Guard {
 
     /// Writes the round down (durably, with a state directory) before its update leaves the
     /// site: a crash in between can only over-count.
-    pub fn spend(&mut self, task: &Task) -> Result<(), ClientError> {
-        self.ledger.record(&task.fingerprint(), dp_kind(task).1);
+    pub fn spend(&mut self, task: &Task, record: Option<Step>) -> Result<(), ClientError> {
+        let fingerprint = task.fingerprint();
+        match (task.privacy, record) {
+            (Some(dp), _) => self.ledger.record(&fingerprint, Some(dp.noise_multiplier)),
+            (None, Some(_)) => self.ledger.record_round(&fingerprint),
+            (None, None) => self.ledger.record(&fingerprint, None),
+        }
+        if let Some(s) = record {
+            self.ledger.record_sgd(s.q, s.sigma, s.count);
+        }
         if let Some(state) = &self.state {
             state.save_ledger(&self.ledger)?;
         }
         Ok(())
     }
 
+    /// The site's ε after everything it spent, at its budget's δ (or the task's); `None`
+    /// when nothing it ran was private.
+    pub fn epsilon(&self, task: &Task) -> Option<f64> {
+        let delta = self.budget.map_or_else(|| task.record_privacy.map(|r| r.delta).or(task.privacy.map(|p| p.delta)).unwrap_or(1e-5), |b| b.1);
+        let any = task.privacy.is_some() || task.record_privacy.is_some() || self.ledger.plain_rounds > 0;
+        self.ledger.epsilon_with(None, delta).ok().filter(|_| any)
+    }
+
     /// The audit record of a round whose update left the site.
     pub fn trained(&mut self, task: &Task, sent: Sent) -> Result<(), ClientError> {
-        let (dp, _) = dp_kind(task);
-        let delta = self.budget.map_or_else(|| task.privacy.map_or(1e-5, |p| p.delta), |b| b.1);
-        let epsilon = self.ledger.epsilon_with(None, delta).ok().filter(|_| task.privacy.is_some() || self.ledger.plain_rounds > 0);
+        let dp = dp_kind(task);
+        let epsilon = self.epsilon(task);
         self.record(AuditEvent::Trained {
             round: sent.round,
             model_hash: sent.model_hash,

@@ -75,6 +75,10 @@ struct Args {
     /// Default: the federation's seed, so the coordinator's --seed reproduces the whole run.
     #[arg(long, value_name = "SEED")]
     seed: Option<u64>,
+    /// Record-level DP, experiments only: this site's own seed for its DP-SGD sampling and
+    /// noise (to repeat a run). Never the federation's; without it the OS's generator.
+    #[arg(long, value_name = "N")]
+    dp_seed: Option<u64>,
     /// The burn CPU backend that trains and evaluates: ndarray (the default) or flex (burn
     /// 0.22's newer backend: 1.6× on the seed MLP, 2.5× on large ones; see BENCHMARKS.md).
     #[arg(long, default_value_t = Backend::Ndarray, value_name = "ndarray|flex")]
@@ -250,6 +254,7 @@ async fn run_site_from_args(args: Args, policy: Option<Arc<SitePolicy>>) -> anyh
     opts.connect_patience = Duration::from_secs_f64(args.connect_timeout);
     opts.seed = args.seed;
     opts.backend = args.backend;
+    opts.dp_seed = args.dp_seed;
     opts.budget = args.max_epsilon.map(|e| (e, args.max_delta));
     opts.policy = policy;
     opts.state_dir = args.state_dir.clone();

@@ -13,9 +13,11 @@ use flotilla_common::model::ModelShape;
 use flotilla_common::seed::derive_seed;
 use flotilla_common::site::{PreparedSite, SiteData};
 use flotilla_common::train::local::LocalConfig;
-use flotilla_common::train::{Backend, evaluate, train_local};
+use flotilla_common::train::{Backend, DpSgd, evaluate, train_dp_sgd, train_local};
 use flotilla_common::wire::UpdateHeader;
 use flotilla_common::{FlatParams, Task};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Connection, Joined, Work};
@@ -62,6 +64,9 @@ pub struct SiteOptions {
     pub cpu_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// The burn CPU backend that trains and evaluates.
     pub backend: Backend,
+    /// Experiments only: a seed of this site's own for its DP-SGD sampling and noise, to
+    /// repeat a run. Never the federation's seed; `None` draws from the OS.
+    pub dp_seed: Option<u64>,
     /// The site's policy: what it accepts from the coordinator (see [`crate::policy`]).
     pub policy: Option<Arc<SitePolicy>>,
     /// Where the site keeps its privacy ledger and audit log across restarts.
@@ -86,6 +91,7 @@ impl SiteOptions {
             connection: None,
             cpu_slots: None,
             backend: Backend::Ndarray,
+            dp_seed: None,
             policy: None,
             state_dir: None,
         }
@@ -396,7 +402,13 @@ async fn step(
                 return Err(flotilla_common::wire::WireError::Invalid(format!("proximal mu {proximal_mu} must be >= 0")).into());
             }
             *known_round = round;
-            if let Some(reason) = guard.check_fit(&s.task, round, local_epochs, secure_aggregation)? {
+            let epochs = opts.max_epochs.map_or(local_epochs, |m| m.min(local_epochs));
+            // Record-level DP: this round's DP-SGD, planned (and budgeted) before it runs.
+            let record = match &s.task.record_privacy {
+                Some(r) => Some(plan_dp_sgd(r, &s.task, s.prepared.num_train(), epochs).map_err(flotilla_common::TrainError::DpSgd)?),
+                None => None,
+            };
+            if let Some(reason) = guard.check_fit(&s.task, round, local_epochs, secure_aggregation, record.map(|(_, step)| step))? {
                 tracing::warn!(site = %opts.site, round, "{reason}");
                 return Ok(Some(reason));
             }
@@ -421,7 +433,6 @@ async fn step(
                 Some((c, ci)) => Some(c.delta_from(ci).map_err(flotilla_common::TrainError::from)?),
                 None => None,
             };
-            let epochs = opts.max_epochs.map_or(local_epochs, |m| m.min(local_epochs));
             let cfg = LocalConfig {
                 epochs,
                 batch_size: s.task.training.batch_size,
@@ -433,8 +444,22 @@ async fn step(
             };
             let lr = cfg.learning_rate;
             let g = global.clone();
-            let trained = with_heartbeat(conn, &s.client_id, opts, move || train_local(&g, &shape, &data.train, &cfg)).await?;
-            let (local, metrics) = trained?;
+            let trained = match record {
+                Some((dp, _)) => {
+                    // The sampling and the noise are secret from everyone else: the OS's
+                    // generator, or this site's own seed (--dp-seed), never the federation's.
+                    let mut rng = match opts.dp_seed {
+                        Some(seed) => ChaCha20Rng::seed_from_u64(derive_seed(seed, &[&opts.site, "dp-sgd", &round.to_string()])),
+                        None => ChaCha20Rng::from_rng(&mut rand::rng()),
+                    };
+                    with_heartbeat(conn, &s.client_id, opts, move || train_dp_sgd(&g, &shape, &data.train, &cfg, &dp, &mut rng)).await?
+                }
+                None => with_heartbeat(conn, &s.client_id, opts, move || train_local(&g, &shape, &data.train, &cfg)).await?,
+            };
+            let (local, mut metrics) = trained?;
+            // The round counts against the budget before anything of it leaves the site.
+            guard.spend(&s.task, record.map(|(_, step)| flotilla_common::privacy::Step { count: metrics.steps, ..step }))?;
+            metrics.record_epsilon = record.and(guard.epsilon(&s.task));
             let mut delta = local.delta_from(&global).map_err(flotilla_common::TrainError::from)?;
             if let Some(Attack::SignFlip { scale }) = opts.attack {
                 delta.values_mut().iter_mut().for_each(|v| *v *= -scale);
@@ -486,13 +511,13 @@ async fn step(
                     num_examples: 0, // the weight travels under the masks
                     // A site's training loss and accuracy say something of its data: under
                     // secure aggregation they stay here too (only the epochs done travel).
-                    metrics: flotilla_common::train::TrainReport { epochs: metrics.epochs, ..Default::default() },
+                    // (The record ε depends on the noise and the steps only, not on the data.)
+                    metrics: flotilla_common::train::TrainReport { epochs: metrics.epochs, record_epsilon: metrics.record_epsilon, ..Default::default() },
                     values_sha256: String::new(),
                     masked: true,
                 };
                 drop(delta);
                 let bytes = (x.len() * 8) as u64;
-                guard.spend(&s.task)?;
                 let outcome = crate::secure::take_part(conn, &s.client_id, &opts.site, round, x, header, opts.tls.as_ref()).await?;
                 let sent = Sent {
                     round,
@@ -519,8 +544,6 @@ async fn step(
                 values_sha256: delta.hash(),
                 masked: false,
             };
-            // The round counts against the budget before its update leaves the site.
-            guard.spend(&s.task)?;
             let (update_sha256, update_bytes) = (header.values_sha256.clone(), header.total_values * 4);
             let model = header.base_model_hash.clone();
             match conn.upload_update(header, delta).await {
@@ -556,6 +579,17 @@ async fn step(
             Ok(None)
         }
     }
+}
+
+/// This round's DP-SGD at this site: its sampling rate (expected batch over its training
+/// rows), its noise multiplier (the task's, or the smallest that keeps the site within the
+/// task's target ε over its rounds), and the steps the accountant will count.
+fn plan_dp_sgd(r: &flotilla_common::privacy::RecordDp, task: &Task, rows: usize, epochs: u32) -> Result<(DpSgd, flotilla_common::privacy::Step), String> {
+    let q = flotilla_common::privacy::RecordDp::sampling_rate(task.training.batch_size, rows);
+    let per_epoch = flotilla_common::privacy::RecordDp::steps_per_epoch(q);
+    let sigma = r.noise_for_site(q, per_epoch.saturating_mul(u64::from(task.training.local_epochs)))?;
+    let dp = DpSgd { clip_norm: r.clip_norm, noise_multiplier: sigma, sampling_rate: q };
+    Ok((dp, flotilla_common::privacy::Step { q, sigma, count: per_epoch.saturating_mul(u64::from(epochs)) }))
 }
 
 /// The site's data encoded with the federation's current plan (fetched when it changed).

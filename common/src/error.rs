@@ -83,4 +83,6 @@ pub enum TrainError {
     Empty,
     #[error("training diverged: loss is {0}")]
     Diverged(f64),
+    #[error("DP-SGD: {0}")]
+    DpSgd(String),
 }

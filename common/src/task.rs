@@ -30,6 +30,9 @@ pub struct Task {
     /// Central differential privacy (DP-FedAvg with a fixed clip); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<crate::privacy::DpConfig>,
+    /// Record-level DP (DP-SGD at every site); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_privacy: Option<crate::privacy::RecordDp>,
 }
 
 fn default_name() -> String {
@@ -273,6 +276,22 @@ impl Task {
         }
         if self.secure_aggregation && self.privacy.is_some_and(|p| p.adaptive.is_some()) {
             return Err(TaskError::Invalid("adaptive clipping needs the count of unclipped updates: it cannot be combined with secure aggregation".into()));
+        }
+        if let Some(r) = &self.record_privacy {
+            r.validate().map_err(TaskError::Invalid)?;
+            let aug = &self.data.augmentation;
+            if aug.jitter_copies > 0 || aug.oversample_minority {
+                return Err(TaskError::Invalid(
+                    "record-level DP (DP-SGD) cannot be combined with augmentation that copies rows (jitter_copies, oversample_minority): \
+                     the copies of one record would each count as another record"
+                        .into(),
+                ));
+            }
+            if self.strategy.name == crate::strategy::StrategyName::Scaffold {
+                return Err(TaskError::Invalid(
+                    "record-level DP (DP-SGD) cannot be combined with scaffold, whose correction bypasses the clipped gradients".into(),
+                ));
+            }
         }
         if self.data.min_category_count == 0 {
             return Err(TaskError::Invalid("data.min_category_count must be at least 1 (1 reports every category)".into()));

@@ -235,7 +235,14 @@ pub fn update_chunks(header: UpdateHeader, delta: Arc<FlatParams>) -> impl Itera
             layout_fingerprint: header.layout_fingerprint,
             total_values: header.total_values,
             num_examples: header.num_examples,
-            metrics: Some(pb::TrainMetrics { loss: m.loss, accuracy: m.accuracy, steps: m.steps, seconds: m.seconds, epochs: m.epochs }),
+            metrics: Some(pb::TrainMetrics {
+                loss: m.loss,
+                accuracy: m.accuracy,
+                steps: m.steps,
+                seconds: m.seconds,
+                epochs: m.epochs,
+                record_epsilon: m.record_epsilon,
+            }),
             values_sha256: header.values_sha256,
             masked: header.masked,
         })),
@@ -266,7 +273,15 @@ pub fn update_part(chunk: pb::UpdateChunk) -> Result<UpdatePart, WireError> {
                 layout_fingerprint: h.layout_fingerprint,
                 total_values: h.total_values,
                 num_examples: h.num_examples,
-                metrics: TrainReport { loss: m.loss, accuracy: m.accuracy, steps: m.steps, epochs: m.epochs, seconds: m.seconds },
+                metrics: TrainReport {
+                    loss: m.loss,
+                    accuracy: m.accuracy,
+                    steps: m.steps,
+                    epochs: m.epochs,
+                    seconds: m.seconds,
+                    // A hostile value is dropped rather than recorded: it is a report, not a guarantee.
+                    record_epsilon: m.record_epsilon.filter(|e| e.is_finite() && *e >= 0.0),
+                },
                 values_sha256: h.values_sha256,
                 masked: h.masked,
             }))

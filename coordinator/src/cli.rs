@@ -213,6 +213,19 @@ pub struct RunArgs {
     /// cohorts of m; it must exceed half the noise multiplier).
     #[arg(long, value_name = "SIGMA", requires = "dp_adaptive_quantile")]
     pub dp_count_stddev: Option<f64>,
+    /// Record-level DP (DP-SGD at every site): each site picks the smallest noise that keeps
+    /// every one of its records within this ε (at --dp-sgd-delta) over --rounds rounds.
+    #[arg(long, value_name = "EPSILON", conflicts_with = "dp_sgd_noise")]
+    pub dp_sgd_epsilon: Option<f64>,
+    /// Record-level DP with a fixed noise multiplier σ (each site reports the ε it spent).
+    #[arg(long, value_name = "SIGMA")]
+    pub dp_sgd_noise: Option<f64>,
+    /// Record-level DP: the per-example gradient clip C (default 1).
+    #[arg(long, value_name = "C")]
+    pub dp_sgd_clip: Option<f64>,
+    /// Record-level DP: δ of the per-record (ε, δ) (default 1e-5).
+    #[arg(long, value_name = "D")]
+    pub dp_sgd_delta: Option<f64>,
     /// Override the task's local learning rate.
     #[arg(long, value_name = "LR")]
     pub learning_rate: Option<f64>,
@@ -522,6 +535,34 @@ impl RunArgs {
         }
         if self.secure_aggregation {
             task.secure_aggregation = true;
+        }
+        if self.dp_sgd_epsilon.is_some() || self.dp_sgd_noise.is_some() {
+            task.record_privacy = Some(flotilla_common::privacy::RecordDp {
+                clip_norm: self.dp_sgd_clip.unwrap_or(1.0),
+                noise_multiplier: self.dp_sgd_noise,
+                target_epsilon: self.dp_sgd_epsilon,
+                rounds: None,
+                delta: self.dp_sgd_delta.unwrap_or(1e-5),
+            });
+        } else if self.dp_sgd_clip.is_some() || self.dp_sgd_delta.is_some() {
+            match task.record_privacy.as_mut() {
+                Some(r) => {
+                    r.clip_norm = self.dp_sgd_clip.unwrap_or(r.clip_norm);
+                    r.delta = self.dp_sgd_delta.unwrap_or(r.delta);
+                }
+                None => {
+                    return Err(
+                        "--dp-sgd-clip and --dp-sgd-delta need record-level DP: --dp-sgd-epsilon E or --dp-sgd-noise Z, or [record_privacy] in the task file"
+                            .into(),
+                    );
+                }
+            }
+        }
+        // A target ε lasts the run's rounds: the sites plan their noise for --rounds.
+        if let Some(r) = task.record_privacy.as_mut()
+            && r.target_epsilon.is_some()
+        {
+            r.rounds = Some(self.rounds);
         }
         if self.dp_seed.is_some() && task.privacy.is_none_or(|dp| dp.local) {
             return Err("--dp-seed seeds the noise the coordinator adds under central DP (--dp-clip S --dp-noise Z, or [privacy] \

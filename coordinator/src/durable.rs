@@ -220,6 +220,7 @@ mod tests {
             phase: SavedPhase::Fit { round: 3, attempt: 1, cohort: vec!["a".into(), "b".into()], target: 2, failed: vec![], rejected: 1 },
             history: vec![],
             final_site_metrics: Default::default(),
+            record_epsilon: Default::default(),
             sites_seen: [("a".to_owned(), 10), ("b".to_owned(), 20)].into_iter().collect(),
             connected: vec!["a".into(), "b".into()],
             dp_steps: vec![],

@@ -27,7 +27,8 @@ pub fn summary(task: &Task, seed: u64, o: &Outcome, comparison: Option<&Comparis
         "rounds": o.history.last().map_or(0, |r| r.round),
         "seed": seed,
         "final": federated_final,
-        "sites": o.sites.iter().map(|(s, n)| (s.clone(), json!({ "train_examples": n }))).collect::<BTreeMap<_, _>>(),
+        "sites": o.sites.iter().map(|(s, n)| (s.clone(), json!({ "train_examples": n, "record_epsilon": o.record_epsilon.get(s) }))).collect::<BTreeMap<_, _>>(),
+        "record_epsilon": o.record_epsilon.values().copied().reduce(f64::max),
         "model": { "hidden": task.model.hidden, "inputs": o.shape.inputs, "outputs": o.shape.outputs, "parameters": o.shape.num_params() },
         "training": task.training,
         "history": o.history,
@@ -66,6 +67,7 @@ pub fn config(task: &Task, policy: &Policy, seed: u64, backend: Option<&str>) ->
         "training": task.training,
         "model": task.model,
         "differential_privacy": task.privacy,
+        "record_privacy": task.record_privacy,
         "secure_aggregation": task.secure_aggregation,
         "round_policy": {
             "min_clients": policy.min_clients,

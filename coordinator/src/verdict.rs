@@ -48,6 +48,7 @@ mod tests {
             clip_norm: None,
             model_hash: String::new(),
             refused: 0,
+            record_epsilon: None,
         }
     }
 

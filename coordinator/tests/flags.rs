@@ -84,6 +84,12 @@ fn every_flag_of_simulate_changes_what_it_says_in_the_run_directory() {
             r.config()["differential_privacy"]["adaptive"]["count_stddev"] == 1.0
         }),
         (vec!["--dp-clip", "1", "--dp-noise", "0.5", "--dp-local"], |r, _| r.config()["differential_privacy"]["local"] == true),
+        (vec!["--dp-sgd-epsilon", "8"], |r, b| {
+            r.cell(1, "record_epsilon").parse::<f64>().is_ok_and(|e| e > 7.9 && e <= 8.0) && b.cell(1, "record_epsilon").is_empty()
+        }),
+        (vec!["--dp-sgd-noise", "1.5"], |r, _| r.config()["record_privacy"]["noise_multiplier"] == 1.5 && !r.cell(1, "record_epsilon").is_empty()),
+        (vec!["--dp-sgd-epsilon", "8", "--dp-sgd-clip", "0.5"], |r, _| r.config()["record_privacy"]["clip_norm"] == 0.5),
+        (vec!["--dp-sgd-epsilon", "8", "--dp-sgd-delta", "0.000001"], |r, _| r.config()["record_privacy"]["delta"] == 1e-6),
         (vec!["--secure-aggregation"], |r, _| r.config()["secure_aggregation"] == true && r.cell(1, "clients") == "4"),
         (vec!["--hidden", "8"], |r, b| r.summary["model"]["hidden"] == serde_json::json!([8]) && r.params(0) != b.params(0)),
         (vec!["--learning-rate", "0.01"], |r, b| r.params(1) != b.params(1) && r.params(0) == b.params(0)),

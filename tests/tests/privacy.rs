@@ -117,3 +117,29 @@ async fn central_dp_noise_is_secret_from_the_sites_and_reproducible_only_with_th
         assert!(!text.contains("8675309") && !text.contains("dp_seed") && !text.contains("noise_seed"), "the DP seed is in no record");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_level_dp_lands_each_hospital_on_its_target_epsilon_with_secret_noise() {
+    // DP-SGD at every site, planned for ε = 2 per record over 3 rounds: each hospital picks its
+    // own noise for its own rows and sampling rate, and its accountant ends at (just under) 2.
+    let run = |out: std::path::PathBuf| async move {
+        let mut task = Task::hospitals();
+        task.record_privacy =
+            Some(flotilla_common::privacy::RecordDp { clip_norm: 1.0, noise_multiplier: None, target_epsilon: Some(2.0), rounds: Some(3), delta: 1e-5 });
+        simulate(sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, 3, &out)).await.unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (run(dir.path().join("a")).await, run(dir.path().join("b")).await);
+    let per_site = a.outcome.record_epsilon.clone();
+    assert_eq!(per_site.len(), 4, "{per_site:?}");
+    for (site, e) in &per_site {
+        assert!(*e <= 2.0 && *e > 1.9, "{site}: ε per record {e}");
+    }
+    let reported: Vec<f64> = a.outcome.history[1..].iter().map(|r| r.record_epsilon.unwrap()).collect();
+    assert!(reported.windows(2).all(|w| w[1] > w[0]), "ε grows with every round's steps: {reported:?}");
+    assert!(a.summary["sites"]["Cleveland"]["record_epsilon"].as_f64().is_some());
+    // The sampling and the noise come from each site's secret randomness, not from the
+    // federation seed: the same seed gives different models.
+    assert_ne!(a.outcome.model.hash(), b.outcome.model.hash());
+    assert_eq!(a.outcome.history[0].model_hash, b.outcome.history[0].model_hash);
+}

@@ -66,6 +66,21 @@ impl SitePolicy {
 
     fn check_privacy(&self, task: &Task) -> Result<(), Violation> {
         let p = &self.privacy;
+        if p.require == Some(RequiredDp::Record) {
+            if task.record_privacy.is_none() {
+                return refuse("privacy.require", "this site requires record-level DP (DP-SGD on its rows); the task has none");
+            }
+        } else {
+            self.check_client_dp(task)?;
+        }
+        if p.require_secure_aggregation && !task.secure_aggregation {
+            return refuse("privacy.require_secure_aggregation", "this site requires secure aggregation; the task does not use it");
+        }
+        Ok(())
+    }
+
+    fn check_client_dp(&self, task: &Task) -> Result<(), Violation> {
+        let p = &self.privacy;
         let dp = task.privacy.as_ref();
         match (p.require, dp) {
             (Some(RequiredDp::Local), Some(d)) if !d.local => {
@@ -76,6 +91,7 @@ impl SitePolicy {
                     RequiredDp::Local => "local",
                     RequiredDp::Central => "central",
                     RequiredDp::Any => "local or central",
+                    RequiredDp::Record => "record-level",
                 };
                 return refuse("privacy.require", format!("this site requires {kind} differential privacy; the task has none"));
             }
@@ -94,9 +110,6 @@ impl SitePolicy {
             }
         } else if p.min_noise_multiplier.is_some() || p.max_clip_norm.is_some() {
             return refuse("privacy.min_noise_multiplier", "this site sets a noise floor; the task has no differential privacy");
-        }
-        if p.require_secure_aggregation && !task.secure_aggregation {
-            return refuse("privacy.require_secure_aggregation", "this site requires secure aggregation; the task does not use it");
         }
         Ok(())
     }

@@ -98,7 +98,9 @@ pub enum RequiredDp {
     Local,
     /// Central DP: the coordinator announces it adds noise (declared, not verifiable).
     Central,
-    /// Either.
+    /// Record-level DP: the site runs DP-SGD on its own rows (enforced).
+    Record,
+    /// Local or central.
     Any,
 }
 

@@ -35,11 +35,14 @@ pub struct Ledger {
     pub plain_rounds: u64,
     /// Rounds trained per task fingerprint (the policy's `bounds.max_rounds`).
     pub rounds_by_task: BTreeMap<String, u64>,
+    /// DP-SGD steps (record-level DP), by sampling rate and noise multiplier.
+    #[serde(default)]
+    pub sgd_steps: Vec<Step>,
 }
 
 impl Default for Ledger {
     fn default() -> Self {
-        Self { format: FORMAT, dp_rounds: Vec::new(), plain_rounds: 0, rounds_by_task: BTreeMap::new() }
+        Self { format: FORMAT, dp_rounds: Vec::new(), plain_rounds: 0, rounds_by_task: BTreeMap::new(), sgd_steps: Vec::new() }
     }
 }
 
@@ -59,6 +62,9 @@ impl Ledger {
         }
         if let Some(bad) = ledger.dp_rounds.iter().find(|r| !(r.noise_multiplier.is_finite() && r.noise_multiplier > 0.0)) {
             return Err(corrupt(format!("noise multiplier {} must be positive", bad.noise_multiplier)));
+        }
+        if let Some(bad) = ledger.sgd_steps.iter().find(|s| !(s.sigma.is_finite() && s.sigma > 0.0 && (0.0..=1.0).contains(&s.q))) {
+            return Err(corrupt(format!("DP-SGD steps at rate {} and noise multiplier {} are not valid", bad.q, bad.sigma)));
         }
         Ok(ledger)
     }
@@ -98,6 +104,20 @@ impl Ledger {
         *n = n.saturating_add(1);
     }
 
+    /// Counts one round of task `task` protected by DP-SGD alone (its steps: [`Ledger::record_sgd`]).
+    pub fn record_round(&mut self, task: &str) {
+        let n = self.rounds_by_task.entry(task.to_owned()).or_default();
+        *n = n.saturating_add(1);
+    }
+
+    /// Writes down DP-SGD steps (with the round that took them: [`Ledger::record`]).
+    pub fn record_sgd(&mut self, q: f64, sigma: f64, count: u64) {
+        match self.sgd_steps.iter_mut().find(|s| s.q == q && s.sigma == sigma) {
+            Some(s) => s.count = s.count.saturating_add(count),
+            None => self.sgd_steps.push(Step { q, sigma, count }),
+        }
+    }
+
     /// Rounds trained of task `task`.
     pub fn rounds_of(&self, task: &str) -> u64 {
         self.rounds_by_task.get(task).copied().unwrap_or(0)
@@ -110,14 +130,20 @@ impl Ledger {
 
     /// ε at `delta` of every recorded round plus `next` more at noise multiplier `sigma`;
     /// infinite once a round without DP was trained.
+    /// Client-level rounds (rate 1) and DP-SGD steps compose in one account: a bound on what a
+    /// site's whole data reveals bounds what any one record of it reveals.
     pub fn epsilon_with(&self, next: Option<(f64, u64)>, delta: f64) -> Result<f64, String> {
+        self.epsilon_with_steps(next.map(|(sigma, count)| Step { q: 1.0, sigma, count }).as_slice(), delta)
+    }
+
+    /// ε at `delta` of every recorded round and step plus `next`.
+    pub fn epsilon_with_steps(&self, next: &[Step], delta: f64) -> Result<f64, String> {
         if self.plain_rounds > 0 {
             return Ok(f64::INFINITY);
         }
         let mut steps: Vec<Step> = self.dp_rounds.iter().map(|r| Step { q: 1.0, sigma: r.noise_multiplier, count: r.rounds }).collect();
-        if let Some((sigma, count)) = next {
-            steps.push(Step { q: 1.0, sigma, count });
-        }
+        steps.extend(self.sgd_steps.iter().copied());
+        steps.extend(next.iter().copied());
         if steps.iter().all(|s| s.count == 0) {
             return Ok(0.0);
         }

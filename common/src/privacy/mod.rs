@@ -3,6 +3,8 @@
 
 pub mod accountant;
 pub mod dp_fedavg;
+pub mod record;
 
 pub use accountant::{PrivacySpent, Step, epsilon, rdp_subsampled_gaussian};
 pub use dp_fedavg::DpConfig;
+pub use record::RecordDp;

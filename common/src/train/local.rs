@@ -27,6 +27,9 @@ pub struct TrainReport {
     /// Local epochs completed (fewer than asked for a straggler).
     pub epochs: u32,
     pub seconds: f64,
+    /// Record-level DP: the site's ε per record after this round (its own accountant).
+    #[serde(default)]
+    pub record_epsilon: Option<f64>,
 }
 
 /// Hyperparameters of one local training run.

@@ -1,10 +1,12 @@
 //! Local training and evaluation of the MLP on a site's examples, with burn on the CPU.
 
 pub mod device;
+pub mod dp_sgd;
 pub mod evaluate;
 pub mod local;
 pub mod metrics;
 
 pub use device::Backend;
+pub use dp_sgd::{DpSgd, train_dp_sgd};
 pub use evaluate::{Evaluation, evaluate};
 pub use local::{TrainReport, train_local};

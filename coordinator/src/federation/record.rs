@@ -44,11 +44,15 @@ pub struct RoundRecord {
     /// evaluations, identifiers; joins refused), each logged with site and reason.
     #[serde(default)]
     pub refused: usize,
+    /// Record-level DP: the largest ε per record any site of the round reported (each site's
+    /// own accountant over all its steps so far).
+    #[serde(default)]
+    pub record_epsilon: Option<f64>,
 }
 
 impl RoundRecord {
     /// Column names of `metrics.csv`, in order.
-    pub const HEADER: [&'static str; 16] = [
+    pub const HEADER: [&'static str; 17] = [
         "round",
         "accuracy",
         "loss",
@@ -65,6 +69,7 @@ impl RoundRecord {
         "clip_norm",
         "params_sha256",
         "refused",
+        "record_epsilon",
     ];
 
     /// The record as CSV fields (empty for absent values).
@@ -87,6 +92,7 @@ impl RoundRecord {
             opt(self.clip_norm),
             self.model_hash.clone(),
             self.refused.to_string(),
+            opt(self.record_epsilon),
         ]
     }
 }
@@ -132,6 +138,7 @@ mod tests {
             clip_norm: None,
             model_hash: "ab".into(),
             refused: 0,
+            record_epsilon: None,
         };
         let fields = r.fields();
         assert_eq!((fields[1].as_str(), fields[2].as_str(), fields[3].as_str()), ("", "", ""));

@@ -81,6 +81,8 @@ pub struct SavedFit {
     pub rejected: usize,
     pub attempts: u32,
     pub train_loss: Option<f64>,
+    #[serde(default)]
+    pub record_epsilon: Option<f64>,
 }
 
 /// The durable state of a federation.
@@ -95,6 +97,8 @@ pub struct Snapshot {
     pub phase: SavedPhase,
     pub history: Vec<RoundRecord>,
     pub final_site_metrics: BTreeMap<String, Evaluation>,
+    #[serde(default)]
+    pub record_epsilon: BTreeMap<String, f64>,
     /// Every site that reported, with its training examples.
     pub sites_seen: BTreeMap<String, u64>,
     /// Sites connected (with their aggregates) when the snapshot was taken: a resumed run

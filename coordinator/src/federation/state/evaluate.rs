@@ -97,6 +97,7 @@ impl Federation {
             clip_norm: self.task.privacy.map(|_| self.clip_norm),
             model_hash: self.global_hash.clone(),
             refused: std::mem::take(&mut self.refused),
+            record_epsilon: fit.as_ref().and_then(|f| f.counts.record_epsilon),
         };
         self.final_site_metrics = e.results;
         self.history.push(record.clone());

@@ -115,4 +115,6 @@ pub struct Outcome {
     pub sites: BTreeMap<String, u64>,
     /// Per site, the evaluation of the final model on its own test split.
     pub final_site_metrics: BTreeMap<String, Evaluation>,
+    /// Record-level DP: the ε per record each site last reported.
+    pub record_epsilon: BTreeMap<String, f64>,
 }

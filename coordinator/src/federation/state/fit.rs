@@ -325,6 +325,11 @@ impl Federation {
             secure_sum = Some(secure.take_result().unwrap_or_else(|| Err("secure aggregation did not finish".into())));
         }
         let total: u64 = f.contributors.values().fold(0u64, |a, (n, _)| a.saturating_add(*n));
+        for (site, (_, m)) in &f.contributors {
+            if let Some(e) = m.record_epsilon {
+                self.record_epsilon.insert(site.clone(), e);
+            }
+        }
         // Central DP: what this round releases, computed once for the noise and the accountant.
         let release = self.central_dp().map(|dp| self.release(&dp, f.target));
         let noise_seed = derive_seed(self.noise_seed, &["dp-noise", &f.round.to_string(), &f.attempt.to_string()]);
@@ -411,6 +416,7 @@ impl Federation {
                 rejected: f.rejected,
                 attempts: f.attempt,
                 train_loss,
+                record_epsilon: f.contributors.values().filter_map(|(_, m)| m.record_epsilon).reduce(f64::max),
             },
         };
         self.spare_accumulator = Some(f.sum.into_accumulator());

@@ -82,6 +82,8 @@ pub struct Federation {
     phase: Phase,
     history: Vec<RoundRecord>,
     final_site_metrics: BTreeMap<String, Evaluation>,
+    /// Record-level DP: the ε per record each site last reported (its own accountant).
+    record_epsilon: BTreeMap<String, f64>,
     sites_seen: BTreeMap<String, u64>,
     strategy: Strategy,
     /// SCAFFOLD's server control variate and its hash, served like a model.
@@ -128,6 +130,7 @@ impl Federation {
             phase: Phase::Gathering { next: 0 },
             history: Vec::new(),
             final_site_metrics: BTreeMap::new(),
+            record_epsilon: BTreeMap::new(),
             sites_seen: BTreeMap::new(),
             spare_accumulator: None,
             refused: 0,
@@ -199,6 +202,7 @@ impl Federation {
             shape: self.shape.clone()?,
             sites: self.sites_seen.clone(),
             final_site_metrics: self.final_site_metrics.clone(),
+            record_epsilon: self.record_epsilon.clone(),
         })
     }
 

@@ -51,6 +51,7 @@ impl Federation {
             phase,
             history: self.history.clone(),
             final_site_metrics: self.final_site_metrics.clone(),
+            record_epsilon: self.record_epsilon.clone(),
             sites_seen: self.sites_seen.clone(),
             connected,
             dp_steps: self.dp_steps.clone(),
@@ -104,6 +105,7 @@ impl Federation {
         f.next_client = snapshot.next_client;
         f.history = snapshot.history;
         f.final_site_metrics = snapshot.final_site_metrics;
+        f.record_epsilon = snapshot.record_epsilon;
         f.sites_seen = snapshot.sites_seen;
         f.dp_steps = snapshot.dp_steps;
         f.epsilon = snapshot.epsilon;
