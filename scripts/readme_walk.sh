@@ -29,7 +29,7 @@ grep -q "federated (FedAvg)" "$w/out" || fail "no comparison table"
 for f in metrics.csv accuracy.svg summary.json model.safetensors checkpoint.safetensors pki/ca.pem; do
   [ -e "$w/runs/hospitals/$f" ] || fail "runs/hospitals/$f is missing"
 done
-[ "$(head -1 "$w/runs/hospitals/metrics.csv")" = "round,accuracy,loss,auc,clients,selected,failed,rejected,attempts,evaluated,train_loss,seconds,epsilon,clip_norm,params_sha256,refused" ] || fail "metrics.csv header"
+[ "$(head -1 "$w/runs/hospitals/metrics.csv")" = "round,accuracy,loss,auc,clients,selected,failed,rejected,attempts,evaluated,train_loss,seconds,epsilon,clip_norm,params_sha256,refused,record_epsilon" ] || fail "metrics.csv header"
 [ "$(wc -l < "$w/runs/hospitals/metrics.csv")" = 22 ] || fail "metrics.csv should have a header and rounds 0..=20"
 file_sha=$(sha256sum "$w/runs/hospitals/model.safetensors" | cut -d' ' -f1)
 grep -q "\"model_file_sha256\": \"$file_sha\"" "$w/runs/hospitals/summary.json" || fail "model_file_sha256 is not the file's hash"

@@ -200,6 +200,10 @@ mod tests {
         borrowed.endorsements.insert("bob".into(), endorse(&sites[2].0, 3, "bob", &own).unwrap());
         assert!(check_roster(&borrowed, alice, 3, "alice", alice_keys).unwrap_err().contains("names `carol`"));
         // ... or drops the signature, replays bob's keys of another round, or changes alice's own.
+        // A certificate that is not one, or an empty signature: refused with a reason, no panic.
+        let mut garbage = roster.clone();
+        garbage.endorsements.insert("bob".into(), Endorsement { signature: Vec::new(), certificate: vec![0x30, 0x82, 0xff] });
+        assert!(check_roster(&garbage, alice, 3, "alice", alice_keys).unwrap_err().contains("`bob`"));
         let mut unsigned = roster.clone();
         unsigned.endorsements.remove("bob");
         assert!(check_roster(&unsigned, alice, 3, "alice", alice_keys).unwrap_err().contains("not signed"));

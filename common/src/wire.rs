@@ -401,6 +401,19 @@ mod tests {
     use crate::model::ModelShape;
 
     #[test]
+    fn key_endorsements_travel_with_the_roster_and_are_bounded() {
+        let keys = PublicKeys { c: [1; 32], s: [2; 32], b_commitment: [3; 32] };
+        let e = Endorsement { signature: vec![9; 70], certificate: vec![7; 500] };
+        let roster =
+            Roster { threshold: 2, members: vec![("a".into(), keys), ("b".into(), keys)], endorsements: [("a".to_owned(), e.clone())].into_iter().collect() };
+        let back = roster_from_pb(&roster_to_pb(&roster)).unwrap();
+        assert_eq!(back, roster, "b unsigned stays unsigned");
+        let mut big = keys_to_pb(&keys, Some(&e));
+        big.certificate = vec![0; crate::secagg::endorse::MAX_CERTIFICATE_BYTES + 1];
+        assert!(endorsement_from_pb(&big).unwrap_err().to_string().contains("larger than allowed"));
+    }
+
+    #[test]
     fn model_round_trips_through_chunks() {
         // 600k values: three chunks, the last one partial.
         let shape = ModelShape { inputs: 1000, hidden: vec![600], outputs: 1 };

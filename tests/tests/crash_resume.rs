@@ -166,5 +166,8 @@ async fn two_crashes_in_one_round_keep_every_update_and_the_same_model() {
     // third process finds both, so no site is asked twice for the same round.
     let kills = [KillAt::new(&["update accepted", "round=2"], 1), KillAt::new(&["update accepted", "round=2"], 1)];
     let resumed = crash_and_resume(&kills, false, true).await;
-    assert!(resumed[0].contains("kept_updates=2"), "both kept updates survive: {}", resumed[0]);
+    // At least the two updates whose acceptance triggered a kill are kept; a third may have
+    // reached the disk in the moment between the log line and the SIGKILL.
+    let kept: u32 = resumed[0].split("kept_updates=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(kept >= 2, "both kept updates survive: {}", resumed[0]);
 }

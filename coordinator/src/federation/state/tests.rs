@@ -159,8 +159,13 @@ fn cohorts_are_seeded_and_weighted_sampling_favours_big_sites() {
 
 /// Four sites joined and evaluated, round 1 open.
 fn four_sites(policy: Policy) -> (Federation, Vec<String>, Instant) {
+    four_sites_of(Task::banks(), Policy { min_clients: 4, rounds: 2, ..policy })
+}
+
+/// Four sites of `task` joined and evaluated, round 1 open.
+fn four_sites_of(task: Task, policy: Policy) -> (Federation, Vec<String>, Instant) {
     let now = Instant::now();
-    let mut f = Federation::new(Task::banks(), 1, Policy { min_clients: 4, rounds: 2, ..policy });
+    let mut f = Federation::new(task, 1, policy);
     let cols = vec!["creditability".to_owned(), "x".to_owned()];
     let ids: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| f.join(s, &cols, 100, now).unwrap().0.client_id).collect();
     for id in &ids {
@@ -305,21 +310,10 @@ fn the_dp_noise_seed_is_secret_and_survives_a_resume() {
 
 /// Four sites of a central-DP federation on a wide model (40,801 parameters), round 1 open.
 fn dp_federation(z: f64, fraction_fit: f64, adaptive: Option<flotilla_common::privacy::dp_fedavg::AdaptiveClip>) -> (Federation, Vec<String>, Instant) {
-    let now = Instant::now();
     let mut task = Task::banks();
     task.model.hidden = vec![200, 200];
     task.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm: 1.0, noise_multiplier: z, delta: 1e-5, adaptive, local: false });
-    let mut f = Federation::new(task, 1, Policy { min_clients: 4, rounds: 200, fraction_fit, min_fit_results: 1, dp_seed: Some(3), ..Policy::default() });
-    let cols = vec!["creditability".to_owned(), "x".to_owned()];
-    let ids: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| f.join(s, &cols, 100, now).unwrap().0.client_id).collect();
-    for id in &ids {
-        f.report_stats(id, stats(), 10, now).unwrap();
-    }
-    let (_, h) = f.global().unwrap();
-    for id in &ids {
-        f.submit_evaluation(id, 0, &h, eval(), now).unwrap();
-    }
-    (f, ids, now)
+    four_sites_of(task, Policy { min_clients: 4, rounds: 200, fraction_fit, min_fit_results: 1, dp_seed: Some(3), ..Policy::default() })
 }
 
 #[test]
