@@ -59,6 +59,7 @@ mean_row() { # scenario, label, extra flags...
   row "local DP, z = 0.5" --dp-clip 1 --dp-noise 0.5 --dp-local
   row "secure aggregation" --secure-aggregation
   row "secure aggregation + central DP, z = 0.5" --secure-aggregation --dp-clip 1 --dp-noise 0.5
+  row "secure aggregation + distributed DP, z = 0.5" --secure-aggregation --dp-clip 1 --dp-noise 0.5 --dp-distributed
   echo
   echo "DP runs draw their noise from the OS (no participant can know it), so they differ from run to"
   echo "run; table 2 averages seeds for that reason."

@@ -19,6 +19,15 @@ use crate::connection::{Connection, SecAggReply, SecAggSend};
 use crate::error::ClientError;
 use crate::tls::ClientTls;
 
+/// What the site adds to the plain protocol.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Protections<'a> {
+    /// Signed secure aggregation: the site's certificate and key, and the CA to check others'.
+    pub identity: Option<&'a ClientTls>,
+    /// Distributed DP: the noise multiplier z and clip S whose noise share the site adds.
+    pub distributed: Option<(f64, f64)>,
+}
+
 /// The site's signature over its round keys, with its certificate.
 fn endorse(tls: &ClientTls, round: u32, site: &str, keys: &PublicKeys) -> Result<Endorsement, ClientError> {
     let signature = pki::sign(&tls.key_pem, &endorsed_bytes(round, site, keys)).map_err(|e| ClientError::Certificate(e.to_string()))?;
@@ -49,10 +58,11 @@ pub async fn take_part(
     client_id: &str,
     site: &str,
     round: u32,
-    x: Vec<u64>,
+    mut x: Vec<u64>,
     header: UpdateHeader,
-    identity: Option<&ClientTls>,
+    with: Protections<'_>,
 ) -> Result<String, ClientError> {
+    let Protections { identity, distributed } = with;
     let mut rng = ChaCha20Rng::from_rng(&mut rand::rng());
     let (mut client, keys) = Client::new(site, &mut rng);
     // A protocol failure on this side (too few shares, a box that does not open) ends this
@@ -77,6 +87,13 @@ pub async fn take_part(
     {
         tracing::warn!(site, round, "secure aggregation: {reason}; not sharing keys (the coordinator may be substituting keys)");
         return Ok(format!("refused the roster: {reason}"));
+    }
+    // Distributed DP: this site's share of the noise, sized by the round's threshold (the
+    // fewest survivors an unmasking can have), added before masking; the weight stays exact.
+    if let Some((z, clip)) = distributed {
+        let values = x.len().saturating_sub(1);
+        let variance = flotilla_common::privacy::distributed::site_variance(z, clip, roster.threshold);
+        flotilla_common::privacy::distributed::add_skellam(&mut x[..values], variance, &mut rng).map_err(flotilla_common::wire::WireError::Invalid)?;
     }
     let boxes = match client.share_keys(roster, &mut rng) {
         Ok(b) => b,

@@ -518,7 +518,17 @@ async fn step(
                 };
                 drop(delta);
                 let bytes = (x.len() * 8) as u64;
-                let outcome = crate::secure::take_part(conn, &s.client_id, &opts.site, round, x, header, opts.tls.as_ref()).await?;
+                let distributed = s.task.privacy.filter(|p| p.distributed).map(|p| (p.noise_multiplier, p.clip_norm));
+                let outcome = crate::secure::take_part(
+                    conn,
+                    &s.client_id,
+                    &opts.site,
+                    round,
+                    x,
+                    header,
+                    crate::secure::Protections { identity: opts.tls.as_ref(), distributed },
+                )
+                .await?;
                 let sent = Sent {
                     round,
                     model_hash,

@@ -274,6 +274,9 @@ impl Task {
                 self.strategy.name
             )));
         }
+        if self.privacy.is_some_and(|p| p.distributed) && !self.secure_aggregation {
+            return Err(TaskError::Invalid("distributed DP needs secure aggregation: the sites' noise shares only add up to the noise under the masks".into()));
+        }
         if self.secure_aggregation && self.privacy.is_some_and(|p| p.adaptive.is_some()) {
             return Err(TaskError::Invalid("adaptive clipping needs the count of unclipped updates: it cannot be combined with secure aggregation".into()));
         }

@@ -205,6 +205,11 @@ pub struct RunArgs {
     /// before it leaves the site; the coordinator adds nothing and only averages.
     #[arg(long, requires = "dp_clip")]
     pub dp_local: bool,
+    /// Distributed DP (with --secure-aggregation and --dp-clip S --dp-noise Z): the sites add
+    /// the noise, as integer Skellam noise under the masks, so the coordinator never sees the
+    /// exact sum; it adds nothing.
+    #[arg(long, requires = "dp_clip", conflicts_with = "dp_local")]
+    pub dp_distributed: bool,
     /// Adaptive clipping: --dp-clip is the initial norm, which then tracks this quantile of
     /// the update norms (the paper's default 0.5; learning rate 0.2, count noise m/20).
     #[arg(long, value_name = "GAMMA", requires = "dp_clip")]
@@ -525,8 +530,14 @@ impl RunArgs {
                 count_stddev: self.dp_count_stddev,
                 ..Default::default()
             });
-            task.privacy =
-                Some(flotilla_common::privacy::DpConfig { clip_norm, noise_multiplier, delta: self.dp_delta.unwrap_or(1e-5), adaptive, local: self.dp_local });
+            task.privacy = Some(flotilla_common::privacy::DpConfig {
+                clip_norm,
+                noise_multiplier,
+                delta: self.dp_delta.unwrap_or(1e-5),
+                adaptive,
+                local: self.dp_local,
+                distributed: self.dp_distributed,
+            });
         } else if let Some(delta) = self.dp_delta {
             match task.privacy.as_mut() {
                 Some(dp) => dp.delta = delta,

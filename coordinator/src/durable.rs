@@ -224,6 +224,7 @@ mod tests {
             sites_seen: [("a".to_owned(), 10), ("b".to_owned(), 20)].into_iter().collect(),
             connected: vec!["a".into(), "b".into()],
             dp_steps: vec![],
+            dp_skellam: vec![],
             epsilon: Some(0.1 + 0.2),
             clip_norm: 1.0 / 3.0,
             noise_seed: Some(17),

@@ -90,6 +90,9 @@ fn every_flag_of_simulate_changes_what_it_says_in_the_run_directory() {
         (vec!["--dp-sgd-noise", "1.5"], |r, _| r.config()["record_privacy"]["noise_multiplier"] == 1.5 && !r.cell(1, "record_epsilon").is_empty()),
         (vec!["--dp-sgd-epsilon", "8", "--dp-sgd-clip", "0.5"], |r, _| r.config()["record_privacy"]["clip_norm"] == 0.5),
         (vec!["--dp-sgd-epsilon", "8", "--dp-sgd-delta", "0.000001"], |r, _| r.config()["record_privacy"]["delta"] == 1e-6),
+        (vec!["--secure-aggregation", "--dp-clip", "1", "--dp-noise", "0.5", "--dp-distributed"], |r, _| {
+            r.config()["differential_privacy"]["distributed"] == true && !r.cell(1, "epsilon").is_empty() && r.cell(1, "clients") == "4"
+        }),
         (vec!["--secure-aggregation"], |r, _| r.config()["secure_aggregation"] == true && r.cell(1, "clients") == "4"),
         (vec!["--hidden", "8"], |r, b| r.summary["model"]["hidden"] == serde_json::json!([8]) && r.params(0) != b.params(0)),
         (vec!["--learning-rate", "0.01"], |r, b| r.params(1) != b.params(1) && r.params(0) == b.params(0)),

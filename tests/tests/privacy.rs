@@ -12,7 +12,7 @@ use flotilla_tests::sim_options;
 async fn a_dp_run_reports_the_epsilon_it_spent_and_still_learns() {
     let dir = tempfile::tempdir().unwrap();
     let mut task = Task::hospitals();
-    let dp = DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None, local: false };
+    let dp = DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None, local: false, distributed: false };
     task.privacy = Some(dp);
     let rounds = 5;
     // The coordinator's DP seed pins the noise (a reproducible experiment): without it each run
@@ -36,7 +36,7 @@ async fn a_dp_run_reports_the_epsilon_it_spent_and_still_learns() {
 async fn under_local_dp_sites_noise_their_own_updates_with_secret_randomness() {
     let run = |out: std::path::PathBuf| async move {
         let mut task = Task::hospitals();
-        task.privacy = Some(DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None, local: true });
+        task.privacy = Some(DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None, local: true, distributed: false });
         simulate(sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, 3, &out)).await.unwrap()
     };
     let dir = tempfile::tempdir().unwrap();
@@ -56,7 +56,7 @@ async fn a_site_stops_training_when_its_own_budget_would_be_exceeded() {
     use tokio_util::sync::CancellationToken;
 
     let mut task = synthetic_task(vec![8]);
-    task.privacy = Some(DpConfig { clip_norm: 1.0, noise_multiplier: 2.0, delta: 1e-5, adaptive: None, local: false });
+    task.privacy = Some(DpConfig { clip_norm: 1.0, noise_multiplier: 2.0, delta: 1e-5, adaptive: None, local: false, distributed: false });
     // The budget that exactly 2 rounds at q = 1, z = 2 fit in.
     let two = epsilon(&[Step { q: 1.0, sigma: 2.0, count: 2 }], 1e-5, default_orders()).unwrap().epsilon;
     let dir = tempfile::tempdir().unwrap();
@@ -81,7 +81,7 @@ async fn adaptive_clipping_moves_the_clip_norm_towards_the_update_norms() {
     // Start far below the update norms: most updates are clipped, so the norm must grow.
     // Four hospitals: the default σ_b = 4/20 is too small for z = 0.5, so it is set explicitly.
     let adaptive = AdaptiveClip { count_stddev: Some(1.0), ..AdaptiveClip::default() };
-    task.privacy = Some(DpConfig { clip_norm: 0.01, noise_multiplier: 0.5, delta: 1e-5, adaptive: Some(adaptive), local: false });
+    task.privacy = Some(DpConfig { clip_norm: 0.01, noise_multiplier: 0.5, delta: 1e-5, adaptive: Some(adaptive), local: false, distributed: false });
     let mut opts = sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, 6, dir.path());
     opts.policy.dp_seed = Some(3);
     let sim = simulate(opts).await.unwrap();
@@ -93,7 +93,7 @@ async fn adaptive_clipping_moves_the_clip_norm_towards_the_update_norms() {
 async fn central_dp_noise_is_secret_from_the_sites_and_reproducible_only_with_the_coordinators_seed() {
     let run = |out: std::path::PathBuf, dp_seed: Option<u64>| async move {
         let mut task = Task::hospitals();
-        task.privacy = Some(DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None, local: false });
+        task.privacy = Some(DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None, local: false, distributed: false });
         let mut opts = sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 3, 2, &out);
         opts.policy.dp_seed = dp_seed;
         let sim = simulate(opts).await.unwrap();

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use flotilla_client::run_site;
 use flotilla_common::Task;
-use flotilla_common::privacy::DpConfig;
+use flotilla_common::privacy::accountant::default_orders;
+use flotilla_common::privacy::{DpConfig, SkellamStep};
 use flotilla_coordinator::federation::Policy;
 use flotilla_coordinator::scenario::{Scenario, SiteSource};
 use flotilla_coordinator::simulate::simulate;
@@ -36,7 +37,7 @@ async fn the_securely_aggregated_model_is_fedavg_within_the_fixed_point_error() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_central_dp_the_sites_clip_and_the_coordinator_noises_the_unmasked_sum() {
-    let dp = DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None, local: false };
+    let dp = DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None, local: false, distributed: false };
     let sim = hospitals(true, Some(dp)).await;
     let last = sim.outcome.history.last().unwrap();
     assert!(last.epsilon.is_some_and(|e| e > 0.0), "{last:?}");
@@ -145,4 +146,30 @@ async fn over_mutual_tls_the_hospitals_sign_their_keys_and_every_input_gets_in()
     for round in &sim.outcome.history[1..] {
         assert_eq!(round.clients, 4, "every signed input is in the sum: {round:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_distributed_dp_the_sites_noise_the_sum_and_the_coordinator_adds_nothing() {
+    // The sites add integer Skellam shares under the masks. The coordinator's DP seed is pinned:
+    // if it drew the noise, two runs would give the same model; the sites' secret noise makes
+    // them differ.
+    let run = |out: std::path::PathBuf| async move {
+        let mut task = Task::hospitals();
+        task.secure_aggregation = true;
+        task.privacy = Some(DpConfig { clip_norm: 1.0, noise_multiplier: 0.5, delta: 1e-5, adaptive: None, local: false, distributed: true });
+        let mut opts = sim_options(SiteSource::Scenario(Scenario::Hospitals), task, 5, 2, &out);
+        opts.policy.dp_seed = Some(1);
+        simulate(opts).await.unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (run(dir.path().join("a")).await, run(dir.path().join("b")).await);
+    assert_ne!(a.outcome.model.hash(), b.outcome.model.hash(), "the noise is the sites', not the coordinator's seed's");
+    for round in &a.outcome.history[1..] {
+        assert_eq!(round.clients, 4, "the noisy sum passes the range check: {round:?}");
+    }
+    // The accountant counts the four survivors' Skellam shares (threshold 3) at rate 1.
+    let dim = a.outcome.model.values().len();
+    let step = flotilla_common::privacy::distributed::release(0.5, 1.0, dim, 3, 4);
+    let expected = flotilla_common::privacy::epsilon_with_skellam(&[], &[SkellamStep { count: 2, ..step }], 1e-5, default_orders()).unwrap().epsilon;
+    assert!((a.outcome.history[2].epsilon.unwrap() - expected).abs() < 1e-9, "{:?} vs {expected}", a.outcome.history[2].epsilon);
 }

@@ -167,7 +167,8 @@ async fn a_task_changed_mid_run_is_refused_with_a_diff() {
 #[tokio::test]
 async fn differential_privacy_weaker_than_the_floor_is_refused() {
     let mut t = task();
-    t.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm: 1.0, noise_multiplier: 0.3, delta: 1e-5, adaptive: None, local: true });
+    t.privacy =
+        Some(flotilla_common::privacy::DpConfig { clip_norm: 1.0, noise_multiplier: 0.3, delta: 1e-5, adaptive: None, local: true, distributed: false });
     let floor = format!("{POLICY}[privacy]\nrequire = \"local\"\nmin_noise_multiplier = 1.0\n");
     let (result, r) = run(Script { task: t.clone(), rounds: 1, hostility: Hostility::None }, |url| site(url, Some(policy(&floor)), None)).await;
     assert_eq!(rule(&result), "privacy.min_noise_multiplier");
@@ -205,7 +206,8 @@ async fn categories_rarer_than_the_sites_k_are_not_reported() {
 async fn a_restarted_site_continues_its_privacy_ledger_where_it_stopped() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut t = task();
-    t.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm: 1.0, noise_multiplier: 1.5, delta: 1e-5, adaptive: None, local: true });
+    t.privacy =
+        Some(flotilla_common::privacy::DpConfig { clip_norm: 1.0, noise_multiplier: 1.5, delta: 1e-5, adaptive: None, local: true, distributed: false });
     // The budget of exactly 5 rounds at z = 1.5 (each counted with sampling rate 1).
     let mut five = flotilla_client::state::Ledger::default();
     (0..5).for_each(|_| five.record("x", Some(1.5)));

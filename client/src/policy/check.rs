@@ -86,12 +86,19 @@ impl SitePolicy {
             (Some(RequiredDp::Local), Some(d)) if !d.local => {
                 return refuse("privacy.require", "this site requires local DP (it noises its own update); the task announces central DP");
             }
+            (Some(RequiredDp::Distributed), Some(d)) if !d.distributed => {
+                return refuse(
+                    "privacy.require",
+                    "this site requires distributed DP (it adds its share of the noise under secure aggregation); the task's DP is not distributed",
+                );
+            }
             (Some(required), None) => {
                 let kind = match required {
                     RequiredDp::Local => "local",
                     RequiredDp::Central => "central",
                     RequiredDp::Any => "local or central",
                     RequiredDp::Record => "record-level",
+                    RequiredDp::Distributed => "distributed",
                 };
                 return refuse("privacy.require", format!("this site requires {kind} differential privacy; the task has none"));
             }

@@ -100,6 +100,8 @@ pub enum RequiredDp {
     Central,
     /// Record-level DP: the site runs DP-SGD on its own rows (enforced).
     Record,
+    /// Distributed DP: the site adds its share of the noise under secure aggregation (enforced).
+    Distributed,
     /// Local or central.
     Any,
 }

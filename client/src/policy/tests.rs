@@ -60,7 +60,7 @@ fn each_rule_refuses_with_its_name_and_the_values() {
 fn the_privacy_floor_is_checked() {
     let dp = |local: bool, z: f64| {
         let mut t = Task::hospitals();
-        t.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm: 1.0, noise_multiplier: z, delta: 1e-5, adaptive: None, local });
+        t.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm: 1.0, noise_multiplier: z, delta: 1e-5, adaptive: None, local, distributed: false });
         t
     };
     let p = policy("[privacy]\nrequire = \"local\"\nmin_noise_multiplier = 1.0\nmin_category_count = 10\n");
@@ -70,6 +70,12 @@ fn the_privacy_floor_is_checked() {
     assert_eq!(p.check_task(&dp(true, 1.0)), Ok(()));
     assert_eq!(p.min_category_count(5), 10);
     assert_eq!(p.min_category_count(20), 20, "the policy raises k, never lowers it");
+    let distributed = policy("[privacy]\nrequire = \"distributed\"\n");
+    assert_eq!(refused(&distributed, &dp(false, 2.0)).rule, "privacy.require");
+    let mut shared = dp(false, 2.0);
+    shared.secure_aggregation = true;
+    shared.privacy = shared.privacy.map(|p| flotilla_common::privacy::DpConfig { distributed: true, ..p });
+    assert_eq!(distributed.check_task(&shared), Ok(()));
     let central = policy("[privacy]\nrequire = \"central\"\n");
     assert_eq!(central.check_task(&dp(false, 1.0)), Ok(()));
     assert_eq!(refused(&central, &Task::hospitals()).rule, "privacy.require");

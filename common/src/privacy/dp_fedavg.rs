@@ -27,6 +27,11 @@ pub struct DpConfig {
     /// nobody (the coordinator included).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub local: bool,
+    /// Distributed DP (with secure aggregation): each site adds its share of the noise, as
+    /// integer Skellam noise, before masking, so the unmasked sum is already private and the
+    /// coordinator never sees it exact (Agarwal, Kairouz & Liu 2021).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub distributed: bool,
 }
 
 /// Parameters of adaptive clipping; the paper's defaults.
@@ -114,6 +119,9 @@ impl DpConfig {
         }
         if !(self.delta > 0.0 && self.delta < 1.0) {
             return Err(format!("dp delta must be in (0, 1), got {}", self.delta));
+        }
+        if self.distributed && (self.local || self.adaptive.is_some()) {
+            return Err("distributed DP is central DP with the noise added by the sites under secure aggregation: it combines with neither local DP nor adaptive clipping".into());
         }
         if self.local && self.adaptive.is_some() {
             return Err("adaptive clipping needs the coordinator to see update norms: it cannot be combined with local DP".into());

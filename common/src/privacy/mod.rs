@@ -2,9 +2,10 @@
 //! the subsampled Gaussian mechanism, composed over rounds and converted to (ε, δ)).
 
 pub mod accountant;
+pub mod distributed;
 pub mod dp_fedavg;
 pub mod record;
 
-pub use accountant::{PrivacySpent, Step, epsilon, rdp_subsampled_gaussian};
+pub use accountant::{PrivacySpent, SkellamStep, Step, epsilon, epsilon_with_skellam, rdp_subsampled_gaussian};
 pub use dp_fedavg::DpConfig;
 pub use record::RecordDp;

@@ -214,7 +214,8 @@ mod tests {
     #[test]
     fn sampling_the_accountant_does_not_assume_is_refused_with_central_dp() {
         let mut task = flotilla_common::Task::banks();
-        task.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm: 1.0, noise_multiplier: 1.0, delta: 1e-5, adaptive: None, local: false });
+        task.privacy =
+            Some(flotilla_common::privacy::DpConfig { clip_norm: 1.0, noise_multiplier: 1.0, delta: 1e-5, adaptive: None, local: false, distributed: false });
         let weighted = Policy { sampling: Sampling::Weighted, ..Policy::default() }.validate_for_task(&task).unwrap_err();
         assert!(weighted.contains("--sampling weighted") && weighted.contains("under-report"), "{weighted}");
         let over = Policy { over_selection: 1.5, ..Policy::default() }.validate_for_task(&task).unwrap_err();

@@ -85,6 +85,11 @@ impl SecureRound {
     }
 
     /// Sites whose input is in the sum (once known).
+    /// The round's threshold, once the roster is fixed.
+    pub fn threshold(&self) -> Option<usize> {
+        self.roster.as_ref().map(|r| r.threshold)
+    }
+
     pub fn survivors(&self) -> &[String] {
         &self.survivors
     }

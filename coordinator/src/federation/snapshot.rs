@@ -105,6 +105,8 @@ pub struct Snapshot {
     /// waits for them before it draws a cohort, so it draws the same one.
     pub connected: Vec<String>,
     pub dp_steps: Vec<Step>,
+    #[serde(default)]
+    pub dp_skellam: Vec<flotilla_common::privacy::SkellamStep>,
     pub epsilon: Option<f64>,
     pub clip_norm: f64,
     /// Central DP's secret noise seed (the state directory is the coordinator's alone).

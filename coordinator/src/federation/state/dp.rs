@@ -13,7 +13,7 @@ use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
-use flotilla_common::privacy::DpConfig;
+use flotilla_common::privacy::{DpConfig, SkellamStep, epsilon_with_skellam};
 
 use super::*;
 
@@ -29,6 +29,9 @@ pub struct Release {
     /// Adaptive clipping: standard deviation of the noise on the count of unclipped updates
     /// (each site moves the centred count by at most 1/2).
     pub count_std: Option<f64>,
+    /// Distributed DP: the sites added the noise (Skellam, integer units) under the masks; this
+    /// is what the accountant counts, and the coordinator adds nothing.
+    pub skellam: Option<SkellamStep>,
 }
 
 impl Release {
@@ -71,10 +74,22 @@ impl Federation {
                         dp.noise_multiplier
                     )
                 })?;
-                Ok(Release { q, sensitivity, noise_std: z * sensitivity, count_std: Some(sigma_b) })
+                Ok(Release { q, sensitivity, noise_std: z * sensitivity, count_std: Some(sigma_b), skellam: None })
             }
-            None => Ok(Release { q, sensitivity, noise_std: dp.noise_multiplier * sensitivity, count_std: None }),
+            None => Ok(Release { q, sensitivity, noise_std: dp.noise_multiplier * sensitivity, count_std: None, skellam: None }),
         }
+    }
+
+    /// Distributed DP: what a round whose sum `survivors` sites' noise shares went into
+    /// releases (with threshold `threshold`, on `dim` values). No amplification by sampling is
+    /// claimed (q = 1): the sites' noise, not the coordinator's sampling, is what is relied on.
+    pub(super) fn distributed_release(&self, dp: &DpConfig, dim: usize, threshold: usize, survivors: usize) -> Result<Release, String> {
+        if survivors == 0 || threshold == 0 {
+            return Err("distributed DP: no survivor's noise is in the sum; the round releases nothing".into());
+        }
+        let step = flotilla_common::privacy::distributed::release(dp.noise_multiplier, self.clip_norm, dim, threshold, survivors);
+        let noise_std = step.variance.sqrt() / flotilla_common::privacy::distributed::scale();
+        Ok(Release { q: 1.0, sensitivity: self.clip_norm, noise_std, count_std: None, skellam: Some(step) })
     }
 
     /// Counts one round: central DP by its release (or the announced z when the round never
@@ -82,16 +97,25 @@ impl Federation {
     /// site's own mechanism, for the site that ran it).
     pub(super) fn account(&mut self, release: Option<Release>) {
         let Some(dp) = self.task.privacy else { return };
-        let (q, sigma) = match (dp.local, release) {
-            (true, _) => (1.0, dp.noise_multiplier),
-            (false, Some(r)) => (r.q, r.noise_multiplier()),
-            (false, None) => (self.policy.fraction_fit, dp.noise_multiplier),
-        };
-        match self.dp_steps.iter_mut().find(|s| s.q == q && s.sigma == sigma) {
-            Some(s) => s.count += 1,
-            None => self.dp_steps.push(Step { q, sigma, count: 1 }),
+        if let Some(step) = release.and_then(|r| r.skellam) {
+            match self.dp_skellam.iter_mut().find(|s| SkellamStep { count: s.count, ..step } == **s) {
+                Some(s) => s.count += 1,
+                None => self.dp_skellam.push(step),
+            }
+        } else {
+            let (q, sigma) = match (dp.local, release) {
+                (true, _) => (1.0, dp.noise_multiplier),
+                (false, Some(r)) => (r.q, r.noise_multiplier()),
+                // Distributed DP whose round never unmasked: counted as if its noise were z.
+                (false, None) if dp.distributed => (1.0, dp.noise_multiplier),
+                (false, None) => (self.policy.fraction_fit, dp.noise_multiplier),
+            };
+            match self.dp_steps.iter_mut().find(|s| s.q == q && s.sigma == sigma) {
+                Some(s) => s.count += 1,
+                None => self.dp_steps.push(Step { q, sigma, count: 1 }),
+            }
         }
-        self.epsilon = epsilon(&self.dp_steps, dp.delta, default_orders()).ok().map(|p| p.epsilon);
+        self.epsilon = epsilon_with_skellam(&self.dp_steps, &self.dp_skellam, dp.delta, default_orders()).ok().map(|p| p.epsilon);
     }
 }
 

@@ -331,7 +331,17 @@ impl Federation {
             }
         }
         // Central DP: what this round releases, computed once for the noise and the accountant.
-        let release = self.central_dp().map(|dp| self.release(&dp, f.target));
+        let release = match (self.central_dp(), f.secure.as_ref()) {
+            // Distributed DP: the noise the survivors added under the masks.
+            (Some(dp), Some(secure)) if dp.distributed => Some(self.distributed_release(
+                &dp,
+                self.global.as_ref().map_or(0, |g| g.layout().total()),
+                secure.threshold().unwrap_or(0),
+                secure.survivors().len(),
+            )),
+            (Some(dp), _) => Some(self.release(&dp, f.target)),
+            (None, _) => None,
+        };
         let noise_seed = derive_seed(self.noise_seed, &["dp-noise", &f.round.to_string(), &f.attempt.to_string()]);
         // Under secure aggregation no site's training metrics are known (sites do not send them).
         let train_loss = (total > 0 && f.secure.is_none()).then(|| f.contributors.values().map(|(n, m)| *n as f64 * m.loss).sum::<f64>() / total as f64);

@@ -84,7 +84,9 @@ impl Federation {
         }
         if let Some(r) = release {
             let norm = weighted.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
-            let bound = n as f64 * r.sensitivity;
+            // Under distributed DP the sites' noise is in the sum: allow a few of its deviations.
+            let noise = if r.skellam.is_some() { r.noise_std * (2.0 * (weighted.len() as f64).sqrt() + 6.0) } else { 0.0 };
+            let bound = n as f64 * r.sensitivity + noise;
             if norm.is_nan() || norm > bound * (1.0 + 1e-3) + 1e-3 {
                 return Err(format!(
                     "secure aggregation: the unmasked sum has norm {norm:.4}, above the {bound:.4} that {n} updates clipped to {} can have; the model is kept",
@@ -93,6 +95,8 @@ impl Federation {
             }
         }
         let values = match release {
+            // Distributed DP: the noise is already in the sum; only the fixed denominator remains.
+            Some(r) if r.skellam.is_some() => weighted.iter().map(|v| (f64::from(*v) / target.max(1) as f64) as f32).collect(),
             Some(r) => noisy_mean(&weighted, r.noise_std, target, noise_seed)?,
             None if weight == 0 => return Err("the secure sum carries no weight".into()),
             None => weighted.iter().map(|v| (f64::from(*v) / weight as f64) as f32).collect(),

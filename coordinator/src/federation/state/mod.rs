@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::policy::{Policy, Sampling};
 use super::record::RoundRecord;
-use flotilla_common::privacy::accountant::{Step, default_orders, epsilon};
+use flotilla_common::privacy::accountant::{Step, default_orders};
 use flotilla_common::privacy::dp_fedavg::{clip, next_clip_norm, noisy_mean, update_noise_multiplier};
 
 use super::rejection::Rejection;
@@ -90,6 +90,8 @@ pub struct Federation {
     control: Option<(Arc<FlatParams>, String)>,
     /// Central DP: the rounds so far as (sampling rate, noise multiplier, count) steps.
     dp_steps: Vec<Step>,
+    /// Distributed DP: the rounds so far as Skellam releases.
+    dp_skellam: Vec<flotilla_common::privacy::SkellamStep>,
     /// ε spent so far under central DP.
     epsilon: Option<f64>,
     /// The current DP clip norm (moves each round under adaptive clipping).
@@ -115,6 +117,7 @@ impl Federation {
             strategy,
             control: None,
             dp_steps: Vec::new(),
+            dp_skellam: Vec::new(),
             epsilon: None,
             clip_norm: task.privacy.map_or(0.0, |p| p.clip_norm),
             task,

@@ -55,6 +55,7 @@ impl Federation {
             sites_seen: self.sites_seen.clone(),
             connected,
             dp_steps: self.dp_steps.clone(),
+            dp_skellam: self.dp_skellam.clone(),
             epsilon: self.epsilon,
             clip_norm: self.clip_norm,
             noise_seed: Some(self.noise_seed),
@@ -108,6 +109,7 @@ impl Federation {
         f.record_epsilon = snapshot.record_epsilon;
         f.sites_seen = snapshot.sites_seen;
         f.dp_steps = snapshot.dp_steps;
+        f.dp_skellam = snapshot.dp_skellam;
         f.epsilon = snapshot.epsilon;
         f.clip_norm = snapshot.clip_norm;
         if let Some(s) = snapshot.noise_seed {

@@ -312,7 +312,7 @@ fn the_dp_noise_seed_is_secret_and_survives_a_resume() {
 fn dp_federation(z: f64, fraction_fit: f64, adaptive: Option<flotilla_common::privacy::dp_fedavg::AdaptiveClip>) -> (Federation, Vec<String>, Instant) {
     let mut task = Task::banks();
     task.model.hidden = vec![200, 200];
-    task.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm: 1.0, noise_multiplier: z, delta: 1e-5, adaptive, local: false });
+    task.privacy = Some(flotilla_common::privacy::DpConfig { clip_norm: 1.0, noise_multiplier: z, delta: 1e-5, adaptive, local: false, distributed: false });
     four_sites_of(task, Policy { min_clients: 4, rounds: 200, fraction_fit, min_fit_results: 1, dp_seed: Some(3), ..Policy::default() })
 }
 
