@@ -271,3 +271,32 @@ async fn the_example_hospital_policy_runs_the_hospitals_against_the_real_coordin
         assert!(!summary.contains("dataset"), "the hospital's name column is not sent: {summary}");
     }
 }
+
+#[tokio::test]
+async fn under_dp_sgd_the_site_counts_its_steps_and_stops_at_its_budget() {
+    // DP-SGD at σ = 1: 64 training rows at batch 16 is q = 1/4, 4 steps an epoch, one epoch a
+    // round. A budget between 3 and 4 rounds' worth of steps lets the site train 3 rounds.
+    let mut t = task();
+    t.record_privacy = Some(flotilla_common::privacy::RecordDp { clip_norm: 1.0, noise_multiplier: Some(1.0), target_epsilon: None, rounds: None, delta: 1e-5 });
+    let spent = |steps| {
+        let step = flotilla_common::privacy::Step { q: 0.25, sigma: 1.0, count: steps };
+        flotilla_common::privacy::epsilon(&[step], 1e-5, flotilla_common::privacy::accountant::default_orders()).unwrap().epsilon
+    };
+    let budget = (spent(12) + spent(16)) / 2.0;
+    let dir = tempfile::tempdir().unwrap();
+    let (result, r) = run(Script { task: t, rounds: 10, hostility: Hostility::None }, |url| {
+        let mut o = site(url, None, Some(dir.path()));
+        o.budget = Some((budget, 1e-5));
+        o
+    })
+    .await;
+    let report = result.expect("the site stops cleanly");
+    assert_eq!((report.rounds_trained, r.updates.len()), (3, 3), "{}", report.reason);
+    assert!(report.reason.contains("privacy budget"), "{}", report.reason);
+    let ledger = flotilla_client::state::Ledger::load(&dir.path().join("ledger.json")).unwrap();
+    assert_eq!(ledger.sgd_steps, vec![flotilla_common::privacy::Step { q: 0.25, sigma: 1.0, count: 12 }]);
+    // Each update carried the site's ε per record after its round.
+    let reported: Vec<f64> = r.updates.iter().filter_map(|(h, _)| h.metrics.as_ref().and_then(|m| m.record_epsilon)).collect();
+    assert_eq!(reported.len(), 3);
+    assert!((reported[2] - spent(12)).abs() < 1e-9, "{reported:?}");
+}

@@ -180,6 +180,21 @@ mod tests {
     }
 
     #[test]
+    fn dp_sgd_steps_compose_with_client_level_rounds_in_one_account() {
+        let mut l = Ledger::default();
+        l.record_round("t");
+        l.record_sgd(0.1, 1.1, 300);
+        let sgd = l.epsilon_with(None, 1e-5).unwrap();
+        let alone = flotilla_common::privacy::epsilon(&[Step { q: 0.1, sigma: 1.1, count: 300 }], 1e-5, flotilla_common::privacy::accountant::default_orders()).unwrap();
+        assert!((sgd - alone.epsilon).abs() < 1e-12, "a DP-SGD round alone is no plain round: {sgd}");
+        l.record_sgd(0.1, 1.1, 300);
+        assert_eq!(l.sgd_steps.len(), 1, "same rate and noise: one entry");
+        l.record("t", Some(2.0));
+        let both = l.epsilon_with_steps(&[Step { q: 0.1, sigma: 1.1, count: 30 }], 1e-5).unwrap();
+        assert!(both > l.epsilon_with(None, 1e-5).unwrap() && l.epsilon_with(None, 1e-5).unwrap() > sgd);
+    }
+
+    #[test]
     fn a_round_without_dp_makes_epsilon_unbounded() {
         let mut l = Ledger::default();
         assert_eq!(l.epsilon_with(None, 1e-5).unwrap(), 0.0);

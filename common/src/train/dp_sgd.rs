@@ -78,7 +78,7 @@ pub fn train_dp_sgd(
             correct += step.correct;
             seen += batch.len();
             // An empty sample still takes its step (the accountant counts it): pure noise.
-            let noisy: Vec<f64> = step.sum.iter().map(|s| (s + noise.sample(rng)) / expected_batch).collect();
+            let noisy = privatize(&step.sum, &noise, expected_batch, rng);
             adam.step(&mut params, &noisy, cfg.learning_rate);
             report.steps += 1;
         }
@@ -88,6 +88,12 @@ pub fn train_dp_sgd(
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok((FlatParams::new(global.layout().clone(), params)?, report))
+}
+
+/// The step's gradient: the clipped sum plus N(0, (σC)²) on every coordinate, over the
+/// expected batch (a fixed denominator, as Opacus's Poisson sampling uses).
+fn privatize(sum: &[f64], noise: &Normal<f64>, expected_batch: f64, rng: &mut impl Rng) -> Vec<f64> {
+    sum.iter().map(|s| (s + noise.sample(rng)) / expected_batch).collect()
 }
 
 /// The sum over a batch of per-example gradients, each clipped, and the batch's loss.
@@ -340,14 +346,18 @@ mod tests {
 
     #[test]
     fn the_noise_has_standard_deviation_sigma_c_over_the_expected_batch() {
-        // With (almost) nothing sampled a step is pure noise: Adam's first step moves each
-        // parameter by lr·sign(g) whatever its scale, so measure the noise before Adam instead.
+        // The gradient a step applies is (clipped sum + N(0, (σC)²)) / expected batch: with a
+        // known sum, what is left is the noise, whose spread must be σC / expected batch.
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         let dp = DpSgd { clip_norm: 0.5, noise_multiplier: 2.0, sampling_rate: 0.1 };
         let noise = Normal::new(0.0, dp.noise_multiplier * dp.clip_norm).unwrap();
-        let draws: Vec<f64> = (0..100_000).map(|_| noise.sample(&mut rng)).collect();
-        let std = (draws.iter().map(|x| x * x).sum::<f64>() / draws.len() as f64).sqrt();
-        assert!((std - 1.0).abs() < 0.01, "{std}");
+        let sum: Vec<f64> = (0..100_000).map(|i| (i % 7) as f64 * 0.1).collect();
+        let expected_batch = 25.0;
+        let g = privatize(&sum, &noise, expected_batch, &mut rng);
+        let left: Vec<f64> = g.iter().zip(&sum).map(|(g, s)| g * expected_batch - s).collect();
+        let mean = left.iter().sum::<f64>() / left.len() as f64;
+        let std = (left.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / left.len() as f64).sqrt();
+        assert!((std - 1.0).abs() < 0.01 && mean.abs() < 0.01, "σC = 1: std {std}, mean {mean}");
         // And the same rng state gives the same model, another state another: the noise and the
         // sampling are the rng's, nothing else's.
         let shape = ModelShape { inputs: 3, hidden: vec![8], outputs: 1 };
