@@ -277,7 +277,8 @@ async fn under_dp_sgd_the_site_counts_its_steps_and_stops_at_its_budget() {
     // DP-SGD at σ = 1: 64 training rows at batch 16 is q = 1/4, 4 steps an epoch, one epoch a
     // round. A budget between 3 and 4 rounds' worth of steps lets the site train 3 rounds.
     let mut t = task();
-    t.record_privacy = Some(flotilla_common::privacy::RecordDp { clip_norm: 1.0, noise_multiplier: Some(1.0), target_epsilon: None, rounds: None, delta: 1e-5 });
+    t.record_privacy =
+        Some(flotilla_common::privacy::RecordDp { clip_norm: 1.0, noise_multiplier: Some(1.0), target_epsilon: None, rounds: None, delta: 1e-5 });
     let spent = |steps| {
         let step = flotilla_common::privacy::Step { q: 0.25, sigma: 1.0, count: steps };
         flotilla_common::privacy::epsilon(&[step], 1e-5, flotilla_common::privacy::accountant::default_orders()).unwrap().epsilon

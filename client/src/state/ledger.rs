@@ -185,7 +185,8 @@ mod tests {
         l.record_round("t");
         l.record_sgd(0.1, 1.1, 300);
         let sgd = l.epsilon_with(None, 1e-5).unwrap();
-        let alone = flotilla_common::privacy::epsilon(&[Step { q: 0.1, sigma: 1.1, count: 300 }], 1e-5, flotilla_common::privacy::accountant::default_orders()).unwrap();
+        let alone = flotilla_common::privacy::epsilon(&[Step { q: 0.1, sigma: 1.1, count: 300 }], 1e-5, flotilla_common::privacy::accountant::default_orders())
+            .unwrap();
         assert!((sgd - alone.epsilon).abs() < 1e-12, "a DP-SGD round alone is no plain round: {sgd}");
         l.record_sgd(0.1, 1.1, 300);
         assert_eq!(l.sgd_steps.len(), 1, "same rate and noise: one entry");
