@@ -401,6 +401,20 @@ mod tests {
     use crate::model::ModelShape;
 
     #[test]
+    fn a_hostile_record_epsilon_is_dropped_not_recorded() {
+        let header = |e: f64| pb::UpdateChunk {
+            kind: Some(pb::update_chunk::Kind::Header(pb::UpdateHeader {
+                metrics: Some(pb::TrainMetrics { record_epsilon: Some(e), ..Default::default() }),
+                ..Default::default()
+            })),
+        };
+        for (sent, kept) in [(2.5, Some(2.5)), (f64::NAN, None), (-1.0, None), (f64::INFINITY, None)] {
+            let Ok(UpdatePart::Header(h)) = update_part(header(sent)) else { panic!("a header") };
+            assert_eq!(h.metrics.record_epsilon, kept, "{sent}");
+        }
+    }
+
+    #[test]
     fn key_endorsements_travel_with_the_roster_and_are_bounded() {
         let keys = PublicKeys { c: [1; 32], s: [2; 32], b_commitment: [3; 32] };
         let e = Endorsement { signature: vec![9; 70], certificate: vec![7; 500] };
