@@ -52,7 +52,8 @@ pub fn check_roster(roster: &Roster, tls: &ClientTls, round: u32, site: &str, ow
 }
 
 /// Takes part in round `round` with input `x` (see `secagg::masking::encode_weighted`);
-/// `header` describes the masked upload (model hash, layout, metrics). Returns how it ended.
+/// `header` describes the masked upload (model hash, layout, metrics). Returns how it ended,
+/// and whether the masked input was sent.
 pub async fn take_part(
     conn: &Connection,
     client_id: &str,
@@ -61,7 +62,7 @@ pub async fn take_part(
     mut x: Vec<u64>,
     header: UpdateHeader,
     with: Protections<'_>,
-) -> Result<String, ClientError> {
+) -> Result<(String, bool), ClientError> {
     let Protections { identity, distributed } = with;
     let mut rng = ChaCha20Rng::from_rng(&mut rand::rng());
     let (mut client, keys) = Client::new(site, &mut rng);
@@ -80,13 +81,13 @@ pub async fn take_part(
     .await?
     {
         Ok(r) => r,
-        Err(reason) => return Ok(reason),
+        Err(reason) => return Ok((reason, false)),
     };
     if let Some(tls) = identity
         && let Err(reason) = check_roster(&roster, tls, round, site, &keys)
     {
         tracing::warn!(site, round, "secure aggregation: {reason}; not sharing keys (the coordinator may be substituting keys)");
-        return Ok(format!("refused the roster: {reason}"));
+        return Ok((format!("refused the roster: {reason}"), false));
     }
     // Distributed DP: this site's share of the noise, sized by the round's threshold (the
     // fewest survivors an unmasking can have), added before masking; the weight stays exact.
@@ -97,7 +98,7 @@ pub async fn take_part(
     }
     let boxes = match client.share_keys(roster, &mut rng) {
         Ok(b) => b,
-        Err(e) => return Ok(gave_up(e)),
+        Err(e) => return Ok((gave_up(e), false)),
     };
     let reply = conn.secagg(client_id, round, SecAggSend::Shares(boxes)).await?;
     let inbox = match wait_for(conn, client_id, round, reply, 2, "the inbox", |r| match r {
@@ -107,11 +108,11 @@ pub async fn take_part(
     .await?
     {
         Ok(i) => i,
-        Err(reason) => return Ok(reason),
+        Err(reason) => return Ok((reason, false)),
     };
     let y = match client.masked_input(&x, &inbox) {
         Ok(y) => y,
-        Err(e) => return Ok(gave_up(e)),
+        Err(e) => return Ok((gave_up(e), false)),
     };
     drop(x);
     let header = UpdateHeader { total_values: y.len() as u64, values_sha256: wire::masked_checksum(&header.layout_fingerprint, &y), masked: true, ..header };
@@ -124,14 +125,14 @@ pub async fn take_part(
     .await?
     {
         Ok(s) => s,
-        Err(reason) => return Ok(reason),
+        Err(reason) => return Ok((reason, true)),
     };
     let reveal = match client.reveal(&survivors) {
         Ok(r) => r,
-        Err(e) => return Ok(gave_up(e)),
+        Err(e) => return Ok((gave_up(e), true)),
     };
     match conn.secagg(client_id, round, SecAggSend::Reveal(reveal)).await? {
-        SecAggReply::Done(reason) => Ok(reason),
+        SecAggReply::Done(reason) => Ok((reason, true)),
         other => Err(unexpected("the end of the exchange", &other)),
     }
 }

@@ -517,7 +517,7 @@ async fn step(
                 drop(delta);
                 let bytes = (x.len() * 8) as u64;
                 let distributed = s.task.privacy.filter(|p| p.distributed).map(|p| (p.noise_multiplier, p.clip_norm));
-                let outcome = crate::secure::take_part(
+                let (outcome, uploaded) = crate::secure::take_part(
                     conn,
                     &s.client_id,
                     &opts.site,
@@ -535,9 +535,13 @@ async fn step(
                     examples: s.prepared.num_train() as u64,
                     local_epochs: epochs,
                 };
-                guard.trained(&s.task, sent)?;
                 tracing::debug!(site = %opts.site, round, %outcome, "secure aggregation");
-                report.rounds_trained += 1;
+                // The audit log says a round was trained only when its masked input left the
+                // site (the budget was spent either way: the training ran).
+                if uploaded {
+                    guard.trained(&s.task, sent)?;
+                    report.rounds_trained += 1;
+                }
                 return Ok(None);
             }
             let delta = Arc::new(delta);
