@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use flotilla_common::pki;
 
 use crate::federation::secure::{Answer, Step};
-use crate::federation::state::site_of_client_id;
+use crate::federation::state::{UpdateClaim, site_of_client_id};
 use crate::federation::{FederationHandle, Rejection, Work};
 use crate::streams::{self, StreamLimits, UploadSlots};
 
@@ -197,7 +197,15 @@ impl FederationRpc for FederationService {
         // The header is checked before any value is read, so a refused update costs nothing.
         let layout = match self
             .handle
-            .begin_update(h.client_id.clone(), h.round, h.base_model_hash.clone(), h.layout_fingerprint.clone(), h.total_values, h.num_examples, h.masked)
+            .begin_update(UpdateClaim {
+                client_id: h.client_id.clone(),
+                round: h.round,
+                base_hash: h.base_model_hash.clone(),
+                fingerprint: h.layout_fingerprint.clone(),
+                total: h.total_values,
+                num_examples: h.num_examples,
+                masked: h.masked,
+            })
             .await
         {
             Ok(layout) => layout,

@@ -4,14 +4,10 @@
 use std::time::Duration;
 
 use flotilla_client::run_site;
-use flotilla_common::Task;
 use flotilla_common::params::checksum;
-use flotilla_common::site::PreparedSite;
-use flotilla_common::wire;
 use flotilla_coordinator::federation::Policy;
-use flotilla_proto::PROTOCOL_VERSION;
 use flotilla_proto::pb::{self, federation_client::FederationClient};
-use flotilla_tests::{start_coordinator, synthetic_table, synthetic_task, test_site};
+use flotilla_tests::{RawSite, start_coordinator, synthetic_table, synthetic_task, test_site};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -32,47 +28,14 @@ async fn upload(rpc: &mut FederationClient<Channel>, mut header: pb::UpdateHeade
 /// Joins like an honest site, evaluates round 0 honestly, then (if `attack`) sends every kind
 /// of bad update for round 1, and vanishes. Returns the refusals it got.
 async fn mallory(url: String, attack: bool) -> Vec<(tonic::Code, String)> {
-    let table = synthetic_table("mallory", 60, 500);
-    let mut rpc = FederationClient::<Channel>::connect(url).await.unwrap();
-    let j = rpc
-        .join(pb::JoinRequest { site: "mallory".into(), protocol_version: PROTOCOL_VERSION, num_rows: 60, columns: table.header.clone() })
-        .await
-        .unwrap()
-        .into_inner();
-    let task = Task::from_toml(&j.task_toml, "task").unwrap();
-    let prepared = PreparedSite::new("mallory", &table, &task, j.seed).unwrap();
-    let declared = prepared.num_train() as u64;
-    let id = j.client_id;
-    rpc.report_stats(pb::ReportStatsRequest { client_id: id.clone(), columns: wire::stats_to_pb(&prepared.stats), num_train_examples: declared })
-        .await
-        .unwrap();
+    let mut site = RawSite::join(url, "mallory", &synthetic_table("mallory", 60, 500)).await;
+    let (id, declared) = (site.id.clone(), site.declared);
     let mut refusals = Vec::new();
     loop {
-        let w = rpc.pull_work(pb::PullWorkRequest { client_id: id.clone(), known_round: 0 }).await.unwrap().into_inner();
-        match w.kind.unwrap() {
-            pb::work_item::Kind::Evaluate(e) => {
-                let r = pb::EvaluationResult {
-                    client_id: id.clone(),
-                    round: e.round,
-                    model_hash: e.model_hash,
-                    num_examples: 12,
-                    loss: 0.7,
-                    accuracy: 0.5,
-                    auc: None,
-                };
-                rpc.submit_evaluation(r).await.unwrap();
-            }
+        match site.pull().await {
+            pb::work_item::Kind::Evaluate(e) => site.evaluate(e).await,
             pb::work_item::Kind::Fit(fit) if attack => {
-                let mut s = rpc
-                    .download_model(pb::DownloadModelRequest { client_id: id.clone(), round: fit.round, model_hash: fit.model_hash.clone() })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                let mut chunks = Vec::new();
-                while let Some(c) = s.message().await.unwrap() {
-                    chunks.push(c);
-                }
-                let (_, global) = wire::model_from_chunks(chunks).unwrap();
+                let global = site.global(&fit).await;
                 let n = global.values().len();
                 let header = pb::UpdateHeader {
                     client_id: id.clone(),
@@ -108,7 +71,7 @@ async fn mallory(url: String, attack: bool) -> Vec<(tonic::Code, String)> {
                     (header.clone(), inf),
                 ];
                 for (h, values) in attempts {
-                    let status = upload(&mut rpc, h, values).await.expect_err("a bad update must be refused");
+                    let status = upload(&mut site.rpc, h, values).await.expect_err("a bad update must be refused");
                     refusals.push((status.code(), status.message().to_owned()));
                 }
                 return refusals; // and vanish

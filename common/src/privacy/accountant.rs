@@ -171,6 +171,11 @@ mod tests {
         let gauss = epsilon(&one(1.0, 1.0, 5), 1e-5, default_orders()).unwrap().epsilon;
         let skellam = epsilon_with_skellam(&[], &[sk], 1e-5, default_orders()).unwrap().epsilon;
         assert!(skellam >= gauss && skellam - gauss < 1e-6, "{skellam} vs {gauss}");
+        // A release without noise, or with a number that is none, is refused, not counted as free.
+        for variance in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let bad = SkellamStep { variance, ..sk };
+            assert!(matches!(epsilon_with_skellam(&[], &[bad], 1e-5, default_orders()), Err(AccountantError::Noise(_))), "{variance}");
+        }
         // Little noise for the sensitivity: the extra term counts.
         let coarse = SkellamStep { variance: 4.0, l1: 20.0, l2: 2.0, count: 1 };
         assert!(rdp_skellam(&coarse, 8) > 8.0 * 4.0 / 8.0);

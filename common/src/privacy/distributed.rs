@@ -54,6 +54,18 @@ mod tests {
     use crate::secagg::protocol::majority;
 
     #[test]
+    fn a_noise_share_that_cannot_be_drawn_is_an_error_not_a_panic() {
+        // What a hostile task could make a site compute: no noise, or more than a Poisson allows.
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let mut x = vec![7u64; 4];
+        for variance in [0.0, -3.0, f64::NAN, f64::INFINITY, 1e300] {
+            assert!(add_skellam(&mut x, variance, &mut rng).is_err(), "{variance}");
+        }
+        assert_eq!(x, vec![7; 4], "nothing was added");
+        assert!(site_variance(1.0, 1.0, 0).is_finite(), "a threshold of 0 cannot divide by zero");
+    }
+
+    #[test]
     fn the_sites_shares_add_up_to_at_least_the_noise_of_z_in_the_unmasked_sum() {
         // Five sites send zeros with their noise shares through a real secure-aggregation round:
         // the unmasked sum is pure noise of variance 5·(zSγ)²/t, at least (zSγ)².

@@ -197,6 +197,24 @@ mod tests {
     }
 
     #[test]
+    fn distributed_dp_is_refused_where_its_noise_cannot_be_the_sites_share() {
+        let base = DpConfig { clip_norm: 1.0, noise_multiplier: 1.0, delta: 1e-5, adaptive: None, local: false, distributed: true };
+        assert!(base.validate().is_ok());
+        assert!(DpConfig { local: true, ..base }.validate().unwrap_err().contains("distributed"));
+        assert!(DpConfig { adaptive: Some(AdaptiveClip::default()), ..base }.validate().unwrap_err().contains("distributed"));
+        // Without secure aggregation the shares would not add up under the masks: the task refuses it.
+        let mut task = crate::Task::hospitals();
+        task.privacy = Some(base);
+        assert!(task.validate().unwrap_err().to_string().contains("secure aggregation"));
+        task.secure_aggregation = true;
+        assert!(task.validate().is_ok());
+        // A hostile TOML cannot sneak a non-boolean in.
+        let text =
+            include_str!("../../../examples/hospitals.toml").to_owned() + "\n[privacy]\nclip_norm = 1.0\nnoise_multiplier = 1.0\ndistributed = \"yes\"\n";
+        assert!(crate::Task::from_toml(&text, "t.toml").unwrap_err().to_string().contains("distributed"));
+    }
+
+    #[test]
     fn adaptive_clipping_by_hand() {
         // z = 1, σ_b = 10/20 = 0.5: z_Δ = (1 − 1)^(−½) is infinite, so refused; σ_b = 5 gives
         // (1 − 0.01)^(−½) = 1.00504.

@@ -121,7 +121,14 @@ mod tests {
         assert!(RecordDp { target_epsilon: Some(3.0), ..base }.validate().unwrap_err().contains("rounds"));
         assert!(RecordDp { target_epsilon: Some(3.0), rounds: Some(20), ..base }.validate().is_ok());
         assert!(RecordDp { target_epsilon: Some(3.0), rounds: Some(20), noise_multiplier: Some(1.0), ..base }.validate().is_err());
+        for bad in [f64::NAN, -1.0, 0.0, f64::INFINITY] {
+            assert!(RecordDp { target_epsilon: Some(bad), rounds: Some(20), ..base }.validate().is_err(), "target {bad}");
+            assert!(RecordDp { noise_multiplier: Some(bad), ..base }.validate().is_err(), "noise {bad}");
+            assert!(RecordDp { noise_multiplier: Some(1.0), clip_norm: bad, ..base }.validate().is_err(), "clip {bad}");
+        }
+        assert!(RecordDp { target_epsilon: Some(3.0), rounds: Some(0), ..base }.validate().is_err());
         assert_eq!(RecordDp::sampling_rate(32, 16), 1.0);
+        assert_eq!(RecordDp::sampling_rate(32, 0), 1.0, "no rows cannot divide by zero");
         assert_eq!(RecordDp::steps_per_epoch(32.0 / 240.0), 8);
     }
 }

@@ -69,13 +69,7 @@ enum Request {
         reply: Reply<Arc<FlatParams>>,
     },
     BeginUpdate {
-        client: String,
-        round: u32,
-        base: String,
-        fingerprint: String,
-        total: u64,
-        examples: u64,
-        masked: bool,
+        claim: UpdateClaim,
         reply: Reply<Layout>,
     },
     Masked {
@@ -164,18 +158,8 @@ impl FederationHandle {
     pub async fn model(&self, client: String, round: u32, hash: String) -> Result<Arc<FlatParams>, Rejection> {
         ask!(self, Model { client: client, round: round, hash: hash })
     }
-    #[allow(clippy::too_many_arguments)]
-    pub async fn begin_update(
-        &self,
-        client: String,
-        round: u32,
-        base: String,
-        fingerprint: String,
-        total: u64,
-        examples: u64,
-        masked: bool,
-    ) -> Result<Layout, Rejection> {
-        ask!(self, BeginUpdate { client: client, round: round, base: base, fingerprint: fingerprint, total: total, examples: examples, masked: masked })
+    pub async fn begin_update(&self, claim: UpdateClaim) -> Result<Layout, Rejection> {
+        ask!(self, BeginUpdate { claim: claim })
     }
     /// A masked input (secure aggregation), added to the secure sum and dropped.
     pub async fn masked(&self, client: String, round: u32, base: String, fingerprint: String, values: Vec<u64>, metrics: TrainReport) -> Result<(), Rejection> {
@@ -434,8 +418,8 @@ fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pen
             let _ = reply.send(fed.model(&client, round, &hash, now));
             Vec::new()
         }
-        Request::BeginUpdate { client, round, base, fingerprint, total, examples, masked, reply } => {
-            let claim = UpdateClaim { client_id: client.clone(), round, base_hash: base, fingerprint, total, num_examples: examples, masked };
+        Request::BeginUpdate { claim, reply } => {
+            let (client, round) = (&claim.client_id, claim.round);
             let result = fed.begin_update(&claim, now);
             if let Err(reason) = &result {
                 tracing::warn!(%client, round, %reason, "update rejected");
