@@ -88,7 +88,7 @@ impl Connection {
     }
 
     pub async fn report_stats(&self, client_id: &str, stats: &SiteStats, num_train: u64) -> Result<(), ClientError> {
-        let req = pb::ReportStatsRequest { client_id: client_id.to_owned(), columns: wire::stats_to_pb(stats), num_train_examples: num_train };
+        let req = wire::stats_to_pb(client_id, stats, num_train);
         self.rpc.clone().report_stats(req).await.map_err(|s| ClientError::rpc("report aggregates", s))?;
         Ok(())
     }

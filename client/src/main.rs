@@ -102,6 +102,33 @@ enum Command {
     /// Site policies: check a policy file, or print a task's fingerprint to pin it.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Predict every row of a CSV with a model a run wrote (its model.safetensors carries the
+    /// task and the preprocessing plan): writes line, probability and class per row.
+    Predict {
+        /// The model file (a run's model.safetensors or model-last.safetensors).
+        #[arg(long, value_name = "FILE")]
+        model: PathBuf,
+        /// Rows to predict: a CSV with the model's feature columns (the label may be absent).
+        #[arg(long, value_name = "FILE")]
+        data: PathBuf,
+        /// Where to write the predictions (CSV).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// A column of the input to copy into each prediction row (a record id).
+        #[arg(long, value_name = "COLUMN")]
+        id: Option<String>,
+        #[arg(long, default_value_t = Backend::Ndarray, value_name = "ndarray|flex")]
+        backend: Backend,
+    },
+    /// Evaluate a model on a labelled CSV: examples, loss, accuracy and ROC AUC (JSON).
+    Evaluate {
+        #[arg(long, value_name = "FILE")]
+        model: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        data: PathBuf,
+        #[arg(long, default_value_t = Backend::Ndarray, value_name = "ndarray|flex")]
+        backend: Backend,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +175,8 @@ fn main() -> ExitCode {
         Some(Command::Audit { state_dir }) => audit(&state_dir),
         Some(Command::Policy(PolicyCommand::Check { policy, task })) => check_policy(&policy, task.as_deref()),
         Some(Command::Policy(PolicyCommand::Fingerprint { task })) => Task::from_file(&task).map(|t| println!("{}", t.fingerprint())).map_err(Into::into),
+        Some(Command::Predict { model, data, out, id, backend }) => predict(&model, &data, &out, id.as_deref(), backend),
+        Some(Command::Evaluate { model, data, backend }) => evaluate(&model, &data, backend),
         None => run(args),
     };
     match result {
@@ -191,6 +220,41 @@ fn audit(dir: &std::path::Path) -> anyhow::Result<()> {
             Err(e) => println!("  ε: {e}"),
         }
     }
+    Ok(())
+}
+
+/// `predict`: a CSV of predictions, one row per input row, in input order.
+fn predict(model: &std::path::Path, data: &std::path::Path, out: &std::path::Path, id: Option<&str>, backend: Backend) -> anyhow::Result<()> {
+    let m = flotilla_common::predict::Model::load(model)?;
+    let table = RawTable::read(data)?;
+    let id_index = id.map(|c| table.column_index(c).with_context(|| format!("{}: --id column `{c}` is not in the header", data.display()))).transpose()?;
+    let predictions = m.predict(&table, backend)?;
+    let mut w = csv::Writer::from_path(out).with_context(|| format!("creating {}", out.display()))?;
+    let binary = m.shape.outputs == 1;
+    let mut header = vec!["line".to_owned()];
+    header.extend(id.map(str::to_owned));
+    header.extend(if binary { ["probability", "class"].map(str::to_owned).to_vec() } else { ["class", "label", "probability"].map(str::to_owned).to_vec() });
+    w.write_record(&header)?;
+    for (p, raw) in predictions.iter().zip(&table.rows) {
+        let mut record = vec![p.line.to_string()];
+        record.extend(id_index.map(|i| raw.fields[i].clone()));
+        if binary {
+            record.extend([format!("{:.6}", p.probability), p.class.to_string()]);
+        } else {
+            record.extend([p.class.to_string(), m.class_name(p.class), format!("{:.6}", p.probability)]);
+        }
+        w.write_record(&record)?;
+    }
+    w.flush().with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("{} predictions of {} (round {} of task `{}`) written to {}", predictions.len(), model.display(), m.card.round, m.card.task.name, out.display());
+    Ok(())
+}
+
+/// `evaluate`: the model's metrics on a labelled CSV, as JSON on stdout.
+fn evaluate(model: &std::path::Path, data: &std::path::Path, backend: Backend) -> anyhow::Result<()> {
+    let m = flotilla_common::predict::Model::load(model)?;
+    let e = m.evaluate(&RawTable::read(data)?, backend)?;
+    println!("{}", serde_json::json!({ "examples": e.examples, "loss": e.loss, "accuracy": e.accuracy, "auc": e.auc }));
     Ok(())
 }
 

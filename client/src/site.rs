@@ -13,7 +13,7 @@ use flotilla_common::model::ModelShape;
 use flotilla_common::seed::derive_seed;
 use flotilla_common::site::{PreparedSite, SiteData};
 use flotilla_common::train::local::LocalConfig;
-use flotilla_common::train::{Backend, DpSgd, evaluate, train_dp_sgd, train_local};
+use flotilla_common::train::{Backend, DpSgd, train_dp_sgd, train_local};
 use flotilla_common::wire::UpdateHeader;
 use flotilla_common::{FlatParams, Task};
 use rand::SeedableRng;
@@ -584,7 +584,7 @@ async fn step(
             let (data, shape) = ensure_plan(conn, s, guard, &plan_fingerprint).await?;
             let global = ensure_model(conn, opts, s, &shape, round, &model_hash).await?;
             let backend = opts.backend;
-            let eval = with_heartbeat(conn, &s.client_id, opts, move || evaluate(&global, &shape, &data.test, backend)).await??;
+            let eval = with_heartbeat(conn, &s.client_id, opts, move || data.evaluate(&global, &shape, backend)).await??;
             conn.submit_evaluation(&s.client_id, round, &model_hash, &eval).await?;
             guard.record(AuditEvent::Evaluated { round, model_hash, examples: s.prepared.test.len() as u64 })?;
             report.evaluations += 1;

@@ -19,6 +19,7 @@ pub mod model;
 pub mod model_file;
 pub mod params;
 pub mod pki;
+pub mod predict;
 pub mod privacy;
 pub mod secagg;
 pub mod seed;

@@ -21,7 +21,26 @@ pub fn to_safetensors(params: &FlatParams, metadata: HashMap<String, String>) ->
     // Order is part of the layout; it is recorded so that reading restores it.
     let mut metadata = metadata;
     metadata.insert("flotilla.order".into(), params.layout().tensors().iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(","));
-    safetensors::serialize(views, Some(metadata)).map_err(|e| ParamsError::Safetensors(e.to_string()))
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| ParamsError::Safetensors(e.to_string()))?;
+    Ok(canonical_header(bytes))
+}
+
+/// The same file with its JSON header's keys sorted: safetensors writes its metadata map in
+/// hash order, so the same model would otherwise give a different file (and file hash) each
+/// time. The sorted header has the same length and is padded the same way.
+fn canonical_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).and_then(|n| usize::try_from(n).ok()) else { return bytes };
+    let Some(header) = bytes.get(8..8 + len) else { return bytes };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(header) else { return bytes };
+    value.sort_all_objects();
+    let Ok(sorted) = serde_json::to_vec(&value) else { return bytes };
+    if sorted.len() > len {
+        return bytes;
+    }
+    let end = 8 + len;
+    bytes[8..8 + sorted.len()].copy_from_slice(&sorted);
+    bytes[8 + sorted.len()..end].fill(b' ');
+    bytes
 }
 
 /// Reads a model written by [`to_safetensors`], with its metadata.
@@ -50,6 +69,61 @@ pub fn from_safetensors(bytes: &[u8]) -> Result<(FlatParams, HashMap<String, Str
     Ok((FlatParams::new(Layout::new(specs), values)?, metadata))
 }
 
+/// What a model file says about itself, so that it can be used without the run that made it:
+/// the task (label, columns, model) and the preprocessing plan (means, deviations,
+/// vocabularies), as safetensors metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelCard {
+    pub task: crate::Task,
+    pub plan: crate::data::Plan,
+    /// The round whose global model this is.
+    pub round: u32,
+}
+
+const META_TASK: &str = "flotilla.task";
+const META_PLAN: &str = "flotilla.plan";
+const META_ROUND: &str = "flotilla.round";
+const META_PARAMS: &str = "flotilla.params_sha256";
+
+impl ModelCard {
+    /// The card as metadata, with the hash of the parameters it describes.
+    pub fn metadata(&self, params: &FlatParams) -> HashMap<String, String> {
+        HashMap::from([
+            (META_TASK.to_owned(), self.task.to_toml()),
+            (META_PLAN.to_owned(), serde_json::to_string(&self.plan).unwrap_or_default()),
+            (META_ROUND.to_owned(), self.round.to_string()),
+            (META_PARAMS.to_owned(), params.hash()),
+        ])
+    }
+
+    /// Reads a model file's card and parameters; refuses a file without a card, or whose
+    /// parameters do not match the model the card describes or the hash it records.
+    pub fn read(bytes: &[u8], origin: &str) -> Result<(Self, FlatParams), ParamsError> {
+        let (params, meta) = from_safetensors(bytes)?;
+        let field = |key: &str| {
+            meta.get(key).ok_or_else(|| ParamsError::Safetensors(format!("{origin}: no `{key}` metadata: not a model file written by a Flotilla run")))
+        };
+        let task = crate::Task::from_toml(field(META_TASK)?, &format!("{origin} (its task)")).map_err(|e| ParamsError::Safetensors(e.to_string()))?;
+        let plan: crate::data::Plan = serde_json::from_str(field(META_PLAN)?).map_err(|e| ParamsError::Safetensors(format!("{origin}: its plan: {e}")))?;
+        let round = field(META_ROUND)?.parse().map_err(|_| ParamsError::Safetensors(format!("{origin}: its round is not a number")))?;
+        if field(META_PARAMS)? != &params.hash() {
+            return Err(ParamsError::Safetensors(format!("{origin}: the parameters do not hash to the recorded {META_PARAMS}: the file is damaged")));
+        }
+        let card = Self { task, plan, round };
+        let expected = card.shape().layout();
+        if *params.layout() != expected {
+            return Err(ParamsError::Safetensors(format!("{origin}: the parameters' layout is not that of the model its task and plan describe")));
+        }
+        Ok((card, params))
+    }
+
+    /// The model's shape: the plan's width in, the task's layers, one output per class
+    /// (one for a binary task).
+    pub fn shape(&self) -> crate::model::ModelShape {
+        crate::model::ModelShape::for_task(&self.task, self.plan.width())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +137,10 @@ mod tests {
         assert_eq!(back, p);
         assert_eq!(meta["round"], "7");
         assert!(from_safetensors(&bytes[..bytes.len() - 3]).is_err());
+        // Many metadata keys still give the same bytes every time.
+        let meta: HashMap<String, String> = (0..20).map(|i| (format!("k{i}"), i.to_string())).collect();
+        let once = to_safetensors(&p, meta.clone()).unwrap();
+        assert!((0..5).all(|_| to_safetensors(&p, meta.clone().into_iter().collect()).unwrap() == once));
+        assert_eq!(from_safetensors(&once).unwrap().1["k7"], "7");
     }
 }

@@ -1,4 +1,4 @@
-//! A site's data, from its table to encoded train and test splits.
+//! A site's data, from its table to encoded train, validation and test splits.
 //!
 //! Before the federation's plan exists a site can only clean, split and summarise
 //! ([`PreparedSite`]); with the plan it encodes and augments ([`SiteData`]).
@@ -19,6 +19,9 @@ pub struct PreparedSite {
     pub name: String,
     pub rows: SiteRows,
     pub train: Vec<usize>,
+    /// Held out of the training rows: its loss picks the round whose model is kept.
+    pub validation: Vec<usize>,
+    /// Held out for reporting only.
     pub test: Vec<usize>,
     /// Aggregates of the training split: all the coordinator learns of the data.
     pub stats: SiteStats,
@@ -29,7 +32,26 @@ pub struct PreparedSite {
 pub struct SiteData {
     /// The training split after augmentation.
     pub train: Dataset,
+    pub validation: Dataset,
     pub test: Dataset,
+}
+
+impl SiteData {
+    /// What a site reports of a global model: its metrics on the test rows, with the loss on
+    /// the validation rows (when the site has any).
+    pub fn evaluate(
+        &self,
+        params: &crate::FlatParams,
+        shape: &crate::model::ModelShape,
+        backend: crate::train::Backend,
+    ) -> Result<crate::train::Evaluation, crate::TrainError> {
+        let mut eval = crate::train::evaluate(params, shape, &self.test, backend)?;
+        if !self.validation.is_empty() {
+            let v = crate::train::evaluate(params, shape, &self.validation, backend)?;
+            (eval.validation_loss, eval.validation_examples) = (Some(v.loss), v.examples);
+        }
+        Ok(eval)
+    }
 }
 
 impl PreparedSite {
@@ -41,15 +63,22 @@ impl PreparedSite {
 
     /// As [`PreparedSite::new`] with the site's own k (its policy may raise the task's).
     pub fn with_min_count(name: &str, table: &RawTable, task: &Task, seed: u64, k: u64) -> Result<Self, DataError> {
-        let mut rows = SiteRows::from_table(table, &task.data)?;
+        let rows = SiteRows::from_table(table, &task.data)?;
         let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &[name, "split"]));
-        let (train, test) = stratified_split(&rows.labels(), task.data.test_fraction, &mut rng);
+        let labels = rows.labels();
+        let (train, test) = stratified_split(&labels, task.data.test_fraction, &mut rng);
+        // The validation rows come out of the training rows, with their own stream so that
+        // the test split does not move when the validation share does.
+        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &[name, "validation"]));
+        let train_labels: Vec<u32> = train.iter().map(|&i| labels[i]).collect();
+        let (fit, held) = stratified_split(&train_labels, task.data.validation_fraction, &mut rng);
+        let (validation, train): (Vec<usize>, Vec<usize>) = (held.iter().map(|&i| train[i]).collect(), fit.iter().map(|&i| train[i]).collect());
         if train.is_empty() || test.is_empty() {
             return Err(DataError::File { file: table.source.clone(), message: format!("{} usable rows are too few for a train/test split", rows.rows.len()) });
         }
-        rows.fold_rare_categories(&train, k.max(task.data.min_category_count));
-        let stats = SiteStats::of_rows(&rows, &train);
-        Ok(Self { name: name.to_owned(), rows, train, test, stats })
+        let k = k.max(task.data.min_category_count);
+        let stats = SiteStats::summarise(&rows, &train, task.data.label.num_classes(), k);
+        Ok(Self { name: name.to_owned(), rows, train, validation, test, stats })
     }
 
     /// Number of training examples (before augmentation): the site's weight in FedAvg.
@@ -62,8 +91,9 @@ impl PreparedSite {
         let classes = task.data.label.num_classes();
         let train = plan.encode(&self.rows, &self.train, classes)?;
         let test = plan.encode(&self.rows, &self.test, classes)?;
+        let validation = plan.encode(&self.rows, &self.validation, classes)?;
         let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &[&self.name, "augment"]));
         let train = augment(&train, &task.data.augmentation, &plan.numeric_positions(), &mut rng);
-        Ok(SiteData { train, test })
+        Ok(SiteData { train, validation, test })
     }
 }

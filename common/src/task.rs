@@ -93,15 +93,32 @@ pub struct DataSpec {
     /// Which feature columns are categorical; the rest are numeric.
     #[serde(default)]
     pub categorical: Categorical,
-    /// Extra spellings of "missing" per column, e.g. `chol = ["0"]` (empty is always missing).
+    /// Spellings of "missing" in every column; empty is always missing. The default is the
+    /// set pandas reads as missing plus `?` (UCI's marker): see [`DEFAULT_MISSING`].
+    #[serde(default = "default_missing")]
+    pub missing: Vec<String>,
+    /// Extra spellings of "missing" per column, e.g. `chol = ["0"]`.
     #[serde(default)]
     pub missing_values: BTreeMap<String, Vec<String>>,
+    /// Columns read as numbers even under `categorical = "infer"` (an inferred column whose
+    /// values are mostly not numbers is categorical).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub numeric: Vec<String>,
+    /// Inference refuses a column it finds categorical at a site with more distinct values
+    /// than this, or with a distinct value for every two rows: that is free text, an
+    /// identifier or a mistyped number, not a category. Declare it `numeric` or drop it.
+    #[serde(default = "default_max_inferred_categories")]
+    pub max_inferred_categories: u64,
     /// What to do with a row that cannot be parsed.
     #[serde(default)]
     pub bad_rows: BadRows,
-    /// Share of each site's rows held out for evaluation.
+    /// Share of each site's rows held out for evaluation (test: reported only).
     #[serde(default = "default_test_fraction")]
     pub test_fraction: f64,
+    /// Share of each site's training rows held out for validation: the federated validation
+    /// loss picks the round whose model is kept (and stops early when asked). 0 turns it off.
+    #[serde(default = "default_validation_fraction")]
+    pub validation_fraction: f64,
     #[serde(default)]
     pub augmentation: Augmentation,
     /// k: a site reports a category only when at least k of its training rows have it;
@@ -113,6 +130,25 @@ pub struct DataSpec {
 
 fn default_test_fraction() -> f64 {
     0.2
+}
+
+fn default_validation_fraction() -> f64 {
+    0.1
+}
+
+/// The default of [`DataSpec::max_inferred_categories`].
+pub fn default_max_inferred_categories() -> u64 {
+    100
+}
+
+/// What every column reads as missing by default: pandas' `read_csv` defaults and `?`.
+pub const DEFAULT_MISSING: [&str; 23] = [
+    "NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL", "null", "Null", "None", "none", "#N/A", "#N/A N/A", "#NA", "<NA>", "-1.#IND", "-1.#QNAN",
+    "1.#IND", "1.#QNAN", "na", "?", "",
+];
+
+fn default_missing() -> Vec<String> {
+    DEFAULT_MISSING.iter().filter(|s| !s.is_empty()).map(|s| (*s).to_owned()).collect()
 }
 
 /// The k of [`DataSpec::min_category_count`]: 5, as statistical offices' threshold rules.
@@ -261,6 +297,18 @@ impl Task {
         let f = self.data.test_fraction;
         if !(0.0..1.0).contains(&f) || f == 0.0 {
             return Err(TaskError::Invalid(format!("data.test_fraction must be in (0, 1), got {f}")));
+        }
+        let v = self.data.validation_fraction;
+        if !(0.0..0.5).contains(&v) {
+            return Err(TaskError::Invalid(format!("data.validation_fraction must be in [0, 0.5), got {v}")));
+        }
+        if let Categorical::Listed(listed) = &self.data.categorical
+            && let Some(both) = self.data.numeric.iter().find(|c| listed.contains(c))
+        {
+            return Err(TaskError::Invalid(format!("data: column `{both}` is listed both as categorical and as numeric")));
+        }
+        if self.data.max_inferred_categories < 2 {
+            return Err(TaskError::Invalid("data.max_inferred_categories must be at least 2".into()));
         }
         if let Some(dp) = &self.privacy {
             dp.validate().map_err(TaskError::Invalid)?;

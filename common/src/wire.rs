@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flotilla_proto::pb;
 
+use crate::data::stats::Bin;
 use crate::data::{ColumnKind, ColumnPlan, ColumnStats, Plan, SiteStats};
 use crate::params::{Checksum, FlatParams, Layout, TensorSpec, extend_from_le_bytes};
 use crate::train::{Evaluation, TrainReport};
@@ -293,8 +294,8 @@ pub fn update_part(chunk: pb::UpdateChunk) -> Result<UpdatePart, WireError> {
 // ---- data aggregates and plan -------------------------------------------------------------
 
 /// A site's aggregates on the wire.
-pub fn stats_to_pb(stats: &SiteStats) -> Vec<pb::ColumnStats> {
-    stats
+pub fn stats_to_pb(client_id: &str, stats: &SiteStats, num_train: u64) -> pb::ReportStatsRequest {
+    let columns = stats
         .columns
         .iter()
         .map(|c| pb::ColumnStats {
@@ -305,26 +306,47 @@ pub fn stats_to_pb(stats: &SiteStats) -> Vec<pb::ColumnStats> {
             missing: c.missing,
             categories: c.categories.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             categorical: c.categorical,
+            identifier_like: c.identifier_like,
+            histogram_upper: c.histogram.iter().map(|b| b.upper).collect(),
+            histogram_counts: c.histogram.iter().map(|b| b.count).collect(),
         })
-        .collect()
+        .collect();
+    pb::ReportStatsRequest {
+        client_id: client_id.to_owned(),
+        columns,
+        num_train_examples: num_train,
+        label_counts: stats.label_counts.clone(),
+        label_present: stats.label_present.clone(),
+    }
 }
 
 /// A site's aggregates from the wire, as they came: `SiteStats::validate` (in the federation,
-/// against what the site declared) decides whether they are acceptable.
-pub fn stats_from_pb(columns: Vec<pb::ColumnStats>) -> SiteStats {
-    let columns = columns
+/// against what the site declared) decides whether they are acceptable. A histogram whose
+/// edges and counts differ in length is dropped here (it cannot be read).
+pub fn stats_from_pb(report: pb::ReportStatsRequest) -> SiteStats {
+    let columns = report
+        .columns
         .into_iter()
-        .map(|c| ColumnStats {
-            name: c.name,
-            categorical: c.categorical,
-            numeric_count: c.numeric_count,
-            sum: c.sum,
-            sum_squares: c.sum_squares,
-            missing: c.missing,
-            categories: c.categories.into_iter().collect::<BTreeMap<_, _>>(),
+        .map(|c| {
+            let histogram = if c.histogram_upper.len() == c.histogram_counts.len() {
+                c.histogram_upper.iter().zip(&c.histogram_counts).map(|(&upper, &count)| Bin { upper, count }).collect()
+            } else {
+                Vec::new()
+            };
+            ColumnStats {
+                name: c.name,
+                categorical: c.categorical,
+                numeric_count: c.numeric_count,
+                sum: c.sum,
+                sum_squares: c.sum_squares,
+                missing: c.missing,
+                categories: c.categories.into_iter().collect::<BTreeMap<_, _>>(),
+                identifier_like: c.identifier_like,
+                histogram,
+            }
         })
         .collect();
-    SiteStats { columns }
+    SiteStats { columns, label_counts: report.label_counts, label_present: report.label_present }
 }
 
 /// The plan on the wire.
@@ -383,6 +405,8 @@ pub fn evaluation_to_pb(client_id: &str, round: u32, model_hash: &str, e: &Evalu
         loss: e.loss,
         accuracy: e.accuracy,
         auc: e.auc,
+        validation_loss: e.validation_loss,
+        validation_examples: e.validation_examples,
     }
 }
 
@@ -392,7 +416,17 @@ pub fn evaluation_from_pb(r: &pb::EvaluationResult) -> Result<Evaluation, WireEr
     if r.num_examples == 0 || !ok01(r.accuracy) || !(r.loss.is_finite() && r.loss >= 0.0) || r.auc.is_some_and(|a| !ok01(a)) {
         return Err(WireError::Invalid("evaluation metrics out of range".into()));
     }
-    Ok(Evaluation { examples: r.num_examples, loss: r.loss, accuracy: r.accuracy, auc: r.auc })
+    if r.validation_loss.is_some_and(|l| !(l.is_finite() && l >= 0.0)) || r.validation_loss.is_some() != (r.validation_examples > 0) {
+        return Err(WireError::Invalid("validation loss out of range, or without validation rows".into()));
+    }
+    Ok(Evaluation {
+        examples: r.num_examples,
+        loss: r.loss,
+        accuracy: r.accuracy,
+        auc: r.auc,
+        validation_loss: r.validation_loss,
+        validation_examples: r.validation_examples,
+    })
 }
 
 #[cfg(test)]

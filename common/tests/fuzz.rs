@@ -42,7 +42,8 @@ proptest! {
             let _ = wire::plan_from_pb(p);
         }
         if let Ok(r) = pb::ReportStatsRequest::decode(bytes.as_slice()) {
-            let _ = wire::stats_from_pb(r.columns).validate(r.num_train_examples, &flotilla_common::data::StatsLimits::default());
+            let n = r.num_train_examples;
+            let _ = wire::stats_from_pb(r).validate(n, &flotilla_common::data::StatsLimits::default());
         }
         if let Ok(r) = pb::EvaluationResult::decode(bytes.as_slice()) {
             let _ = wire::evaluation_from_pb(&r);

@@ -45,6 +45,28 @@ pub enum Command {
     /// (`test/test.csv`), for runs with separate `flotilla-client` processes or
     /// `simulate --clients-dir` (the data `simulate --synthetic` uses).
     Synth(SynthArgs),
+    /// Draft a commented task file from a CSV: column types, spellings of "missing" found,
+    /// identifier-like and free-text columns to drop, and the label's rule.
+    Init(InitArgs),
+    /// Only the federated data profile: what each site would report of its data, side by
+    /// side, with its findings (profile.json and profile.svg in --out); nothing is trained.
+    Profile(SplitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// A CSV as a site would hold it (a sample of it is enough).
+    #[arg(long, value_name = "FILE.csv")]
+    pub data: PathBuf,
+    /// The column to predict.
+    #[arg(long, value_name = "COLUMN")]
+    pub label: String,
+    /// Where to write the task.
+    #[arg(long, value_name = "FILE", default_value = "task.toml")]
+    pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +161,10 @@ pub struct RunArgs {
     /// Training rounds.
     #[arg(long, default_value_t = 20)]
     pub rounds: u32,
+    /// Stop after P rounds without a lower federated validation loss than the best so far
+    /// (the model kept is always the best round's; see `data.validation_fraction`).
+    #[arg(long, value_name = "P")]
+    pub early_stop: Option<u32>,
     /// Seed of every random choice (initial model, splits, shuffles, cohorts).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -482,6 +508,7 @@ impl RunArgs {
             sampling: self.sampling,
             allowed_sites: (!self.allow_sites.is_empty()).then(|| self.allow_sites.iter().cloned().collect()),
             dp_seed: self.dp_seed,
+            patience: self.early_stop,
             ..Policy::default()
         };
         let p = self.limits.apply(p);

@@ -145,6 +145,9 @@ fn encode_snapshot(s: &Snapshot) -> Result<Vec<u8>, String> {
         meta.insert(META_LAYOUT.to_owned(), serde_json::to_string(&layout).map_err(|e| e.to_string())?);
         buffers.push(("global".to_owned(), Dtype::F32, f32_to_le_bytes(g.values())));
     }
+    if let Some(b) = &s.best {
+        buffers.push(("best".to_owned(), Dtype::F32, f32_to_le_bytes(b.values())));
+    }
     for (name, values) in &s.strategy_state {
         buffers.push((name.clone(), Dtype::F64, values.iter().flat_map(|x| x.to_le_bytes()).collect()));
     }
@@ -167,16 +170,20 @@ fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
     if let Some(layout) = meta.get(META_LAYOUT) {
         let specs: Vec<(String, Vec<usize>)> = serde_json::from_str(layout).map_err(|e| format!("the model layout metadata: {e}"))?;
         let layout = Layout::new(specs.into_iter().map(|(name, shape)| TensorSpec { name, shape }).collect());
-        let t = st.tensor("global").map_err(|e| format!("tensor `global`: {e}"))?;
-        if t.dtype() != Dtype::F32 {
-            return Err(format!("tensor `global` is {:?}, not F32", t.dtype()));
-        }
-        let mut values = Vec::new();
-        extend_from_le_bytes(&mut values, t.data()).map_err(|e| e.to_string())?;
-        snapshot.global = Some(Arc::new(FlatParams::new(layout, values).map_err(|e| format!("the global model: {e}"))?));
+        let read = |name: &str| -> Result<Option<Arc<FlatParams>>, String> {
+            let Ok(t) = st.tensor(name) else { return Ok(None) };
+            if t.dtype() != Dtype::F32 {
+                return Err(format!("tensor `{name}` is {:?}, not F32", t.dtype()));
+            }
+            let mut values = Vec::new();
+            extend_from_le_bytes(&mut values, t.data()).map_err(|e| e.to_string())?;
+            Ok(Some(Arc::new(FlatParams::new(layout.clone(), values).map_err(|e| format!("the model `{name}`: {e}"))?)))
+        };
+        snapshot.global = Some(read("global")?.ok_or("tensor `global` is missing")?);
+        snapshot.best = read("best")?;
     }
     for (name, t) in st.tensors() {
-        if name == "global" {
+        if name == "global" || name == "best" {
             continue;
         }
         if t.dtype() != Dtype::F64 || t.data().len() % 8 != 0 {
@@ -228,6 +235,10 @@ mod tests {
             epsilon: Some(0.1 + 0.2),
             clip_norm: 1.0 / 3.0,
             noise_seed: Some(17),
+            best_round: Some(2),
+            best_loss: Some(0.25),
+            best_site_metrics: Default::default(),
+            best: Some(Arc::new(FlatParams::new(global.layout().clone(), (0..9).map(|i| -(i as f32)).collect()).unwrap())),
             global: Some(Arc::new(global)),
             strategy_state: vec![("strategy.m".into(), vec![1.0 / 7.0, -0.0, 1e-300])],
         }
@@ -248,6 +259,7 @@ mod tests {
         state.save_update("a", 2, 1, 10, &m, &g).unwrap();
         let (back, updates) = state.load().unwrap();
         assert_eq!(back.global.as_deref(), s.global.as_deref());
+        assert_eq!((back.best.as_deref(), back.best_round), (s.best.as_deref(), Some(2)), "the best round's model survives too");
         assert_eq!((back.epsilon, back.clip_norm, back.phase.clone()), (s.epsilon, s.clip_norm, s.phase.clone()));
         assert_eq!(back.noise_seed, Some(17), "the DP noise seed survives, so a resumed run adds the same noise");
         assert_eq!(

@@ -9,7 +9,7 @@ use clap::Parser;
 use flotilla_client::shutdown::terminated;
 use flotilla_common::Task;
 use flotilla_common::pki;
-use flotilla_coordinator::cli::{CertsCommand, Cli, Command, PrivacyArgs, ServeArgs, SimulateArgs, SplitArgs, SynthArgs};
+use flotilla_coordinator::cli::{CertsCommand, Cli, Command, InitArgs, PrivacyArgs, ServeArgs, SimulateArgs, SplitArgs, SynthArgs};
 use flotilla_coordinator::durable::StateDir;
 use flotilla_coordinator::federation::{Federation, Metric};
 use flotilla_coordinator::run_dir::{self, RunDir, write_final};
@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     // The simulation draws a progress bar: only warnings go to the log by default there.
     let default = match cli.command {
         Command::Simulate(_) => "warn",
-        Command::Serve(_) | Command::Split(_) | Command::Certs(_) | Command::Privacy(_) | Command::Synth(_) => "info",
+        Command::Serve(_) | Command::Split(_) | Command::Certs(_) | Command::Privacy(_) | Command::Synth(_) | Command::Init(_) | Command::Profile(_) => "info",
     };
     let filter = cli.log.clone().unwrap_or_else(|| default.to_owned());
     // Logs go to stderr, in colour only when it is a terminal (never into a redirected file).
@@ -41,6 +41,8 @@ fn main() -> ExitCode {
         Command::Certs(c) => run_certs(c),
         Command::Privacy(p) => run_privacy(&p),
         Command::Synth(s) => run_synth(&s),
+        Command::Init(i) => run_init(&i),
+        Command::Profile(a) => run_profile(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,6 +51,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_init(a: &InitArgs) -> anyhow::Result<()> {
+    let draft = flotilla_coordinator::init::run(&a.data, &a.label, &a.out, a.force).map_err(anyhow::Error::msg)?;
+    eprint!("{}", flotilla_coordinator::init::describe(&draft));
+    println!(
+        "wrote {}: read its comments, then run `flotilla-coordinator simulate --data {} --config {} --clients 4 --out run`",
+        a.out.display(),
+        a.data.display(),
+        a.out.display()
+    );
+    Ok(())
 }
 
 #[tokio::main]
@@ -82,11 +96,12 @@ async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
             report::local_mean_accuracy(c),
             c.centralized.pooled.accuracy
         );
-    } else if let Some(last) = sim.outcome.history.last() {
-        if last.accuracy.is_finite() {
-            println!("final global model: accuracy {:.3}, loss {:.4}", last.accuracy, last.loss);
+    } else if let Some(kept) = sim.outcome.best_round.and_then(|b| sim.outcome.history.iter().find(|r| r.round == b)).or(sim.outcome.history.last()) {
+        let which = if sim.outcome.best_round.is_some() { "lowest validation loss" } else { "last round" };
+        if kept.accuracy.is_finite() {
+            println!("kept global model (round {}, {which}): accuracy {:.3}, loss {:.4}", kept.round, kept.accuracy, kept.loss);
         } else {
-            println!("final global model: no site evaluated it (round {})", last.round);
+            println!("kept global model: no site evaluated it (round {})", kept.round);
         }
     }
     println!("{} rounds in {:.1} s; run directory {}", a.run.rounds, sim.seconds, a.run.out.display());
@@ -170,7 +185,7 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let mut summary = summary::summary(&task, a.run.seed, &outcome, None);
     summary["config"] = summary::config(&task, &policy, a.run.seed, None);
-    let sha = write_final(&a.run.out, &outcome.model, &summary)?;
+    let sha = write_final(&a.run.out, &task, &outcome, &summary)?;
     if let Some(last) = outcome.history.last() {
         tracing::info!(accuracy = %Metric(Some(last.accuracy)), loss = %Metric(Some(last.loss)), model_file_sha256 = %sha, "federation finished");
     }
@@ -189,7 +204,7 @@ fn finished_already(
     if !out.join("model.safetensors").exists() || !out.join("summary.json").exists() {
         let mut summary = summary::summary(task, a.run.seed, outcome, None);
         summary["config"] = summary::config(task, policy, a.run.seed, None);
-        write_final(out, &outcome.model, &summary)?;
+        write_final(out, task, outcome, &summary)?;
     }
     println!(
         "the run in {} is complete ({} rounds): nothing to resume; its model is {}",
@@ -245,6 +260,22 @@ fn run_privacy(p: &PrivacyArgs) -> anyhow::Result<()> {
         "epsilon {:.4} at delta {:e} (Renyi order {}) for {} rounds, sampling rate {}, noise multiplier {}",
         spent.epsilon, spent.delta, spent.order, p.rounds, p.sampling_rate, p.noise_multiplier
     );
+    Ok(())
+}
+
+fn run_profile(a: SplitArgs) -> anyhow::Result<()> {
+    let source = a.source.source(a.config.is_some()).map_err(anyhow::Error::msg)?;
+    let task = match (&a.config, a.source.scenario) {
+        (Some(path), _) => Task::from_file(path)?,
+        (None, Some(s)) => s.task(),
+        (None, None) => anyhow::bail!("--config FILE.toml is needed to profile --data"),
+    };
+    let sites = load_sites(&source, &task, a.seed)?;
+    let profile = flotilla_coordinator::profile::of_sites(&sites, &task, a.seed)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    profile.write(&a.out).map_err(anyhow::Error::msg)?;
+    print!("{}", flotilla_coordinator::profile::describe(&profile));
+    println!("wrote {} and {}", a.out.join("profile.json").display(), a.out.join("profile.svg").display());
     Ok(())
 }
 

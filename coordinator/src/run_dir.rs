@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use flotilla_common::FlatParams;
-use flotilla_common::model_file::to_safetensors;
+use flotilla_common::model_file::{ModelCard, to_safetensors};
 use sha2::{Digest, Sha256};
 
 use crate::chart;
@@ -28,8 +28,17 @@ pub enum RunDirError {
 /// What a run leaves in its directory: any of these there means the folder holds a run.
 /// (`pki/` of `simulate` is throwaway material, rewritten by every simulation, and not listed:
 /// `--force` never deletes certificates.)
-pub const RUN_FILES: [&str; 6] =
-    ["metrics.csv", "summary.json", "model.safetensors", "checkpoint.safetensors", "checkpoint-strategy.safetensors", "state/snapshot.safetensors"];
+pub const RUN_FILES: [&str; 9] = [
+    "metrics.csv",
+    "summary.json",
+    "model.safetensors",
+    "model-last.safetensors",
+    "profile.json",
+    "site-metrics.csv",
+    "checkpoint.safetensors",
+    "checkpoint-strategy.safetensors",
+    "state/snapshot.safetensors",
+];
 
 /// The files of an earlier run in `root` (empty for a new or empty folder).
 pub fn earlier_run(root: &Path) -> Vec<&'static str> {
@@ -47,7 +56,7 @@ pub fn claim_for_new_run(root: &Path, force: bool, advice: &'static str) -> Resu
     if !force {
         return Err(RunDirError::Occupied { path: root.to_owned(), found, advice });
     }
-    for name in RUN_FILES.iter().chain(&["accuracy.svg"]).filter(|f| !f.starts_with("state/")) {
+    for name in RUN_FILES.iter().chain(&["accuracy.svg", "profile.svg"]).filter(|f| !f.starts_with("state/")) {
         let path = root.join(name);
         if path.exists() {
             std::fs::remove_file(&path).map_err(|source| RunDirError::Io { path, source })?;
@@ -80,6 +89,11 @@ impl RunDir {
         metrics.write_record(RoundRecord::HEADER).map_err(|e| other(&path, e))?;
         metrics.flush().map_err(|source| RunDirError::Io { path: path.clone(), source })?;
         Ok(Self { root: root.to_owned(), metrics, history: Vec::new() })
+    }
+
+    /// The directory's path.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Reopens the directory of a run being resumed: `metrics.csv` is rewritten with the rounds
@@ -116,21 +130,45 @@ impl RunDir {
     }
 }
 
-/// Writes the final model and `summary.json` into `root`; returns the model file's SHA-256
-/// (`model_file_sha256` in the summary; `params_sha256` there is the hash of the parameters
-/// that `metrics.csv` names each round's model by).
-pub fn write_final(root: &Path, model: &FlatParams, summary: &serde_json::Value) -> Result<String, RunDirError> {
-    let path = root.join("model.safetensors");
-    let bytes = to_safetensors(model, HashMap::new()).map_err(|e| other(&path, e))?;
-    write_atomic(&path, &bytes)?;
-    let sha = hex::encode(Sha256::digest(&bytes));
+/// Writes the kept model (`model.safetensors`: the best round by federated validation loss,
+/// or the last round without validation rows), the last round's (`model-last.safetensors`)
+/// and `summary.json` into `root`; returns the kept model file's SHA-256. Each model file
+/// carries what is needed to use it (the task, the preprocessing plan, its round; see
+/// `flotilla_common::model_file::ModelCard`). In `summary.json`, `model_file_sha256` is the hash
+/// of the file `model.safetensors`, `params_sha256` that of its parameters (as `metrics.csv`
+/// names each round's model), and `models` lists both files with both hashes.
+pub fn write_final(
+    root: &Path,
+    task: &flotilla_common::Task,
+    outcome: &crate::federation::Outcome,
+    summary: &serde_json::Value,
+) -> Result<String, RunDirError> {
+    let last_round = outcome.history.last().map_or(0, |r| r.round);
+    let kept_round = outcome.best_round.unwrap_or(last_round);
+    let mut models = serde_json::Map::new();
+    let mut kept_sha = String::new();
+    for (file, params, round, chosen_by) in [
+        ("model.safetensors", &outcome.model, kept_round, if outcome.best_round.is_some() { "lowest federated validation loss" } else { "last round" }),
+        ("model-last.safetensors", &outcome.last_model, last_round, "last round"),
+    ] {
+        let path = root.join(file);
+        let card = ModelCard { task: task.clone(), plan: (*outcome.plan).clone(), round };
+        let bytes = to_safetensors(params, card.metadata(params)).map_err(|e| other(&path, e))?;
+        write_atomic(&path, &bytes)?;
+        let sha = hex::encode(Sha256::digest(&bytes));
+        if file == "model.safetensors" {
+            kept_sha = sha.clone();
+        }
+        models.insert(file.to_owned(), serde_json::json!({ "round": round, "chosen_by": chosen_by, "file_sha256": sha, "params_sha256": params.hash() }));
+    }
     let mut summary = summary.clone();
-    summary["model_file_sha256"] = serde_json::Value::String(sha.clone());
-    summary["params_sha256"] = serde_json::Value::String(model.hash());
+    summary["model_file_sha256"] = serde_json::Value::String(kept_sha.clone());
+    summary["params_sha256"] = serde_json::Value::String(outcome.model.hash());
+    summary["models"] = serde_json::Value::Object(models);
     let path = root.join("summary.json");
     let text = serde_json::to_string_pretty(&summary).map_err(|e| other(&path, e))?;
     write_atomic(&path, text.as_bytes())?;
-    Ok(sha)
+    Ok(kept_sha)
 }
 
 /// The strategy state as safetensors: one F64 tensor per named vector, the round as metadata.

@@ -120,8 +120,9 @@ impl FederationRpc for FederationService {
     async fn report_stats(&self, req: Request<pb::ReportStatsRequest>) -> Result<Response<pb::Ack>, Status> {
         self.authorize(&req, &req.get_ref().client_id)?;
         let r = req.into_inner();
-        let stats = wire::stats_from_pb(r.columns);
-        self.handle.report_stats(r.client_id, stats, r.num_train_examples).await.map_err(status)?;
+        let (client_id, num_train) = (r.client_id.clone(), r.num_train_examples);
+        let stats = wire::stats_from_pb(r);
+        self.handle.report_stats(client_id, stats, num_train).await.map_err(status)?;
         Ok(Response::new(pb::Ack {}))
     }
 

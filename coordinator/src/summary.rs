@@ -80,6 +80,7 @@ pub fn config(task: &Task, policy: &Policy, seed: u64, backend: Option<&str>) ->
             "round_timeout_seconds": policy.round_timeout.as_secs_f64(),
             "grace_seconds": policy.grace.as_secs_f64(),
             "allowed_sites": policy.allowed_sites,
+            "early_stop_patience": policy.patience,
         },
         "backend": backend,
     })

@@ -49,6 +49,7 @@ mod tests {
             model_hash: String::new(),
             refused: 0,
             record_epsilon: None,
+            validation_loss: None,
         }
     }
 

@@ -62,6 +62,8 @@ fn every_flag_of_simulate_changes_what_it_says_in_the_run_directory() {
     assert!(synthetic_base.ok, "{}", synthetic_base.stderr);
     let cases: Vec<(Vec<&str>, Check)> = vec![
         (vec!["--rounds", "2"], |r, _| r.rows.len() == 3),
+        // The validation loss of the hospitals stops falling within 30 rounds.
+        (vec!["--rounds", "30", "--early-stop", "1"], |r, _| r.rows.len() < 31 && r.config()["round_policy"]["early_stop_patience"] == 1),
         (vec!["--seed", "7"], |r, b| r.params(0) != b.params(0) && r.config()["seed"] == 7),
         (vec!["--fraction-fit", "0.5"], |r, b| r.cell(1, "selected") == "2" && b.cell(1, "selected") == "4"),
         (vec!["--fraction-fit", "0.5", "--sampling", "weighted"], |r, _| r.cell(1, "selected") == "2" && r.config()["round_policy"]["sampling"] == "weighted"),

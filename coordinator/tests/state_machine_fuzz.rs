@@ -96,7 +96,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn honest_stats() -> SiteStats {
-    SiteStats { columns: vec![ColumnStats { name: "x".into(), numeric_count: 40, sum: 20.0, sum_squares: 30.0, ..Default::default() }] }
+    SiteStats { columns: vec![ColumnStats { name: "x".into(), numeric_count: 40, sum: 20.0, sum_squares: 30.0, ..Default::default() }], ..Default::default() }
 }
 
 /// What the fuzzer remembers of each site it speaks for.
@@ -207,7 +207,7 @@ impl Harness {
             Op::Upload(s, kind) => self.upload(*s, kind, &mut valid_upload),
             Op::Evaluate(s, n) => {
                 let hash = before.clone().unwrap_or_default();
-                let eval = Evaluation { examples: *n, loss: 0.5, accuracy: 0.5, auc: Some(0.5) };
+                let eval = Evaluation { examples: *n, loss: 0.5, accuracy: 0.5, auc: Some(0.5), validation_loss: Some(0.4), validation_examples: 3 };
                 let result = self.fed.submit_evaluation(&self.client(*s), round_before, &hash, eval, self.now);
                 if result.is_ok() {
                     assert!(*n > 0 && *n <= 100, "an evaluation of {n} examples was accepted from a site of 100 rows");

@@ -122,7 +122,7 @@ impl Fake {
         self.with(|s| {
             if s.plan.is_none() {
                 let stats = s.received.stats.last()?.clone();
-                let site = wire::stats_from_pb(stats.columns);
+                let site = wire::stats_from_pb(stats);
                 let mut plan = Plan::combine(&[&site]);
                 if let Hostility::HugeVocabulary(n) = self.script.hostility {
                     let vocabulary = (0..n).map(|i| format!("v{i}")).collect();

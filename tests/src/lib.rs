@@ -102,8 +102,7 @@ impl RawSite {
         let task = Task::from_toml(&j.task_toml, "task").expect("task");
         let prepared = flotilla_common::site::PreparedSite::new(name, table, &task, j.seed).expect("prepared");
         let declared = prepared.num_train() as u64;
-        let columns = flotilla_common::wire::stats_to_pb(&prepared.stats);
-        rpc.report_stats(pb::ReportStatsRequest { client_id: j.client_id.clone(), columns, num_train_examples: declared }).await.expect("stats");
+        rpc.report_stats(flotilla_common::wire::stats_to_pb(&j.client_id, &prepared.stats, declared)).await.expect("stats");
         RawSite { rpc, id: j.client_id, declared }
     }
 
@@ -118,7 +117,7 @@ impl RawSite {
 
     /// Reports `columns` as this site's aggregates over `num_train` training rows.
     pub async fn report(&mut self, columns: Vec<flotilla_proto::pb::ColumnStats>, num_train: u64) -> Result<(), tonic::Status> {
-        let r = flotilla_proto::pb::ReportStatsRequest { client_id: self.id.clone(), columns, num_train_examples: num_train };
+        let r = flotilla_proto::pb::ReportStatsRequest { client_id: self.id.clone(), columns, num_train_examples: num_train, ..Default::default() };
         self.rpc.report_stats(r).await?;
         self.declared = num_train;
         Ok(())
@@ -157,6 +156,7 @@ impl RawSite {
             loss: 0.7,
             accuracy: 0.5,
             auc: None,
+            ..Default::default()
         };
         self.rpc.submit_evaluation(r).await.expect("evaluation");
     }

@@ -10,10 +10,16 @@ use std::time::{Duration, Instant};
 /// `target/<profile>/flotilla-coordinator`, next to the directory of the running test.
 /// `cargo test --workspace` builds it (the coordinator crate has integration tests).
 pub fn coordinator_binary() -> PathBuf {
+    binary("flotilla-coordinator")
+}
+
+/// `target/<profile>/<name>`: one of the workspace's binaries (both crates have integration
+/// tests, so `cargo test --workspace` builds both).
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let bin = profile_dir.join(format!("flotilla-coordinator{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} is missing: run `cargo build -p flotilla-coordinator` (or `cargo test --workspace`) first", bin.display());
+    let bin = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`) first", bin.display());
     bin
 }
 

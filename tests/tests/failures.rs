@@ -28,13 +28,7 @@ async fn vanishing_site(url: String, name: String, table: RawTable) -> u32 {
     let task = Task::from_toml(&joined.task_toml, "task").unwrap();
     let prepared = PreparedSite::new(&name, &table, &task, joined.seed).unwrap();
     let id = joined.client_id.clone();
-    rpc.report_stats(pb::ReportStatsRequest {
-        client_id: id.clone(),
-        columns: wire::stats_to_pb(&prepared.stats),
-        num_train_examples: prepared.num_train() as u64,
-    })
-    .await
-    .unwrap();
+    rpc.report_stats(wire::stats_to_pb(&id, &prepared.stats, prepared.num_train() as u64)).await.unwrap();
     loop {
         let work = rpc.pull_work(pb::PullWorkRequest { client_id: id.clone(), known_round: 0 }).await.unwrap().into_inner();
         match work.kind.unwrap() {

@@ -48,12 +48,20 @@ async fn four_hospitals_learn_together_and_beat_training_alone() {
     let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
     assert_eq!(summary["model_file_sha256"], hex::encode(Sha256::digest(&bytes)));
     let (model, _) = from_safetensors(&bytes).unwrap();
-    assert_eq!(model.hash(), sim.outcome.model.hash(), "the file is the final global model");
+    assert_eq!(model.hash(), sim.outcome.model.hash(), "the file is the kept global model");
     // Two hashes, named for what they hash: the parameters (as metrics.csv names each round's
-    // model) and the file.
-    let last_row = metrics.lines().last().unwrap();
-    let at = header.split(',').position(|h| h == "params_sha256").expect("a params_sha256 column");
-    assert_eq!(last_row.split(',').nth(at), summary["params_sha256"].as_str(), "the last round's model is the final one");
+    // model) and the file. The kept model is the round with the lowest validation loss; the
+    // last round's is kept beside it.
+    let rows: Vec<Vec<&str>> = metrics.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let col = |name: &str| header.split(',').position(|h| h == name).unwrap_or_else(|| panic!("no {name} column"));
+    let (params, validation) = (col("params_sha256"), col("validation_loss"));
+    let best = rows.iter().min_by(|a, b| a[validation].parse::<f64>().unwrap().total_cmp(&b[validation].parse::<f64>().unwrap())).unwrap();
+    let kept = &summary["models"]["model.safetensors"];
+    assert_eq!(kept["round"].to_string(), best[0], "{kept}");
+    assert_eq!(summary["params_sha256"].as_str(), Some(best[params]));
+    assert_eq!(kept["params_sha256"], summary["params_sha256"]);
+    let last = &summary["models"]["model-last.safetensors"];
+    assert_eq!((last["round"].as_u64(), last["params_sha256"].as_str()), (Some(20), Some(rows[20][params])));
     assert_ne!(summary["params_sha256"], summary["model_file_sha256"]);
     // The configuration is on record.
     let config = &summary["config"];

@@ -249,9 +249,17 @@ async fn a_site_cannot_raise_its_weight_or_claim_more_examples_than_it_has() {
         loss: 0.7,
         accuracy: 0.5,
         auc: None,
+        ..Default::default()
     };
-    let err = again.rpc.submit_evaluation(r).await.expect_err("too many examples");
+    let err = again.rpc.submit_evaluation(r.clone()).await.expect_err("too many examples");
     assert!(err.message().contains("claims 1000000 examples"), "{}", err.message());
+    // A validation loss that is not a number, or one without validation rows, would pick the
+    // model a run keeps: both are refused.
+    for (loss, rows) in [(f64::NAN, 3), (-1.0, 3), (0.5, 0)] {
+        let bad = pb::EvaluationResult { num_examples: 5, validation_loss: Some(loss), validation_examples: rows, ..r.clone() };
+        let err = again.rpc.submit_evaluation(bad).await.expect_err("hostile validation loss");
+        assert!(err.message().contains("validation loss"), "{}", err.message());
+    }
     // A join declaring more rows than any site may have.
     let err = RawSite::join_only(running.url(), "huge", u64::MAX, columns()).await.err().expect("refused");
     assert!(err.message().contains("declares 18446744073709551615 rows"), "{}", err.message());

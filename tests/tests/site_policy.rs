@@ -277,6 +277,7 @@ async fn under_dp_sgd_the_site_counts_its_steps_and_stops_at_its_budget() {
     // DP-SGD at σ = 1: 64 training rows at batch 16 is q = 1/4, 4 steps an epoch, one epoch a
     // round. A budget between 3 and 4 rounds' worth of steps lets the site train 3 rounds.
     let mut t = task();
+    t.data.validation_fraction = 0.0; // every one of the 64 rows trains
     t.record_privacy =
         Some(flotilla_common::privacy::RecordDp { clip_norm: 1.0, noise_multiplier: Some(1.0), target_epsilon: None, rounds: None, delta: 1e-5 });
     let spent = |steps| {

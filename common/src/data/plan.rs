@@ -215,8 +215,15 @@ fn encode_value(c: &ColumnPlan, value: Option<&str>, out: &mut Vec<f32>) {
             out.push(x as f32);
         }
         ColumnKind::Categorical { vocabulary } => {
-            let key = value.unwrap_or(MISSING_CATEGORY);
-            // Unknown categories (never reported by any site) encode as all zeros.
+            let known = |v: &str| vocabulary.iter().any(|w| w == v);
+            // A value outside the vocabulary (rare everywhere, or cut by the limit) is what the
+            // federation's `<other>` stands for, else unknown like a missing value; with
+            // neither in the vocabulary it encodes as all zeros.
+            let key = match value {
+                Some(v) if known(v) => v,
+                Some(_) if known(OTHER_CATEGORY) => OTHER_CATEGORY,
+                _ => MISSING_CATEGORY,
+            };
             out.extend(vocabulary.iter().map(|v| if v == key { 1.0f32 } else { 0.0 }));
         }
     }
@@ -270,7 +277,7 @@ mod tests {
     }
 
     fn column(stats: ColumnStats) -> SiteStats {
-        SiteStats { columns: vec![stats] }
+        SiteStats { columns: vec![stats], ..Default::default() }
     }
 
     #[test]

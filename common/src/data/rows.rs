@@ -1,15 +1,15 @@
 //! Cleaning: a raw table becomes labelled rows of feature values under the task's data spec.
 //!
-//! Empty fields (and the spec's extra missing spellings) become missing values. A row whose
+//! Empty fields and the spec's spellings of "missing" (pandas' defaults and `?` unless the
+//! task says otherwise) become missing values. A row whose
 //! label or numeric field cannot be parsed is reported with file, line and column, and the
 //! spec decides whether that stops the site or the row is skipped and counted.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 
 use crate::error::{DataError, Location};
 use crate::task::{BadRows, Categorical, DataSpec, LabelRule};
 
-use super::plan::OTHER_CATEGORY;
 use super::table::RawTable;
 
 /// One cleaned row: a class label and the raw text of each feature (`None` = missing).
@@ -30,6 +30,56 @@ pub struct SiteRows {
     pub rows: Vec<Row>,
     /// Rows skipped under `bad_rows = "skip"`, each with its reason (file, line, column).
     pub skipped: Vec<String>,
+    /// Feature columns whose values are all distinct whole numbers or words (at least
+    /// [`ValueProfile::IDENTIFIER_ROWS`] of them), as in a row or patient number.
+    pub identifiers: Vec<String>,
+}
+
+/// What inference looks at in one column's non-missing values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueProfile {
+    pub values: u64,
+    /// Values that are not finite numbers.
+    pub text: u64,
+    /// Values that are whole numbers.
+    pub integers: u64,
+    pub distinct: u64,
+}
+
+impl ValueProfile {
+    /// Fewer values than this are never called an identifier.
+    pub const IDENTIFIER_ROWS: u64 = 20;
+
+    pub fn of<'a>(values: impl Iterator<Item = &'a str>) -> Self {
+        let mut seen = HashSet::new();
+        let mut p = ValueProfile { values: 0, text: 0, integers: 0, distinct: 0 };
+        for v in values {
+            p.values += 1;
+            match v.parse::<f64>() {
+                Ok(x) if x.is_finite() => p.integers += u64::from(x.fract() == 0.0),
+                _ => p.text += 1,
+            }
+            seen.insert(v);
+        }
+        p.distinct = seen.len() as u64;
+        p
+    }
+
+    /// Inference's rule: a column is categorical at a site when most of its values are not
+    /// numbers (a few stray words in a numeric column are bad values, not categories).
+    pub fn mostly_text(&self) -> bool {
+        self.text * 2 > self.values
+    }
+
+    /// More distinct values than a category column has.
+    pub fn too_many_categories(&self, max: u64) -> bool {
+        self.distinct > max || (self.distinct > Self::IDENTIFIER_ROWS && self.distinct * 2 > self.values)
+    }
+
+    /// Every value distinct, and all whole numbers or all words.
+    pub fn looks_like_identifier(&self) -> bool {
+        self.values >= Self::IDENTIFIER_ROWS && self.distinct == self.values && (self.integers == self.values || self.text == self.values)
+    }
 }
 
 impl SiteRows {
@@ -51,22 +101,38 @@ impl SiteRows {
         }
         let columns: Vec<String> = features.iter().map(|&i| table.header[i].clone()).collect();
         let missing_spellings: Vec<&[String]> = columns.iter().map(|c| spec.missing_values.get(c).map_or(&[][..], Vec::as_slice)).collect();
-        let is_missing = |j: usize, v: &str| v.is_empty() || missing_spellings[j].iter().any(|m| m == v);
+        let is_missing = |j: usize, v: &str| v.is_empty() || spec.missing.iter().any(|m| m == v) || missing_spellings[j].iter().any(|m| m == v);
 
+        let mut identifiers = Vec::new();
         let categorical: Vec<bool> = match &spec.categorical {
             Categorical::Listed(list) => columns.iter().map(|c| list.contains(c)).collect(),
-            // Inference: a column with any non-missing, non-numeric value at this site.
-            Categorical::Rule(_) => features
-                .iter()
-                .enumerate()
-                .map(|(j, &i)| {
-                    table.rows.iter().any(|r| {
-                        let v = &r.fields[i];
-                        !is_missing(j, v) && v.parse::<f64>().is_err()
-                    })
-                })
-                .collect(),
+            Categorical::Rule(_) => {
+                let mut flags = Vec::with_capacity(features.len());
+                for (j, &i) in features.iter().enumerate() {
+                    let profile = ValueProfile::of(table.rows.iter().map(|r| r.fields[i].as_str()).filter(|v| !is_missing(j, v)));
+                    if profile.looks_like_identifier() {
+                        identifiers.push(columns[j].clone());
+                    }
+                    let inferred = !spec.numeric.contains(&columns[j]) && profile.mostly_text();
+                    if inferred && profile.too_many_categories(spec.max_inferred_categories) {
+                        return Err(DataError::File {
+                            file: table.source.clone(),
+                            message: format!(
+                                "column `{}`: inferred categorical ({} of its {} values are not numbers) with {} distinct values; \
+                                 a category needs many rows per value (at most {} values, and fewer than one per two rows). \
+                                 Drop it (`drop = [\"{0}\"]`), declare it `numeric = [\"{0}\"]`, or list its spellings of \"missing\" in `missing`",
+                                columns[j], profile.text, profile.values, profile.distinct, spec.max_inferred_categories
+                            ),
+                        });
+                    }
+                    flags.push(inferred);
+                }
+                flags
+            }
         };
+        for column in &identifiers {
+            tracing::warn!(file = %table.source.display(), column, "every value of this column is distinct, as in an identifier: drop it unless it is a measurement");
+        }
 
         let mut rows = Vec::with_capacity(table.rows.len());
         let mut skipped = Vec::new();
@@ -106,40 +172,7 @@ impl SiteRows {
         if rows.is_empty() {
             return Err(DataError::File { file: table.source.clone(), message: "no usable rows".into() });
         }
-        Ok(Self { columns, categorical, rows, skipped })
-    }
-
-    /// The k-threshold: in each categorical column, a value that fewer than `k` of the rows in
-    /// `counted` (the training split, whose counts are reported) have becomes
-    /// [`OTHER_CATEGORY`] in every row, test rows included; when the rare values together are
-    /// still fewer than `k`, they become missing. Values seen only outside `counted` are rare
-    /// too. Returns how many values were folded. After this, every category the site reports
-    /// counts at least `k` rows.
-    pub fn fold_rare_categories(&mut self, counted: &[usize], k: u64) -> usize {
-        let mut folded = 0;
-        for j in 0..self.columns.len() {
-            if !self.categorical[j] || k <= 1 {
-                continue;
-            }
-            let mut counts: HashMap<&str, u64> = HashMap::new();
-            for &i in counted {
-                if let Some(v) = &self.rows[i].values[j] {
-                    *counts.entry(v.as_str()).or_default() += 1;
-                }
-            }
-            let kept: HashSet<String> = counts.iter().filter(|&(_, &n)| n >= k).map(|(v, _)| (*v).to_owned()).collect();
-            let other: u64 = counts.iter().filter(|&(_, &n)| n < k).map(|(_, &n)| n).sum();
-            let replacement = (other >= k).then(|| OTHER_CATEGORY.to_owned());
-            for row in &mut self.rows {
-                if let Some(v) = &row.values[j]
-                    && !kept.contains(v)
-                {
-                    row.values[j] = replacement.clone();
-                    folded += 1;
-                }
-            }
-        }
-        folded
+        Ok(Self { columns, categorical, rows, skipped, identifiers })
     }
 
     /// Labels in row order.
@@ -217,35 +250,74 @@ mod tests {
         assert!(err.contains("site.csv:2") && err.contains("column `num`"), "{err}");
     }
 
-    #[test]
-    fn categories_rarer_than_k_become_other_or_missing() {
-        // 6 × a, 3 × b, 2 × c, 1 × d in the counted rows; e only in an uncounted row.
-        let values = ["a", "a", "a", "a", "a", "a", "b", "b", "b", "c", "c", "d", "e"];
-        let text: String = values.iter().enumerate().map(|(i, v)| format!("{i},{v},good\n")).collect();
+    /// A heart-study export as R writes it: `NA` for missing, some `?` (UCI), some `NaN`.
+    fn r_export(rows: usize) -> String {
+        let mut text = String::from("id,chol,glucose,smoker,y\n");
+        for i in 0..rows {
+            let chol = match i % 9 {
+                0 => "NA".to_owned(),
+                4 => "?".to_owned(),
+                _ => (170 + (i * 13) % 40).to_string(),
+            };
+            let glucose = if i % 11 == 0 { "NaN".to_owned() } else { format!("{}.{}", 70 + i % 40, i % 10) };
+            let smoker = ["yes", "no", "NA", "no"][i % 4];
+            text.push_str(&format!("{},{chol},{glucose},{smoker},{}\n", 5000 + i, ["bad", "good"][i % 2]));
+        }
+        text
+    }
+
+    fn infer_spec() -> DataSpec {
         let mut spec = Task::banks().data;
         spec.label.column = "y".into();
-        spec.categorical = Categorical::Listed(vec!["color".into()]);
-        let counted: Vec<usize> = (0..12).collect();
-        let column = |rows: &SiteRows| rows.rows.iter().map(|r| r.values[1].clone()).collect::<Vec<_>>();
+        spec
+    }
 
-        let mut rows = SiteRows::from_table(&table(&format!("x,color,y\n{text}")), &spec).unwrap();
-        assert_eq!(rows.fold_rare_categories(&counted, 5), 7);
-        let other = Some(OTHER_CATEGORY.to_owned());
-        let expected: Vec<Option<String>> = (0..13).map(|i| if i < 6 { Some("a".to_owned()) } else { other.clone() }).collect();
-        assert_eq!(column(&rows), expected, "b, c, d (6 rows together) are one category; e is rare too");
-        let stats = crate::data::SiteStats::of_rows(&rows, &counted);
-        assert!(stats.columns[1].categories.values().all(|&n| n >= 5), "{:?}", stats.columns[1].categories);
+    #[test]
+    fn missing_spellings_of_r_pandas_and_uci_leave_numbers_numeric() {
+        let rows = SiteRows::from_table(&table(&r_export(60)), &infer_spec()).unwrap();
+        assert_eq!(rows.columns, vec!["id", "chol", "glucose", "smoker"]);
+        assert_eq!(rows.categorical, vec![false, false, false, true], "NA, ? and NaN are missing, not categories");
+        let chol = &rows.rows.iter().map(|r| r.values[1].clone()).collect::<Vec<_>>();
+        assert_eq!(chol.iter().filter(|v| v.is_none()).count(), 14);
+        assert_eq!(rows.identifiers, vec!["id"], "a distinct whole number in every row is flagged");
+        // Without the defaults, `NA` makes chol mostly numbers with stray words: a bad row.
+        let mut spec = infer_spec();
+        spec.missing.clear();
+        let err = SiteRows::from_table(&table(&r_export(60)), &spec).unwrap_err().to_string();
+        assert!(err.contains("site.csv:2") && err.contains("column `chol`") && err.contains("not a number"), "{err}");
+    }
 
-        // With k = 7 even `a` is rare, and all rare values together (12) form `other`; with
-        // k = 13 they are too few and become missing: nothing is reported.
-        let mut rows = SiteRows::from_table(&table(&format!("x,color,y\n{text}")), &spec).unwrap();
-        rows.fold_rare_categories(&counted, 13);
-        assert!(column(&rows).iter().all(Option::is_none));
-        assert!(crate::data::SiteStats::of_rows(&rows, &counted).columns[1].categories.is_empty());
+    #[test]
+    fn a_numeric_column_with_some_text_names_the_row_or_skips_it() {
+        let mut text = String::from("age,y\n");
+        for i in 0..30 {
+            text.push_str(&format!("{},good\n", if i == 17 { "unknown".to_owned() } else { (30 + i).to_string() }));
+        }
+        let err = SiteRows::from_table(&table(&text), &infer_spec()).unwrap_err().to_string();
+        assert!(err.contains("site.csv:19") && err.contains("column `age`"), "{err}");
+        assert!(!err.contains("unknown"), "the value itself stays out of logs: {err}");
+        let mut spec = infer_spec();
+        spec.bad_rows = BadRows::Skip;
+        let rows = SiteRows::from_table(&table(&text), &spec).unwrap();
+        assert_eq!((rows.rows.len(), rows.skipped.len(), rows.categorical[0]), (29, 1, false));
+    }
 
-        // k = 1 reports everything, as before.
-        let mut rows = SiteRows::from_table(&table(&format!("x,color,y\n{text}")), &spec).unwrap();
-        assert_eq!(rows.fold_rare_categories(&counted, 1), 0);
+    #[test]
+    fn an_inferred_category_with_very_many_values_is_refused_with_its_numbers() {
+        let mut text = String::from("n,comment,y\n");
+        for i in 0..200 {
+            text.push_str(&format!("{},note {},good\n", i % 7, i % 150));
+        }
+        let err = SiteRows::from_table(&table(&text), &infer_spec()).unwrap_err().to_string();
+        assert!(err.contains("site.csv") && err.contains("column `comment`") && err.contains("150 distinct values"), "{err}");
+        assert!(err.contains("drop = [\"comment\"]") && err.contains("numeric = [\"comment\"]"), "{err}");
+        // Declared numeric, the same words are bad values instead; dropped, it is gone.
+        let mut spec = infer_spec();
+        spec.drop = vec!["comment".into()];
+        assert_eq!(SiteRows::from_table(&table(&text), &spec).unwrap().columns, vec!["n"]);
+        let mut spec = infer_spec();
+        spec.numeric = vec!["comment".into()];
+        assert!(SiteRows::from_table(&table(&text), &spec).unwrap_err().to_string().contains("not a number"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use super::plan::OTHER_CATEGORY;
 use super::rows::SiteRows;
 
 /// What the coordinator accepts in a site's aggregates: these bound the plan (and so the
@@ -54,12 +55,34 @@ pub struct ColumnStats {
     pub missing: u64,
     /// Categorical columns only: count per category.
     pub categories: BTreeMap<String, u64>,
+    /// Every value distinct, as in an identifier (a flag for the data profile).
+    pub identifier_like: bool,
+    /// Numeric columns: a histogram in the site's own standard units (edges at the site's
+    /// mean ± 1 and 2 deviations, see [`HISTOGRAM_EDGES`]), neighbouring bins merged until
+    /// each holds at least k rows: no bin edge is a value, no bin a single row.
+    pub histogram: Vec<Bin>,
 }
+
+/// One bin of a histogram: the rows whose standardised value is below `upper` (and at or
+/// above the previous bin's `upper`); the last bin's `upper` is +∞.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bin {
+    pub upper: f64,
+    pub count: u64,
+}
+
+/// The finest bin edges of a histogram, in standard units of the site's column.
+pub const HISTOGRAM_EDGES: [f64; 5] = [-2.0, -1.0, 0.0, 1.0, 2.0];
 
 /// Aggregates of every feature column of one site.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SiteStats {
     pub columns: Vec<ColumnStats>,
+    /// Training rows per class, reported only when every class has none or at least k
+    /// (otherwise empty: with the site's total known, one small count gives away the others).
+    pub label_counts: Vec<u64>,
+    /// Per class: whether the site's training rows hold it at all.
+    pub label_present: Vec<bool>,
 }
 
 impl SiteStats {
@@ -118,18 +141,82 @@ impl SiteStats {
             if c.categories.values().any(|&n| n == 0) {
                 return Err(format!("column `{name}`: a category with a count of zero"));
             }
+            if !c.histogram.is_empty() {
+                let ordered = c.histogram.windows(2).all(|w| w[0].upper < w[1].upper);
+                let last_open = c.histogram.last().is_some_and(|b| b.upper == f64::INFINITY);
+                let total = c.histogram.iter().try_fold(0u64, |a, b| a.checked_add(b.count));
+                if c.histogram.len() > HISTOGRAM_EDGES.len() + 1 || !ordered || !last_open || c.histogram.iter().any(|b| b.count == 0 || b.upper.is_nan()) {
+                    return Err(format!("column `{name}`: a histogram needs at most {} bins of rising edges, the last one open", HISTOGRAM_EDGES.len() + 1));
+                }
+                if total != Some(c.numeric_count) {
+                    return Err(format!("column `{name}`: the histogram's counts do not add up to its {} numeric values", c.numeric_count));
+                }
+            }
+        }
+        if self.label_counts.len() > MAX_CLASSES || self.label_present.len() > MAX_CLASSES {
+            return Err(format!("label counts for more than {MAX_CLASSES} classes"));
+        }
+        if !self.label_counts.is_empty() {
+            let total = self.label_counts.iter().try_fold(0u64, |a, n| a.checked_add(*n));
+            if total != Some(num_train) {
+                return Err(format!("the label counts do not add up to the {num_train} training rows the site declared"));
+            }
+            if self.label_counts.len() != self.label_present.len() || self.label_counts.iter().zip(&self.label_present).any(|(n, p)| (*n > 0) != *p) {
+                return Err("the label counts contradict the classes the site says it holds".into());
+            }
         }
         Ok(())
     }
 
-    /// Reduces the rows selected by `indices` (a site's training split) to aggregates.
+    /// Reduces the rows selected by `indices` (a site's training split) to what the site
+    /// reports, under the k-threshold: a numeric column with fewer than `k` values at the site
+    /// reports them as missing (a mean of one row is that row's value), histogram bins hold
+    /// at least `k` rows, and label counts are sent only when no class has fewer than `k`.
+    /// In a categorical column, the values fewer than `k` rows have are reported together as
+    /// [`OTHER_CATEGORY`], or as missing when even together they are fewer than `k`.
+    pub fn summarise(site: &SiteRows, indices: &[usize], num_classes: usize, k: u64) -> Self {
+        let mut stats = Self::of_rows(site, indices);
+        for c in stats.columns.iter_mut().filter(|c| c.categorical && k > 1) {
+            let rare: u64 = c.categories.values().filter(|&&n| n < k).sum();
+            c.categories.retain(|_, n| *n >= k);
+            if rare >= k {
+                *c.categories.entry(OTHER_CATEGORY.to_owned()).or_default() += rare;
+            } else {
+                c.missing += rare;
+            }
+        }
+        for c in &mut stats.columns {
+            if !c.categorical && c.numeric_count > 0 && c.numeric_count < k {
+                c.missing += c.numeric_count;
+                (c.numeric_count, c.sum, c.sum_squares) = (0, 0.0, 0.0);
+            }
+        }
+        for (j, c) in stats.columns.iter_mut().enumerate() {
+            if !c.categorical && c.numeric_count > 0 {
+                c.histogram = histogram(site, indices, j, c, k);
+            }
+        }
+        let mut counts = vec![0u64; num_classes];
+        for &i in indices {
+            if let Some(n) = counts.get_mut(site.rows[i].label as usize) {
+                *n += 1;
+            }
+        }
+        stats.label_present = counts.iter().map(|&n| n > 0).collect();
+        stats.label_counts = if counts.iter().all(|&n| n == 0 || n >= k) { counts } else { Vec::new() };
+        stats
+    }
+
+    /// Reduces the rows selected by `indices` to aggregates, without the k-threshold on
+    /// numbers, histograms or labels (see [`SiteStats::summarise`]).
     pub fn of_rows(site: &SiteRows, indices: &[usize]) -> Self {
         let columns = site
             .columns
             .iter()
             .enumerate()
             .map(|(j, name)| {
-                let mut s = ColumnStats { name: name.clone(), categorical: site.categorical[j], ..Default::default() };
+                let identifier_like = site.identifiers.contains(name);
+                let mut s = ColumnStats { name: name.clone(), categorical: site.categorical[j], identifier_like, ..Default::default() };
                 for &i in indices {
                     match &site.rows[i].values[j] {
                         None => s.missing += 1,
@@ -146,20 +233,102 @@ impl SiteStats {
                 s
             })
             .collect();
-        Self { columns }
+        Self { columns, ..Default::default() }
     }
+}
+
+/// The most classes a site may report counts for.
+pub const MAX_CLASSES: usize = 1024;
+
+/// The histogram of numeric column `j` in standard units of `c`'s own moments, with the
+/// smallest bin merged into its smaller neighbour until every bin holds at least `k` rows.
+fn histogram(site: &SiteRows, indices: &[usize], j: usize, c: &ColumnStats, k: u64) -> Vec<Bin> {
+    let n = c.numeric_count as f64;
+    let mean = c.sum / n;
+    let std = (c.sum_squares / n - mean * mean).max(0.0).sqrt();
+    let mut bins: Vec<Bin> = HISTOGRAM_EDGES.iter().map(|&upper| Bin { upper, count: 0 }).chain([Bin { upper: f64::INFINITY, count: 0 }]).collect();
+    for &i in indices {
+        if let Some(x) = site.rows[i].values[j].as_deref().and_then(|v| v.parse::<f64>().ok()) {
+            let z = if std > 1e-12 { (x - mean) / std } else { 0.0 };
+            let b = bins.iter().position(|b| z < b.upper).unwrap_or(bins.len() - 1);
+            bins[b].count += 1;
+        }
+    }
+    bins.retain(|b| b.count > 0 || b.upper == f64::INFINITY);
+    loop {
+        let Some((small, _)) = bins.iter().enumerate().filter(|(_, b)| b.count < k.max(1)).min_by_key(|(_, b)| b.count) else { break };
+        if bins.len() == 1 {
+            break;
+        }
+        // Merge with the smaller neighbour; the merged bin keeps the upper edge of the later one.
+        let other = match (small.checked_sub(1), (small + 1 < bins.len()).then_some(small + 1)) {
+            (Some(l), Some(r)) => {
+                if bins[l].count <= bins[r].count {
+                    l
+                } else {
+                    r
+                }
+            }
+            (Some(l), None) => l,
+            (None, Some(r)) => r,
+            (None, None) => break,
+        };
+        let (lo, hi) = (small.min(other), small.max(other));
+        bins[hi].count += bins[lo].count;
+        bins.remove(lo);
+    }
+    bins.retain(|b| b.count > 0);
+    if let Some(last) = bins.last_mut() {
+        last.upper = f64::INFINITY;
+    }
+    bins
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+    use crate::data::RawTable;
+    use crate::task::{Categorical, Task};
+
+    fn table(text: &str) -> RawTable {
+        RawTable::from_reader(text.as_bytes(), Path::new("site.csv")).unwrap()
+    }
+
+    #[test]
+    fn categories_rarer_than_k_are_reported_as_other_or_missing() {
+        // 6 × a, 3 × b, 2 × c, 1 × d in the counted rows; e only in an uncounted row.
+        let values = ["a", "a", "a", "a", "a", "a", "b", "b", "b", "c", "c", "d", "e"];
+        let text: String = values.iter().enumerate().map(|(i, v)| format!("{i},{v},good\n")).collect();
+        let mut spec = Task::banks().data;
+        spec.label.column = "y".into();
+        spec.categorical = Categorical::Listed(vec!["color".into()]);
+        let counted: Vec<usize> = (0..12).collect();
+        let column = |rows: &SiteRows| rows.rows.iter().map(|r| r.values[1].clone()).collect::<Vec<_>>();
+
+        let rows = SiteRows::from_table(&table(&format!("x,color,y\n{text}")), &spec).unwrap();
+        let stats = SiteStats::summarise(&rows, &counted, 2, 5);
+        let expected: BTreeMap<String, u64> = [("a".to_owned(), 6), (OTHER_CATEGORY.to_owned(), 6)].into();
+        assert_eq!(stats.columns[1].categories, expected, "b, c, d (6 rows together) are one category");
+        assert_eq!(column(&rows)[12], Some("e".to_owned()), "the site's rows keep their values: only what it reports is folded");
+
+        // With k = 7 even `a` is rare, and all rare values together (12) form `other`; with
+        // k = 13 they are too few and become missing: nothing is reported.
+        let stats = SiteStats::summarise(&rows, &counted, 2, 13);
+        assert!(stats.columns[1].categories.is_empty());
+        assert_eq!(stats.columns[1].missing, 12);
+
+        // k = 1 reports everything.
+        assert_eq!(SiteStats::summarise(&rows, &counted, 2, 1).columns[1].categories.len(), 4);
+    }
 
     fn numeric(name: &str, n: u64, sum: f64, sum_squares: f64) -> ColumnStats {
         ColumnStats { name: name.into(), numeric_count: n, sum, sum_squares, ..Default::default() }
     }
 
     fn refused(columns: Vec<ColumnStats>, num_train: u64) -> String {
-        SiteStats { columns }.validate(num_train, &StatsLimits::default()).expect_err("hostile aggregates")
+        SiteStats { columns, ..Default::default() }.validate(num_train, &StatsLimits::default()).expect_err("hostile aggregates")
     }
 
     #[test]
@@ -176,6 +345,7 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            ..Default::default()
         };
         assert_eq!(honest.validate(40, &limits), Ok(()));
         // Counts that wrap u64 when added, or exceed the declared rows.

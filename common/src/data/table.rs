@@ -1,4 +1,9 @@
 //! Reading a CSV file with a header into memory, keeping each row's line number for errors.
+//!
+//! Files come from R, Excel, databases and pandas: `\n`, `\r\n` or old Mac `\r` line endings,
+//! a UTF-8 byte-order mark, `,` `;` or tab delimiters (detected from the header line unless
+//! given), quoted fields, and, in `;`-delimited files (Excel in a comma-decimal locale), decimal
+//! commas (`1,5`), read as `1.5`. A file in UTF-16 is refused with a hint instead of garbled.
 
 use std::path::{Path, PathBuf};
 
@@ -26,15 +31,19 @@ pub struct RawRow {
 impl RawTable {
     /// Reads a CSV file; a ragged row or broken quoting is an error naming file and line.
     pub fn read(path: &Path) -> Result<Self, DataError> {
-        let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_owned(), source })?;
-        Self::from_reader(file, path)
+        Self::read_keeping(path, &|_| true)
     }
 
     /// Reads a CSV file keeping only the columns `keep` accepts: the others' fields are
     /// parsed past (the CSV grammar needs it) but never stored.
     pub fn read_keeping(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Self, DataError> {
+        Self::read_with(path, None, keep)
+    }
+
+    /// Reads a CSV file with a given delimiter (`None`: detected from the header line).
+    pub fn read_with(path: &Path, delimiter: Option<u8>, keep: &dyn Fn(&str) -> bool) -> Result<Self, DataError> {
         let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_owned(), source })?;
-        Self::from_reader_keeping(file, path, keep)
+        Self::from_reader_with(file, path, delimiter, keep)
     }
 
     /// Reads CSV text from any reader; `source` names it in errors.
@@ -44,8 +53,24 @@ impl RawTable {
 
     /// Reads CSV text, keeping only the columns `keep` accepts.
     pub fn from_reader_keeping<R: std::io::Read>(reader: R, source: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Self, DataError> {
-        let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(reader);
-        let header: Vec<String> = rdr.headers().map_err(|e| csv_error(e, source))?.iter().map(|h| h.trim().to_owned()).collect();
+        Self::from_reader_with(reader, source, None, keep)
+    }
+
+    /// Reads CSV text with a given delimiter (`None`: detected), keeping the columns `keep` accepts.
+    pub fn from_reader_with<R: std::io::Read>(mut reader: R, source: &Path, delimiter: Option<u8>, keep: &dyn Fn(&str) -> bool) -> Result<Self, DataError> {
+        let mut text = Vec::new();
+        reader.read_to_end(&mut text).map_err(|e| DataError::Io { path: source.to_owned(), source: e })?;
+        if text.starts_with(&[0xFF, 0xFE]) || text.starts_with(&[0xFE, 0xFF]) {
+            return Err(DataError::File { file: source.to_owned(), message: "the file is UTF-16 text; save it as UTF-8 CSV".into() });
+        }
+        let delimiter = delimiter.unwrap_or_else(|| detect_delimiter(&text[..text.len().min(SNIFF_BYTES)]));
+        let decimal_comma = delimiter == b';';
+        // The csv parser accepts `\r\n` and old Mac `\r` line ends but counts lines by `\n`
+        // alone, and places a record after `\r\n` a line early: with every line end made `\n`,
+        // errors and rows name the lines an editor shows.
+        let text = unify_line_ends(text);
+        let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).delimiter(delimiter).from_reader(text.as_slice());
+        let header: Vec<String> = rdr.headers().map_err(|e| csv_error(e, source))?.iter().map(|h| h.trim_start_matches('\u{feff}').trim().to_owned()).collect();
         if header.is_empty() || header.iter().all(String::is_empty) {
             return Err(DataError::File { file: source.to_owned(), message: "no header row".into() });
         }
@@ -62,7 +87,7 @@ impl RawTable {
         for record in rdr.records() {
             let record = record.map_err(|e| csv_error(e, source))?;
             let line = record.position().map_or(0, |p| p.line());
-            let fields = record.iter().zip(&kept).filter(|(_, k)| **k).map(|(f, _)| f.trim().to_owned()).collect();
+            let fields = record.iter().zip(&kept).filter(|(_, k)| **k).map(|(f, _)| clean_field(f, decimal_comma)).collect();
             rows.push(RawRow { line, fields });
         }
         let (kept_names, withheld) = header.into_iter().zip(kept).partition::<Vec<_>, _>(|(_, k)| *k);
@@ -109,6 +134,74 @@ impl RawTable {
     }
 }
 
+/// Bytes looked at to detect the delimiter.
+const SNIFF_BYTES: usize = 64 * 1024;
+
+/// The delimiter of a CSV file from its header line: the most frequent of `,` `;` and tab
+/// outside quotes (`,` when none occurs: a one-column file).
+pub fn detect_delimiter(head: &[u8]) -> u8 {
+    let mut counts = [(b',', 0usize), (b';', 0), (b'\t', 0)];
+    let mut quoted = false;
+    for &b in head {
+        match b {
+            b'"' => quoted = !quoted,
+            b'\n' | b'\r' if !quoted => break,
+            _ if !quoted => {
+                if let Some(c) = counts.iter_mut().find(|(d, _)| *d == b) {
+                    c.1 += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    // The first of the most frequent wins a tie, so `,` does.
+    counts.iter().fold((b',', 0), |best, &c| if c.1 > best.1 { c } else { best }).0
+}
+
+/// `\r\n` and lone `\r` become `\n`.
+fn unify_line_ends(text: Vec<u8>) -> Vec<u8> {
+    if !text.contains(&b'\r') {
+        return text;
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.iter().copied().peekable();
+    while let Some(b) = bytes.next() {
+        if b == b'\r' {
+            out.push(b'\n');
+            if bytes.peek() == Some(&b'\n') {
+                bytes.next();
+            }
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// A field as stored: trimmed, and a decimal comma (`-1,5`, `,5e3`) read as a point.
+fn clean_field(f: &str, decimal_comma: bool) -> String {
+    let f = f.trim();
+    if decimal_comma && is_decimal_comma_number(f) {
+        return f.replacen(',', ".", 1);
+    }
+    f.to_owned()
+}
+
+fn is_decimal_comma_number(f: &str) -> bool {
+    let body = f.strip_prefix(['-', '+']).unwrap_or(f);
+    let (mantissa, exponent) = match body.find(['e', 'E']) {
+        Some(i) => (&body[..i], Some(&body[i + 1..])),
+        None => (body, None),
+    };
+    let Some((int, frac)) = mantissa.split_once(',') else { return false };
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let exponent_ok = exponent.is_none_or(|e| {
+        let e = e.strip_prefix(['-', '+']).unwrap_or(e);
+        !e.is_empty() && digits(e)
+    });
+    !int.is_empty() && !frac.is_empty() && digits(int) && digits(frac) && exponent_ok
+}
+
 fn csv_error(e: csv::Error, source: &Path) -> DataError {
     let line = e.position().map_or(0, |p| p.line());
     let message = match e.kind() {
@@ -153,6 +246,45 @@ mod tests {
         assert!(!format!("{t:?}").contains("hiv"), "a withheld value stays nowhere in memory: {t:?}");
         let same = RawTable::from_reader(text.as_bytes(), Path::new("t.csv")).unwrap().keeping(&keep);
         assert_eq!((same.header, same.withheld, same.rows), (t.header, t.withheld, t.rows));
+    }
+
+    #[test]
+    fn exports_of_r_excel_and_databases_are_read_alike() {
+        let expected = RawTable::from_reader("age,sex,y\n40,f,1\n\"50\",\"m, retired\",0\n".as_bytes(), Path::new("t.csv")).unwrap();
+        let variants: [&[u8]; 5] = [
+            b"age,sex,y\r\n40,f,1\r\n\"50\",\"m, retired\",0\r\n",
+            b"age,sex,y\r40,f,1\r\"50\",\"m, retired\",0\r",
+            b"\xEF\xBB\xBFage,sex,y\n40,f,1\n50,\"m, retired\",0\n",
+            b"age;sex;y\n40;f;1\n50;m, retired;0\n",
+            b"\"age\"\t\"sex\"\t\"y\"\n40\tf\t1\n50\tm, retired\t0\n",
+        ];
+        for bytes in variants {
+            let t = RawTable::from_reader(bytes, Path::new("t.csv")).unwrap();
+            assert_eq!((&t.header, &t.rows), (&expected.header, &expected.rows), "{}", String::from_utf8_lossy(bytes));
+        }
+    }
+
+    #[test]
+    fn old_mac_line_endings_keep_line_numbers() {
+        let err = RawTable::from_reader("a,b\r1,2\r3,4\r5\r".as_bytes(), Path::new("t.csv")).unwrap_err().to_string();
+        assert!(err.contains("t.csv:4"), "{err}");
+    }
+
+    #[test]
+    fn semicolon_files_read_decimal_commas() {
+        let t = RawTable::from_reader("x;y;name\n1,5;-2,25e1;a,b\n3;,5;x\n".as_bytes(), Path::new("t.csv")).unwrap();
+        assert_eq!(t.rows[0].fields, vec!["1.5", "-2.25e1", "a,b"]);
+        assert_eq!(t.rows[1].fields, vec!["3", ",5", "x"], "a bare `,5` is not taken for a number");
+        let t = RawTable::from_reader("x,y\n\"1,5\",2\n".as_bytes(), Path::new("t.csv")).unwrap();
+        assert_eq!(t.rows[0].fields, vec!["1,5", "2"], "in a comma-delimited file a comma is never a decimal mark");
+    }
+
+    #[test]
+    fn an_explicit_delimiter_wins_and_utf16_is_refused() {
+        let t = RawTable::from_reader_with("a;b,c\n1;2,3\n".as_bytes(), Path::new("t.csv"), Some(b','), &|_| true).unwrap();
+        assert_eq!(t.header, vec!["a;b", "c"]);
+        let err = RawTable::from_reader(&b"\xFF\xFEa\x00,\x00b\x00"[..], Path::new("t.csv")).unwrap_err().to_string();
+        assert!(err.contains("t.csv") && err.contains("UTF-16"), "{err}");
     }
 
     #[test]

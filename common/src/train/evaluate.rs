@@ -18,6 +18,12 @@ pub struct Evaluation {
     pub accuracy: f64,
     /// Binary tasks with both classes present only.
     pub auc: Option<f64>,
+    /// A site's evaluation of the global model also carries its loss on the site's
+    /// validation rows (which pick the model kept), and how many there were.
+    #[serde(default)]
+    pub validation_loss: Option<f64>,
+    #[serde(default)]
+    pub validation_examples: u64,
 }
 
 /// Examples per forward pass during evaluation.
@@ -36,6 +42,19 @@ pub fn evaluate(params: &FlatParams, shape: &ModelShape, data: &Dataset, backend
         let model = Mlp::from_params(shape, params, &device)?;
         let logits = predict_logits(&model, data, &device);
         Ok(score(&logits, shape.outputs, &data.labels))
+    })
+}
+
+/// The logits of `params` (a model of `shape`) for every example of `data`, row-major
+/// `[n, outputs]`.
+pub fn logits(params: &FlatParams, shape: &ModelShape, data: &Dataset, backend: Backend) -> Result<Vec<f32>, TrainError> {
+    if data.n_features != shape.inputs {
+        return Err(TrainError::FeatureMismatch { expected: shape.inputs, found: data.n_features });
+    }
+    backend.run(|| {
+        let device = backend.inference();
+        let model = Mlp::from_params(shape, params, &device)?;
+        Ok(predict_logits(&model, data, &device))
     })
 }
 
@@ -79,6 +98,8 @@ pub fn score(logits: &[f32], outputs: usize, labels: &[u32]) -> Evaluation {
         loss: loss / n as f64,
         accuracy: correct as f64 / n as f64,
         auc: if outputs == 1 { roc_auc(&scores, labels) } else { None },
+        validation_loss: None,
+        validation_examples: 0,
     }
 }
 

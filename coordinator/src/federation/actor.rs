@@ -276,31 +276,46 @@ async fn run(
 /// A closed round on its way to the run directory.
 type RoundToWrite = (RoundRecord, Arc<FlatParams>, Vec<(&'static str, Vec<f64>)>);
 
+/// What the writer thread writes: closed rounds, and the data profile once the plan is made.
+enum ToWrite {
+    Round(RoundToWrite),
+    Profile(Arc<crate::profile::Profile>),
+}
+
 /// Writes closed rounds to the run directory (metrics, checkpoint, chart) on a thread of its
 /// own, in order, so that file I/O and drawing never delay the next round. The run directory
 /// is a record for people and tools; what a resume needs is the durable state, written
 /// before any site hears of a change.
 struct RoundWriter {
-    tx: std::sync::mpsc::Sender<RoundToWrite>,
+    tx: std::sync::mpsc::Sender<ToWrite>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl RoundWriter {
     fn start(mut dir: RunDir) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<RoundToWrite>();
+        let (tx, rx) = std::sync::mpsc::channel::<ToWrite>();
         let thread = std::thread::spawn(move || {
-            for (record, model, strategy_state) in rx {
-                if let Err(e) = dir.record_round(&record, &model, &strategy_state) {
-                    tracing::error!(error = %e, "could not write the round to the run directory");
+            for item in rx {
+                match item {
+                    ToWrite::Round((record, model, strategy_state)) => {
+                        if let Err(e) = dir.record_round(&record, &model, &strategy_state) {
+                            tracing::error!(error = %e, "could not write the round to the run directory");
+                        }
+                    }
+                    ToWrite::Profile(profile) => {
+                        if let Err(e) = profile.write(dir.root()) {
+                            tracing::error!(error = %e, "could not write the data profile to the run directory");
+                        }
+                    }
                 }
             }
         });
         Self { tx, thread }
     }
 
-    fn write(&self, round: RoundToWrite) {
+    fn write(&self, item: ToWrite) {
         // The thread only stops once the sender is dropped, in `finish`.
-        let _ = self.tx.send(round);
+        let _ = self.tx.send(item);
     }
 
     /// Waits until every round sent is written.
@@ -500,7 +515,15 @@ fn record(fed: &Federation, events: &[Event], writer: Option<&RoundWriter>, prog
             Event::Joined { site, client_id } => tracing::info!(%site, %client_id, "site joined"),
             Event::Dropped { site, round, reason } => tracing::warn!(%site, round, %reason, "site dropped"),
             Event::Left { site } => tracing::info!(%site, "site left"),
-            Event::PlanReady { features, params } => tracing::info!(features, params, "preprocessing plan ready; global model initialised"),
+            Event::PlanReady { features, params, profile } => {
+                tracing::info!(features, params, "preprocessing plan ready; global model initialised");
+                for f in &profile.flags {
+                    tracing::warn!(kind = f.kind, "data profile: {}", f.message);
+                }
+                if let Some(w) = writer {
+                    w.write(ToWrite::Profile(profile.clone()));
+                }
+            }
             Event::FitOpened { round, cohort } => tracing::info!(round, cohort = %cohort.join(", "), "training round opened"),
             Event::Abandoned { round, attempt, updates } => {
                 tracing::warn!(round, attempt, updates, "training attempt abandoned at the deadline; retrying with a fresh cohort")
@@ -514,7 +537,7 @@ fn record(fed: &Federation, events: &[Event], writer: Option<&RoundWriter>, prog
             Event::RoundClosed(r) => {
                 tracing::info!(round = r.round, accuracy = %Metric(Some(r.accuracy)), loss = %Metric(Some(r.loss)), auc = %Metric(r.auc), clients = r.clients, "round closed");
                 if let (Some(w), Some((model, _))) = (writer, fed.global()) {
-                    w.write((r.clone(), model, fed.strategy_state()));
+                    w.write(ToWrite::Round((r.clone(), model, fed.strategy_state())));
                 }
             }
             Event::Done => tracing::info!("federation finished"),

@@ -51,6 +51,9 @@ pub struct Policy {
     /// Central DP: the coordinator's secret seed of its noise (`None`: the OS's generator).
     /// Never sent to a site, never in `identity` or the run's records.
     pub dp_seed: Option<u64>,
+    /// Early stopping: finish after this many rounds without a lower federated validation
+    /// loss than the best so far (`None`: run every round).
+    pub patience: Option<u32>,
 }
 
 impl Default for Policy {
@@ -71,6 +74,7 @@ impl Default for Policy {
             limits: StatsLimits::default(),
             max_uploads_per_site: 2,
             dp_seed: None,
+            patience: None,
         }
     }
 }
@@ -110,6 +114,9 @@ impl Policy {
         }
         if self.limits.max_columns == 0 || self.limits.max_categories == 0 || self.limits.max_name_bytes == 0 {
             return Err("max-columns, max-categories and max-name-bytes must be at least 1".into());
+        }
+        if self.patience == Some(0) {
+            return Err("early-stop patience must be at least 1 round".into());
         }
         if self.lease < Duration::from_millis(100) {
             return Err("the lease must be at least 100 ms".into());
@@ -163,7 +170,7 @@ impl Policy {
     /// out: a resumed run must have the same. Timings (lease, deadline, grace) may change.
     pub fn identity(&self) -> String {
         format!(
-            "rounds={} min_clients={} fraction_fit={} min_fit_results={} over_selection={} max_update_norm={:?} sampling={:?} allowed_sites={:?} limits={:?}",
+            "rounds={} min_clients={} fraction_fit={} min_fit_results={} over_selection={} max_update_norm={:?} sampling={:?} allowed_sites={:?} limits={:?} patience={:?}",
             self.rounds,
             self.min_clients,
             self.fraction_fit,
@@ -172,7 +179,8 @@ impl Policy {
             self.max_update_norm,
             self.sampling,
             self.allowed_sites,
-            self.limits
+            self.limits,
+            self.patience
         )
     }
 

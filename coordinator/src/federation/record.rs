@@ -48,11 +48,15 @@ pub struct RoundRecord {
     /// own accountant over all its steps so far).
     #[serde(default)]
     pub record_epsilon: Option<f64>,
+    /// Mean loss of the new global model on the sites' validation rows, weighted by their
+    /// number: the model kept at the end is that of the round where it was lowest.
+    #[serde(default)]
+    pub validation_loss: Option<f64>,
 }
 
 impl RoundRecord {
     /// Column names of `metrics.csv`, in order.
-    pub const HEADER: [&'static str; 17] = [
+    pub const HEADER: [&'static str; 18] = [
         "round",
         "accuracy",
         "loss",
@@ -70,6 +74,7 @@ impl RoundRecord {
         "params_sha256",
         "refused",
         "record_epsilon",
+        "validation_loss",
     ];
 
     /// The record as CSV fields (empty for absent values).
@@ -93,6 +98,7 @@ impl RoundRecord {
             self.model_hash.clone(),
             self.refused.to_string(),
             opt(self.record_epsilon),
+            opt(self.validation_loss),
         ]
     }
 }
@@ -139,6 +145,7 @@ mod tests {
             model_hash: "ab".into(),
             refused: 0,
             record_epsilon: None,
+            validation_loss: None,
         };
         let fields = r.fields();
         assert_eq!((fields[1].as_str(), fields[2].as_str(), fields[3].as_str()), ("", "", ""));

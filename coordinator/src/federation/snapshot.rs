@@ -112,9 +112,20 @@ pub struct Snapshot {
     /// Central DP's secret noise seed (the state directory is the coordinator's alone).
     #[serde(default)]
     pub noise_seed: Option<u64>,
+    /// The best round so far by validation loss, its loss and its sites' evaluations; its
+    /// model is the `best` tensor.
+    #[serde(default)]
+    pub best_round: Option<u32>,
+    #[serde(default)]
+    pub best_loss: Option<f64>,
+    #[serde(default)]
+    pub best_site_metrics: BTreeMap<String, Evaluation>,
     /// The global model (absent before the plan); kept as a tensor, not in the metadata.
     #[serde(skip)]
     pub global: Option<Arc<FlatParams>>,
+    /// The best round's model (same layout as the global model); a tensor.
+    #[serde(skip)]
+    pub best: Option<Arc<FlatParams>>,
     /// The strategy's optimiser state, by name; kept as tensors.
     #[serde(skip)]
     pub strategy_state: Vec<(String, Vec<f64>)>,

@@ -1,6 +1,9 @@
 //! The comparisons a federation must beat: each site training alone, and centralised training
 //! on the pooled data (which a real federation is not allowed to do). Same model, same
-//! initial parameters, same number of passes over the data as the federation made.
+//! initial parameters, the same rounds of local epochs as the federation made, and the same
+//! rule for the model kept: the round with the lowest validation loss (the site's own
+//! validation rows for local-only, all of them pooled for centralised), stopping early after
+//! `patience` rounds without improvement when the federation does.
 
 use std::collections::BTreeMap;
 
@@ -40,32 +43,68 @@ pub fn scorecard(params: &FlatParams, shape: &ModelShape, sites: &BTreeMap<Strin
 }
 
 /// Trains the local-only and centralised baselines and scores them with the federated model.
-pub fn compare(
-    task: &Task,
-    shape: &ModelShape,
-    sites: &BTreeMap<String, SiteData>,
-    federated: &FlatParams,
-    rounds: u32,
-    seed: u64,
-    backend: Backend,
-) -> Result<Comparison, TrainError> {
+pub fn compare(task: &Task, shape: &ModelShape, sites: &BTreeMap<String, SiteData>, federated: &FlatParams, rounds: Rounds) -> Result<Comparison, TrainError> {
+    let Rounds { rounds, patience, seed, backend } = rounds;
     let epochs = rounds * task.training.local_epochs;
     let init = shape.init_params(seed);
-    let cfg = |label: &str| LocalConfig {
-        epochs,
-        batch_size: task.training.batch_size,
-        learning_rate: task.training.learning_rate,
-        seed: derive_seed(seed, &[label, "baseline"]),
-        proximal_mu: 0.0,
-        scaffold_correction: None,
-        backend,
-    };
+    let schedule = Schedule { task, shape, rounds, patience, seed, backend };
     let mut local = BTreeMap::new();
     for (name, d) in sites {
-        let (model, _) = train_local(&init, shape, &d.train, &cfg(name))?;
+        let model = schedule.train(&init, &d.train, &d.validation, name)?;
         local.insert(name.clone(), scorecard(&model, shape, sites, backend)?);
     }
     let pooled_train = Dataset::concat(sites.values().map(|d| &d.train));
-    let (central, _) = train_local(&init, shape, &pooled_train, &cfg("<centralized>"))?;
+    let pooled_validation = Dataset::concat(sites.values().map(|d| &d.validation));
+    let central = schedule.train(&init, &pooled_train, &pooled_validation, "<centralized>")?;
     Ok(Comparison { federated: scorecard(federated, shape, sites, backend)?, local, centralized: scorecard(&central, shape, sites, backend)?, epochs })
+}
+
+/// The federation's schedule, which the baselines follow.
+#[derive(Debug, Clone, Copy)]
+pub struct Rounds {
+    pub rounds: u32,
+    /// Early stopping after this many rounds without a lower validation loss.
+    pub patience: Option<u32>,
+    pub seed: u64,
+    pub backend: Backend,
+}
+
+/// How a baseline trains: the federation's rounds of local epochs, keeping the round with the
+/// lowest validation loss (the last round without validation rows).
+struct Schedule<'a> {
+    task: &'a Task,
+    shape: &'a ModelShape,
+    rounds: u32,
+    patience: Option<u32>,
+    seed: u64,
+    backend: Backend,
+}
+
+impl Schedule<'_> {
+    fn train(&self, init: &FlatParams, train: &Dataset, validation: &Dataset, label: &str) -> Result<FlatParams, TrainError> {
+        let validation_loss = |p: &FlatParams| -> Result<Option<f64>, TrainError> {
+            if validation.is_empty() { Ok(None) } else { Ok(Some(evaluate(p, self.shape, validation, self.backend)?.loss)) }
+        };
+        let mut current = init.clone();
+        let mut best = (validation_loss(&current)?, 0u32, current.clone());
+        for round in 1..=self.rounds {
+            let cfg = LocalConfig {
+                epochs: self.task.training.local_epochs,
+                batch_size: self.task.training.batch_size,
+                learning_rate: self.task.training.learning_rate,
+                seed: derive_seed(self.seed, &[label, "baseline", &round.to_string()]),
+                proximal_mu: 0.0,
+                scaffold_correction: None,
+                backend: self.backend,
+            };
+            current = train_local(&current, self.shape, train, &cfg)?.0;
+            match (validation_loss(&current)?, best.0) {
+                (None, _) => best = (None, round, current.clone()),
+                (Some(loss), Some(b)) if loss < b => best = (Some(loss), round, current.clone()),
+                (Some(_), Some(_)) if self.patience.is_some_and(|p| round - best.1 >= p) => break,
+                _ => {}
+            }
+        }
+        Ok(best.2)
+    }
 }

@@ -213,11 +213,12 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
 
     // The baselines see all the data at once: only a simulation can compute them.
     let comparison = if let Some(sites) = kept_for_baselines {
-        let (task, seed, rounds, o, backend) = (opts.task.clone(), opts.seed, policy.rounds, outcome.clone(), opts.backend);
+        let (task, seed, rounds, patience, o, backend) = (opts.task.clone(), opts.seed, policy.rounds, policy.patience, outcome.clone(), opts.backend);
         let b = bar_spinner(opts.progress, "training the local-only and centralized baselines");
         let c = tokio::task::spawn_blocking(move || -> Result<Comparison, String> {
             let data = encode_sites(&sites, &task, &o, seed).map_err(|e| e.to_string())?;
-            baselines::compare(&task, &o.shape, &data, &o.model, rounds, seed, backend).map_err(|e| e.to_string())
+            let schedule = baselines::Rounds { rounds, patience, seed, backend };
+            baselines::compare(&task, &o.shape, &data, &o.model, schedule).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| SimulateError::Baselines(e.to_string()))?
@@ -238,7 +239,7 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     // Sites all ran this backend: models are reproducible on one backend, not across the two.
     summary["backend"] = serde_json::Value::String(opts.backend.to_string());
     summary["config"] = summary::config(&opts.task, &policy, opts.seed, Some(&opts.backend.to_string()));
-    let model_sha256 = write_final(&opts.out, &outcome.model, &summary)?;
+    let model_sha256 = write_final(&opts.out, &opts.task, &outcome, &summary)?;
     summary["model_file_sha256"] = serde_json::Value::String(model_sha256.clone());
     summary["params_sha256"] = serde_json::Value::String(outcome.model.hash());
     Ok(Simulation { outcome, comparison, summary, model_sha256, seconds })

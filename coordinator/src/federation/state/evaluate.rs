@@ -80,6 +80,10 @@ impl Federation {
         let n_auc: u64 = with_auc.iter().fold(0u64, |a, r| a.saturating_add(r.examples));
         let auc = (n_auc > 0).then(|| with_auc.iter().map(|r| r.examples as f64 * r.auc.unwrap_or(0.0)).sum::<f64>() / n_auc as f64);
         let fit = e.fit.clone();
+        let n_val: u64 = e.results.values().fold(0u64, |a, r| a.saturating_add(r.validation_examples));
+        let validation_loss = (n_val > 0)
+            .then(|| e.results.values().filter_map(|r| r.validation_loss.map(|l| r.validation_examples as f64 * l)).sum::<f64>() / n_val as f64)
+            .filter(|l| l.is_finite());
         let record = RoundRecord {
             round: e.round,
             accuracy: weighted(&|r| r.accuracy),
@@ -98,11 +102,24 @@ impl Federation {
             model_hash: self.global_hash.clone(),
             refused: std::mem::take(&mut self.refused),
             record_epsilon: fit.as_ref().and_then(|f| f.counts.record_epsilon),
+            validation_loss,
+        };
+        if let (Some(loss), Some(model)) = (validation_loss, &self.global)
+            && self.best.as_ref().is_none_or(|b| loss < b.loss)
+        {
+            self.best = Some(Best { round: e.round, loss, model: model.clone(), site_metrics: e.results.clone() });
+        }
+        let stalled = match (&self.best, self.policy.patience) {
+            (Some(b), Some(p)) => e.round.saturating_sub(b.round) >= p,
+            _ => false,
         };
         self.final_site_metrics = e.results;
         self.history.push(record.clone());
         let mut events = vec![Event::RoundClosed(record)];
-        if e.round >= self.policy.rounds {
+        if stalled && e.round < self.policy.rounds {
+            tracing::info!(round = e.round, best = self.best.as_ref().map(|b| b.round), "early stop: the validation loss has not improved");
+        }
+        if e.round >= self.policy.rounds || stalled {
             self.phase = Phase::Done;
             events.push(Event::Done);
         } else {

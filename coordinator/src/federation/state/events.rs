@@ -29,6 +29,8 @@ pub enum Event {
     PlanReady {
         features: usize,
         params: usize,
+        /// The federated data profile of the aggregates the plan was made from.
+        profile: Arc<crate::profile::Profile>,
     },
     FitOpened {
         round: u32,
@@ -108,12 +110,17 @@ pub struct Joined {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub history: Vec<RoundRecord>,
+    /// The model the run keeps: that of the round with the lowest federated validation loss
+    /// (`best_round`), or the last round's when no site has validation rows.
     pub model: Arc<FlatParams>,
+    /// The last round's model.
+    pub last_model: Arc<FlatParams>,
+    pub best_round: Option<u32>,
     pub plan: Arc<Plan>,
     pub shape: ModelShape,
     /// Every site that joined, with its number of training examples.
     pub sites: BTreeMap<String, u64>,
-    /// Per site, the evaluation of the final model on its own test split.
+    /// Per site, the evaluation of the kept model on its own test split.
     pub final_site_metrics: BTreeMap<String, Evaluation>,
     /// Record-level DP: the ε per record each site last reported.
     pub record_epsilon: BTreeMap<String, f64>,

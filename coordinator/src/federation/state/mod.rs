@@ -105,6 +105,18 @@ pub struct Federation {
     /// federation seed, which sites receive, must not determine it): `--dp-seed` or the OS's
     /// generator. Kept in the durable state so that a resumed run adds the same noise.
     noise_seed: u64,
+    /// The round whose model had the lowest federated validation loss so far, with that
+    /// model and the sites' evaluations of it: the model a run keeps.
+    best: Option<Best>,
+}
+
+/// The best round so far by federated validation loss.
+#[derive(Debug, Clone)]
+pub(crate) struct Best {
+    pub(crate) round: u32,
+    pub(crate) loss: f64,
+    pub(crate) model: Arc<FlatParams>,
+    pub(crate) site_metrics: BTreeMap<String, Evaluation>,
 }
 
 impl Federation {
@@ -138,6 +150,7 @@ impl Federation {
             spare_accumulator: None,
             refused: 0,
             noise_seed,
+            best: None,
         }
     }
 
@@ -198,13 +211,20 @@ impl Federation {
         if !self.is_done() {
             return None;
         }
+        let last = self.global.clone()?;
+        let (model, best_round, final_site_metrics) = match &self.best {
+            Some(b) => (b.model.clone(), Some(b.round), b.site_metrics.clone()),
+            None => (last.clone(), None, self.final_site_metrics.clone()),
+        };
         Some(Outcome {
             history: self.history.clone(),
-            model: self.global.clone()?,
+            model,
+            last_model: last,
+            best_round,
             plan: self.plan.clone()?,
             shape: self.shape.clone()?,
             sites: self.sites_seen.clone(),
-            final_site_metrics: self.final_site_metrics.clone(),
+            final_site_metrics,
             record_epsilon: self.record_epsilon.clone(),
         })
     }
@@ -328,14 +348,17 @@ impl Federation {
         // Sorted by site name: the plan does not depend on arrival order.
         let mut by_site: Vec<(&String, &SiteStats)> = self.clients.values().filter_map(|c| c.stats.as_ref().map(|s| (&c.site, s))).collect();
         by_site.sort_by(|a, b| a.0.cmp(b.0));
-        let stats: Vec<&SiteStats> = by_site.into_iter().map(|(_, s)| s).collect();
+        let stats: Vec<&SiteStats> = by_site.iter().map(|(_, s)| *s).collect();
         let plan = Plan::combine_within(&stats, &self.policy.limits);
+        let rows: BTreeMap<&str, u64> = self.clients.values().map(|c| (c.site.as_str(), c.num_train)).collect();
+        let sites: Vec<(&str, &SiteStats, u64)> = by_site.iter().map(|(name, s)| (name.as_str(), *s, rows.get(name.as_str()).copied().unwrap_or(0))).collect();
+        let profile = Arc::new(crate::profile::Profile::build(&self.task, &plan, &sites));
         let shape = ModelShape::for_task(&self.task, plan.width());
         let global = shape.init_params(self.seed);
         self.global_hash = global.hash();
         self.global = Some(Arc::new(global));
         self.refresh_control();
-        let ev = Event::PlanReady { features: plan.width(), params: shape.num_params() };
+        let ev = Event::PlanReady { features: plan.width(), params: shape.num_params(), profile };
         self.plan = Some(Arc::new(plan));
         self.shape = Some(shape);
         vec![ev]

@@ -59,7 +59,11 @@ impl Federation {
             epsilon: self.epsilon,
             clip_norm: self.clip_norm,
             noise_seed: Some(self.noise_seed),
+            best_round: self.best.as_ref().map(|b| b.round),
+            best_loss: self.best.as_ref().map(|b| b.loss),
+            best_site_metrics: self.best.as_ref().map(|b| b.site_metrics.clone()).unwrap_or_default(),
             global: self.global.clone(),
+            best: self.best.as_ref().map(|b| b.model.clone()),
             strategy_state: self.strategy.state().into_iter().map(|(n, v)| (n.to_owned(), v)).collect(),
         }
     }
@@ -102,6 +106,12 @@ impl Federation {
             f.plan = Some(Arc::new(plan));
             f.shape = Some(shape);
             f.refresh_control();
+        }
+        if let (Some(round), Some(loss), Some(model)) = (snapshot.best_round, snapshot.best_loss, snapshot.best) {
+            if f.global.as_ref().is_none_or(|g| g.layout() != model.layout()) {
+                return Err("the saved best model does not have the global model's layout: the state is damaged".into());
+            }
+            f.best = Some(super::Best { round, loss, model, site_metrics: snapshot.best_site_metrics });
         }
         f.next_client = snapshot.next_client;
         f.history = snapshot.history;

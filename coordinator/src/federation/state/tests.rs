@@ -6,11 +6,11 @@ use flotilla_common::data::ColumnStats;
 use super::*;
 
 fn stats() -> SiteStats {
-    SiteStats { columns: vec![ColumnStats { name: "x".into(), numeric_count: 4, sum: 2.0, sum_squares: 3.0, ..Default::default() }] }
+    SiteStats { columns: vec![ColumnStats { name: "x".into(), numeric_count: 4, sum: 2.0, sum_squares: 3.0, ..Default::default() }], ..Default::default() }
 }
 
 fn eval() -> Evaluation {
-    Evaluation { examples: 10, loss: 0.5, accuracy: 0.5, auc: None }
+    Evaluation { examples: 10, loss: 0.5, accuracy: 0.5, auc: None, validation_loss: None, validation_examples: 0 }
 }
 
 /// Two sites joined, round 0 evaluated, round 1 open for training.
@@ -384,4 +384,69 @@ fn adaptive_clipping_is_accounted_as_its_two_gaussians_and_releases_nothing_it_c
     assert_eq!(f.global().unwrap().0.values(), before.values());
     assert_eq!(f.clip_norm, clip_before);
     assert!(f.dp_steps.is_empty() && f.epsilon.is_none());
+}
+
+/// Plays rounds with site `a` alone: each round, an update and an evaluation whose validation
+/// loss is the next of `losses` (round 0's first).
+fn rounds_with_validation(policy: Policy, losses: &[f64]) -> (Federation, Vec<String>) {
+    let now = Instant::now();
+    let mut f = Federation::new(Task::banks(), 1, Policy { min_clients: 1, ..policy });
+    let cols = vec!["creditability".to_owned(), "x".to_owned()];
+    let a = f.join("a", &cols, 100, now).unwrap().0.client_id;
+    f.report_stats(&a, stats(), 10, now).unwrap();
+    let mut hashes = Vec::new();
+    for (round, &loss) in losses.iter().enumerate() {
+        if f.is_done() {
+            break;
+        }
+        let (_, h) = f.global().unwrap();
+        if round > 0 {
+            let d = delta(&f, 0.01 * round as f32);
+            f.submit_update(&claim(&a, round as u32, &h, 10), &d, TrainReport { epochs: 5, ..TrainReport::default() }, now).unwrap();
+        }
+        let (_, h) = f.global().unwrap();
+        hashes.push(h.clone());
+        let e = Evaluation { validation_loss: Some(loss), validation_examples: 4, ..eval() };
+        f.submit_evaluation(&a, round as u32, &h, e, now).unwrap();
+    }
+    (f, hashes)
+}
+
+#[test]
+fn the_model_kept_is_the_round_of_lowest_validation_loss_and_survives_a_resume() {
+    let (f, hashes) = rounds_with_validation(Policy { rounds: 4, ..Policy::default() }, &[0.7, 0.5, 0.3, 0.4, 0.6]);
+    let o = f.outcome().unwrap();
+    assert_eq!((o.best_round, o.model.hash()), (Some(2), hashes[2].clone()));
+    assert_eq!(o.last_model.hash(), hashes[4], "the last round's model is kept too");
+    assert_eq!(o.history[2].validation_loss, Some(0.3));
+
+    // The best round's model comes back from a snapshot taken after it.
+    let (f, hashes) = rounds_with_validation(Policy { rounds: 4, ..Policy::default() }, &[0.7, 0.5, 0.3, 0.4]);
+    let snapshot = f.snapshot();
+    assert_eq!(snapshot.best_round, Some(2));
+    let resumed =
+        Federation::resume(Task::banks(), 1, Policy { min_clients: 1, rounds: 4, ..Policy::default() }, snapshot, Vec::new(), Instant::now()).unwrap();
+    assert_eq!(resumed.best.as_ref().map(|b| (b.round, b.model.hash())), Some((2, hashes[2].clone())));
+}
+
+#[test]
+fn early_stopping_ends_the_run_after_patience_rounds_without_improvement() {
+    let (f, hashes) = rounds_with_validation(Policy { rounds: 10, patience: Some(2), ..Policy::default() }, &[0.7, 0.5, 0.6, 0.55, 0.2, 0.1]);
+    assert!(f.is_done(), "rounds 2 and 3 did not beat round 1");
+    let o = f.outcome().unwrap();
+    assert_eq!(o.history.len(), 4, "rounds 0 to 3");
+    assert_eq!((o.best_round, o.model.hash()), (Some(1), hashes[1].clone()));
+    // Without validation rows the last round's model is kept.
+    let now = Instant::now();
+    let mut f = Federation::new(Task::banks(), 1, Policy { min_clients: 1, rounds: 1, ..Policy::default() });
+    let a = f.join("a", &["creditability".to_owned(), "x".to_owned()], 100, now).unwrap().0.client_id;
+    f.report_stats(&a, stats(), 10, now).unwrap();
+    let (_, h) = f.global().unwrap();
+    f.submit_evaluation(&a, 0, &h, eval(), now).unwrap();
+    let d = delta(&f, 0.01);
+    f.submit_update(&claim(&a, 1, &h, 10), &d, TrainReport { epochs: 5, ..TrainReport::default() }, now).unwrap();
+    let (_, h) = f.global().unwrap();
+    f.submit_evaluation(&a, 1, &h, eval(), now).unwrap();
+    let o = f.outcome().unwrap();
+    assert_eq!((o.best_round, o.model.hash()), (None, h));
 }
