@@ -161,6 +161,10 @@ pub struct RunArgs {
     /// Training rounds.
     #[arg(long, default_value_t = 20)]
     pub rounds: u32,
+    /// A labelled CSV held out at the coordinator (public or synthetic data, never a site's):
+    /// every round's model is evaluated on it (holdout.csv), the kept one in summary.json.
+    #[arg(long, value_name = "FILE.csv")]
+    pub test_data: Option<PathBuf>,
     /// Stop after P rounds without a lower federated validation loss than the best so far
     /// (the model kept is always the best round's; see `data.validation_fraction`).
     #[arg(long, value_name = "P")]

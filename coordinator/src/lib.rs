@@ -21,6 +21,7 @@ pub mod cli;
 pub mod cli_limits;
 pub mod durable;
 pub mod federation;
+pub mod holdout;
 pub mod init;
 pub mod profile;
 pub mod profile_chart;

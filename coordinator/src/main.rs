@@ -86,6 +86,7 @@ async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
         straggler_epochs: a.straggler_epochs.unwrap_or(1),
         backend: a.backend,
         force: a.run.force,
+        test_data: a.run.test_data.clone(),
     })
     .await?;
     if let Some(c) = &sim.comparison {
@@ -159,6 +160,16 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         state.clear()?;
         (Federation::new(task.clone(), a.run.seed, policy.clone()), RunDir::create(&a.run.out)?)
     };
+    let run_dir = match &a.run.test_data {
+        Some(data) => {
+            let mut dir = run_dir.with_holdout(data, &task)?;
+            if let Some(plan) = federation.plan() {
+                dir.plan_ready(&plan)?;
+            }
+            dir
+        }
+        None => run_dir,
+    };
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
     let running = runner::start_federation(federation, &policy, Some(run_dir), Some(state), listener, tls)?;
     tracing::info!(url = %running.url(), rounds = a.run.rounds, min_clients = a.min_clients, "coordinator listening");
@@ -185,6 +196,11 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let mut summary = summary::summary(&task, a.run.seed, &outcome, None);
     summary["config"] = summary::config(&task, &policy, a.run.seed, None);
+    if let Some(data) = &a.run.test_data {
+        let e = flotilla_coordinator::holdout::evaluate_kept(data, &task, &outcome.plan, &outcome.model).map_err(anyhow::Error::msg)?;
+        summary["holdout"] =
+            serde_json::json!({ "file": data.display().to_string(), "examples": e.examples, "accuracy": e.accuracy, "loss": e.loss, "auc": e.auc });
+    }
     let sha = write_final(&a.run.out, &task, &outcome, &summary)?;
     if let Some(last) = outcome.history.last() {
         tracing::info!(accuracy = %Metric(Some(last.accuracy)), loss = %Metric(Some(last.loss)), model_file_sha256 = %sha, "federation finished");

@@ -33,8 +33,8 @@ pub const RUN_FILES: [&str; 9] = [
     "summary.json",
     "model.safetensors",
     "model-last.safetensors",
-    "profile.json",
     "site-metrics.csv",
+    "holdout.csv",
     "checkpoint.safetensors",
     "checkpoint-strategy.safetensors",
     "state/snapshot.safetensors",
@@ -56,7 +56,8 @@ pub fn claim_for_new_run(root: &Path, force: bool, advice: &'static str) -> Resu
     if !force {
         return Err(RunDirError::Occupied { path: root.to_owned(), found, advice });
     }
-    for name in RUN_FILES.iter().chain(&["accuracy.svg", "profile.svg"]).filter(|f| !f.starts_with("state/")) {
+    // The data profile alone (`flotilla-coordinator profile`) is no run, but goes with one.
+    for name in RUN_FILES.iter().chain(&["accuracy.svg", "profile.json", "profile.svg"]).filter(|f| !f.starts_with("state/")) {
         let path = root.join(name);
         if path.exists() {
             std::fs::remove_file(&path).map_err(|source| RunDirError::Io { path, source })?;
@@ -77,6 +78,8 @@ pub struct RunDir {
     metrics: csv::Writer<File>,
     /// Every round so far, for the chart.
     history: Vec<RoundRecord>,
+    /// `--test-data`: every round's model evaluated on held-out rows (`holdout.csv`).
+    holdout: Option<crate::holdout::Holdout>,
 }
 
 impl RunDir {
@@ -88,12 +91,27 @@ impl RunDir {
         let mut metrics = csv::Writer::from_writer(file);
         metrics.write_record(RoundRecord::HEADER).map_err(|e| other(&path, e))?;
         metrics.flush().map_err(|source| RunDirError::Io { path: path.clone(), source })?;
-        Ok(Self { root: root.to_owned(), metrics, history: Vec::new() })
+        Ok(Self { root: root.to_owned(), metrics, history: Vec::new(), holdout: None })
     }
 
     /// The directory's path.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Evaluates every round's model on `data` (a labelled CSV apart from any site's).
+    pub fn with_holdout(mut self, data: &Path, task: &flotilla_common::Task) -> Result<Self, RunDirError> {
+        let holdout = crate::holdout::Holdout::open(data, task, &self.root).map_err(|message| RunDirError::Other { path: data.to_owned(), message })?;
+        self.holdout = Some(holdout);
+        Ok(self)
+    }
+
+    /// The federation's plan is made: held-out rows can be encoded.
+    pub fn plan_ready(&mut self, plan: &flotilla_common::data::Plan) -> Result<(), RunDirError> {
+        match &mut self.holdout {
+            Some(h) => h.plan_ready(plan).map_err(|message| RunDirError::Other { path: self.root.join("holdout.csv"), message }),
+            None => Ok(()),
+        }
     }
 
     /// Reopens the directory of a run being resumed: `metrics.csv` is rewritten with the rounds
@@ -116,6 +134,9 @@ impl RunDir {
         self.metrics.write_record(record.fields()).map_err(|e| other(&path, e))?;
         self.metrics.flush().map_err(|source| RunDirError::Io { path, source })?;
         self.history.push(record.clone());
+        if let Some(h) = &mut self.holdout {
+            h.record(record.round, model).map_err(|message| RunDirError::Other { path: self.root.join("holdout.csv"), message })?;
+        }
         let meta = HashMap::from([("round".to_owned(), record.round.to_string()), ("params_sha256".to_owned(), record.model_hash.clone())]);
         let bytes = to_safetensors(model, meta).map_err(|e| other(&self.root.join("checkpoint.safetensors"), e))?;
         write_atomic(&self.root.join("checkpoint.safetensors"), &bytes)?;

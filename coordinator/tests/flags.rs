@@ -63,6 +63,9 @@ fn every_flag_of_simulate_changes_what_it_says_in_the_run_directory() {
     let cases: Vec<(Vec<&str>, Check)> = vec![
         (vec!["--rounds", "2"], |r, _| r.rows.len() == 3),
         // The validation loss of the hospitals stops falling within 30 rounds.
+        (vec!["--test-data", concat!(env!("CARGO_MANIFEST_DIR"), "/../data/heart_disease_uci.csv")], |r, b| {
+            r.summary["holdout"]["examples"] == 920 && b.summary.get("holdout").is_none()
+        }),
         (vec!["--rounds", "30", "--early-stop", "1"], |r, _| r.rows.len() < 31 && r.config()["round_policy"]["early_stop_patience"] == 1),
         (vec!["--seed", "7"], |r, b| r.params(0) != b.params(0) && r.config()["seed"] == 7),
         (vec!["--fraction-fit", "0.5"], |r, b| r.cell(1, "selected") == "2" && b.cell(1, "selected") == "4"),

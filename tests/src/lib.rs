@@ -56,6 +56,7 @@ pub fn sim_options(source: SiteSource, task: Task, seed: u64, rounds: u32, out: 
         straggler_epochs: 1,
         backend: flotilla_common::train::Backend::Ndarray,
         force: false,
+        test_data: None,
     }
 }
 

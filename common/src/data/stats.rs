@@ -373,6 +373,57 @@ mod tests {
     }
 
     #[test]
+    fn hostile_histograms_and_label_counts_are_named() {
+        let bins =
+            |b: &[(f64, u64)]| ColumnStats { histogram: b.iter().map(|&(upper, count)| Bin { upper, count }).collect(), ..numeric("x", 10, 50.0, 300.0) };
+        let check = |c: ColumnStats, labels: Vec<u64>, present: Vec<bool>| {
+            SiteStats { columns: vec![c], label_counts: labels, label_present: present }.validate(10, &StatsLimits::default())
+        };
+        assert_eq!(check(bins(&[(0.0, 5), (f64::INFINITY, 5)]), vec![4, 6], vec![true, true]), Ok(()));
+        for (hostile, why) in [
+            (bins(&[(0.0, 5), (f64::INFINITY, 6)]), "add up"),
+            (bins(&[(1.0, 5), (0.0, 5)]), "rising edges"),
+            (bins(&[(0.0, 5), (1.0, 5)]), "the last one open"),
+            (bins(&[(f64::NAN, 5), (f64::INFINITY, 5)]), "rising edges"),
+            (bins(&[(0.0, 0), (f64::INFINITY, 10)]), "rising edges"),
+            (bins(&(0..20).map(|i| (f64::from(i), 1)).chain([(f64::INFINITY, 0)]).collect::<Vec<_>>()), "at most 6 bins"),
+        ] {
+            let err = check(hostile, Vec::new(), Vec::new()).expect_err(why);
+            assert!(err.contains("column `x`") && err.contains(why), "{why}: {err}");
+        }
+        let fine = || bins(&[]);
+        assert!(check(fine(), vec![4, 7], vec![true, true]).unwrap_err().contains("do not add up to the 10"));
+        assert!(check(fine(), vec![u64::MAX, 11], vec![true, true]).unwrap_err().contains("do not add up"));
+        assert!(check(fine(), vec![0, 10], vec![true, true]).unwrap_err().contains("contradict"));
+        assert!(check(fine(), vec![10], vec![true, false]).unwrap_err().contains("contradict"));
+        assert!(check(fine(), Vec::new(), vec![true; 5000]).unwrap_err().contains("more than 1024 classes"));
+    }
+
+    #[test]
+    fn a_histogram_never_shows_fewer_than_k_rows_in_a_bin_nor_a_value() {
+        let mut text = String::from("x,y\n");
+        for i in 0..40 {
+            // One far outlier: alone it would be a bin of one row, and its edge near its value.
+            text.push_str(&format!("{},good\n", if i == 0 { 1000.0 } else { f64::from(i % 8) }));
+        }
+        let mut spec = Task::banks().data;
+        spec.label.column = "y".into();
+        let rows = SiteRows::from_table(&table(&text), &spec).unwrap();
+        let all: Vec<usize> = (0..40).collect();
+        let stats = SiteStats::summarise(&rows, &all, 2, 5);
+        let h = &stats.columns[0].histogram;
+        assert!(h.iter().all(|b| b.count >= 5), "{h:?}");
+        assert_eq!(h.iter().map(|b| b.count).sum::<u64>(), 40);
+        assert!(h.iter().all(|b| HISTOGRAM_EDGES.contains(&b.upper) || b.upper == f64::INFINITY), "edges are standard units, not values: {h:?}");
+        assert_eq!(stats.label_counts, vec![40, 0]);
+        // A numeric column with fewer than k values reports them as missing.
+        let few = SiteStats::summarise(&rows, &all[..3], 2, 5);
+        assert_eq!((few.columns[0].numeric_count, few.columns[0].missing, few.columns[0].sum), (0, 3, 0.0));
+        assert!(few.label_counts.is_empty(), "3 rows of one class and 0 of the other: withheld");
+        assert_eq!(few.label_present, vec![true, false]);
+    }
+
+    #[test]
     fn messages_cut_hostile_names_at_a_character_boundary() {
         // 300 bytes of two-byte characters: too long, and byte 40 falls inside a character.
         let name = "é".repeat(150);

@@ -279,7 +279,7 @@ type RoundToWrite = (RoundRecord, Arc<FlatParams>, Vec<(&'static str, Vec<f64>)>
 /// What the writer thread writes: closed rounds, and the data profile once the plan is made.
 enum ToWrite {
     Round(RoundToWrite),
-    Profile(Arc<crate::profile::Profile>),
+    Profile(Arc<crate::profile::Profile>, Option<Arc<flotilla_common::data::Plan>>),
 }
 
 /// Writes closed rounds to the run directory (metrics, checkpoint, chart) on a thread of its
@@ -302,9 +302,12 @@ impl RoundWriter {
                             tracing::error!(error = %e, "could not write the round to the run directory");
                         }
                     }
-                    ToWrite::Profile(profile) => {
+                    ToWrite::Profile(profile, plan) => {
                         if let Err(e) = profile.write(dir.root()) {
                             tracing::error!(error = %e, "could not write the data profile to the run directory");
+                        }
+                        if let Some(Err(e)) = plan.map(|p| dir.plan_ready(&p)) {
+                            tracing::error!(error = %e, "could not encode the held-out test rows (--test-data)");
                         }
                     }
                 }
@@ -521,7 +524,7 @@ fn record(fed: &Federation, events: &[Event], writer: Option<&RoundWriter>, prog
                     tracing::warn!(kind = f.kind, "data profile: {}", f.message);
                 }
                 if let Some(w) = writer {
-                    w.write(ToWrite::Profile(profile.clone()));
+                    w.write(ToWrite::Profile(profile.clone(), fed.plan()));
                 }
             }
             Event::FitOpened { round, cohort } => tracing::info!(round, cohort = %cohort.join(", "), "training round opened"),

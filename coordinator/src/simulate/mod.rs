@@ -52,6 +52,8 @@ pub struct SimulateOptions {
     pub backend: Backend,
     /// Replace an earlier run in `out`; without it a folder that holds one is refused.
     pub force: bool,
+    /// A labelled CSV held out at the coordinator, evaluated every round.
+    pub test_data: Option<PathBuf>,
 }
 
 /// What a simulation produced.
@@ -117,7 +119,10 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     // Only now that the configuration is known to work is the folder claimed (an earlier run
     // there is refused, or with `force` deleted).
     crate::run_dir::claim_for_new_run(&opts.out, opts.force, "replace it with --force, or choose another --out folder")?;
-    let run_dir = RunDir::create(&opts.out)?;
+    let mut run_dir = RunDir::create(&opts.out)?;
+    if let Some(data) = &opts.test_data {
+        run_dir = run_dir.with_holdout(data, &opts.task)?;
+    }
     let pki = if opts.tls { Some(provision(&opts.out.join("pki"), &sites)?) } else { None };
     let listener = TcpListener::bind("127.0.0.1:0").await.map_err(SimulateError::Listen)?;
     let server_tls = pki.as_ref().map(|p| p.server.clone());
@@ -229,6 +234,8 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
         None
     };
     if let Some(c) = &comparison {
+        let path = opts.out.join("site-metrics.csv");
+        report::write_site_metrics(&path, c).map_err(|e| RunDirError::Other { path, message: e.to_string() })?;
         let refs = vec![("centralized".to_owned(), c.centralized.pooled.accuracy), ("local-only mean".to_owned(), report::local_mean_accuracy(c))];
         let path = opts.out.join("accuracy.svg");
         chart::write_accuracy_chart(&path, &outcome.history, &refs).map_err(|e| RunDirError::Other { path, message: e.to_string() })?;
@@ -239,6 +246,11 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     // Sites all ran this backend: models are reproducible on one backend, not across the two.
     summary["backend"] = serde_json::Value::String(opts.backend.to_string());
     summary["config"] = summary::config(&opts.task, &policy, opts.seed, Some(&opts.backend.to_string()));
+    if let Some(data) = &opts.test_data {
+        let e = crate::holdout::evaluate_kept(data, &opts.task, &outcome.plan, &outcome.model).map_err(SimulateError::Baselines)?;
+        summary["holdout"] =
+            serde_json::json!({ "file": data.display().to_string(), "examples": e.examples, "accuracy": e.accuracy, "loss": e.loss, "auc": e.auc });
+    }
     let model_sha256 = write_final(&opts.out, &opts.task, &outcome, &summary)?;
     summary["model_file_sha256"] = serde_json::Value::String(model_sha256.clone());
     summary["params_sha256"] = serde_json::Value::String(outcome.model.hash());

@@ -4,8 +4,15 @@ use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 
 use super::baselines::{Comparison, Scorecard};
 
-/// Accuracy of each model on each site's test split and on the pooled test split.
+/// With more sites than this, the table summarises (the full matrix is in `site-metrics.csv`).
+pub const FULL_TABLE_SITES: usize = 8;
+
+/// Accuracy of each model on each site's test split and on the pooled test split; with many
+/// sites, a summary instead ([`summary_table`]).
 pub fn comparison_table(c: &Comparison) -> Table {
+    if c.federated.per_site.len() > FULL_TABLE_SITES {
+        return summary_table(c);
+    }
     let sites: Vec<&String> = c.federated.per_site.keys().collect();
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
@@ -21,12 +28,63 @@ pub fn comparison_table(c: &Comparison) -> Table {
         cells.push(num(s.pooled.auc));
         t.add_row(cells);
     };
-    row("federated (FedAvg)".into(), &c.federated);
+    row("federated".into(), &c.federated);
     for (site, s) in &c.local {
         row(format!("local only: {site}"), s);
     }
     row("centralized (pooled data)".into(), &c.centralized);
     t
+}
+
+/// The comparison for many sites: per model, the spread of its accuracy over the sites'
+/// test splits, and its pooled figures; the local-only models as their worst, median and best.
+pub fn summary_table(c: &Comparison) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["model (accuracy on test splits)", "sites min", "median", "max", "pooled", "pooled AUC"].map(Cell::new).to_vec());
+    let mut row = |name: String, s: &Scorecard| {
+        let mut per_site: Vec<f64> = s.per_site.values().map(|e| e.accuracy).collect();
+        per_site.sort_by(f64::total_cmp);
+        let at = |q: f64| per_site.get(((per_site.len().max(1) - 1) as f64 * q).round() as usize).copied();
+        t.add_row(vec![Cell::new(name), num(at(0.0)), num(at(0.5)), num(at(1.0)), num(Some(s.pooled.accuracy)), num(s.pooled.auc)]);
+    };
+    row("federated".into(), &c.federated);
+    let mut local: Vec<(&String, &Scorecard)> = c.local.iter().collect();
+    local.sort_by(|a, b| a.1.pooled.accuracy.total_cmp(&b.1.pooled.accuracy));
+    if let (Some(worst), Some(best)) = (local.first(), local.last()) {
+        let median = local[(local.len() - 1) / 2];
+        row(format!("local only, worst: {}", worst.0), worst.1);
+        row(format!("local only, median: {}", median.0), median.1);
+        row(format!("local only, best: {}", best.0), best.1);
+    }
+    row("centralized (pooled data)".into(), &c.centralized);
+    t
+}
+
+/// Every model on every site's test split and pooled, one row each (`site-metrics.csv`).
+pub fn write_site_metrics(path: &std::path::Path, c: &Comparison) -> Result<(), csv::Error> {
+    let mut w = csv::Writer::from_path(path)?;
+    w.write_record(["model", "site", "examples", "accuracy", "loss", "auc"])?;
+    let mut write = |model: &str, s: &Scorecard| -> Result<(), csv::Error> {
+        for (site, e) in s.per_site.iter().map(|(n, e)| (n.as_str(), e)).chain([("<pooled>", &s.pooled)]) {
+            w.write_record([
+                model,
+                site,
+                &e.examples.to_string(),
+                &format!("{:.6}", e.accuracy),
+                &format!("{:.6}", e.loss),
+                &e.auc.map_or(String::new(), |a| format!("{a:.6}")),
+            ])?;
+        }
+        Ok(())
+    };
+    write("federated", &c.federated)?;
+    for (site, s) in &c.local {
+        write(&format!("local:{site}"), s)?;
+    }
+    write("centralized", &c.centralized)?;
+    w.flush()?;
+    Ok(())
 }
 
 fn num(v: Option<f64>) -> Cell {

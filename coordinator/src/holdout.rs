@@ -1,0 +1,76 @@
+//! A held-out test set at the coordinator (`--test-data`, as Flower's `evaluate_fn`): a
+//! public or synthetic labelled CSV, never a site's data, on which every round's global model
+//! is evaluated and written to `holdout.csv`. With the baselines, this is the one place the
+//! coordinator instantiates a model (on the writer thread, never in a round's path).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use flotilla_common::data::{Dataset, Plan, RawTable, SiteRows};
+use flotilla_common::model::ModelShape;
+use flotilla_common::train::{Backend, Evaluation, evaluate};
+use flotilla_common::{FlatParams, Task};
+
+/// A labelled table encoded with the plan, and the model shape it feeds.
+fn encode(table: &RawTable, task: &Task, plan: &Plan) -> Result<(Dataset, ModelShape), String> {
+    let rows = SiteRows::from_table(table, &task.data).map_err(|e| e.to_string())?;
+    let all: Vec<usize> = (0..rows.rows.len()).collect();
+    let data = plan.encode(&rows, &all, task.data.label.num_classes()).map_err(|e| e.to_string())?;
+    Ok((data, ModelShape::for_task(task, plan.width())))
+}
+
+/// The held-out metrics of a finished run's kept model (`summary.json`'s `holdout`).
+pub fn evaluate_kept(data: &Path, task: &Task, plan: &Plan, model: &FlatParams) -> Result<Evaluation, String> {
+    let table = RawTable::read(data).map_err(|e| e.to_string())?;
+    let (rows, shape) = encode(&table, task, plan)?;
+    evaluate(model, &shape, &rows, Backend::Ndarray).map_err(|e| e.to_string())
+}
+
+/// The held-out rows, encoded once the federation's plan exists.
+#[derive(Debug)]
+pub struct Holdout {
+    table: RawTable,
+    task: Task,
+    encoded: Option<(Dataset, ModelShape)>,
+    csv: csv::Writer<File>,
+    path: PathBuf,
+}
+
+impl Holdout {
+    /// Reads and cleans the file now (so a bad file stops the run before it starts) and
+    /// starts `holdout.csv` in `dir`.
+    pub fn open(data: &Path, task: &Task, dir: &Path) -> Result<Self, String> {
+        let table = RawTable::read(data).map_err(|e| e.to_string())?;
+        SiteRows::from_table(&table, &task.data).map_err(|e| format!("--test-data: {e}"))?;
+        let path = dir.join("holdout.csv");
+        let mut csv = csv::Writer::from_path(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        csv.write_record(["round", "examples", "accuracy", "loss", "auc"]).map_err(|e| e.to_string())?;
+        csv.flush().map_err(|e| e.to_string())?;
+        Ok(Self { table, task: task.clone(), encoded: None, csv, path })
+    }
+
+    /// Encodes the rows with the federation's plan.
+    pub fn plan_ready(&mut self, plan: &Plan) -> Result<(), String> {
+        self.encoded = Some(encode(&self.table, &self.task, plan)?);
+        Ok(())
+    }
+
+    /// Evaluates a round's model and appends it to `holdout.csv` (nothing before the plan).
+    pub fn record(&mut self, round: u32, model: &FlatParams) -> Result<Option<Evaluation>, String> {
+        let Some(e) = self.evaluate(model)? else { return Ok(None) };
+        let auc = e.auc.map_or(String::new(), |a| format!("{a:.6}"));
+        self.csv
+            .write_record([round.to_string(), e.examples.to_string(), format!("{:.6}", e.accuracy), format!("{:.6}", e.loss), auc])
+            .and_then(|()| self.csv.flush().map_err(csv::Error::from))
+            .map_err(|err| format!("{}: {err}", self.path.display()))?;
+        Ok(Some(e))
+    }
+
+    /// The held-out metrics of `model`, once the plan is known.
+    pub fn evaluate(&self, model: &FlatParams) -> Result<Option<Evaluation>, String> {
+        match &self.encoded {
+            Some((data, shape)) => evaluate(model, shape, data, Backend::Ndarray).map(Some).map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    }
+}
