@@ -130,6 +130,33 @@ mod tests {
     use crate::model::ModelShape;
 
     #[test]
+    fn a_model_card_is_checked_against_its_parameters() {
+        let task = crate::Task::hospitals();
+        let plan = crate::data::Plan {
+            columns: vec![crate::data::ColumnPlan { name: "age".into(), kind: crate::data::ColumnKind::Numeric { mean: 50.0, std: 9.0 } }],
+        };
+        let card = ModelCard { task: task.clone(), plan, round: 3 };
+        let p = card.shape().init_params(1);
+        let bytes = to_safetensors(&p, card.metadata(&p)).unwrap();
+        let (back, params) = ModelCard::read(&bytes, "m.safetensors").unwrap();
+        assert_eq!((back, params.hash()), (card.clone(), p.hash()));
+        // A file without a card, one whose parameters were changed, and one whose card
+        // describes another model are refused, naming the file.
+        let bare = to_safetensors(&p, HashMap::new()).unwrap();
+        assert!(ModelCard::read(&bare, "m.safetensors").unwrap_err().to_string().contains("m.safetensors: no `flotilla.task`"));
+        let mut changed = p.clone();
+        changed.values_mut()[0] += 1.0;
+        let tampered = to_safetensors(&changed, card.metadata(&p)).unwrap();
+        assert!(ModelCard::read(&tampered, "m.safetensors").unwrap_err().to_string().contains("damaged"));
+        let other = ModelShape { inputs: 2, hidden: vec![64, 32], outputs: 1 }.init_params(1);
+        let wrong = to_safetensors(&other, card.metadata(&other)).unwrap();
+        assert!(ModelCard::read(&wrong, "m.safetensors").unwrap_err().to_string().contains("layout"));
+        let mut bad_plan = card.metadata(&p);
+        bad_plan.insert("flotilla.plan".into(), "{".into());
+        assert!(ModelCard::read(&to_safetensors(&p, bad_plan).unwrap(), "m.safetensors").unwrap_err().to_string().contains("its plan"));
+    }
+
+    #[test]
     fn safetensors_round_trip_keeps_order_and_bits() {
         let p = ModelShape { inputs: 3, hidden: vec![5, 4], outputs: 1 }.init_params(4);
         let bytes = to_safetensors(&p, HashMap::from([("round".into(), "7".into())])).unwrap();
