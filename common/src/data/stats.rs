@@ -255,8 +255,7 @@ fn histogram(site: &SiteRows, indices: &[usize], j: usize, c: &ColumnStats, k: u
         }
     }
     bins.retain(|b| b.count > 0 || b.upper == f64::INFINITY);
-    loop {
-        let Some((small, _)) = bins.iter().enumerate().filter(|(_, b)| b.count < k.max(1)).min_by_key(|(_, b)| b.count) else { break };
+    while let Some((small, _)) = bins.iter().enumerate().filter(|(_, b)| b.count < k.max(1)).min_by_key(|(_, b)| b.count) {
         if bins.len() == 1 {
             break;
         }

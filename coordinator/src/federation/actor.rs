@@ -278,7 +278,7 @@ type RoundToWrite = (RoundRecord, Arc<FlatParams>, Vec<(&'static str, Vec<f64>)>
 
 /// What the writer thread writes: closed rounds, and the data profile once the plan is made.
 enum ToWrite {
-    Round(RoundToWrite),
+    Round(Box<RoundToWrite>),
     Profile(Arc<crate::profile::Profile>, Option<Arc<flotilla_common::data::Plan>>),
 }
 
@@ -297,7 +297,8 @@ impl RoundWriter {
         let thread = std::thread::spawn(move || {
             for item in rx {
                 match item {
-                    ToWrite::Round((record, model, strategy_state)) => {
+                    ToWrite::Round(round) => {
+                        let (record, model, strategy_state) = *round;
                         if let Err(e) = dir.record_round(&record, &model, &strategy_state) {
                             tracing::error!(error = %e, "could not write the round to the run directory");
                         }
@@ -540,7 +541,7 @@ fn record(fed: &Federation, events: &[Event], writer: Option<&RoundWriter>, prog
             Event::RoundClosed(r) => {
                 tracing::info!(round = r.round, accuracy = %Metric(Some(r.accuracy)), loss = %Metric(Some(r.loss)), auc = %Metric(r.auc), clients = r.clients, "round closed");
                 if let (Some(w), Some((model, _))) = (writer, fed.global()) {
-                    w.write(ToWrite::Round((r.clone(), model, fed.strategy_state())));
+                    w.write(ToWrite::Round(Box::new((r.clone(), model, fed.strategy_state()))));
                 }
             }
             Event::Done => tracing::info!("federation finished"),
