@@ -24,6 +24,16 @@ pub struct Cli {
     /// Log filter (e.g. warn, info, flotilla_coordinator=debug).
     #[arg(long, global = true, value_name = "FILTER")]
     pub log: Option<String>,
+    /// Log lines as text for people, or as JSON objects (one per line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +171,17 @@ pub struct RunArgs {
     /// Training rounds.
     #[arg(long, default_value_t = 20)]
     pub rounds: u32,
+    /// Serve Prometheus metrics (/metrics), health probes (/healthz, /readyz) and the live
+    /// dashboard (/) on this address. Loopback unless --metrics-allow-remote and a token.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// A file whose first line is the bearer token every request to the metrics port needs
+    /// (the dashboard reads it from its URL: http://ADDR/#token=TOKEN).
+    #[arg(long, value_name = "FILE", requires = "metrics_listen")]
+    pub metrics_token: Option<PathBuf>,
+    /// Allow --metrics-listen on an address other than loopback (needs --metrics-token).
+    #[arg(long, requires = "metrics_token")]
+    pub metrics_allow_remote: bool,
     /// A labelled CSV held out at the coordinator (public or synthetic data, never a site's):
     /// every round's model is evaluated on it (holdout.csv), the kept one in summary.json.
     #[arg(long, value_name = "FILE.csv")]
@@ -494,6 +515,13 @@ pub struct ServeArgs {
 }
 
 impl RunArgs {
+    /// The operator's port and who may read it, when asked for.
+    pub fn operator(&self) -> Result<Option<(SocketAddr, crate::observe::http::Access)>, String> {
+        let Some(addr) = self.metrics_listen else { return Ok(None) };
+        let access = crate::observe::http::Access::for_address(addr, self.metrics_token.as_deref(), self.metrics_allow_remote)?;
+        Ok(Some((addr, access)))
+    }
+
     /// The round policy these flags describe.
     pub fn policy(&self, min_clients: usize) -> Result<Policy, String> {
         let secs = |name: &str, v: f64| {

@@ -23,6 +23,7 @@ pub mod durable;
 pub mod federation;
 pub mod holdout;
 pub mod init;
+pub mod observe;
 pub mod profile;
 pub mod profile_chart;
 pub mod refusals;

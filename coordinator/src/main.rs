@@ -9,7 +9,7 @@ use clap::Parser;
 use flotilla_client::shutdown::terminated;
 use flotilla_common::Task;
 use flotilla_common::pki;
-use flotilla_coordinator::cli::{CertsCommand, Cli, Command, InitArgs, PrivacyArgs, ServeArgs, SimulateArgs, SplitArgs, SynthArgs};
+use flotilla_coordinator::cli::{CertsCommand, Cli, Command, InitArgs, LogFormat, PrivacyArgs, ServeArgs, SimulateArgs, SplitArgs, SynthArgs};
 use flotilla_coordinator::durable::StateDir;
 use flotilla_coordinator::federation::{Federation, Metric};
 use flotilla_coordinator::run_dir::{self, RunDir, write_final};
@@ -28,12 +28,11 @@ fn main() -> ExitCode {
     };
     let filter = cli.log.clone().unwrap_or_else(|| default.to_owned());
     // Logs go to stderr, in colour only when it is a terminal (never into a redirected file).
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_target(false).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let result = match cli.command {
         Command::Simulate(a) => run_simulate(a),
         Command::Serve(a) => run_serve(a),
@@ -87,6 +86,7 @@ async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
         backend: a.backend,
         force: a.run.force,
         test_data: a.run.test_data.clone(),
+        operator: a.run.operator().map_err(anyhow::Error::msg)?,
     })
     .await?;
     if let Some(c) = &sim.comparison {
@@ -171,7 +171,12 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         None => run_dir,
     };
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
+    let operator = a.run.operator().map_err(anyhow::Error::msg)?;
     let running = runner::start_federation(federation, &policy, Some(run_dir), Some(state), listener, tls)?;
+    if let Some((addr, access)) = operator {
+        let port = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (--metrics-listen)"))?;
+        running.serve_operator(port, access)?;
+    }
     tracing::info!(url = %running.url(), rounds = a.run.rounds, min_clients = a.min_clients, "coordinator listening");
     let interrupted = CancellationToken::new();
     let on_signal = interrupted.clone();

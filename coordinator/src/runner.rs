@@ -52,6 +52,20 @@ pub fn start_federation(
 }
 
 impl Running {
+    /// Serves the operator's port (metrics, probes, dashboard) on `listener` until the
+    /// federation stops.
+    pub fn serve_operator(&self, listener: TcpListener, access: crate::observe::http::Access) -> std::io::Result<SocketAddr> {
+        let addr = listener.local_addr()?;
+        let (telemetry, shutdown) = (self.handle.telemetry(), self.shutdown.child_token());
+        tokio::spawn(async move {
+            if let Err(e) = crate::observe::http::serve(listener, telemetry, access, shutdown).await {
+                tracing::error!(error = %e, "the operator's HTTP port stopped");
+            }
+        });
+        tracing::info!(url = %format!("http://{addr}/"), "dashboard and /metrics");
+        Ok(addr)
+    }
+
     /// The URL clients use.
     pub fn url(&self) -> String {
         // Certificates name 127.0.0.1 and localhost; the URL uses the address as bound.

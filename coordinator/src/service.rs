@@ -346,7 +346,9 @@ impl FederationService {
             // Receiving is progress: keep the lease of a site with a slow link alive.
             self.handle.touch(h.client_id.clone()).await.map_err(status)?;
         }
-        asm.finish().map_err(what)
+        let received = asm.finish().map_err(what)?;
+        self.handle.telemetry().metrics.received_bytes.inc_by(4 * received.0.len() as u64);
+        Ok(received)
     }
 }
 

@@ -86,6 +86,7 @@ pub async fn next_within<T>(stream: &mut tonic::Streaming<T>, idle: Duration, wh
 pub fn lease_keeping_download(handle: FederationHandle, client: String, model: Arc<FlatParams>, round: u32, hash: String) -> DownloadStream {
     let (tx, rx) = mpsc::channel(1);
     let (alive, mut gone) = oneshot::channel::<()>();
+    let bytes = 4 * model.layout().total() as u64;
     tokio::spawn(async move {
         let mut chunks = wire::model_chunks(model, round, hash);
         let mut beat = tokio::time::interval(Duration::from_secs(1));
@@ -112,6 +113,9 @@ pub fn lease_keeping_download(handle: FederationHandle, client: String, model: A
                         permit.send(Ok(chunk));
                         next = chunks.next();
                         all_sent = next.is_none();
+                        if all_sent {
+                            handle.telemetry().metrics.sent_bytes.inc_by(bytes);
+                        }
                     }
                     _ => return, // the site hung up
                 },

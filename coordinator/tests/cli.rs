@@ -36,6 +36,35 @@ fn an_unknown_backend_is_refused_with_the_choices() {
     assert!(err.contains("--backend") && err.contains("`cuda`") && err.contains("flex"), "{err}");
 }
 
+#[test]
+fn json_logs_are_one_object_a_line_and_a_remote_dashboard_needs_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = coordinator(&[
+        "--log-format",
+        "json",
+        "--log",
+        "info",
+        "simulate",
+        "--scenario",
+        "hospitals",
+        "--rounds",
+        "1",
+        "--no-baselines",
+        "--quiet",
+        "--insecure",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = err.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "round closed" && l["level"] == "INFO"), "{err}");
+
+    let out = coordinator(&["simulate", "--scenario", "hospitals", "--metrics-listen", "0.0.0.0:0", "--out", dir.path().join("b").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not loopback") && err.contains("--metrics-token"), "{err}");
+}
+
 /// Starts `serve` in `out`, waits until it has written its state, and kills it.
 fn start_and_kill(out: &Path) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla-coordinator"))

@@ -57,6 +57,7 @@ pub fn sim_options(source: SiteSource, task: Task, seed: u64, rounds: u32, out: 
         backend: flotilla_common::train::Backend::Ndarray,
         force: false,
         test_data: None,
+        operator: None,
     }
 }
 

@@ -1,150 +1,140 @@
-//! What an operator sees from `serve` (the real binary, with in-process sites): a site whose
-//! updates are refused stays in the federation, a run that never accepted an update fails,
-//! `--resume` of a finished run says it is complete instead of listening, and sites the
-//! coordinator refuses are in its log.
+#![allow(clippy::unwrap_used)] // a test file: a failed unwrap is a failed test
+//! The operator's port: `/metrics` parses as Prometheus text and counts what the federation
+//! did, the probes answer, the dashboard's API lists the sites and the refusals, nothing
+//! secret is served, and a token-protected port refuses requests without the token.
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use flotilla_client::{ClientError, SiteReport, run_site};
-use flotilla_tests::process::{CoordinatorProcess, coordinator_binary};
-use flotilla_tests::{hospital_sites, test_site};
+use flotilla_common::Task;
+use flotilla_coordinator::observe::http::Access;
+use flotilla_tests::{RawSite, hospital_sites, start_coordinator, test_policy, test_site};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+/// A plain HTTP/1.1 GET: (status, body).
+async fn get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
 }
 
-fn serve_args(port: u16, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["serve", "--insecure", "--scenario", "hospitals", "--seed", "7", "--lease", "5"].iter().map(|s| (*s).to_owned()).collect();
-    args.extend(["--listen".to_owned(), format!("127.0.0.1:{port}"), "--out".to_owned(), out.display().to_string()]);
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    args
-}
-
-/// Serves the four hospitals (`--min-clients 4`) to the end; returns whether `serve`
-/// succeeded, its log and what each site reported.
-async fn serve_hospitals(out: &Path, extra: &[&str]) -> (bool, Vec<String>, Vec<Result<SiteReport, ClientError>>) {
-    let port = free_port();
-    let mut args = vec!["--min-clients", "4"];
-    args.extend(extra);
-    let coordinator = CoordinatorProcess::start(&serve_args(port, out, &args), None);
-    let token = CancellationToken::new();
-    let sites: Vec<_> = hospital_sites(7)
-        .into_iter()
-        .map(|(name, table)| {
-            let mut o = test_site(format!("http://127.0.0.1:{port}"), &name);
-            o.connect_patience = Duration::from_secs(30);
-            tokio::spawn(run_site(o, table, token.clone()))
-        })
-        .collect();
-    let status = coordinator.wait_async(Duration::from_secs(120)).await.unwrap_or_else(|| panic!("serve did not end; log:\n{}", coordinator.log().join("\n")));
-    let mut reports = Vec::new();
-    for s in sites {
-        reports.push(tokio::time::timeout(Duration::from_secs(30), s).await.expect("site ends").expect("site task"));
-    }
-    (status.success(), coordinator.log(), reports)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_updates_cost_a_round_not_the_site_and_a_run_without_any_fails() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let start = Instant::now();
-    let (ok, log, reports) = serve_hospitals(dir.path(), &["--rounds", "2", "--max-update-norm", "0.0001"]).await;
-    for r in &reports {
-        let r = r.as_ref().expect("a site whose update is refused stays and ends with the federation");
-        assert_eq!((r.refused_updates, r.evaluations), (2, 3), "refused in both rounds, evaluated every model: {r:?}");
-    }
-    assert!(!ok, "a federation that never accepted an update must not succeed");
-    assert!(log.iter().any(|l| l.contains("without a usable model") && l.contains("no round accepted an update")), "{}", log.join("\n"));
-    // No round waited for its deadline (600 s): the refused sites failed their round at once.
-    assert!(start.elapsed() < Duration::from_secs(60), "took {:?}", start.elapsed());
-    let metrics = std::fs::read_to_string(dir.path().join("metrics.csv")).expect("metrics.csv");
-    assert_eq!(metrics.lines().count(), 4, "{metrics}");
-    for row in metrics.lines().skip(2) {
-        let f: Vec<&str> = row.split(',').collect();
-        assert_eq!((f[4], f[6], f[7], f[9]), ("0", "4", "4", "4"), "clients, failed, rejected, evaluated: {metrics}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resuming_a_finished_run_says_it_is_complete_and_exits() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (ok, log, reports) = serve_hospitals(dir.path(), &["--rounds", "1"]).await;
-    assert!(ok && reports.iter().all(Result::is_ok), "{}", log.join("\n"));
-    let summary = std::fs::read(dir.path().join("summary.json")).expect("summary.json");
-    let args = serve_args(free_port(), dir.path(), &["--min-clients", "4", "--rounds", "1", "--resume"]);
-    let out = tokio::task::spawn_blocking(move || {
-        let mut child =
-            Command::new(coordinator_binary()).args(&args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("start");
-        let start = Instant::now();
-        while child.try_wait().expect("wait").is_none() {
-            if start.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                panic!("serve --resume of a finished run is still running after 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+/// A chunked body, joined (axum streams JSON and text with chunked encoding).
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { return body.to_owned() };
+        if n == 0 || tail.len() < n {
+            break;
         }
-        child.wait_with_output().expect("output")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("is complete") && stdout.contains("1 rounds"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read(dir.path().join("summary.json")).expect("summary.json"), summary, "the finished run is left as it was");
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    if out.is_empty() { body.to_owned() } else { out }
+}
+
+fn value(samples: &prometheus_parse::Scrape, name: &str) -> f64 {
+    let s = samples.samples.iter().find(|s| s.metric == name).unwrap_or_else(|| panic!("no sample {name}"));
+    match s.value {
+        prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+        _ => panic!("{name} is not a number"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_site_refused_by_the_allow_list_is_in_the_coordinators_log() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
-    let coordinator = CoordinatorProcess::start(&serve_args(port, dir.path(), &["--allow-site", "Cleveland", "--rounds", "1"]), None);
-    let (name, table) = hospital_sites(7).into_iter().find(|(n, _)| n == "Hungary").expect("Hungary");
-    let mut o = test_site(format!("http://127.0.0.1:{port}"), &name);
-    o.connect_patience = Duration::from_secs(30);
-    let err = run_site(o, table, CancellationToken::new()).await.expect_err("Hungary is not on the allow list");
-    assert!(err.to_string().contains("allow list"), "{err}");
-    let start = Instant::now();
-    while !coordinator.log().iter().any(|l| l.contains("refused a site") && l.contains("Hungary")) {
-        assert!(start.elapsed() < Duration::from_secs(10), "the refusal is not in the log:\n{}", coordinator.log().join("\n"));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+async fn metrics_probes_and_the_dashboard_api_follow_a_federation() {
+    let dir = tempfile::tempdir().unwrap();
+    let rounds = 3;
+    let running = start_coordinator(Task::hospitals(), 5, test_policy(rounds, 4), dir.path()).await;
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = running.serve_operator(port, Access::Loopback).unwrap();
+    assert_eq!(get(addr, "/healthz", None).await.0, 200);
+    assert_eq!(get(addr, "/readyz", None).await.0, 200);
+
+    // A hostile join (a name with control characters) is refused and counted, by kind only.
+    let err = RawSite::join_only(running.url(), "bad\u{7}name", 10, vec!["num".into()]).await.err().expect("refused");
+    assert!(err.message().contains("control characters"), "{}", err.message());
+
+    let stop = CancellationToken::new();
+    let mut sites = Vec::new();
+    for (name, table) in hospital_sites(5) {
+        let opts = test_site(running.url(), &name);
+        let token = stop.child_token();
+        sites.push(tokio::spawn(async move { flotilla_client::run_site(opts, table, token).await }));
     }
-    let line = coordinator.log().into_iter().find(|l| l.contains("refused a site")).unwrap_or_default();
-    assert!(line.contains("WARN") && line.contains("peer=127.0.0.1"), "{line}");
+    assert!(running.wait_done(&CancellationToken::new()).await);
+
+    let (status, body) = get(addr, "/metrics", None).await;
+    assert_eq!(status, 200);
+    let text = dechunk(&body);
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    assert_eq!(value(&scrape, "flotilla_rounds_closed_total"), f64::from(rounds + 1), "round 0 and the trained rounds");
+    assert_eq!(value(&scrape, "flotilla_round"), f64::from(rounds));
+    assert_eq!(value(&scrape, "flotilla_sites_joined_total"), 4.0);
+    assert_eq!(value(&scrape, "flotilla_updates_accepted_total"), f64::from(4 * rounds));
+    assert!(value(&scrape, "flotilla_received_bytes_total") > 0.0 && value(&scrape, "flotilla_sent_bytes_total") > 0.0);
+    let accuracy = value(&scrape, "flotilla_evaluation_accuracy");
+    assert!((0.5..=1.0).contains(&accuracy), "{accuracy}");
+    let refused = scrape.samples.iter().find(|s| s.metric == "flotilla_refused_total").expect("refusals counted");
+    assert_eq!((refused.labels.get("what"), refused.labels.get("kind")), (Some("join"), Some("invalid_argument")));
+    assert!(scrape.samples.iter().any(|s| s.metric == "flotilla_phase" && s.labels.get("phase") == Some("done")));
+    for s in &scrape.samples {
+        for (k, v) in s.labels.iter() {
+            assert!(!["Cleveland", "Hungary", "Switzerland", "VA Long Beach"].contains(&v.as_str()), "a site name in label {k} of {}", s.metric);
+        }
+    }
+
+    let (status, body) = get(addr, "/api/status", None).await;
+    assert_eq!(status, 200);
+    let st: serde_json::Value = serde_json::from_str(&dechunk(&body)).unwrap();
+    assert_eq!((st["done"].as_bool(), st["round"].as_u64(), st["task"].as_str()), (Some(true), Some(u64::from(rounds)), Some("hospitals")));
+    assert_eq!(st["sites"].as_object().unwrap().len(), 4);
+    assert_eq!(st["sites"]["Cleveland"]["rounds_contributed"], rounds);
+    assert!(st["sites"]["Cleveland"]["accuracy"].as_f64().is_some());
+    assert_eq!(st["other_refusals"], 1);
+    assert!(st["findings"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().contains("`ca`")));
+    let (_, body) = get(addr, "/api/rounds", None).await;
+    let history: serde_json::Value = serde_json::from_str(&dechunk(&body)).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), rounds as usize + 1);
+    let (status, page) = get(addr, "/", None).await;
+    assert!(status == 200 && dechunk(&page).contains("api/status"), "the dashboard page");
+    for secret in ["noise_seed", "dp_seed", "PRIVATE KEY"] {
+        assert!(!text.contains(secret) && !st.to_string().contains(secret), "{secret} is served");
+    }
+    stop.cancel();
+    for s in sites {
+        let _ = tokio::time::timeout(Duration::from_secs(10), s).await;
+    }
+    let _ = running.stop(Duration::ZERO).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_site_with_a_certificate_from_another_ca_is_in_the_coordinators_log() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (ours, theirs) = (dir.path().join("pki"), dir.path().join("other-pki"));
-    let local = [std::net::IpAddr::from([127, 0, 0, 1])];
-    flotilla_common::pki::init_dir(&ours, &["Hungary".to_owned()], &["localhost".to_owned()], &local, 2).expect("our pki");
-    flotilla_common::pki::init_dir(&theirs, &["Hungary".to_owned()], &["localhost".to_owned()], &local, 2).expect("their pki");
-    let port = free_port();
-    let file = |d: &Path, f: &str| d.join(f).display().to_string();
-    let mut args: Vec<String> = ["serve", "--scenario", "hospitals", "--rounds", "1"].iter().map(|s| (*s).to_owned()).collect();
-    args.extend(["--listen".to_owned(), format!("127.0.0.1:{port}"), "--out".to_owned(), file(dir.path(), "run")]);
-    args.extend(["--tls-cert".to_owned(), file(&ours, "coordinator.pem"), "--tls-key".to_owned(), file(&ours, "coordinator.key")]);
-    args.extend(["--client-ca".to_owned(), file(&ours, "ca.pem")]);
-    let coordinator = CoordinatorProcess::start(&args, None);
-    // The site trusts our coordinator, but its own certificate is from another CA.
-    let tls = flotilla_client::ClientTls {
-        ca_pem: std::fs::read_to_string(ours.join("ca.pem")).expect("ca"),
-        cert_pem: std::fs::read_to_string(theirs.join("Hungary.pem")).expect("cert"),
-        key_pem: std::fs::read_to_string(theirs.join("Hungary.key")).expect("key"),
-    };
-    let (name, table) = hospital_sites(7).into_iter().find(|(n, _)| n == "Hungary").expect("Hungary");
-    let mut o = test_site(format!("https://127.0.0.1:{port}"), &name);
-    o.tls = Some(tls);
-    o.connect_patience = Duration::from_secs(30);
-    o.reconnect_patience = Duration::from_secs(1);
-    let err = run_site(o, table, CancellationToken::new()).await.expect_err("a certificate from another CA is refused");
-    let start = Instant::now();
-    while !coordinator.log().iter().any(|l| l.contains("refused a site at the TLS handshake")) {
-        assert!(start.elapsed() < Duration::from_secs(10), "the refusal of `{err}` is not in the log:\n{}", coordinator.log().join("\n"));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let line = coordinator.log().into_iter().find(|l| l.contains("refused a site at the TLS handshake")).unwrap_or_default();
-    assert!(line.contains("WARN") && line.contains("peer=127.0.0.1") && line.to_lowercase().contains("certificate"), "{line}");
+#[tokio::test]
+async fn a_port_beyond_loopback_needs_a_token_and_refuses_requests_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let any: std::net::SocketAddr = "0.0.0.0:9464".parse().unwrap();
+    let err = Access::for_address(any, None, false).unwrap_err();
+    assert!(err.contains("--metrics-token"), "{err}");
+    let short = dir.path().join("short");
+    std::fs::write(&short, "abc\n").unwrap();
+    assert!(Access::for_address("127.0.0.1:1".parse().unwrap(), Some(&short), false).unwrap_err().contains("16 characters"));
+    let file = dir.path().join("token");
+    std::fs::write(&file, "s3cret-token-0123456789\n").unwrap();
+    assert!(Access::for_address(any, Some(&file), false).unwrap_err().contains("--metrics-allow-remote"));
+    assert!(matches!(Access::for_address(any, Some(&file), true), Ok(Access::Token(_))));
+
+    let running = start_coordinator(Task::hospitals(), 5, test_policy(1, 4), &dir.path().join("run")).await;
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let access = Access::for_address("127.0.0.1:0".parse().unwrap(), Some(&file), false).unwrap();
+    let addr = running.serve_operator(port, access).unwrap();
+    assert_eq!(get(addr, "/metrics", None).await.0, 401);
+    assert_eq!(get(addr, "/api/status", Some("s3cret-token-012345678X")).await.0, 401);
+    assert_eq!(get(addr, "/metrics", Some("s3cret-token-0123456789")).await.0, 200);
+    assert_eq!(get(addr, "/", None).await.0, 200, "the page holds no data; it sends the token from its URL fragment");
+    let _ = running.stop(Duration::ZERO).await;
 }

@@ -16,8 +16,9 @@ use super::persist::{DurableWriter, Stored, UpdateJob};
 use super::record::{Metric, RoundRecord};
 use super::rejection::Rejection;
 use super::secure::{Answer, Step};
-use super::state::{Event, Federation, Joined, Outcome, UpdateClaim, Work};
+use super::state::{Event, Federation, Joined, Outcome, UpdateClaim, Work, site_of_client_id};
 use crate::durable::StateDir;
+use crate::observe::Telemetry;
 use crate::run_dir::RunDir;
 
 /// How often leases and deadlines are checked.
@@ -125,6 +126,7 @@ enum Request {
 pub struct FederationHandle {
     tx: mpsc::Sender<Request>,
     progress: watch::Receiver<Progress>,
+    telemetry: Arc<Telemetry>,
 }
 
 fn gone() -> Rejection {
@@ -202,6 +204,11 @@ impl FederationHandle {
     pub fn progress(&self) -> watch::Receiver<Progress> {
         self.progress.clone()
     }
+
+    /// The federation's metrics and dashboard state (read by the operator's HTTP port).
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        self.telemetry.clone()
+    }
 }
 
 /// Starts the actor. It runs until `shutdown` is cancelled and then returns the outcome
@@ -216,8 +223,9 @@ pub fn spawn(
 ) -> (FederationHandle, JoinHandle<Option<Outcome>>) {
     let (tx, rx) = mpsc::channel(1024);
     let (progress_tx, progress) = watch::channel(Progress { rounds, ..Progress::default() });
-    let task = tokio::spawn(run(federation, rx, progress_tx, run_dir, state, shutdown));
-    (FederationHandle { tx, progress }, task)
+    let telemetry = Telemetry::new(&federation.task().name, rounds);
+    let task = tokio::spawn(run(federation, rx, progress_tx, run_dir, state, telemetry.clone(), shutdown));
+    (FederationHandle { tx, progress, telemetry }, task)
 }
 
 /// What the actor keeps of an update while it is being written: the claim to commit it
@@ -230,12 +238,13 @@ async fn run(
     progress: watch::Sender<Progress>,
     run_dir: Option<RunDir>,
     state: Option<StateDir>,
+    telemetry: Arc<Telemetry>,
     shutdown: CancellationToken,
 ) -> Option<Outcome> {
     let writer = run_dir.map(RoundWriter::start);
     let (durable, mut stored_rx) = match state {
         Some(state) => {
-            let (w, rx) = DurableWriter::<Pending>::start(state);
+            let (w, rx) = DurableWriter::<Pending>::start(state, telemetry.clone());
             (Some(w), Some(rx))
         }
         None => (None, None),
@@ -246,6 +255,8 @@ async fn run(
     if let Some(d) = &durable {
         d.snapshot(fed.snapshot(), fed.open_attempt());
     }
+    telemetry.on_events(&fed, &[]);
+    telemetry.set_ready();
     loop {
         let events = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -255,13 +266,14 @@ async fn run(
                 None => Vec::new(),
             },
             req = rx.recv() => match req {
-                Some(req) => handle(&mut fed, req, durable.as_ref()),
+                Some(req) => handle(&mut fed, req, durable.as_ref(), &telemetry),
                 None => break,
             },
         };
         if !events.is_empty() {
             persist(&fed, durable.as_ref(), &events);
             record(&fed, &events, writer.as_ref(), &progress);
+            telemetry.on_events(&fed, &events);
         }
     }
     if let Some(w) = writer {
@@ -369,8 +381,9 @@ fn commit_stored(fed: &mut Federation, stored: Stored<Pending>) -> Vec<Event> {
 }
 
 /// Applies a request and returns its events.
-fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pending>>) -> Vec<Event> {
+fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pending>>, t: &Telemetry) -> Vec<Event> {
     let now = Instant::now();
+    let site_of = |client: &str| site_of_client_id(client).map(str::to_owned);
     if let Request::Update { client, round, base, delta, examples, metrics, reply } = req {
         let claim =
             UpdateClaim { client_id: client.clone(), round, base_hash: base, fingerprint: String::new(), total: 0, num_examples: examples, masked: false };
@@ -378,6 +391,7 @@ fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pen
         return match (checked, durable) {
             (Err(reason), _) => {
                 tracing::warn!(%client, round, %reason, "update rejected");
+                t.refused(site_of(&client).as_deref(), "update", &reason);
                 let _ = reply.send(Err(reason));
                 Vec::new()
             }
@@ -396,6 +410,7 @@ fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pen
                 }
                 Err(reason) => {
                     tracing::warn!(%client, round, %reason, "update rejected");
+                    t.refused(site_of(&client).as_deref(), "update", &reason);
                     let _ = reply.send(Err(reason));
                     Vec::new()
                 }
@@ -412,13 +427,14 @@ fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pen
             Err(e) => {
                 tracing::warn!(site = %printable(&site), reason = %e, "join refused");
                 fed.count_refusal();
+                t.refused(None, "join", &e);
                 let _ = reply.send(Err(e));
                 Vec::new()
             }
         },
         Request::Stats { client, stats, num_train, reply } => {
             let result = fed.report_stats(&client, stats, num_train, now);
-            refusal(fed, &client, "aggregates", &result);
+            refusal(fed, t, &client, "aggregates", &result);
             respond(reply, result)
         }
         Request::Plan { client, reply } => {
@@ -442,6 +458,7 @@ fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pen
             let result = fed.begin_update(&claim, now);
             if let Err(reason) = &result {
                 tracing::warn!(%client, round, %reason, "update rejected");
+                t.refused(site_of(client).as_deref(), "update", reason);
             }
             let _ = reply.send(result);
             Vec::new()
@@ -452,6 +469,7 @@ fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pen
             let result = fed.submit_masked(&claim, &values, metrics, now);
             if let Err(reason) = &result {
                 tracing::warn!(%client, round, %reason, "masked input rejected");
+                t.refused(site_of(&client).as_deref(), "masked_input", reason);
             }
             respond(reply, result)
         }
@@ -462,13 +480,14 @@ fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pen
             }
             Err(e) => {
                 tracing::warn!(%client, round, reason = %e, "secure aggregation step refused");
+                t.refused(site_of(&client).as_deref(), "secagg", &e);
                 let _ = reply.send(Err(e));
                 Vec::new()
             }
         },
         Request::Evaluation { client, round, hash, eval, reply } => {
             let result = fed.submit_evaluation(&client, round, &hash, eval, now);
-            refusal(fed, &client, "evaluation", &result);
+            refusal(fed, t, &client, "evaluation", &result);
             respond(reply, result)
         }
         Request::Leave { client } => fed.leave(&client, now),
@@ -476,10 +495,12 @@ fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pen
         Request::Refused { what, reason } => {
             tracing::warn!(from = %printable(&what), %reason, "message refused");
             fed.count_refusal();
+            t.refused(site_of(&what).as_deref(), "message", &Rejection::InvalidArgument(reason.clone()));
             Vec::new()
         }
         Request::UploadFailed { client, round, reason } => {
             tracing::warn!(%client, round, %reason, "update rejected");
+            t.refused(site_of(&client).as_deref(), "update", &Rejection::InvalidArgument(reason.clone()));
             fed.upload_failed(round);
             Vec::new()
         }
@@ -493,10 +514,11 @@ fn printable(text: &str) -> String {
 
 /// Logs and counts a refusal that names a fault of the site (a protocol race such as a
 /// closed round or an expired lease is not one).
-fn refusal<T>(fed: &mut Federation, client: &str, what: &str, result: &Result<T, Rejection>) {
+fn refusal<T>(fed: &mut Federation, t: &Telemetry, client: &str, what: &str, result: &Result<T, Rejection>) {
     if let Err(e @ (Rejection::InvalidArgument(_) | Rejection::Forbidden(_) | Rejection::Duplicate(_) | Rejection::Exhausted(_))) = result {
         tracing::warn!(client = %printable(client), what, reason = %e, "refused");
         fed.count_refusal();
+        t.refused(site_of_client_id(client), what, e);
     }
 }
 

@@ -48,13 +48,14 @@ pub struct DurableWriter<T> {
 
 impl<T: Send + 'static> DurableWriter<T> {
     /// Starts the thread; finished update writes come back on the returned receiver.
-    pub fn start(state: StateDir) -> (Self, mpsc::UnboundedReceiver<Stored<T>>) {
+    pub fn start(state: StateDir, telemetry: std::sync::Arc<crate::observe::Telemetry>) -> (Self, mpsc::UnboundedReceiver<Stored<T>>) {
         let (tx, rx) = std::sync::mpsc::channel::<Job<T>>();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("durable-state".into())
             .spawn(move || {
                 for job in rx {
+                    let started = std::time::Instant::now();
                     match job {
                         Job::Snapshot(snapshot, open) => {
                             if let Err(e) = state.save(&snapshot, open) {
@@ -67,6 +68,7 @@ impl<T: Send + 'static> DurableWriter<T> {
                             let _ = done_tx.send(Stored { job, result });
                         }
                     }
+                    telemetry.metrics.durable_write_seconds.observe(started.elapsed().as_secs_f64());
                 }
             })
             .expect("the OS can start a thread");

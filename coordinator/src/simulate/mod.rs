@@ -54,6 +54,8 @@ pub struct SimulateOptions {
     pub force: bool,
     /// A labelled CSV held out at the coordinator, evaluated every round.
     pub test_data: Option<PathBuf>,
+    /// The operator's port (metrics, probes, dashboard), when asked for.
+    pub operator: Option<(std::net::SocketAddr, crate::observe::http::Access)>,
 }
 
 /// What a simulation produced.
@@ -128,6 +130,13 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     let server_tls = pki.as_ref().map(|p| p.server.clone());
     let running = runner::start(opts.task.clone(), opts.seed, policy.clone(), Some(run_dir), listener, server_tls).map_err(SimulateError::Listen)?;
     tracing::info!(url = %running.url(), sites = sites.len(), "coordinator listening");
+    if let Some((addr, access)) = &opts.operator {
+        let listener = TcpListener::bind(addr).await.map_err(SimulateError::Listen)?;
+        let addr = running.serve_operator(listener, access.clone()).map_err(SimulateError::Listen)?;
+        if opts.progress {
+            eprintln!("dashboard: http://{addr}/   metrics: http://{addr}/metrics");
+        }
+    }
 
     let stop_clients = CancellationToken::new();
     // In a simulation every site is ours: one that fails (bad data, say) stops the run.

@@ -170,6 +170,27 @@ impl Federation {
     }
 
     /// True once the last round is closed.
+    /// The phase, for operators: gathering, training, evaluating, resuming or done.
+    pub fn phase_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Gathering { .. } => "gathering",
+            Phase::Fit(_) => "training",
+            Phase::Evaluate(_) => "evaluating",
+            Phase::Resuming { .. } => "resuming",
+            Phase::Done => "done",
+        }
+    }
+
+    /// The federation's task.
+    pub fn task(&self) -> &Task {
+        &self.task
+    }
+
+    /// Each site's evaluation of the last evaluated model.
+    pub fn site_metrics(&self) -> &BTreeMap<String, Evaluation> {
+        &self.final_site_metrics
+    }
+
     pub fn is_done(&self) -> bool {
         matches!(self.phase, Phase::Done)
     }
