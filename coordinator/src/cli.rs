@@ -61,6 +61,19 @@ pub enum Command {
     /// Only the federated data profile: what each site would report of its data, side by
     /// side, with its findings (profile.json and profile.svg in --out); nothing is trained.
     Profile(SplitArgs),
+    /// Compare finished runs side by side in one self-contained HTML page: settings that
+    /// differ, the kept models' figures, accuracy curves, per-site results, privacy.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Run directories (each with its summary.json and metrics.csv).
+    #[arg(value_name = "RUN_DIR", required = true)]
+    pub runs: Vec<PathBuf>,
+    /// The page to write.
+    #[arg(long, value_name = "FILE.html", default_value = "report.html")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

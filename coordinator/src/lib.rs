@@ -27,6 +27,7 @@ pub mod observe;
 pub mod profile;
 pub mod profile_chart;
 pub mod refusals;
+pub mod report;
 pub mod run_dir;
 pub mod runner;
 pub mod scenario;

@@ -24,7 +24,14 @@ fn main() -> ExitCode {
     // The simulation draws a progress bar: only warnings go to the log by default there.
     let default = match cli.command {
         Command::Simulate(_) => "warn",
-        Command::Serve(_) | Command::Split(_) | Command::Certs(_) | Command::Privacy(_) | Command::Synth(_) | Command::Init(_) | Command::Profile(_) => "info",
+        Command::Serve(_)
+        | Command::Split(_)
+        | Command::Certs(_)
+        | Command::Privacy(_)
+        | Command::Synth(_)
+        | Command::Init(_)
+        | Command::Profile(_)
+        | Command::Report(_) => "info",
     };
     let filter = cli.log.clone().unwrap_or_else(|| default.to_owned());
     // Logs go to stderr, in colour only when it is a terminal (never into a redirected file).
@@ -42,6 +49,7 @@ fn main() -> ExitCode {
         Command::Synth(s) => run_synth(&s),
         Command::Init(i) => run_init(&i),
         Command::Profile(a) => run_profile(a),
+        Command::Report(r) => flotilla_coordinator::report::run(&r.runs, &r.out).map_err(anyhow::Error::msg).map(|()| println!("wrote {}", r.out.display())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
