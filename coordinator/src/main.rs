@@ -292,14 +292,20 @@ fn run_privacy(p: &PrivacyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_profile(a: SplitArgs) -> anyhow::Result<()> {
+/// The task and the sites of `split` and `profile` (`verb` names the command in the error).
+fn task_and_sites(a: &SplitArgs, verb: &str) -> anyhow::Result<(Task, Vec<(String, flotilla_common::data::RawTable)>)> {
     let source = a.source.source(a.config.is_some()).map_err(anyhow::Error::msg)?;
     let task = match (&a.config, a.source.scenario) {
         (Some(path), _) => Task::from_file(path)?,
         (None, Some(s)) => s.task(),
-        (None, None) => anyhow::bail!("--config FILE.toml is needed to profile --data"),
+        (None, None) => anyhow::bail!("--config FILE.toml is needed to {verb} --data"),
     };
     let sites = load_sites(&source, &task, a.seed)?;
+    Ok((task, sites))
+}
+
+fn run_profile(a: SplitArgs) -> anyhow::Result<()> {
+    let (task, sites) = task_and_sites(&a, "profile")?;
     let profile = flotilla_coordinator::profile::of_sites(&sites, &task, a.seed)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     profile.write(&a.out).map_err(anyhow::Error::msg)?;
@@ -309,13 +315,7 @@ fn run_profile(a: SplitArgs) -> anyhow::Result<()> {
 }
 
 fn run_split(a: SplitArgs) -> anyhow::Result<()> {
-    let source = a.source.source(a.config.is_some()).map_err(anyhow::Error::msg)?;
-    let task = match (&a.config, a.source.scenario) {
-        (Some(path), _) => Task::from_file(path)?,
-        (None, Some(s)) => s.task(),
-        (None, None) => anyhow::bail!("--config FILE.toml is needed to split --data"),
-    };
-    let sites = load_sites(&source, &task, a.seed)?;
+    let (_, sites) = task_and_sites(&a, "split")?;
     // Every name is checked before anything is written: a data value cannot escape --out.
     let paths = sites
         .iter()

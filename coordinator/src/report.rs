@@ -66,7 +66,7 @@ fn fmt(v: &Value) -> String {
     match v.as_f64() {
         Some(x) if v.is_f64() => format!("{x:.3}"),
         _ if v.is_null() => "–".into(),
-        _ => esc(&v.to_string().trim_matches('"').to_owned()),
+        _ => esc(v.to_string().trim_matches('"')),
     }
 }
 

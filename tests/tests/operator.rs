@@ -79,6 +79,19 @@ async fn metrics_probes_and_the_dashboard_api_follow_a_federation() {
     assert_eq!(value(&scrape, "flotilla_sites_joined_total"), 4.0);
     assert_eq!(value(&scrape, "flotilla_updates_accepted_total"), f64::from(4 * rounds));
     assert!(value(&scrape, "flotilla_received_bytes_total") > 0.0 && value(&scrape, "flotilla_sent_bytes_total") > 0.0);
+    // One aggregation timed per trained round (round 0 aggregates nothing).
+    let aggregations = scrape
+        .samples
+        .iter()
+        .find_map(|s| match (s.metric.as_str(), &s.value) {
+            ("flotilla_aggregation_duration_seconds_count", prometheus_parse::Value::Untyped(n) | prometheus_parse::Value::Counter(n)) => Some(*n),
+            ("flotilla_aggregation_duration_seconds", prometheus_parse::Value::Histogram(b)) => {
+                b.iter().find(|b| b.less_than == f64::INFINITY).map(|b| b.count)
+            }
+            _ => None,
+        })
+        .expect("aggregations timed");
+    assert_eq!(aggregations, f64::from(rounds));
     let accuracy = value(&scrape, "flotilla_evaluation_accuracy");
     assert!((0.5..=1.0).contains(&accuracy), "{accuracy}");
     let refused = scrape.samples.iter().find(|s| s.metric == "flotilla_refused_total").expect("refusals counted");

@@ -63,6 +63,11 @@ impl RawTable {
         if text.starts_with(&[0xFF, 0xFE]) || text.starts_with(&[0xFE, 0xFF]) {
             return Err(DataError::File { file: source.to_owned(), message: "the file is UTF-16 text; save it as UTF-8 CSV".into() });
         }
+        // A UTF-8 byte-order mark (Excel's "CSV UTF-8") goes before parsing, so that a quoted
+        // first header is still read as quoted.
+        if text.starts_with(&[0xEF, 0xBB, 0xBF]) {
+            text.drain(..3);
+        }
         let delimiter = delimiter.unwrap_or_else(|| detect_delimiter(&text[..text.len().min(SNIFF_BYTES)]));
         let decimal_comma = delimiter == b';';
         // The csv parser accepts `\r\n` and old Mac `\r` line ends but counts lines by `\n`
@@ -70,7 +75,7 @@ impl RawTable {
         // errors and rows name the lines an editor shows.
         let text = unify_line_ends(text);
         let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).delimiter(delimiter).from_reader(text.as_slice());
-        let header: Vec<String> = rdr.headers().map_err(|e| csv_error(e, source))?.iter().map(|h| h.trim_start_matches('\u{feff}').trim().to_owned()).collect();
+        let header: Vec<String> = rdr.headers().map_err(|e| csv_error(e, source))?.iter().map(|h| h.trim().to_owned()).collect();
         if header.is_empty() || header.iter().all(String::is_empty) {
             return Err(DataError::File { file: source.to_owned(), message: "no header row".into() });
         }
@@ -254,7 +259,7 @@ mod tests {
         let variants: [&[u8]; 5] = [
             b"age,sex,y\r\n40,f,1\r\n\"50\",\"m, retired\",0\r\n",
             b"age,sex,y\r40,f,1\r\"50\",\"m, retired\",0\r",
-            b"\xEF\xBB\xBFage,sex,y\n40,f,1\n50,\"m, retired\",0\n",
+            b"\xEF\xBB\xBF\"age\",sex,y\n40,f,1\n50,\"m, retired\",0\n",
             b"age;sex;y\n40;f;1\n50;m, retired;0\n",
             b"\"age\"\t\"sex\"\t\"y\"\n40\tf\t1\n50\tm, retired\t0\n",
         ];

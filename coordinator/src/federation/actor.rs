@@ -258,6 +258,7 @@ async fn run(
     telemetry.on_events(&fed, &[]);
     telemetry.set_ready();
     loop {
+        let mut step = Instant::now();
         let events = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => fed.tick(Instant::now()),
@@ -266,10 +267,18 @@ async fn run(
                 None => Vec::new(),
             },
             req = rx.recv() => match req {
-                Some(req) => handle(&mut fed, req, durable.as_ref(), &telemetry),
+                Some(req) => {
+                    step = Instant::now();
+                    handle(&mut fed, req, durable.as_ref(), &telemetry)
+                }
                 None => break,
             },
         };
+        // The step that closed a training phase is the one that aggregated (and, for robust
+        // rules, combined every update): its time is the aggregation's.
+        if events.iter().any(|e| matches!(e, Event::EvaluationOpened { round, .. } if *round > 0)) {
+            telemetry.metrics.aggregation_seconds.observe(step.elapsed().as_secs_f64());
+        }
         if !events.is_empty() {
             persist(&fed, durable.as_ref(), &events);
             record(&fed, &events, writer.as_ref(), &progress);

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub sent_bytes: Counter,
     pub round_seconds: Histogram,
     pub durable_write_seconds: Histogram,
+    pub aggregation_seconds: Histogram,
     pub evaluation_accuracy: Gauge<f64, AtomicU64>,
     pub evaluation_loss: Gauge<f64, AtomicU64>,
     pub evaluation_auc: Gauge<f64, AtomicU64>,
@@ -64,6 +65,7 @@ impl Metrics {
             sent_bytes: Counter::default(),
             round_seconds: Histogram::new(exponential_buckets(0.01, 3.0, 10)),
             durable_write_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+            aggregation_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             evaluation_accuracy: Gauge::default(),
             evaluation_loss: Gauge::default(),
             evaluation_auc: Gauge::default(),
@@ -84,6 +86,11 @@ impl Metrics {
         registry.register("received_bytes", "Model bytes received in updates", m.received_bytes.clone());
         registry.register("sent_bytes", "Model bytes sent in downloads", m.sent_bytes.clone());
         registry.register("round_duration_seconds", "Wall time of each closed round", m.round_seconds.clone());
+        registry.register(
+            "aggregation_duration_seconds",
+            "Time of the coordinator's step that closed each training phase (the aggregation and the model update)",
+            m.aggregation_seconds.clone(),
+        );
         registry.register("durable_write_duration_seconds", "Time to write each snapshot or update durably", m.durable_write_seconds.clone());
         registry.register("evaluation_accuracy", "Federated test accuracy of the last closed round", m.evaluation_accuracy.clone());
         registry.register("evaluation_loss", "Federated test loss of the last closed round", m.evaluation_loss.clone());
