@@ -57,24 +57,30 @@ impl RawTable {
     }
 
     /// Reads CSV text with a given delimiter (`None`: detected), keeping the columns `keep` accepts.
-    pub fn from_reader_with<R: std::io::Read>(mut reader: R, source: &Path, delimiter: Option<u8>, keep: &dyn Fn(&str) -> bool) -> Result<Self, DataError> {
-        let mut text = Vec::new();
-        reader.read_to_end(&mut text).map_err(|e| DataError::Io { path: source.to_owned(), source: e })?;
-        if text.starts_with(&[0xFF, 0xFE]) || text.starts_with(&[0xFE, 0xFF]) {
+    pub fn from_reader_with<R: std::io::Read>(reader: R, source: &Path, delimiter: Option<u8>, keep: &dyn Fn(&str) -> bool) -> Result<Self, DataError> {
+        use std::io::BufRead;
+        // The file streams through: only the kept fields are ever stored (a withheld column's
+        // values pass through the parser's buffer and no further).
+        let mut reader = std::io::BufReader::with_capacity(SNIFF_BYTES, reader);
+        let io = |e| DataError::Io { path: source.to_owned(), source: e };
+        let head = reader.fill_buf().map_err(io)?;
+        if head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]) {
             return Err(DataError::File { file: source.to_owned(), message: "the file is UTF-16 text; save it as UTF-8 CSV".into() });
         }
         // A UTF-8 byte-order mark (Excel's "CSV UTF-8") goes before parsing, so that a quoted
         // first header is still read as quoted.
-        if text.starts_with(&[0xEF, 0xBB, 0xBF]) {
-            text.drain(..3);
+        if head.starts_with(&[0xEF, 0xBB, 0xBF]) {
+            reader.consume(3);
         }
-        let delimiter = delimiter.unwrap_or_else(|| detect_delimiter(&text[..text.len().min(SNIFF_BYTES)]));
+        let delimiter = match delimiter {
+            Some(d) => d,
+            None => detect_delimiter(reader.fill_buf().map_err(io)?),
+        };
         let decimal_comma = delimiter == b';';
         // The csv parser accepts `\r\n` and old Mac `\r` line ends but counts lines by `\n`
         // alone, and places a record after `\r\n` a line early: with every line end made `\n`,
         // errors and rows name the lines an editor shows.
-        let text = unify_line_ends(text);
-        let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).delimiter(delimiter).from_reader(text.as_slice());
+        let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).delimiter(delimiter).from_reader(LineEnds { inner: reader, after_cr: false });
         let header: Vec<String> = rdr.headers().map_err(|e| csv_error(e, source))?.iter().map(|h| h.trim().to_owned()).collect();
         if header.is_empty() || header.iter().all(String::is_empty) {
             return Err(DataError::File { file: source.to_owned(), message: "no header row".into() });
@@ -163,24 +169,45 @@ pub fn detect_delimiter(head: &[u8]) -> u8 {
     counts.iter().fold((b',', 0), |best, &c| if c.1 > best.1 { c } else { best }).0
 }
 
-/// `\r\n` and lone `\r` become `\n`.
-fn unify_line_ends(text: Vec<u8>) -> Vec<u8> {
-    if !text.contains(&b'\r') {
-        return text;
-    }
-    let mut out = Vec::with_capacity(text.len());
-    let mut bytes = text.iter().copied().peekable();
-    while let Some(b) = bytes.next() {
-        if b == b'\r' {
-            out.push(b'\n');
-            if bytes.peek() == Some(&b'\n') {
-                bytes.next();
+/// A reader that turns `\r\n` and a lone `\r` into `\n` as the bytes stream through.
+struct LineEnds<R> {
+    inner: R,
+    /// The last byte handed out was a `\r` turned into `\n`: a `\n` right after it is dropped.
+    after_cr: bool,
+}
+
+impl<R: std::io::BufRead> std::io::Read for LineEnds<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let mut written = 0;
+        while written < out.len() {
+            let available = self.inner.fill_buf()?;
+            if available.is_empty() {
+                break;
             }
-        } else {
-            out.push(b);
+            let mut used = 0;
+            for &b in available {
+                if written == out.len() {
+                    break;
+                }
+                used += 1;
+                match b {
+                    b'\n' if self.after_cr => self.after_cr = false,
+                    b'\r' => {
+                        out[written] = b'\n';
+                        written += 1;
+                        self.after_cr = true;
+                    }
+                    _ => {
+                        out[written] = b;
+                        written += 1;
+                        self.after_cr = false;
+                    }
+                }
+            }
+            self.inner.consume(used);
         }
+        Ok(written)
     }
-    out
 }
 
 /// A field as stored: trimmed, and a decimal comma (`-1,5`, `,5e3`) read as a point.
@@ -266,6 +293,17 @@ mod tests {
         for bytes in variants {
             let t = RawTable::from_reader(bytes, Path::new("t.csv")).unwrap();
             assert_eq!((&t.header, &t.rows), (&expected.header, &expected.rows), "{}", String::from_utf8_lossy(bytes));
+        }
+    }
+
+    #[test]
+    fn line_ends_are_unified_across_read_boundaries() {
+        use std::io::Read;
+        let text = b"a\r\nb\rc\n\r\nd\r";
+        for capacity in 1..6 {
+            let mut out = Vec::new();
+            LineEnds { inner: std::io::BufReader::with_capacity(capacity, &text[..]), after_cr: false }.read_to_end(&mut out).unwrap();
+            assert_eq!(out, b"a\nb\nc\n\nd\n", "buffer of {capacity}");
         }
     }
 
