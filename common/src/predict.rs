@@ -43,6 +43,14 @@ pub struct Prediction {
     pub probability: f64,
 }
 
+/// Every row of a labelled table, cleaned under `task` as a site cleans its rows and encoded
+/// with `plan`.
+pub fn encode_labelled(table: &RawTable, task: &crate::Task, plan: &crate::data::Plan) -> Result<Dataset, DataError> {
+    let rows = SiteRows::from_table(table, &task.data)?;
+    let all: Vec<usize> = (0..rows.rows.len()).collect();
+    plan.encode(&rows, &all, task.data.label.num_classes())
+}
+
 impl Model {
     /// Reads a model file written by a run (`model.safetensors`).
     pub fn load(path: &Path) -> Result<Self, PredictError> {
@@ -100,9 +108,7 @@ impl Model {
     /// A labelled table encoded with the model's plan.
     pub fn labelled(&self, table: &RawTable) -> Result<Dataset, PredictError> {
         self.check_columns(table)?;
-        let rows = SiteRows::from_table(table, &self.card.task.data)?;
-        let all: Vec<usize> = (0..rows.rows.len()).collect();
-        Ok(self.card.plan.encode(&rows, &all, self.card.task.data.label.num_classes())?)
+        Ok(encode_labelled(table, &self.card.task, &self.card.plan)?)
     }
 
     fn check_columns(&self, table: &RawTable) -> Result<(), DataError> {
@@ -132,8 +138,7 @@ impl Model {
             let mut values = Vec::with_capacity(index.len());
             for (c, &i) in plan.columns.iter().zip(&index) {
                 let v = raw.fields[i].as_str();
-                let extra = spec.missing_values.get(&c.name);
-                if v.is_empty() || spec.missing.iter().any(|m| m == v) || extra.is_some_and(|e| e.iter().any(|m| m == v)) {
+                if spec.is_missing(&c.name, v) {
                     values.push(None);
                     continue;
                 }

@@ -250,6 +250,14 @@ pub struct Augmentation {
     pub oversample_minority: bool,
 }
 
+impl DataSpec {
+    /// Whether `value` of `column` is missing: empty, one of `missing`, or one of the
+    /// column's own `missing_values`.
+    pub fn is_missing(&self, column: &str, value: &str) -> bool {
+        value.is_empty() || self.missing.iter().any(|m| m == value) || self.missing_values.get(column).is_some_and(|extra| extra.iter().any(|m| m == value))
+    }
+}
+
 impl Task {
     /// Parses and validates a task from TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, TaskError> {

@@ -13,17 +13,16 @@ use flotilla_common::{FlatParams, Task};
 
 /// A labelled table encoded with the plan, and the model shape it feeds.
 fn encode(table: &RawTable, task: &Task, plan: &Plan) -> Result<(Dataset, ModelShape), String> {
-    let rows = SiteRows::from_table(table, &task.data).map_err(|e| e.to_string())?;
-    let all: Vec<usize> = (0..rows.rows.len()).collect();
-    let data = plan.encode(&rows, &all, task.data.label.num_classes()).map_err(|e| e.to_string())?;
+    let data = flotilla_common::predict::encode_labelled(table, task, plan).map_err(|e| e.to_string())?;
     Ok((data, ModelShape::for_task(task, plan.width())))
 }
 
-/// The held-out metrics of a finished run's kept model (`summary.json`'s `holdout`).
-pub fn evaluate_kept(data: &Path, task: &Task, plan: &Plan, model: &FlatParams) -> Result<Evaluation, String> {
+/// `summary.json`'s `holdout`: the held-out metrics of a finished run's kept model.
+pub fn summary_of_kept(data: &Path, task: &Task, plan: &Plan, model: &FlatParams) -> Result<serde_json::Value, String> {
     let table = RawTable::read(data).map_err(|e| e.to_string())?;
     let (rows, shape) = encode(&table, task, plan)?;
-    evaluate(model, &shape, &rows, Backend::Ndarray).map_err(|e| e.to_string())
+    let e = evaluate(model, &shape, &rows, Backend::Ndarray).map_err(|e| e.to_string())?;
+    Ok(serde_json::json!({ "file": data.display().to_string(), "examples": e.examples, "accuracy": e.accuracy, "loss": e.loss, "auc": e.auc }))
 }
 
 /// The held-out rows, encoded once the federation's plan exists.

@@ -210,9 +210,7 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut summary = summary::summary(&task, a.run.seed, &outcome, None);
     summary["config"] = summary::config(&task, &policy, a.run.seed, None);
     if let Some(data) = &a.run.test_data {
-        let e = flotilla_coordinator::holdout::evaluate_kept(data, &task, &outcome.plan, &outcome.model).map_err(anyhow::Error::msg)?;
-        summary["holdout"] =
-            serde_json::json!({ "file": data.display().to_string(), "examples": e.examples, "accuracy": e.accuracy, "loss": e.loss, "auc": e.auc });
+        summary["holdout"] = flotilla_coordinator::holdout::summary_of_kept(data, &task, &outcome.plan, &outcome.model).map_err(anyhow::Error::msg)?;
     }
     let sha = write_final(&a.run.out, &task, &outcome, &summary)?;
     if let Some(last) = outcome.history.last() {

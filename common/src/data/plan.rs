@@ -269,6 +269,18 @@ mod tests {
     }
 
     #[test]
+    fn a_value_outside_the_vocabulary_is_other_then_missing_then_nothing() {
+        let site = site("x,c,y\n1,zebra,bad\n2,,good\n");
+        let vocabulary = |v: &[&str]| Plan {
+            columns: vec![ColumnPlan { name: "c".into(), kind: ColumnKind::Categorical { vocabulary: v.iter().map(|s| (*s).to_owned()).collect() } }],
+        };
+        let encoded = |p: Plan| p.encode(&site, &[0, 1], 2).unwrap().features;
+        assert_eq!(encoded(vocabulary(&["red", OTHER_CATEGORY, MISSING_CATEGORY])), vec![0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(encoded(vocabulary(&["red", MISSING_CATEGORY])), vec![0.0, 1.0, 0.0, 1.0], "unknown, like a missing value");
+        assert_eq!(encoded(vocabulary(&["red"])), vec![0.0, 0.0], "neither: all zeros");
+    }
+
+    #[test]
     fn fingerprint_changes_with_the_plan() {
         let a = SiteStats::of_rows(&site("x,c,y\n1,red,bad\n2,blue,good\n"), &[0, 1]);
         let b = SiteStats::of_rows(&site("x,c,y\n1,red,bad\n3,blue,good\n"), &[0, 1]);

@@ -100,8 +100,7 @@ impl SiteRows {
             return Err(DataError::File { file: table.source.clone(), message: format!("categorical column `{missing}` is not in the header") });
         }
         let columns: Vec<String> = features.iter().map(|&i| table.header[i].clone()).collect();
-        let missing_spellings: Vec<&[String]> = columns.iter().map(|c| spec.missing_values.get(c).map_or(&[][..], Vec::as_slice)).collect();
-        let is_missing = |j: usize, v: &str| v.is_empty() || spec.missing.iter().any(|m| m == v) || missing_spellings[j].iter().any(|m| m == v);
+        let is_missing = |j: usize, v: &str| spec.is_missing(&columns[j], v);
 
         let mut identifiers = Vec::new();
         let categorical: Vec<bool> = match &spec.categorical {

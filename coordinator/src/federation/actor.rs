@@ -223,7 +223,7 @@ pub fn spawn(
 ) -> (FederationHandle, JoinHandle<Option<Outcome>>) {
     let (tx, rx) = mpsc::channel(1024);
     let (progress_tx, progress) = watch::channel(Progress { rounds, ..Progress::default() });
-    let telemetry = Telemetry::new(&federation.task().name, rounds);
+    let telemetry = Telemetry::new(&federation.task().name, rounds, federation.policy().max_sites);
     let task = tokio::spawn(run(federation, rx, progress_tx, run_dir, state, telemetry.clone(), shutdown));
     (FederationHandle { tx, progress, telemetry }, task)
 }
@@ -281,8 +281,9 @@ async fn run(
         }
         if !events.is_empty() {
             persist(&fed, durable.as_ref(), &events);
-            record(&fed, &events, writer.as_ref(), &progress);
+            // Before progress is published: whoever hears "done" finds the metrics final.
             telemetry.on_events(&fed, &events);
+            record(&fed, &events, writer.as_ref(), &progress);
         }
     }
     if let Some(w) = writer {

@@ -17,6 +17,8 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use crate::federation::{Event, Federation, Rejection, RoundRecord};
+#[cfg(test)]
+use flotilla_common::Task;
 use metrics::{Metrics, PhaseLabels, RefusalLabels};
 
 /// The live view of one federation.
@@ -25,6 +27,9 @@ pub struct Telemetry {
     pub metrics: Metrics,
     registry: Registry,
     board: Mutex<Board>,
+    /// The most sites the board keeps (the federation's `max_sites`): a name that joined once
+    /// and left is forgotten first, so hostile joins under new names cannot grow it.
+    max_sites: usize,
 }
 
 /// What the dashboard shows, kept up to date by the actor.
@@ -66,12 +71,12 @@ fn now() -> f64 {
 }
 
 impl Telemetry {
-    pub fn new(task: &str, rounds: u32) -> Arc<Self> {
+    pub fn new(task: &str, rounds: u32, max_sites: usize) -> Arc<Self> {
         let mut registry = Registry::with_prefix("flotilla");
         let metrics = Metrics::register(&mut registry);
         metrics.rounds_planned.set(i64::from(rounds));
         let board = Board { task: task.to_owned(), rounds, phase: "gathering".into(), ..Board::default() };
-        Arc::new(Self { metrics, registry, board: Mutex::new(board) })
+        Arc::new(Self { metrics, registry, board: Mutex::new(board), max_sites: max_sites.max(1) })
     }
 
     fn board(&self) -> std::sync::MutexGuard<'_, Board> {
@@ -93,6 +98,9 @@ impl Telemetry {
             match ev {
                 Event::Joined { site, .. } => {
                     m.sites_joined.inc();
+                    if !b.sites.contains_key(site) && b.sites.len() >= self.max_sites {
+                        forget_oldest_away(&mut b.sites);
+                    }
                     let s = b.sites.entry(site.clone()).or_default();
                     (s.connected, s.last_seen) = (true, now());
                 }
@@ -186,6 +194,18 @@ impl Telemetry {
     }
 }
 
+/// Drops the site away from the federation that was seen longest ago (a connected one when
+/// none is away: the federation refuses joins beyond `max_sites` anyway).
+fn forget_oldest_away(sites: &mut BTreeMap<String, SiteBoard>) {
+    let oldest = sites
+        .iter()
+        .min_by(|a, b| (a.1.connected, a.1.last_seen).partial_cmp(&(b.1.connected, b.1.last_seen)).unwrap_or(std::cmp::Ordering::Equal))
+        .map(|(n, _)| n.clone());
+    if let Some(name) = oldest {
+        sites.remove(&name);
+    }
+}
+
 /// A refusal's kind as a label: the gRPC status it is answered with.
 pub fn rejection_kind(r: &Rejection) -> &'static str {
     match r {
@@ -198,5 +218,25 @@ pub fn rejection_kind(r: &Rejection) -> &'static str {
         Rejection::Duplicate(_) => "duplicate",
         Rejection::Exhausted(_) => "exhausted",
         Rejection::Unavailable(_) => "unavailable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_site_table_never_holds_more_than_max_sites() {
+        let t = Telemetry::new("t", 1, 3);
+        let fed = Federation::new(Task::hospitals(), 1, crate::federation::Policy::default());
+        for i in 0..50 {
+            let site = format!("s{i}");
+            t.on_events(&fed, &[Event::Joined { site: site.clone(), client_id: format!("{site}#1") }, Event::Left { site }]);
+        }
+        let status = t.status();
+        let sites = status["sites"].as_object().unwrap_or_else(|| panic!("{status}"));
+        assert_eq!(sites.len(), 3);
+        assert!(sites.contains_key("s49"), "the newest stays: {status}");
+        assert_eq!(t.metrics.sites_joined.get(), 50);
     }
 }

@@ -256,9 +256,7 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     summary["backend"] = serde_json::Value::String(opts.backend.to_string());
     summary["config"] = summary::config(&opts.task, &policy, opts.seed, Some(&opts.backend.to_string()));
     if let Some(data) = &opts.test_data {
-        let e = crate::holdout::evaluate_kept(data, &opts.task, &outcome.plan, &outcome.model).map_err(SimulateError::Baselines)?;
-        summary["holdout"] =
-            serde_json::json!({ "file": data.display().to_string(), "examples": e.examples, "accuracy": e.accuracy, "loss": e.loss, "auc": e.auc });
+        summary["holdout"] = crate::holdout::summary_of_kept(data, &opts.task, &outcome.plan, &outcome.model).map_err(SimulateError::Baselines)?;
     }
     let model_sha256 = write_final(&opts.out, &opts.task, &outcome, &summary)?;
     summary["model_file_sha256"] = serde_json::Value::String(model_sha256.clone());

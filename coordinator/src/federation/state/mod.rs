@@ -186,6 +186,11 @@ impl Federation {
         &self.task
     }
 
+    /// The federation's round policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// Each site's evaluation of the last evaluated model.
     pub fn site_metrics(&self) -> &BTreeMap<String, Evaluation> {
         &self.final_site_metrics
