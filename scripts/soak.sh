@@ -3,4 +3,4 @@
 # sites crashing each round. Prints a line per round and a summary with peak RSS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test -p flotilla-tests --test soak -- --ignored --nocapture 2>&1 | grep -E "^(round|soak:)|test result|panicked"
+cargo test -p flotilla-tests --test integration soak:: -- --ignored --nocapture 2>&1 | grep -E "^(round|soak:)|test result|panicked"

@@ -103,7 +103,8 @@ enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Predict every row of a CSV with a model a run wrote (its model.safetensors carries the
-    /// task and the preprocessing plan): writes line, probability and class per row.
+    /// task and the preprocessing plan): writes line, probability and class per row (for
+    /// regression, the predicted value under the label's name).
     Predict {
         /// The model file (a run's model.safetensors or model-last.safetensors).
         #[arg(long, value_name = "FILE")]
@@ -120,7 +121,8 @@ enum Command {
         #[arg(long, default_value_t = Backend::Ndarray, value_name = "ndarray|flex")]
         backend: Backend,
     },
-    /// Evaluate a model on a labelled CSV: examples, loss, accuracy and ROC AUC (JSON).
+    /// Evaluate a model on a labelled CSV: examples, loss, accuracy and ROC AUC (regression:
+    /// loss, MAE, RMSE and R²), as JSON.
     Evaluate {
         #[arg(long, value_name = "FILE")]
         model: PathBuf,
@@ -230,15 +232,22 @@ fn predict(model: &std::path::Path, data: &std::path::Path, out: &std::path::Pat
     let id_index = id.map(|c| table.column_index(c).with_context(|| format!("{}: --id column `{c}` is not in the header", data.display()))).transpose()?;
     let predictions = m.predict(&table, backend)?;
     let mut w = csv::Writer::from_path(out).with_context(|| format!("creating {}", out.display()))?;
+    let regression = m.card.task.data.label.is_regression();
     let binary = m.shape.outputs == 1;
     let mut header = vec!["line".to_owned()];
     header.extend(id.map(str::to_owned));
-    header.extend(if binary { ["probability", "class"].map(str::to_owned).to_vec() } else { ["class", "label", "probability"].map(str::to_owned).to_vec() });
+    header.extend(match (regression, binary) {
+        (true, _) => vec![m.card.task.data.label.column.clone()],
+        (false, true) => ["probability", "class"].map(str::to_owned).to_vec(),
+        (false, false) => ["class", "label", "probability"].map(str::to_owned).to_vec(),
+    });
     w.write_record(&header)?;
     for (p, raw) in predictions.iter().zip(&table.rows) {
         let mut record = vec![p.line.to_string()];
         record.extend(id_index.map(|i| raw.fields[i].clone()));
-        if binary {
+        if let Some(v) = p.value {
+            record.push(format!("{v:.6}"));
+        } else if binary {
             record.extend([format!("{:.6}", p.probability), p.class.to_string()]);
         } else {
             record.extend([p.class.to_string(), m.class_name(p.class), format!("{:.6}", p.probability)]);
@@ -254,7 +263,7 @@ fn predict(model: &std::path::Path, data: &std::path::Path, out: &std::path::Pat
 fn evaluate(model: &std::path::Path, data: &std::path::Path, backend: Backend) -> anyhow::Result<()> {
     let m = flotilla_common::predict::Model::load(model)?;
     let e = m.evaluate(&RawTable::read(data)?, backend)?;
-    println!("{}", serde_json::json!({ "examples": e.examples, "loss": e.loss, "accuracy": e.accuracy, "auc": e.auc }));
+    println!("{}", e.metrics_json());
     Ok(())
 }
 

@@ -134,6 +134,7 @@ mod tests {
         let task = crate::Task::hospitals();
         let plan = crate::data::Plan {
             columns: vec![crate::data::ColumnPlan { name: "age".into(), kind: crate::data::ColumnKind::Numeric { mean: 50.0, std: 9.0 } }],
+            target: None,
         };
         let card = ModelCard { task: task.clone(), plan, round: 3 };
         let p = card.shape().init_params(1);

@@ -37,10 +37,13 @@ pub struct Model {
 pub struct Prediction {
     /// The row's line in its file.
     pub line: u64,
-    /// The predicted class index.
+    /// The predicted class index (0 in a regression task).
     pub class: u32,
-    /// Binary tasks: the probability of the positive class; multi-class: of `class`.
+    /// Binary tasks: the probability of the positive class; multi-class: of `class`;
+    /// NaN in a regression task.
     pub probability: f64,
+    /// Regression: the predicted label, in its own units.
+    pub value: Option<f64>,
 }
 
 /// Every row of a labelled table, cleaned under `task` as a site cleans its rows and encoded
@@ -84,6 +87,9 @@ impl Model {
             .enumerate()
             .map(|(i, r)| {
                 let out = &logits[i * outputs..(i + 1) * outputs];
+                if let Some(scale) = data.target_scale {
+                    return Prediction { line: r.line, class: 0, probability: f64::NAN, value: Some(scale.restore(f64::from(out[0]))) };
+                }
                 let (class, probability) = if outputs == 1 {
                     let p = 1.0 / (1.0 + (-f64::from(out[0])).exp());
                     (u32::from(out[0] > 0.0), p)
@@ -93,12 +99,12 @@ impl Model {
                     let (k, _) = out.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap_or((0, &0.0));
                     (k as u32, f64::from(out[k] - max).exp() / total)
                 };
-                Prediction { line: r.line, class, probability }
+                Prediction { line: r.line, class, probability, value: None }
             })
             .collect())
     }
 
-    /// Loss, accuracy and AUC on a labelled table, cleaned under the task as a site cleans
+    /// Loss, accuracy and AUC (regression: loss, MAE, RMSE, R²) on a labelled table, cleaned under the task as a site cleans
     /// its rows.
     pub fn evaluate(&self, table: &RawTable, backend: Backend) -> Result<Evaluation, PredictError> {
         let data = self.labelled(table)?;
@@ -150,7 +156,7 @@ impl Model {
                 }
                 values.push(Some(v.to_owned()));
             }
-            rows.push(Row { line: raw.line, label: 0, values });
+            rows.push(Row { line: raw.line, label: 0, target: 0.0, values });
         }
         if rows.is_empty() {
             return Err(DataError::File { file: table.source.clone(), message: "no rows to predict".into() });

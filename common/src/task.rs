@@ -156,11 +156,15 @@ pub fn default_min_category_count() -> u64 {
     5
 }
 
-/// The label column and how its values become classes.
+/// The label column and how its values become classes (or, for regression, targets).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabelSpec {
     pub column: String,
+    /// `classification` (the default: one of the rules below) or `regression` (a numeric
+    /// label, mean squared error; none of the rules).
+    #[serde(default, skip_serializing_if = "LabelKind::is_classification")]
+    pub kind: LabelKind,
     /// Binary task: numeric labels above this value are the positive class (hospitals: `num > 0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub positive_above: Option<f64>,
@@ -172,33 +176,70 @@ pub struct LabelSpec {
     pub classes: Option<Vec<String>>,
 }
 
-/// The rule that maps a label value to a class index.
+/// What the label is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelKind {
+    /// Classes: binary (sigmoid and cross-entropy) or several (softmax).
+    #[default]
+    Classification,
+    /// A number: one linear output trained on the mean squared error of the label in the
+    /// federation's standard units; MAE, RMSE and R² reported in the label's own units.
+    Regression,
+}
+
+impl LabelKind {
+    fn is_classification(&self) -> bool {
+        *self == LabelKind::Classification
+    }
+}
+
+/// The rule that maps a label value to a class index (or a regression target).
 #[derive(Debug, Clone, PartialEq)]
 pub enum LabelRule {
     PositiveAbove(f64),
     PositiveValues(Vec<String>),
     Classes(Vec<String>),
+    /// The label is a number, the target itself (its one "class" is 0).
+    Value,
 }
 
 impl LabelSpec {
     /// The one rule this spec names.
     pub fn rule(&self) -> Result<LabelRule, TaskError> {
+        if self.kind == LabelKind::Regression {
+            if self.positive_above.is_some() || self.positive_values.is_some() || self.classes.is_some() {
+                return Err(TaskError::Invalid(format!(
+                    "label `{}` is a regression target: positive_above, positive_values and classes belong to classification",
+                    self.column
+                )));
+            }
+            return Ok(LabelRule::Value);
+        }
         match (&self.positive_above, &self.positive_values, &self.classes) {
             (Some(t), None, None) => Ok(LabelRule::PositiveAbove(*t)),
             (None, Some(v), None) if !v.is_empty() => Ok(LabelRule::PositiveValues(v.clone())),
             (None, None, Some(c)) if c.len() >= 2 => Ok(LabelRule::Classes(c.clone())),
             _ => Err(TaskError::Invalid(format!(
-                "label `{}` needs exactly one of positive_above, positive_values (non-empty) or classes (two or more)",
+                "label `{}` needs exactly one of positive_above, positive_values (non-empty) or classes (two or more), \
+                 or kind = \"regression\" for a numeric target",
                 self.column
             ))),
         }
     }
 
-    /// Number of classes of the task (2 for binary tasks).
+    /// True for a regression task.
+    pub fn is_regression(&self) -> bool {
+        self.kind == LabelKind::Regression
+    }
+
+    /// Number of classes of the task: 2 for binary tasks, and 1 for regression (every
+    /// row's class is 0; its value is the target).
     pub fn num_classes(&self) -> usize {
-        match &self.classes {
-            Some(c) => c.len(),
-            None => 2,
+        match (&self.classes, self.kind) {
+            (_, LabelKind::Regression) => 1,
+            (Some(c), _) => c.len(),
+            (None, _) => 2,
         }
     }
 }
@@ -336,8 +377,16 @@ impl Task {
         if self.secure_aggregation && self.privacy.is_some_and(|p| p.adaptive.is_some()) {
             return Err(TaskError::Invalid("adaptive clipping needs the count of unclipped updates: it cannot be combined with secure aggregation".into()));
         }
+        if self.data.label.is_regression() && self.data.augmentation.oversample_minority {
+            return Err(TaskError::Invalid("data.augmentation.oversample_minority balances classes: a regression task has none".into()));
+        }
         if let Some(r) = &self.record_privacy {
             r.validate().map_err(TaskError::Invalid)?;
+            if self.data.label.is_regression() {
+                return Err(TaskError::Invalid(
+                    "record-level DP (DP-SGD) computes per-example gradients of the cross-entropy: it is not implemented for regression".into(),
+                ));
+            }
             let aug = &self.data.augmentation;
             if aug.jitter_copies > 0 || aug.oversample_minority {
                 return Err(TaskError::Invalid(
@@ -422,7 +471,28 @@ mod tests {
 
     #[test]
     fn label_needs_exactly_one_rule() {
-        let spec = LabelSpec { column: "y".into(), positive_above: Some(0.0), positive_values: Some(vec!["a".into()]), classes: None };
+        let spec = LabelSpec {
+            column: "y".into(),
+            kind: LabelKind::Classification,
+            positive_above: Some(0.0),
+            positive_values: Some(vec!["a".into()]),
+            classes: None,
+        };
         assert!(spec.rule().is_err());
+        let regression = LabelSpec { kind: LabelKind::Regression, positive_above: None, ..spec.clone() };
+        assert!(regression.rule().unwrap_err().to_string().contains("regression target"), "a rule and regression contradict");
+        let regression = LabelSpec { positive_values: None, ..regression };
+        assert_eq!((regression.rule().unwrap(), regression.num_classes()), (LabelRule::Value, 1));
+    }
+
+    #[test]
+    fn a_regression_task_parses_and_refuses_what_needs_classes() {
+        let text = include_str!("../../examples/hospitals.toml").replace("positive_above = 0   # num > 0: disease present", "kind = \"regression\"");
+        let task = Task::from_toml(&text, "r.toml").unwrap();
+        assert!(task.data.label.is_regression());
+        assert!(task.to_toml().contains("kind = \"regression\""), "the kind reaches the sites");
+        assert!(!Task::hospitals().to_toml().contains("kind"), "classification tasks keep their fingerprint");
+        let oversampled = text.replace("oversample_minority = false", "oversample_minority = true");
+        assert!(Task::from_toml(&oversampled, "r.toml").unwrap_err().to_string().contains("oversample_minority"));
     }
 }

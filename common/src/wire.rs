@@ -10,8 +10,9 @@ use bytes::Bytes;
 use flotilla_proto::pb;
 
 use crate::data::stats::Bin;
-use crate::data::{ColumnKind, ColumnPlan, ColumnStats, Plan, SiteStats};
+use crate::data::{ColumnKind, ColumnPlan, ColumnStats, Plan, SiteStats, TargetScale};
 use crate::params::{Checksum, FlatParams, Layout, TensorSpec, extend_from_le_bytes};
+use crate::train::evaluate::RegressionMetrics;
 use crate::train::{Evaluation, TrainReport};
 
 /// Bytes of f32 data per chunk: 1 MiB, far below tonic's 4 MiB message limit.
@@ -295,28 +296,47 @@ pub fn update_part(chunk: pb::UpdateChunk) -> Result<UpdatePart, WireError> {
 
 /// A site's aggregates on the wire.
 pub fn stats_to_pb(client_id: &str, stats: &SiteStats, num_train: u64) -> pb::ReportStatsRequest {
-    let columns = stats
-        .columns
-        .iter()
-        .map(|c| pb::ColumnStats {
-            name: c.name.clone(),
-            numeric_count: c.numeric_count,
-            sum: c.sum,
-            sum_squares: c.sum_squares,
-            missing: c.missing,
-            categories: c.categories.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            categorical: c.categorical,
-            identifier_like: c.identifier_like,
-            histogram_upper: c.histogram.iter().map(|b| b.upper).collect(),
-            histogram_counts: c.histogram.iter().map(|b| b.count).collect(),
-        })
-        .collect();
     pb::ReportStatsRequest {
         client_id: client_id.to_owned(),
-        columns,
+        columns: stats.columns.iter().map(column_stats_to_pb).collect(),
         num_train_examples: num_train,
         label_counts: stats.label_counts.clone(),
         label_present: stats.label_present.clone(),
+        label_values: stats.label_values.as_ref().map(column_stats_to_pb),
+    }
+}
+
+fn column_stats_to_pb(c: &ColumnStats) -> pb::ColumnStats {
+    pb::ColumnStats {
+        name: c.name.clone(),
+        numeric_count: c.numeric_count,
+        sum: c.sum,
+        sum_squares: c.sum_squares,
+        missing: c.missing,
+        categories: c.categories.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        categorical: c.categorical,
+        identifier_like: c.identifier_like,
+        histogram_upper: c.histogram.iter().map(|b| b.upper).collect(),
+        histogram_counts: c.histogram.iter().map(|b| b.count).collect(),
+    }
+}
+
+fn column_stats_from_pb(c: pb::ColumnStats) -> ColumnStats {
+    let histogram = if c.histogram_upper.len() == c.histogram_counts.len() {
+        c.histogram_upper.iter().zip(&c.histogram_counts).map(|(&upper, &count)| Bin { upper, count }).collect()
+    } else {
+        Vec::new()
+    };
+    ColumnStats {
+        name: c.name,
+        categorical: c.categorical,
+        numeric_count: c.numeric_count,
+        sum: c.sum,
+        sum_squares: c.sum_squares,
+        missing: c.missing,
+        categories: c.categories.into_iter().collect::<BTreeMap<_, _>>(),
+        identifier_like: c.identifier_like,
+        histogram,
     }
 }
 
@@ -324,29 +344,12 @@ pub fn stats_to_pb(client_id: &str, stats: &SiteStats, num_train: u64) -> pb::Re
 /// against what the site declared) decides whether they are acceptable. A histogram whose
 /// edges and counts differ in length is dropped here (it cannot be read).
 pub fn stats_from_pb(report: pb::ReportStatsRequest) -> SiteStats {
-    let columns = report
-        .columns
-        .into_iter()
-        .map(|c| {
-            let histogram = if c.histogram_upper.len() == c.histogram_counts.len() {
-                c.histogram_upper.iter().zip(&c.histogram_counts).map(|(&upper, &count)| Bin { upper, count }).collect()
-            } else {
-                Vec::new()
-            };
-            ColumnStats {
-                name: c.name,
-                categorical: c.categorical,
-                numeric_count: c.numeric_count,
-                sum: c.sum,
-                sum_squares: c.sum_squares,
-                missing: c.missing,
-                categories: c.categories.into_iter().collect::<BTreeMap<_, _>>(),
-                identifier_like: c.identifier_like,
-                histogram,
-            }
-        })
-        .collect();
-    SiteStats { columns, label_counts: report.label_counts, label_present: report.label_present }
+    SiteStats {
+        columns: report.columns.into_iter().map(column_stats_from_pb).collect(),
+        label_counts: report.label_counts,
+        label_present: report.label_present,
+        label_values: report.label_values.map(column_stats_from_pb),
+    }
 }
 
 /// The plan on the wire.
@@ -365,6 +368,7 @@ pub fn plan_to_pb(plan: &Plan) -> pb::Plan {
                 }),
             })
             .collect(),
+        target: plan.target.map(|t| pb::NumericPlan { mean: t.mean, std: t.std }),
     }
 }
 
@@ -386,7 +390,11 @@ pub fn plan_from_pb(p: pb::Plan) -> Result<Option<Plan>, WireError> {
         };
         columns.push(ColumnPlan { name: c.name, kind });
     }
-    let plan = Plan { columns };
+    let target = match p.target {
+        Some(t) if !(t.mean.is_finite() && t.std.is_finite() && t.std > 0.0) => return Err(WireError::Invalid("the label's target: bad mean or std".into())),
+        t => t.map(|t| TargetScale { mean: t.mean, std: t.std }),
+    };
+    let plan = Plan { columns, target };
     if plan.fingerprint() != p.fingerprint {
         return Err(WireError::Invalid("plan fingerprint does not match its contents".into()));
     }
@@ -407,14 +415,24 @@ pub fn evaluation_to_pb(client_id: &str, round: u32, model_hash: &str, e: &Evalu
         auc: e.auc,
         validation_loss: e.validation_loss,
         validation_examples: e.validation_examples,
+        regression: e.regression.map(|r| pb::RegressionMetrics { mae: r.mae, mse: r.mse, total_squares: r.total_squares }),
     }
 }
 
 /// An evaluation from the wire; metrics must be in range.
 pub fn evaluation_from_pb(r: &pb::EvaluationResult) -> Result<Evaluation, WireError> {
     let ok01 = |x: f64| (0.0..=1.0).contains(&x);
-    if r.num_examples == 0 || !ok01(r.accuracy) || !(r.loss.is_finite() && r.loss >= 0.0) || r.auc.is_some_and(|a| !ok01(a)) {
+    let ok0 = |x: f64| x.is_finite() && x >= 0.0;
+    // A regression evaluation has no accuracy (whatever was sent is dropped) nor AUC.
+    let accuracy_ok = r.regression.is_some() || ok01(r.accuracy);
+    if r.num_examples == 0 || !accuracy_ok || !ok0(r.loss) || r.auc.is_some_and(|a| !ok01(a) || r.regression.is_some()) {
         return Err(WireError::Invalid("evaluation metrics out of range".into()));
+    }
+    if let Some(m) = &r.regression
+        && !(ok0(m.mae) && ok0(m.mse) && ok0(m.total_squares) && m.mae * m.mae <= m.mse * (1.0 + 1e-9) + 1e-12)
+    {
+        // Mean |e|² ≤ mean e² (Jensen): no honest site reports otherwise.
+        return Err(WireError::Invalid("regression metrics out of range (negative, not finite, or an MAE above the RMSE)".into()));
     }
     if r.validation_loss.is_some_and(|l| !(l.is_finite() && l >= 0.0)) || r.validation_loss.is_some() != (r.validation_examples > 0) {
         return Err(WireError::Invalid("validation loss out of range, or without validation rows".into()));
@@ -422,10 +440,11 @@ pub fn evaluation_from_pb(r: &pb::EvaluationResult) -> Result<Evaluation, WireEr
     Ok(Evaluation {
         examples: r.num_examples,
         loss: r.loss,
-        accuracy: r.accuracy,
+        accuracy: if r.regression.is_some() { f64::NAN } else { r.accuracy },
         auc: r.auc,
         validation_loss: r.validation_loss,
         validation_examples: r.validation_examples,
+        regression: r.regression.map(|m| RegressionMetrics { mae: m.mae, mse: m.mse, total_squares: m.total_squares }),
     })
 }
 
@@ -433,6 +452,27 @@ pub fn evaluation_from_pb(r: &pb::EvaluationResult) -> Result<Evaluation, WireEr
 mod tests {
     use super::*;
     use crate::model::ModelShape;
+
+    #[test]
+    fn regression_metrics_cross_the_wire_and_hostile_ones_are_refused() {
+        let m = RegressionMetrics { mae: 3.0, mse: 16.0, total_squares: 100.0 };
+        let e = Evaluation { examples: 20, loss: 0.16, accuracy: f64::NAN, auc: None, validation_loss: Some(0.2), validation_examples: 4, regression: Some(m) };
+        let pb = evaluation_to_pb("c", 3, "h", &e);
+        let back = evaluation_from_pb(&pb).unwrap();
+        assert!(back.accuracy.is_nan() && back.regression == Some(m));
+        let hostile = |f: &dyn Fn(&mut pb::RegressionMetrics)| {
+            let mut p = pb.clone();
+            if let Some(r) = p.regression.as_mut() {
+                f(r);
+            }
+            evaluation_from_pb(&p)
+        };
+        assert!(hostile(&|r| r.mse = -1.0).is_err());
+        assert!(hostile(&|r| r.total_squares = f64::INFINITY).is_err());
+        assert!(hostile(&|r| r.mae = 5.0).is_err(), "an MAE above the RMSE (4) is no data's");
+        assert!(evaluation_from_pb(&pb::EvaluationResult { auc: Some(0.5), ..pb.clone() }).is_err(), "no AUC for a regression");
+        assert!(evaluation_from_pb(&pb::EvaluationResult { regression: None, ..pb.clone() }).is_err(), "a NaN accuracy without regression metrics");
+    }
 
     #[test]
     fn a_hostile_record_epsilon_is_dropped_not_recorded() {

@@ -22,7 +22,9 @@ pub fn summary_of_kept(data: &Path, task: &Task, plan: &Plan, model: &FlatParams
     let table = RawTable::read(data).map_err(|e| e.to_string())?;
     let (rows, shape) = encode(&table, task, plan)?;
     let e = evaluate(model, &shape, &rows, Backend::Ndarray).map_err(|e| e.to_string())?;
-    Ok(serde_json::json!({ "file": data.display().to_string(), "examples": e.examples, "accuracy": e.accuracy, "loss": e.loss, "auc": e.auc }))
+    let mut v = e.metrics_json();
+    v["file"] = serde_json::json!(data.display().to_string());
+    Ok(v)
 }
 
 /// The held-out rows, encoded once the federation's plan exists.
@@ -43,7 +45,9 @@ impl Holdout {
         SiteRows::from_table(&table, &task.data).map_err(|e| format!("--test-data: {e}"))?;
         let path = dir.join("holdout.csv");
         let mut csv = csv::Writer::from_path(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        csv.write_record(["round", "examples", "accuracy", "loss", "auc"]).map_err(|e| e.to_string())?;
+        let mut header = vec!["round", "examples"];
+        header.extend(Evaluation::METRIC_HEADER);
+        csv.write_record(header).map_err(|e| e.to_string())?;
         csv.flush().map_err(|e| e.to_string())?;
         Ok(Self { table, task: task.clone(), encoded: None, csv, path })
     }
@@ -57,11 +61,9 @@ impl Holdout {
     /// Evaluates a round's model and appends it to `holdout.csv` (nothing before the plan).
     pub fn record(&mut self, round: u32, model: &FlatParams) -> Result<Option<Evaluation>, String> {
         let Some(e) = self.evaluate(model)? else { return Ok(None) };
-        let auc = e.auc.map_or(String::new(), |a| format!("{a:.6}"));
-        self.csv
-            .write_record([round.to_string(), e.examples.to_string(), format!("{:.6}", e.accuracy), format!("{:.6}", e.loss), auc])
-            .and_then(|()| self.csv.flush().map_err(csv::Error::from))
-            .map_err(|err| format!("{}: {err}", self.path.display()))?;
+        let mut record = vec![round.to_string(), e.examples.to_string()];
+        record.extend(e.metric_fields());
+        self.csv.write_record(record).and_then(|()| self.csv.flush().map_err(csv::Error::from)).map_err(|err| format!("{}: {err}", self.path.display()))?;
         Ok(Some(e))
     }
 

@@ -70,7 +70,8 @@ pub fn draft(table: &RawTable, label: &str, name: &str) -> Result<Draft, String>
         columns.push((column.clone(), role));
     }
     let label_spec = label_rule(rows.iter().map(|r| r.fields[label_index].as_str()).filter(|v| !is_missing(v)), label)?;
-    let toml = render(name, table, &columns, &missing_seen, &label_spec);
+    let unlabelled = rows.iter().filter(|r| is_missing(&r.fields[label_index])).count();
+    let toml = render(name, table, &columns, &missing_seen, &label_spec, unlabelled);
     Task::from_toml(&toml, "the drafted task").map_err(|e| format!("the drafted task does not parse (please report this): {e}"))?;
     Ok(Draft { toml, columns, missing_seen })
 }
@@ -100,10 +101,9 @@ fn label_rule<'a>(values: impl Iterator<Item = &'a str>, label: &str) -> Result<
                 xs[0]
             ))
         }
-        (_, Some(_)) => Err(format!(
-            "label column `{label}` holds {} distinct numbers: that is a regression target, which this version does not train; \
-             choose a class label, or threshold it with `positive_above`",
-            counts.len()
+        (n, Some(_)) => Ok(format!(
+            "# {n} distinct numbers: a regression target (mean squared error; MAE, RMSE and R² reported).\n\
+             # To predict classes instead, threshold it: `positive_above = VALUE` in place of `kind`.\nkind = \"regression\"\n"
         )),
         (2, None) => {
             // The rarer value is drafted as positive (what a study usually counts: disease, default).
@@ -119,7 +119,7 @@ fn label_rule<'a>(values: impl Iterator<Item = &'a str>, label: &str) -> Result<
     }
 }
 
-fn render(name: &str, table: &RawTable, columns: &[(String, ColumnRole)], missing_seen: &BTreeMap<String, u64>, label_spec: &str) -> String {
+fn render(name: &str, table: &RawTable, columns: &[(String, ColumnRole)], missing_seen: &BTreeMap<String, u64>, label_spec: &str, unlabelled: usize) -> String {
     let quote = |v: &str| toml::Value::String(v.to_owned()).to_string();
     let list = |names: Vec<&str>| names.into_iter().map(quote).collect::<Vec<_>>().join(", ");
     let label = columns.iter().find(|(_, r)| *r == ColumnRole::Label).map_or("", |(c, _)| c.as_str());
@@ -156,7 +156,14 @@ fn render(name: &str, table: &RawTable, columns: &[(String, ColumnRole)], missin
     }
     let _ = writeln!(t, "# A value that means \"not measured\" in one column (say a cholesterol of 0) goes in");
     let _ = writeln!(t, "# [data.missing_values], e.g. chol = [\"0\"].");
-    let _ = writeln!(t, "bad_rows = \"reject\"\ntest_fraction = 0.2\nvalidation_fraction = 0.1\n");
+    if unlabelled > 0 {
+        // A row without a label cannot be learnt from; with `reject` the first one would stop the site.
+        let _ = writeln!(t, "# {unlabelled} rows have no `{label}`: they are skipped, and counted and named in the site's log.");
+        let _ = writeln!(t, "bad_rows = \"skip\"");
+    } else {
+        let _ = writeln!(t, "bad_rows = \"reject\"");
+    }
+    let _ = writeln!(t, "test_fraction = 0.2\nvalidation_fraction = 0.1\n");
     let _ = writeln!(t, "[data.label]\ncolumn = {}\n{label_spec}", quote(label));
     t
 }
@@ -222,7 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn labels_are_drafted_by_their_values_and_a_regression_target_is_refused() {
+    fn labels_are_drafted_by_their_values_and_many_numbers_are_a_regression_target() {
         let rows = |labels: &[&str]| -> String {
             let mut t = String::from("x,y\n");
             for (i, l) in labels.iter().enumerate() {
@@ -234,8 +241,8 @@ mod tests {
         assert_eq!(task(&["0", "1", "1", "0"]).data.label.positive_above, Some(0.0));
         assert_eq!(task(&["0", "3", "1", "2"]).data.label.positive_above, Some(0.0));
         assert_eq!(task(&["a", "b", "c", "a"]).data.label.classes, Some(vec!["a".into(), "b".into(), "c".into()]));
-        let err = draft(&table(&rows(&["1.5", "2.25", "3.5", "7.1"])), "y", "t").unwrap_err();
-        assert!(err.contains("regression"), "{err}");
+        let regression = task(&["1.5", "2.25", "3.5", "7.1"]);
+        assert!(regression.data.label.is_regression(), "many distinct numbers are a regression target");
         let err = draft(&table(&rows(&["1", "2"])), "z", "t").unwrap_err();
         assert!(err.contains("`z` is not in the header"), "{err}");
     }

@@ -100,14 +100,18 @@ async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
     if let Some(c) = &sim.comparison {
         println!("{}", report::comparison_table(c));
         println!(
-            "federated pooled accuracy {:.3} vs. local-only mean {:.3} vs. centralized {:.3}",
-            c.federated.pooled.accuracy,
+            "federated pooled {metric} {:.3} vs. local-only mean {:.3} vs. centralized {:.3}",
+            c.federated.pooled.headline(),
             report::local_mean_accuracy(c),
-            c.centralized.pooled.accuracy
+            c.centralized.pooled.headline(),
+            metric = report::metric(c),
         );
     } else if let Some(kept) = sim.outcome.best_round.and_then(|b| sim.outcome.history.iter().find(|r| r.round == b)).or(sim.outcome.history.last()) {
         let which = if sim.outcome.best_round.is_some() { "lowest validation loss" } else { "last round" };
-        if kept.accuracy.is_finite() {
+        if let Some(r) = &kept.regression {
+            let r2 = r.r2().map_or("–".into(), |v| format!("{v:.3}"));
+            println!("kept global model (round {}, {which}): R² {r2}, RMSE {:.4}, MAE {:.4}", kept.round, r.rmse(), r.mae);
+        } else if kept.accuracy.is_finite() {
             println!("kept global model (round {}, {which}): accuracy {:.3}, loss {:.4}", kept.round, kept.accuracy, kept.loss);
         } else {
             println!("kept global model: no site evaluated it (round {})", kept.round);

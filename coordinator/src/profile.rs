@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use flotilla_common::Task;
-use flotilla_common::data::stats::Bin;
+use flotilla_common::data::stats::{Bin, LABEL_VALUES};
 use flotilla_common::data::{ColumnKind, Plan, SiteStats};
 use serde::Serialize;
 
@@ -29,6 +29,10 @@ pub struct Profile {
     pub k: u64,
     pub sites: BTreeMap<String, SiteProfile>,
     pub columns: Vec<ColumnProfile>,
+    /// A regression task's label, profiled as a numeric column (named `<label>`): a site
+    /// whose label mean lies far from the others' is flagged as drift (label shift).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<ColumnProfile>,
     pub flags: Vec<Flag>,
 }
 
@@ -138,7 +142,17 @@ impl Profile {
             }
         }
         let columns = plan.columns.iter().map(|c| column_profile(c, sites, &mut flags)).collect();
-        Profile { k, sites: site_profiles, columns, flags }
+        let label = task.data.label.is_regression().then(|| {
+            // The label's aggregates as a one-column site each, so the label is profiled (and
+            // its drift flagged) exactly as a feature is.
+            let as_columns: Vec<SiteStats> =
+                sites.iter().map(|(_, s, _)| SiteStats { columns: s.label_values.iter().cloned().collect(), ..Default::default() }).collect();
+            let label_sites: Vec<(&str, &SiteStats, u64)> = sites.iter().zip(&as_columns).map(|((name, _, n), s)| (*name, s, *n)).collect();
+            let scale = plan.target.unwrap_or(flotilla_common::data::TargetScale::IDENTITY);
+            let plan = flotilla_common::data::ColumnPlan { name: LABEL_VALUES.to_owned(), kind: ColumnKind::Numeric { mean: scale.mean, std: scale.std } };
+            column_profile(&plan, &label_sites, &mut flags)
+        });
+        Profile { k, sites: site_profiles, columns, label, flags }
     }
 
     /// Writes `profile.json` and `profile.svg` into `dir`.
@@ -303,7 +317,7 @@ mod tests {
     }
 
     fn site(columns: Vec<ColumnStats>, labels: [u64; 2]) -> SiteStats {
-        SiteStats { columns, label_counts: labels.to_vec(), label_present: labels.iter().map(|&n| n > 0).collect() }
+        SiteStats { columns, label_counts: labels.to_vec(), label_present: labels.iter().map(|&n| n > 0).collect(), ..Default::default() }
     }
 
     #[test]

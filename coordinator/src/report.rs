@@ -113,7 +113,8 @@ pub fn html(runs: &[RunView]) -> String {
         let _ = write!(p, "<tr><th>{}</th>{}</tr>", esc(label), cells.into_iter().map(|c| format!("<td class=\"n\">{c}</td>")).collect::<String>());
     };
     let get = |r: &RunView, path: &[&str]| path.iter().fold(&r.summary, |v, k| &v[*k]).clone();
-    let figures: [(&str, &[&str]); 11] = [
+    let regression = runs.iter().any(|r| !get(r, &["final", "r2"]).is_null());
+    let base: [(&str, &[&str]); 11] = [
         ("task", &["task"]),
         ("rounds", &["rounds"]),
         ("kept round", &["models", "model.safetensors", "round"]),
@@ -126,6 +127,19 @@ pub fn html(runs: &[RunView]) -> String {
         ("ε (central DP)", &["epsilon"]),
         ("ε per record (DP-SGD)", &["record_epsilon"]),
     ];
+    let mut figures = base.to_vec();
+    if regression {
+        figures.splice(
+            3..3,
+            [
+                ("R² (pooled test)", &["final", "r2"][..]),
+                ("RMSE", &["final", "rmse"]),
+                ("MAE", &["final", "mae"]),
+                ("centralised R²", &["baselines", "centralized", "r2"]),
+                ("local-only mean R²", &["baselines", "local_mean_r2"]),
+            ],
+        );
+    }
     for (label, path) in figures {
         row(&mut p, label, runs.iter().map(|r| fmt(&get(r, path))).collect());
     }

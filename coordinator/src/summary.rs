@@ -19,6 +19,9 @@ pub fn summary(task: &Task, seed: u64, o: &Outcome, comparison: Option<&Comparis
             "accuracy": last.map(|r| r.accuracy),
             "loss": last.map(|r| r.loss),
             "auc": last.and_then(|r| r.auc),
+            "mae": last.and_then(|r| r.regression.map(|m| m.mae)),
+            "rmse": last.and_then(|r| r.regression.map(|m| m.rmse())),
+            "r2": last.and_then(|r| r.regression.and_then(|m| m.r2())),
             "per_site": o.final_site_metrics,
         }),
     };
@@ -39,17 +42,23 @@ pub fn summary(task: &Task, seed: u64, o: &Outcome, comparison: Option<&Comparis
             "epochs": c.epochs,
             "centralized": metrics(&c.centralized),
             "local": c.local.iter().map(|(s, sc)| (s.clone(), metrics(sc))).collect::<BTreeMap<_, _>>(),
-            "local_mean_accuracy": local_mean_accuracy(c),
         });
+        // The local-only models' mean headline metric, named for what it is.
+        let key = if c.federated.pooled.regression.is_some() { "local_mean_r2" } else { "local_mean_accuracy" };
+        v["baselines"][key] = json!(local_mean_accuracy(c));
     }
     v
 }
 
 fn metrics(s: &Scorecard) -> Value {
+    let r = s.pooled.regression;
     json!({
         "accuracy": s.pooled.accuracy,
         "loss": s.pooled.loss,
         "auc": s.pooled.auc,
+        "mae": r.map(|r| r.mae),
+        "rmse": r.map(|r| r.rmse()),
+        "r2": r.and_then(|r| r.r2()),
         "examples": s.pooled.examples,
         "per_site": s.per_site,
     })

@@ -20,8 +20,8 @@ pub fn unusable_model(history: &[RoundRecord]) -> Option<String> {
              the final model is the untrained initial one"
         ));
     }
-    if last.evaluated == 0 || !last.accuracy.is_finite() {
-        return Some(format!("no site evaluated the final model (round {}): its accuracy is unknown", last.round));
+    if last.evaluated == 0 || !last.loss.is_finite() {
+        return Some(format!("no site evaluated the final model (round {}): its quality is unknown", last.round));
     }
     None
 }
@@ -34,7 +34,7 @@ mod tests {
         RoundRecord {
             round,
             accuracy: if evaluated > 0 { 0.7 } else { f64::NAN },
-            loss: 0.5,
+            loss: if evaluated > 0 { 0.5 } else { f64::NAN },
             auc: None,
             clients,
             selected: 4,
@@ -50,6 +50,7 @@ mod tests {
             refused: 0,
             record_epsilon: None,
             validation_loss: None,
+            regression: None,
         }
     }
 

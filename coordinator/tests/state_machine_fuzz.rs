@@ -207,7 +207,8 @@ impl Harness {
             Op::Upload(s, kind) => self.upload(*s, kind, &mut valid_upload),
             Op::Evaluate(s, n) => {
                 let hash = before.clone().unwrap_or_default();
-                let eval = Evaluation { examples: *n, loss: 0.5, accuracy: 0.5, auc: Some(0.5), validation_loss: Some(0.4), validation_examples: 3 };
+                let eval =
+                    Evaluation { examples: *n, loss: 0.5, accuracy: 0.5, auc: Some(0.5), validation_loss: Some(0.4), validation_examples: 3, regression: None };
                 let result = self.fed.submit_evaluation(&self.client(*s), round_before, &hash, eval, self.now);
                 if result.is_ok() {
                     assert!(*n > 0 && *n <= 100, "an evaluation of {n} examples was accepted from a site of 100 rows");

@@ -32,8 +32,7 @@ pub fn oversample(data: &Dataset, rng: &mut ChaCha8Rng) -> Dataset {
         }
         for _ in n..target {
             let i = members[rng.random_range(0..members.len())];
-            out.features.extend_from_slice(data.row(i));
-            out.labels.push(data.labels[i]);
+            out.push_copy(data, i, data.row(i));
         }
     }
     out
@@ -50,8 +49,7 @@ pub fn jitter(data: &Dataset, std: f64, copies: u32, numeric: &[usize], rng: &mu
             for &p in numeric {
                 row[p] += noise.sample(rng) as f32;
             }
-            out.features.extend_from_slice(&row);
-            out.labels.push(data.labels[i]);
+            out.push_copy(data, i, &row);
         }
     }
     out
@@ -64,7 +62,7 @@ mod tests {
     use super::*;
 
     fn data() -> Dataset {
-        Dataset { features: vec![0.0, 1.0, 0.5, 1.0, 1.0, 0.0], n_features: 2, labels: vec![0, 0, 1], num_classes: 2 }
+        Dataset { features: vec![0.0, 1.0, 0.5, 1.0, 1.0, 0.0], n_features: 2, labels: vec![0, 0, 1], num_classes: 2, ..Default::default() }
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod stats;
 pub mod synthetic;
 pub mod table;
 
-pub use dataset::Dataset;
+pub use dataset::{Dataset, TargetScale};
 pub use plan::{ColumnKind, ColumnPlan, Plan};
 pub use rows::{Row, SiteRows};
 pub use stats::{ColumnStats, SiteStats, StatsLimits};

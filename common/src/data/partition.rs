@@ -86,7 +86,7 @@ pub fn partition(table: &RawTable, how: &Partition, clients: usize, label: &Labe
             let mut unlabelled = Vec::new();
             for r in &table.rows {
                 match parse_label(&r.fields[li], &rule) {
-                    Ok(c) => by_class.entry(c).or_default().push(r.clone()),
+                    Ok((c, _)) => by_class.entry(c).or_default().push(r.clone()),
                     Err(_) => unlabelled.push(r.clone()),
                 }
             }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use super::dataset::Dataset;
+use super::dataset::{Dataset, TargetScale};
 use super::rows::{Row, SiteRows};
 use super::stats::{SiteStats, StatsLimits};
 use crate::error::DataError;
@@ -35,10 +35,15 @@ pub struct ColumnPlan {
     pub kind: ColumnKind,
 }
 
-/// The shared encoding of every feature column, in encoding order.
+/// The shared encoding of every feature column, in encoding order, and of a regression
+/// task's label.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub columns: Vec<ColumnPlan>,
+    /// Regression: the label's pooled moments, which standardise the target (`None` in
+    /// classification, or when no site had k values of the label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetScale>,
 }
 
 impl Plan {
@@ -111,28 +116,17 @@ impl Plan {
                         vocabulary.push(MISSING_CATEGORY.to_owned());
                     }
                     ColumnKind::Categorical { vocabulary }
-                } else if p.n == 0 {
-                    ColumnKind::Numeric { mean: 0.0, std: 1.0 }
                 } else {
-                    let total = p.n as f64;
-                    // Σ sums / n as the pooled data would give; when that overflows (values
-                    // near f64::MAX), the same moments as weighted means of per-site means.
-                    let (sum, sum_sq): (f64, f64) = (p.moments.iter().map(|m| m.1).sum(), p.moments.iter().map(|m| m.2).sum());
-                    let (mean, mean_sq) = if sum.is_finite() && sum_sq.is_finite() {
-                        (sum / total, sum_sq / total)
-                    } else {
-                        let share = |count: u64, s: f64| count as f64 / total * (s / count as f64);
-                        (p.moments.iter().map(|&(c, s, _)| share(c, s)).sum(), p.moments.iter().map(|&(c, _, q)| share(c, q)).sum())
-                    };
-                    let var = (mean_sq - mean * mean).max(0.0);
-                    let std = if var.is_finite() && var.sqrt() > 1e-12 { var.sqrt() } else { 1.0 };
-                    let mean = if mean.is_finite() { mean } else { 0.0 };
+                    let TargetScale { mean, std } = pooled_moments(&p.moments);
                     ColumnKind::Numeric { mean, std }
                 };
                 ColumnPlan { name, kind }
             })
             .collect();
-        Plan { columns }
+        let label: Vec<(u64, f64, f64)> =
+            sites.iter().filter_map(|s| s.label_values.as_ref()).filter(|l| l.numeric_count > 0).map(|l| (l.numeric_count, l.sum, l.sum_squares)).collect();
+        let target = (!label.is_empty()).then(|| pooled_moments(&label));
+        Plan { columns, target }
     }
 
     /// Number of encoded features.
@@ -183,10 +177,17 @@ impl Plan {
                 }
             }
         }
+        // Absent in classification, so those plans keep the fingerprint they always had.
+        if let Some(t) = &self.target {
+            h.update(b"\0target");
+            h.update(t.mean.to_le_bytes());
+            h.update(t.std.to_le_bytes());
+        }
         hex::encode(h.finalize())
     }
 
-    /// Encodes the selected rows of a site with this plan.
+    /// Encodes the selected rows of a site with this plan; `num_classes` 1 is a regression
+    /// task, whose targets are standardised with the plan's `target`.
     pub fn encode(&self, site: &SiteRows, indices: &[usize], num_classes: usize) -> Result<Dataset, DataError> {
         let positions: Vec<Option<usize>> = self.columns.iter().map(|c| site.columns.iter().position(|s| *s == c.name)).collect();
         let width = self.width();
@@ -203,8 +204,36 @@ impl Plan {
         if labels.iter().any(|&l| l as usize >= num_classes) {
             return Err(DataError::Spec(format!("a label is outside the task's {num_classes} classes")));
         }
-        Ok(Dataset { features, n_features: width, labels, num_classes })
+        let (targets, target_scale) = if num_classes == 1 {
+            let scale = self.target.unwrap_or(TargetScale::IDENTITY);
+            (indices.iter().map(|&i| scale.standardise(site.rows[i].target) as f32).collect(), Some(scale))
+        } else {
+            (Vec::new(), None)
+        };
+        Ok(Dataset { features, n_features: width, labels, num_classes, targets, target_scale })
     }
+}
+
+/// The pooled mean and deviation of per-site (count, sum, sum of squares), as the pooled
+/// data would give; a deviation of 0 (a constant) becomes 1.
+fn pooled_moments(moments: &[(u64, f64, f64)]) -> TargetScale {
+    let total = moments.iter().fold(0u64, |a, m| a.saturating_add(m.0)) as f64;
+    if total == 0.0 {
+        return TargetScale::IDENTITY;
+    }
+    // Σ sums / n; when that overflows (values near f64::MAX), the same moments as weighted
+    // means of per-site means.
+    let (sum, sum_sq): (f64, f64) = (moments.iter().map(|m| m.1).sum(), moments.iter().map(|m| m.2).sum());
+    let (mean, mean_sq) = if sum.is_finite() && sum_sq.is_finite() {
+        (sum / total, sum_sq / total)
+    } else {
+        let share = |count: u64, s: f64| count as f64 / total * (s / count as f64);
+        (moments.iter().map(|&(c, s, _)| share(c, s)).sum(), moments.iter().map(|&(c, _, q)| share(c, q)).sum())
+    };
+    let var = (mean_sq - mean * mean).max(0.0);
+    let std = if var.is_finite() && var.sqrt() > 1e-12 { var.sqrt() } else { 1.0 };
+    let mean = if mean.is_finite() { mean } else { 0.0 };
+    TargetScale { mean, std }
 }
 
 fn encode_value(c: &ColumnPlan, value: Option<&str>, out: &mut Vec<f32>) {
@@ -273,11 +302,36 @@ mod tests {
         let site = site("x,c,y\n1,zebra,bad\n2,,good\n");
         let vocabulary = |v: &[&str]| Plan {
             columns: vec![ColumnPlan { name: "c".into(), kind: ColumnKind::Categorical { vocabulary: v.iter().map(|s| (*s).to_owned()).collect() } }],
+            target: None,
         };
         let encoded = |p: Plan| p.encode(&site, &[0, 1], 2).unwrap().features;
         assert_eq!(encoded(vocabulary(&["red", OTHER_CATEGORY, MISSING_CATEGORY])), vec![0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
         assert_eq!(encoded(vocabulary(&["red", MISSING_CATEGORY])), vec![0.0, 1.0, 0.0, 1.0], "unknown, like a missing value");
         assert_eq!(encoded(vocabulary(&["red"])), vec![0.0, 0.0], "neither: all zeros");
+    }
+
+    #[test]
+    fn a_regression_target_is_standardised_with_the_pooled_label_moments() {
+        let mut spec = Task::banks().data;
+        spec.label =
+            crate::task::LabelSpec { column: "y".into(), kind: crate::task::LabelKind::Regression, positive_above: None, positive_values: None, classes: None };
+        let site = |text: &str| SiteRows::from_table(&RawTable::from_reader(text.as_bytes(), Path::new("s.csv")).unwrap(), &spec).unwrap();
+        let (a, b) = (site("x,y\n1,10\n2,20\n"), site("x,y\n3,30\n4,60\n"));
+        let (sa, sb) = (SiteStats::summarise(&a, &[0, 1], 1, 1), SiteStats::summarise(&b, &[0, 1], 1, 1));
+        let plan = Plan::combine(&[&sa, &sb]);
+        // Pooled y = [10, 20, 30, 60]: mean 30, population variance (400 + 100 + 0 + 900) / 4 = 350.
+        let t = plan.target.unwrap();
+        assert!((t.mean - 30.0).abs() < 1e-12 && (t.std - 350f64.sqrt()).abs() < 1e-12, "{t:?}");
+        let ds = plan.encode(&b, &[0, 1], 1).unwrap();
+        assert_eq!(ds.target_scale, Some(t));
+        assert!((f64::from(ds.targets[1]) - 30.0 / 350f64.sqrt()).abs() < 1e-6 && ds.labels == vec![0, 0]);
+        assert!((t.restore(f64::from(ds.targets[1])) - 60.0).abs() < 1e-4);
+        let without = Plan { target: None, ..plan.clone() };
+        assert_ne!(plan.fingerprint(), without.fingerprint(), "the target is part of the plan");
+        // Under k, a site's label is reported as missing: one site alone gives nothing away.
+        let few = SiteStats::summarise(&a, &[0, 1], 1, 3);
+        assert_eq!(few.label_values.as_ref().map(|l| (l.numeric_count, l.missing, l.sum)), Some((0, 2, 0.0)));
+        assert_eq!(Plan::combine(&[&few]).target, None);
     }
 
     #[test]

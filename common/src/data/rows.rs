@@ -12,11 +12,15 @@ use crate::task::{BadRows, Categorical, DataSpec, LabelRule};
 
 use super::table::RawTable;
 
-/// One cleaned row: a class label and the raw text of each feature (`None` = missing).
+/// One cleaned row: a class label (or a regression target) and the raw text of each
+/// feature (`None` = missing).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub line: u64,
+    /// The class index; 0 in a regression task.
     pub label: u32,
+    /// The label's value in a regression task; 0 in a classification task.
+    pub target: f64,
     pub values: Vec<Option<String>>,
 }
 
@@ -137,7 +141,12 @@ impl SiteRows {
         let mut skipped = Vec::new();
         for raw in &table.rows {
             let at = |column: &str| Location { file: table.source.clone(), line: raw.line, column: Some(column.to_owned()) };
-            let parsed = parse_label(&raw.fields[label_idx], &rule).map_err(|m| DataError::Row { at: at(&spec.label.column), message: m }).and_then(|label| {
+            // A numeric label spelled as missing (`NA`) is missing, not a bad number.
+            let label_field = match &rule {
+                LabelRule::PositiveAbove(_) | LabelRule::Value if spec.is_missing(&spec.label.column, &raw.fields[label_idx]) => "",
+                _ => raw.fields[label_idx].as_str(),
+            };
+            let parsed = parse_label(label_field, &rule).map_err(|m| DataError::Row { at: at(&spec.label.column), message: m }).and_then(|(label, target)| {
                 let mut values = Vec::with_capacity(features.len());
                 for (j, &i) in features.iter().enumerate() {
                     let v = &raw.fields[i];
@@ -160,7 +169,7 @@ impl SiteRows {
                     }
                     values.push(Some(v.clone()));
                 }
-                Ok(Row { line: raw.line, label, values })
+                Ok(Row { line: raw.line, label, target, values })
             });
             match (parsed, spec.bad_rows) {
                 (Ok(row), _) => rows.push(row),
@@ -180,20 +189,23 @@ impl SiteRows {
     }
 }
 
-/// Maps a label field to a class index under the rule.
-pub fn parse_label(v: &str, rule: &LabelRule) -> Result<u32, String> {
+/// Maps a label field to a class index under the rule, with the target value of a
+/// regression task (0 otherwise).
+pub fn parse_label(v: &str, rule: &LabelRule) -> Result<(u32, f64), String> {
     if v.is_empty() {
         return Err("the label is missing".into());
     }
+    let number = || match v.parse::<f64>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        _ => Err("the label is not a number".to_owned()),
+    };
     match rule {
-        LabelRule::PositiveAbove(t) => match v.parse::<f64>() {
-            Ok(x) if x.is_finite() => Ok(u32::from(x > *t)),
-            _ => Err("the label is not a number".into()),
-        },
-        LabelRule::PositiveValues(pos) => Ok(u32::from(pos.iter().any(|p| p == v))),
+        LabelRule::PositiveAbove(t) => Ok((u32::from(number()? > *t), 0.0)),
+        LabelRule::PositiveValues(pos) => Ok((u32::from(pos.iter().any(|p| p == v)), 0.0)),
         LabelRule::Classes(classes) => {
-            classes.iter().position(|c| c == v).map(|i| i as u32).ok_or_else(|| format!("the label is not one of the task's {} classes", classes.len()))
+            classes.iter().position(|c| c == v).map(|i| (i as u32, 0.0)).ok_or_else(|| format!("the label is not one of the task's {} classes", classes.len()))
         }
+        LabelRule::Value => Ok((0, number()?)),
     }
 }
 
@@ -317,6 +329,19 @@ mod tests {
         let mut spec = infer_spec();
         spec.numeric = vec!["comment".into()];
         assert!(SiteRows::from_table(&table(&text), &spec).unwrap_err().to_string().contains("not a number"));
+    }
+
+    #[test]
+    fn a_regression_label_is_a_number_and_a_missing_one_is_named() {
+        let mut spec = infer_spec();
+        spec.label =
+            crate::task::LabelSpec { column: "y".into(), kind: crate::task::LabelKind::Regression, positive_above: None, positive_values: None, classes: None };
+        let rows = SiteRows::from_table(&table("x,y\n1,2.5\n2,-7\n"), &spec).unwrap();
+        assert_eq!(rows.rows.iter().map(|r| (r.label, r.target)).collect::<Vec<_>>(), vec![(0, 2.5), (0, -7.0)]);
+        let err = SiteRows::from_table(&table("x,y\n1,2.5\n2,NA\n"), &spec).unwrap_err().to_string();
+        assert!(err.contains("site.csv:3") && err.contains("column `y`") && err.contains("missing"), "{err}");
+        let err = SiteRows::from_table(&table("x,y\n1,high\n"), &spec).unwrap_err().to_string();
+        assert!(err.contains("site.csv:2") && err.contains("not a number") && !err.contains("high"), "{err}");
     }
 
     #[test]

@@ -35,6 +35,62 @@ impl StatsLimits {
 }
 
 impl ColumnStats {
+    /// The checks of [`SiteStats::validate`] on one column.
+    fn validate(&self, num_train: u64, limits: &StatsLimits) -> Result<(), String> {
+        let c = self;
+        let name: String = c.name.chars().take(40).collect();
+        if c.categories.len() > limits.max_categories {
+            return Err(format!(
+                "column `{name}` has {} categories at this site; the federation accepts at most {} (declare the column numeric or drop it)",
+                c.categories.len(),
+                limits.max_categories
+            ));
+        }
+        match c.rows() {
+            Some(n) if n <= num_train => {}
+            _ => return Err(format!("column `{name}`: its counts add up to more than the {num_train} training rows the site declared")),
+        }
+        if !(c.sum.is_finite() && c.sum_squares.is_finite() && c.sum_squares >= 0.0) {
+            return Err(format!("column `{name}`: sums must be finite (and the sum of squares not negative)"));
+        }
+        if c.numeric_count == 0 && (c.sum != 0.0 || c.sum_squares != 0.0) {
+            return Err(format!("column `{name}`: sums without any numeric value"));
+        }
+        if c.numeric_count > 0 {
+            let n = c.numeric_count as f64;
+            let (mean, mean_sq) = (c.sum / n, c.sum_squares / n);
+            // Cauchy–Schwarz: mean² ≤ mean of squares, with room for rounding.
+            if !(mean * mean).is_finite() || mean * mean > mean_sq * (1.0 + 1e-9) + 1e-9 {
+                return Err(format!("column `{name}`: the sum and the sum of squares are inconsistent (no data has them)"));
+            }
+        }
+        if c.categorical && c.numeric_count > 0 {
+            return Err(format!("column `{name}`: reported as categorical with numeric values"));
+        }
+        if !c.categorical && !c.categories.is_empty() {
+            return Err(format!("column `{name}`: reported as numeric with categories"));
+        }
+        if let Some(long) = c.categories.keys().find(|k| k.len() > limits.max_name_bytes) {
+            let long: String = long.chars().take(40).collect();
+            return Err(format!("column `{name}`: category `{long}…` is longer than {} bytes", limits.max_name_bytes));
+        }
+        if c.categories.values().any(|&n| n == 0) {
+            return Err(format!("column `{name}`: a category with a count of zero"));
+        }
+        if !c.histogram.is_empty() {
+            let ordered = c.histogram.windows(2).all(|w| w[0].upper < w[1].upper);
+            let last_open = c.histogram.last().is_some_and(|b| b.upper == f64::INFINITY);
+            let total = c.histogram.iter().try_fold(0u64, |a, b| a.checked_add(b.count));
+            if c.histogram.len() > HISTOGRAM_EDGES.len() + 1 || !ordered || !last_open || c.histogram.iter().any(|b| b.count == 0 || b.upper.is_nan()) {
+                return Err(format!("column `{name}`: a histogram needs at most {} bins of rising edges, the last one open", HISTOGRAM_EDGES.len() + 1));
+            }
+            if total != Some(c.numeric_count) {
+                return Err(format!("column `{name}`: the histogram's counts do not add up to its {} numeric values", c.numeric_count));
+            }
+        }
+        Ok(())
+    }
+
     /// Rows this column describes: numeric, missing and categorised values together.
     /// `None` when the counts overflow (only a hostile site sends such counts).
     pub fn rows(&self) -> Option<u64> {
@@ -83,7 +139,13 @@ pub struct SiteStats {
     pub label_counts: Vec<u64>,
     /// Per class: whether the site's training rows hold it at all.
     pub label_present: Vec<bool>,
+    /// A regression task's label, summarised as a numeric column under the same k (named
+    /// [`LABEL_VALUES`]): its moments standardise the target, its histogram is profiled.
+    pub label_values: Option<ColumnStats>,
 }
+
+/// The name a regression label's aggregates carry.
+pub const LABEL_VALUES: &str = "<label>";
 
 impl SiteStats {
     /// Checks aggregates that arrived from a site against what it declared and against
@@ -103,55 +165,13 @@ impl SiteStats {
             if !names.insert(c.name.as_str()) {
                 return Err(format!("column `{name}` reported twice"));
             }
-            if c.categories.len() > limits.max_categories {
-                return Err(format!(
-                    "column `{name}` has {} categories at this site; the federation accepts at most {} (declare the column numeric or drop it)",
-                    c.categories.len(),
-                    limits.max_categories
-                ));
+            c.validate(num_train, limits)?;
+        }
+        if let Some(label) = &self.label_values {
+            if label.categorical || !label.categories.is_empty() || label.identifier_like {
+                return Err("the regression label's aggregates must be numeric".into());
             }
-            match c.rows() {
-                Some(n) if n <= num_train => {}
-                _ => return Err(format!("column `{name}`: its counts add up to more than the {num_train} training rows the site declared")),
-            }
-            if !(c.sum.is_finite() && c.sum_squares.is_finite() && c.sum_squares >= 0.0) {
-                return Err(format!("column `{name}`: sums must be finite (and the sum of squares not negative)"));
-            }
-            if c.numeric_count == 0 && (c.sum != 0.0 || c.sum_squares != 0.0) {
-                return Err(format!("column `{name}`: sums without any numeric value"));
-            }
-            if c.numeric_count > 0 {
-                let n = c.numeric_count as f64;
-                let (mean, mean_sq) = (c.sum / n, c.sum_squares / n);
-                // Cauchy–Schwarz: mean² ≤ mean of squares, with room for rounding.
-                if !(mean * mean).is_finite() || mean * mean > mean_sq * (1.0 + 1e-9) + 1e-9 {
-                    return Err(format!("column `{name}`: the sum and the sum of squares are inconsistent (no data has them)"));
-                }
-            }
-            if c.categorical && c.numeric_count > 0 {
-                return Err(format!("column `{name}`: reported as categorical with numeric values"));
-            }
-            if !c.categorical && !c.categories.is_empty() {
-                return Err(format!("column `{name}`: reported as numeric with categories"));
-            }
-            if let Some(long) = c.categories.keys().find(|k| k.len() > limits.max_name_bytes) {
-                let long: String = long.chars().take(40).collect();
-                return Err(format!("column `{name}`: category `{long}…` is longer than {} bytes", limits.max_name_bytes));
-            }
-            if c.categories.values().any(|&n| n == 0) {
-                return Err(format!("column `{name}`: a category with a count of zero"));
-            }
-            if !c.histogram.is_empty() {
-                let ordered = c.histogram.windows(2).all(|w| w[0].upper < w[1].upper);
-                let last_open = c.histogram.last().is_some_and(|b| b.upper == f64::INFINITY);
-                let total = c.histogram.iter().try_fold(0u64, |a, b| a.checked_add(b.count));
-                if c.histogram.len() > HISTOGRAM_EDGES.len() + 1 || !ordered || !last_open || c.histogram.iter().any(|b| b.count == 0 || b.upper.is_nan()) {
-                    return Err(format!("column `{name}`: a histogram needs at most {} bins of rising edges, the last one open", HISTOGRAM_EDGES.len() + 1));
-                }
-                if total != Some(c.numeric_count) {
-                    return Err(format!("column `{name}`: the histogram's counts do not add up to its {} numeric values", c.numeric_count));
-                }
-            }
+            label.validate(num_train, limits)?;
         }
         if self.label_counts.len() > MAX_CLASSES || self.label_present.len() > MAX_CLASSES {
             return Err(format!("label counts for more than {MAX_CLASSES} classes"));
@@ -169,8 +189,8 @@ impl SiteStats {
     }
 
     /// Reduces the rows selected by `indices` (a site's training split) to what the site
-    /// reports, under the k-threshold: a numeric column with fewer than `k` values at the site
-    /// reports them as missing (a mean of one row is that row's value), histogram bins hold
+    /// reports, under the k-threshold: a numeric column (and a regression label, when
+    /// `num_classes` is 1) with fewer than `k` values at the site reports them as missing (a mean of one row is that row's value), histogram bins hold
     /// at least `k` rows, and label counts are sent only when no class has fewer than `k`.
     /// In a categorical column, the values fewer than `k` rows have are reported together as
     /// [`OTHER_CATEGORY`], or as missing when even together they are fewer than `k`.
@@ -185,16 +205,22 @@ impl SiteStats {
                 c.missing += rare;
             }
         }
-        for c in &mut stats.columns {
-            if !c.categorical && c.numeric_count > 0 && c.numeric_count < k {
-                c.missing += c.numeric_count;
-                (c.numeric_count, c.sum, c.sum_squares) = (0, 0.0, 0.0);
+        for (j, c) in stats.columns.iter_mut().enumerate() {
+            if !c.categorical {
+                let values: Vec<f64> = indices.iter().filter_map(|&i| site.rows[i].values[j].as_deref().and_then(|v| v.parse::<f64>().ok())).collect();
+                threshold_numeric(c, &values, k);
             }
         }
-        for (j, c) in stats.columns.iter_mut().enumerate() {
-            if !c.categorical && c.numeric_count > 0 {
-                c.histogram = histogram(site, indices, j, c, k);
+        if num_classes == 1 {
+            let values: Vec<f64> = indices.iter().map(|&i| site.rows[i].target).collect();
+            let mut label = ColumnStats { name: LABEL_VALUES.to_owned(), ..Default::default() };
+            for &x in &values {
+                label.numeric_count += 1;
+                label.sum += x;
+                label.sum_squares += x * x;
             }
+            threshold_numeric(&mut label, &values, k);
+            stats.label_values = Some(label);
         }
         let mut counts = vec![0u64; num_classes];
         for &i in indices {
@@ -240,19 +266,29 @@ impl SiteStats {
 /// The most classes a site may report counts for.
 pub const MAX_CLASSES: usize = 1024;
 
-/// The histogram of numeric column `j` in standard units of `c`'s own moments, with the
-/// smallest bin merged into its smaller neighbour until every bin holds at least `k` rows.
-fn histogram(site: &SiteRows, indices: &[usize], j: usize, c: &ColumnStats, k: u64) -> Vec<Bin> {
+/// Applies the k-threshold to a numeric column's aggregates: fewer than `k` values are
+/// reported as missing, and otherwise come with their histogram.
+fn threshold_numeric(c: &mut ColumnStats, values: &[f64], k: u64) {
+    if c.numeric_count > 0 && c.numeric_count < k {
+        c.missing += c.numeric_count;
+        (c.numeric_count, c.sum, c.sum_squares) = (0, 0.0, 0.0);
+    }
+    if c.numeric_count > 0 {
+        c.histogram = histogram(values, c, k);
+    }
+}
+
+/// The histogram of a numeric column's `values` in standard units of `c`'s own moments, with
+/// the smallest bin merged into its smaller neighbour until every bin holds at least `k` rows.
+fn histogram(values: &[f64], c: &ColumnStats, k: u64) -> Vec<Bin> {
     let n = c.numeric_count as f64;
     let mean = c.sum / n;
     let std = (c.sum_squares / n - mean * mean).max(0.0).sqrt();
     let mut bins: Vec<Bin> = HISTOGRAM_EDGES.iter().map(|&upper| Bin { upper, count: 0 }).chain([Bin { upper: f64::INFINITY, count: 0 }]).collect();
-    for &i in indices {
-        if let Some(x) = site.rows[i].values[j].as_deref().and_then(|v| v.parse::<f64>().ok()) {
-            let z = if std > 1e-12 { (x - mean) / std } else { 0.0 };
-            let b = bins.iter().position(|b| z < b.upper).unwrap_or(bins.len() - 1);
-            bins[b].count += 1;
-        }
+    for &x in values {
+        let z = if std > 1e-12 { (x - mean) / std } else { 0.0 };
+        let b = bins.iter().position(|b| z < b.upper).unwrap_or(bins.len() - 1);
+        bins[b].count += 1;
     }
     bins.retain(|b| b.count > 0 || b.upper == f64::INFINITY);
     while let Some((small, _)) = bins.iter().enumerate().filter(|(_, b)| b.count < k.max(1)).min_by_key(|(_, b)| b.count) {
@@ -376,7 +412,7 @@ mod tests {
         let bins =
             |b: &[(f64, u64)]| ColumnStats { histogram: b.iter().map(|&(upper, count)| Bin { upper, count }).collect(), ..numeric("x", 10, 50.0, 300.0) };
         let check = |c: ColumnStats, labels: Vec<u64>, present: Vec<bool>| {
-            SiteStats { columns: vec![c], label_counts: labels, label_present: present }.validate(10, &StatsLimits::default())
+            SiteStats { columns: vec![c], label_counts: labels, label_present: present, ..Default::default() }.validate(10, &StatsLimits::default())
         };
         assert_eq!(check(bins(&[(0.0, 5), (f64::INFINITY, 5)]), vec![4, 6], vec![true, true]), Ok(()));
         for (hostile, why) in [

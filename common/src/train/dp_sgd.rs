@@ -275,7 +275,7 @@ mod tests {
             features.extend([c + ((i * 7919) % 100) as f32 / 100.0 - 0.5, c - ((i * 104_729) % 100) as f32 / 100.0 + 0.5, 0.0]);
             labels.push(y);
         }
-        Dataset { features, n_features: 3, labels, num_classes: classes as usize }
+        Dataset { features, n_features: 3, labels, num_classes: classes as usize, ..Default::default() }
     }
 
     fn cfg(epochs: u32) -> LocalConfig {

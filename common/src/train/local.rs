@@ -21,7 +21,8 @@ use crate::params::FlatParams;
 pub struct TrainReport {
     /// Mean training loss over the last epoch.
     pub loss: f64,
-    /// Training accuracy over the last epoch (on the batches as they were trained).
+    /// Training accuracy over the last epoch (on the batches as they were trained); 0 in a
+    /// regression task.
     pub accuracy: f64,
     pub steps: u64,
     /// Local epochs completed (fewer than asked for a straggler).
@@ -87,16 +88,22 @@ fn train(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg: &LocalCon
         for idx in order.chunks(batch) {
             let b = idx.len();
             let mut xs = Vec::with_capacity(b * data.n_features);
-            let mut ys = Vec::with_capacity(b);
             for &i in idx {
                 xs.extend_from_slice(data.row(i));
-                ys.push(i64::from(data.labels[i]));
             }
             let x = Tensor::<2>::from_data(TensorData::new(xs, [b, data.n_features]), &device);
-            let y = Tensor::<1, Int>::from_data(TensorData::new(ys.clone(), [b]), &device);
             let logits = model.forward(x);
-            correct += count_correct(&logits, &ys, binary);
-            let loss = if binary { bce.forward(logits.reshape([b]), y) } else { ce.forward(logits, y) };
+            let loss = if data.is_regression() {
+                // Mean squared error against targets in standard units (the seed article's first formula).
+                let ys: Vec<f32> = idx.iter().map(|&i| data.targets[i]).collect();
+                let y = Tensor::<1>::from_data(TensorData::new(ys, [b]), &device);
+                (logits.reshape([b]) - y).powi_scalar(2).mean()
+            } else {
+                let ys: Vec<i64> = idx.iter().map(|&i| i64::from(data.labels[i])).collect();
+                correct += count_correct(&logits, &ys, binary);
+                let y = Tensor::<1, Int>::from_data(TensorData::new(ys, [b]), &device);
+                if binary { bce.forward(logits.reshape([b]), y) } else { ce.forward(logits, y) }
+            };
             let value = f64::from(loss.clone().into_scalar::<f32>());
             let loss = match &anchor {
                 Some(a) => loss + model.squared_distance(a).mul_scalar(cfg.proximal_mu / 2.0),
@@ -114,7 +121,7 @@ fn train(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg: &LocalCon
             report.steps += 1;
         }
         report.loss = loss_sum / data.len() as f64;
-        report.accuracy = correct as f64 / data.len() as f64;
+        report.accuracy = if data.is_regression() { 0.0 } else { correct as f64 / data.len() as f64 };
         report.epochs += 1;
     }
     report.seconds = start.elapsed().as_secs_f64();
@@ -171,7 +178,7 @@ mod tests {
             features.extend([c + ((i * 7919) % 100) as f32 / 100.0 - 0.5, c - ((i * 104_729) % 100) as f32 / 100.0 + 0.5]);
             labels.push(y);
         }
-        Dataset { features, n_features: 2, labels, num_classes: 2 }
+        Dataset { features, n_features: 2, labels, num_classes: 2, ..Default::default() }
     }
 
     #[test]
@@ -189,6 +196,32 @@ mod tests {
         assert!(after.accuracy > 0.95, "{after:?}");
         let (again, _) = train_local(&global, &shape, &data, &cfg).unwrap();
         assert_eq!(local.hash(), again.hash(), "same seed, same model");
+    }
+
+    #[test]
+    fn regression_learns_a_linear_target() {
+        // y = 2·x₀ − x₁ + noise-free: an MLP trained on the squared error explains nearly all of it.
+        let n = 256;
+        let mut data = Dataset { n_features: 2, num_classes: 1, target_scale: Some(crate::data::TargetScale { mean: 50.0, std: 4.0 }), ..Default::default() };
+        for i in 0..n {
+            let (a, b) = (((i * 7919) % 200) as f32 / 100.0 - 1.0, ((i * 104_729) % 200) as f32 / 100.0 - 1.0);
+            data.features.extend([a, b]);
+            data.labels.push(0);
+            data.targets.push(2.0 * a - b);
+        }
+        let shape = ModelShape { inputs: 2, hidden: vec![16], outputs: 1 };
+        let global = shape.init_params(1);
+        let cfg =
+            LocalConfig { epochs: 40, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: 0.0, scaffold_correction: None, backend: Backend::Ndarray };
+        let (local, report) = train_local(&global, &shape, &data, &cfg).unwrap();
+        let before = evaluate(&global, &shape, &data, Backend::Ndarray).unwrap();
+        let after = evaluate(&local, &shape, &data, Backend::Ndarray).unwrap();
+        let r2 = after.regression.and_then(|r| r.r2()).unwrap();
+        assert!(after.loss < 0.1 * before.loss && r2 > 0.95, "{before:?} -> {after:?}");
+        assert!((report.loss - after.loss).abs() < 0.1, "the training loss is the same squared error: {report:?}");
+        // In the label's units: errors scale with its deviation (4), R² does not.
+        let r = after.regression.unwrap();
+        assert!((r.mse - 16.0 * after.loss).abs() < 1e-6 * r.mse.max(1.0), "{r:?}");
     }
 
     #[test]

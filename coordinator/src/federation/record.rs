@@ -1,5 +1,6 @@
 //! What a finished round leaves behind: one row of `metrics.csv`.
 
+use flotilla_common::train::RegressionMetrics;
 use serde::{Deserialize, Serialize};
 
 /// The metrics of one round (round 0 is the initial model, before any training).
@@ -52,11 +53,15 @@ pub struct RoundRecord {
     /// number: the model kept at the end is that of the round where it was lowest.
     #[serde(default)]
     pub validation_loss: Option<f64>,
+    /// Regression: the sites' errors pooled (MAE, RMSE and R² in `metrics.csv`, in the
+    /// label's own units); `accuracy` is then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regression: Option<RegressionMetrics>,
 }
 
 impl RoundRecord {
     /// Column names of `metrics.csv`, in order.
-    pub const HEADER: [&'static str; 18] = [
+    pub const HEADER: [&'static str; 21] = [
         "round",
         "accuracy",
         "loss",
@@ -75,6 +80,9 @@ impl RoundRecord {
         "refused",
         "record_epsilon",
         "validation_loss",
+        "mae",
+        "rmse",
+        "r2",
     ];
 
     /// The record as CSV fields (empty for absent values).
@@ -99,7 +107,18 @@ impl RoundRecord {
             self.refused.to_string(),
             opt(self.record_epsilon),
             opt(self.validation_loss),
+            opt(self.regression.map(|r| r.mae)),
+            opt(self.regression.map(|r| r.rmse())),
+            opt(self.regression.and_then(|r| r.r2())),
         ]
+    }
+
+    /// The headline metric of the round: R² for regression, accuracy otherwise.
+    pub fn headline(&self) -> f64 {
+        match &self.regression {
+            Some(r) => r.r2().unwrap_or(f64::NAN),
+            None => self.accuracy,
+        }
     }
 }
 
@@ -146,6 +165,7 @@ mod tests {
             refused: 0,
             record_epsilon: None,
             validation_loss: None,
+            regression: None,
         };
         let fields = r.fields();
         assert_eq!((fields[1].as_str(), fields[2].as_str(), fields[3].as_str()), ("", "", ""));

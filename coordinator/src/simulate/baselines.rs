@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use rayon::prelude::*;
+
 use flotilla_common::data::Dataset;
 use flotilla_common::model::ModelShape;
 use flotilla_common::seed::derive_seed;
@@ -48,14 +50,18 @@ pub fn compare(task: &Task, shape: &ModelShape, sites: &BTreeMap<String, SiteDat
     let epochs = rounds * task.training.local_epochs;
     let init = shape.init_params(seed);
     let schedule = Schedule { task, shape, rounds, patience, seed, backend };
-    let mut local = BTreeMap::new();
-    for (name, d) in sites {
-        let model = schedule.train(&init, &d.train, &d.validation, name)?;
-        local.insert(name.clone(), scorecard(&model, shape, sites, backend)?);
-    }
     let pooled_train = Dataset::concat(sites.values().map(|d| &d.train));
     let pooled_validation = Dataset::concat(sites.values().map(|d| &d.validation));
-    let central = schedule.train(&init, &pooled_train, &pooled_validation, "<centralized>")?;
+    // Every baseline trains on its own seeds, so they train side by side (one per core) and
+    // each gives the model it would give alone.
+    let mut jobs: Vec<(&str, &Dataset, &Dataset)> = sites.iter().map(|(name, d)| (name.as_str(), &d.train, &d.validation)).collect();
+    jobs.push(("<centralized>", &pooled_train, &pooled_validation));
+    let mut models = jobs.into_par_iter().map(|(label, train, validation)| schedule.train(&init, train, validation, label)).collect::<Result<Vec<_>, _>>()?;
+    let central = models.pop().unwrap_or_else(|| unreachable!("the centralised job is always there"));
+    let mut local = BTreeMap::new();
+    for (name, model) in sites.keys().zip(&models) {
+        local.insert(name.clone(), scorecard(model, shape, sites, backend)?);
+    }
     Ok(Comparison { federated: scorecard(federated, shape, sites, backend)?, local, centralized: scorecard(&central, shape, sites, backend)?, epochs })
 }
 

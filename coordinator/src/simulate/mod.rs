@@ -199,7 +199,11 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
                 if let Some(r) = &p.last {
                     bar.set_position(u64::from(r.round));
                     let eps = r.epsilon.map_or(String::new(), |e| format!("  ε {e:.2}"));
-                    bar.set_message(format!("accuracy {:.3}  auc {}{eps}", r.accuracy, r.auc.map_or("–".into(), |a| format!("{a:.3}"))));
+                    let headline = match &r.regression {
+                        Some(m) => format!("R² {}  rmse {:.3}", m.r2().map_or("–".into(), |v| format!("{v:.3}")), m.rmse()),
+                        None => format!("accuracy {:.3}  auc {}", r.accuracy, r.auc.map_or("–".into(), |a| format!("{a:.3}"))),
+                    };
+                    bar.set_message(format!("{headline}{eps}"));
                 }
                 if p.done {
                     break;
@@ -245,7 +249,7 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     if let Some(c) = &comparison {
         let path = opts.out.join("site-metrics.csv");
         report::write_site_metrics(&path, c).map_err(|e| RunDirError::Other { path, message: e.to_string() })?;
-        let refs = vec![("centralized".to_owned(), c.centralized.pooled.accuracy), ("local-only mean".to_owned(), report::local_mean_accuracy(c))];
+        let refs = vec![("centralized".to_owned(), c.centralized.pooled.headline()), ("local-only mean".to_owned(), report::local_mean_accuracy(c))];
         let path = opts.out.join("accuracy.svg");
         chart::write_accuracy_chart(&path, &outcome.history, &refs).map_err(|e| RunDirError::Other { path, message: e.to_string() })?;
     }

@@ -41,8 +41,14 @@ impl Federation {
 
     /// A site's evaluation of the current global model.
     pub fn submit_evaluation(&mut self, client_id: &str, round: u32, hash: &str, eval: Evaluation, now: Instant) -> Result<Vec<Event>, Rejection> {
+        let regression = self.task.data.label.is_regression();
         let c = self.client_mut(client_id, now)?;
         let site = c.site.clone();
+        if eval.regression.is_some() != regression {
+            return Err(Rejection::InvalidArgument(format!(
+                "evaluation of site `{site}` for round {round}: regression metrics belong to a regression task, and it must send them"
+            )));
+        }
         if eval.examples == 0 || eval.examples > c.num_rows {
             return Err(Rejection::InvalidArgument(format!(
                 "evaluation of site `{site}` for round {round} claims {} examples; it declared {} rows at join",
@@ -84,6 +90,7 @@ impl Federation {
         let validation_loss = (n_val > 0)
             .then(|| e.results.values().filter_map(|r| r.validation_loss.map(|l| r.validation_examples as f64 * l)).sum::<f64>() / n_val as f64)
             .filter(|l| l.is_finite());
+        let regression = RegressionMetrics::pooled(e.results.values().filter_map(|r| r.regression.as_ref().map(|m| (r.examples, m))));
         let record = RoundRecord {
             round: e.round,
             accuracy: weighted(&|r| r.accuracy),
@@ -103,6 +110,7 @@ impl Federation {
             refused: std::mem::take(&mut self.refused),
             record_epsilon: fit.as_ref().and_then(|f| f.counts.record_epsilon),
             validation_loss,
+            regression,
         };
         if let (Some(loss), Some(model)) = (validation_loss, &self.global)
             && self.best.as_ref().is_none_or(|b| loss < b.loss)

@@ -75,6 +75,11 @@ impl Federation {
             return Err(Rejection::InvalidArgument(format!("site `{site}` must report at least one feature column")));
         }
         stats.validate(num_train, &limits).map_err(|why| Rejection::InvalidArgument(format!("aggregates of site `{site}`: {why}")))?;
+        if stats.label_values.is_some() != self.task.data.label.is_regression() {
+            return Err(Rejection::InvalidArgument(format!(
+                "aggregates of site `{site}`: the label's values are reported for a regression task, and only for one"
+            )));
+        }
         if !self.sites_seen.contains_key(&site) && self.sites_seen.len() >= self.policy.max_sites {
             return Err(Rejection::Exhausted(format!(
                 "site `{site}`: {} sites have taken part already, the federation's limit (--max-sites)",

@@ -10,7 +10,7 @@ fn stats() -> SiteStats {
 }
 
 fn eval() -> Evaluation {
-    Evaluation { examples: 10, loss: 0.5, accuracy: 0.5, auc: None, validation_loss: None, validation_examples: 0 }
+    Evaluation { examples: 10, loss: 0.5, accuracy: 0.5, auc: None, validation_loss: None, validation_examples: 0, regression: None }
 }
 
 /// Two sites joined, round 0 evaluated, round 1 open for training.
@@ -449,4 +449,37 @@ fn early_stopping_ends_the_run_after_patience_rounds_without_improvement() {
     f.submit_evaluation(&a, 1, &h, eval(), now).unwrap();
     let o = f.outcome().unwrap();
     assert_eq!((o.best_round, o.model.hash()), (None, h));
+}
+
+#[test]
+fn a_regression_federation_pools_errors_and_refuses_the_other_kind_of_report() {
+    let now = Instant::now();
+    let mut task = Task::banks();
+    task.data.label = flotilla_common::task::LabelSpec {
+        column: "creditability".into(),
+        kind: flotilla_common::task::LabelKind::Regression,
+        positive_above: None,
+        positive_values: None,
+        classes: None,
+    };
+    let mut f = Federation::new(task, 1, Policy { min_clients: 2, rounds: 2, ..Policy::default() });
+    let cols = vec!["creditability".to_owned(), "x".to_owned()];
+    let a = f.join("a", &cols, 100, now).unwrap().0.client_id;
+    let b = f.join("b", &cols, 100, now).unwrap().0.client_id;
+    let err = f.report_stats(&a, stats(), 10, now).unwrap_err();
+    assert!(matches!(&err, Rejection::InvalidArgument(m) if m.contains("regression")), "a regression site reports its label: {err:?}");
+    let label = ColumnStats { name: "<label>".into(), numeric_count: 10, sum: 5.0, sum_squares: 10.0, ..Default::default() };
+    let with_label = || SiteStats { label_values: Some(label.clone()), ..stats() };
+    f.report_stats(&a, with_label(), 10, now).unwrap();
+    f.report_stats(&b, with_label(), 10, now).unwrap();
+    let (_, h) = f.global().unwrap();
+    let err = f.submit_evaluation(&a, 0, &h, eval(), now).unwrap_err();
+    assert!(matches!(err, Rejection::InvalidArgument(_)), "an accuracy for a regression task: {err:?}");
+    let m = |mse: f64| RegressionMetrics { mae: 1.0, mse, total_squares: 8.0 };
+    let e = |examples: u64, mse: f64| Evaluation { examples, accuracy: f64::NAN, regression: Some(m(mse)), ..eval() };
+    f.submit_evaluation(&a, 0, &h, e(10, 2.0), now).unwrap();
+    f.submit_evaluation(&b, 0, &h, e(30, 6.0), now).unwrap();
+    let r = f.history.last().unwrap().regression.unwrap();
+    // Row-weighted: mse (10·2 + 30·6) / 40 = 5, so R² = 1 − 5/8.
+    assert!((r.mse - 5.0).abs() < 1e-12 && (r.r2().unwrap() - 0.375).abs() < 1e-12, "{r:?}");
 }

@@ -1,6 +1,6 @@
 //! A bounded soak: 200 in-process sites, 50 rounds, 10% of the selected sites crashing in
 //! every round. It must lose no round, and memory must stay flat. Slow, so not in the default
-//! run: `scripts/soak.sh` (or `cargo test -p flotilla-tests --test soak -- --ignored --nocapture`).
+//! run: `scripts/soak.sh` (or `cargo test -p flotilla-tests --test integration soak:: -- --ignored --nocapture`).
 
 use std::time::{Duration, Instant};
 

@@ -125,3 +125,78 @@ async fn predictions_equal_the_models_own_evaluation() {
         assert_eq!(correct as f64 / labels.len() as f64, e.accuracy, "{name}");
     }
 }
+
+/// The hospitals as a database tool exports a table: tab-separated, `NULL` for missing.
+fn database_export(path: &Path, drop: &[&str]) {
+    let table = RawTable::read(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/heart_disease_uci.csv"))).unwrap();
+    let keep: Vec<usize> = (0..table.header.len()).filter(|&i| !drop.contains(&table.header[i].as_str())).collect();
+    let mut text = keep.iter().map(|&i| table.header[i].clone()).collect::<Vec<_>>().join("\t");
+    text.push('\n');
+    for row in &table.rows {
+        let fields: Vec<&str> = keep.iter().map(|&i| if row.fields[i].is_empty() { "NULL" } else { row.fields[i].as_str() }).collect();
+        text.push_str(&fields.join("\t"));
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// A numeric label end to end: `init` drafts a regression task (and skips the rows without
+/// a label), `simulate` trains it on the squared error and reports MAE, RMSE and R² beside
+/// its baselines, and `predict` writes values whose errors are the ones `evaluate` reports.
+#[test]
+fn a_regression_target_from_init_to_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, task, out) = (dir.path().join("export.tsv"), dir.path().join("task.toml"), dir.path().join("run"));
+    database_export(&data, &[]);
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+
+    // The maximum heart rate reached in the exercise test, from everything else.
+    run("flotilla-coordinator", &["init", "--data", &s(&data), "--label", "thalch", "--out", &s(&task)]);
+    let drafted = std::fs::read_to_string(&task).unwrap();
+    let t = flotilla_common::Task::from_toml(&drafted, "task").unwrap();
+    assert!(t.data.label.is_regression(), "{drafted}");
+    assert_eq!(t.data.bad_rows, flotilla_common::task::BadRows::Skip, "55 rows have no label: {drafted}");
+
+    run(
+        "flotilla-coordinator",
+        &["simulate", "--data", &s(&data), "--config", &s(&task), "--partition", "column:dataset", "--out", &s(&out), "--rounds", "8", "--insecure", "--quiet"],
+    );
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let (fin, central) = (&summary["final"], &summary["baselines"]["centralized"]);
+    let r2 = fin["r2"].as_f64().unwrap();
+    assert!(r2 > 0.2, "the federated model explains part of the variance: {fin}");
+    assert!(fin["accuracy"].is_null(), "no accuracy for a number: {fin}");
+    let (rmse, mae) = (fin["rmse"].as_f64().unwrap(), fin["mae"].as_f64().unwrap());
+    assert!(mae <= rmse && rmse > 5.0 && rmse < 40.0, "errors in beats per minute: {fin}");
+    assert!(central["r2"].as_f64().is_some() && summary["baselines"]["local_mean_r2"].as_f64().is_some(), "{}", summary["baselines"]);
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+    let last: Vec<&str> = metrics.lines().last().unwrap().split(',').collect();
+    let col = |name: &str| last[header.iter().position(|h| *h == name).unwrap()];
+    assert!(col("accuracy").is_empty() && col("r2").parse::<f64>().is_ok() && col("rmse").parse::<f64>().is_ok(), "{metrics}");
+    let profile: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("profile.json")).unwrap()).unwrap();
+    assert!(profile["label"]["mean"].as_f64().is_some_and(|m| (100.0..170.0).contains(&m)), "the label is profiled: {}", profile["label"]);
+
+    // Predictions on the labelled rows, in the label's units, against what `evaluate` says.
+    let model = out.join("model.safetensors");
+    let predictions = dir.path().join("predictions.csv");
+    run("flotilla-client", &["predict", "--model", &s(&model), "--data", &s(&data), "--out", &s(&predictions), "--id", "id"]);
+    let written = std::fs::read_to_string(&predictions).unwrap();
+    assert_eq!(written.lines().next(), Some("line,id,thalch"));
+    let truth = RawTable::read(&data).unwrap();
+    let column = truth.column_index("thalch").unwrap();
+    let (mut sq, mut n) = (0.0, 0usize);
+    for (line, raw) in written.lines().skip(1).zip(&truth.rows) {
+        let predicted: f64 = line.split(',').nth(2).unwrap().parse().unwrap();
+        assert!((40.0..230.0).contains(&predicted), "a heart rate: {line}");
+        if let Ok(actual) = raw.fields[column].parse::<f64>() {
+            sq += (predicted - actual).powi(2);
+            n += 1;
+        }
+    }
+    let evaluated: serde_json::Value =
+        serde_json::from_slice(&run("flotilla-client", &["evaluate", "--model", &s(&model), "--data", &s(&data)]).stdout).unwrap();
+    assert_eq!(evaluated["examples"].as_u64(), Some(n as u64), "{evaluated}");
+    let rmse_of_predictions = (sq / n as f64).sqrt();
+    assert!((rmse_of_predictions - evaluated["rmse"].as_f64().unwrap()).abs() < 1e-3, "{rmse_of_predictions} vs {evaluated}");
+}
