@@ -167,6 +167,14 @@ impl Connection {
         Ok(())
     }
 
+    /// Streams a compressed update up: its header (naming the codec), then the encoded bytes.
+    pub async fn upload_encoded(&self, header: UpdateHeader, encoded: bytes::Bytes) -> Result<(), ClientError> {
+        let round = header.round;
+        let chunks = tokio_stream::iter(wire::encoded_update_chunks(header, encoded));
+        self.rpc.clone().upload_update(chunks).await.map_err(|s| ClientError::rpc(format!("upload the update of round {round}"), s))?;
+        Ok(())
+    }
+
     /// Streams a masked input (secure aggregation) up, header first.
     pub async fn upload_masked(&self, header: UpdateHeader, values: Arc<Vec<u64>>) -> Result<(), ClientError> {
         let round = header.round;

@@ -65,9 +65,14 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
     /// Where this site keeps what must survive a restart: its privacy ledger (ledger.json)
-    /// and its audit log (audit.jsonl). Without it the budget is counted in memory only.
+    /// and its audit log (audit.jsonl), and the error-feedback residual of compressed updates
+    /// (residual.safetensors). Without it the budget is counted in memory only.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// The codec of this site's updates, in place of the task's: f32, fp16, bf16, int8 or
+    /// topk:FRACTION (with error feedback).
+    #[arg(long, value_name = "CODEC")]
+    compress: Option<flotilla_common::compress::Codec>,
     /// δ of this site's budget.
     #[arg(long, default_value_t = 1e-5, value_name = "DELTA")]
     max_delta: f64,
@@ -331,6 +336,7 @@ async fn run_site_from_args(args: Args, policy: Option<Arc<SitePolicy>>) -> anyh
     opts.budget = args.max_epsilon.map(|e| (e, args.max_delta));
     opts.policy = policy;
     opts.state_dir = args.state_dir.clone();
+    opts.compress = args.compress;
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

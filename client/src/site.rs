@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_common::compress::{Codec, ErrorFeedback};
 use flotilla_common::data::{Plan, RawTable};
 use flotilla_common::model::ModelShape;
 use flotilla_common::seed::derive_seed;
@@ -17,7 +18,7 @@ use flotilla_common::train::{Backend, DpSgd, train_dp_sgd, train_local};
 use flotilla_common::wire::UpdateHeader;
 use flotilla_common::{FlatParams, Task};
 use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
+use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Connection, Joined, Work};
@@ -69,8 +70,12 @@ pub struct SiteOptions {
     pub dp_seed: Option<u64>,
     /// The site's policy: what it accepts from the coordinator (see [`crate::policy`]).
     pub policy: Option<Arc<SitePolicy>>,
-    /// Where the site keeps its privacy ledger and audit log across restarts.
+    /// Where the site keeps its privacy ledger, audit log and error-feedback residual
+    /// across restarts.
     pub state_dir: Option<PathBuf>,
+    /// The codec of this site's updates, in place of the task's (a site on a thin link may
+    /// compress more than the federation asks).
+    pub compress: Option<Codec>,
 }
 
 impl SiteOptions {
@@ -94,6 +99,7 @@ impl SiteOptions {
             dp_seed: None,
             policy: None,
             state_dir: None,
+            compress: None,
         }
     }
 }
@@ -137,7 +143,12 @@ struct Session {
     model: Option<(String, Arc<FlatParams>)>,
     /// SCAFFOLD: this site's control variate `c_i` (zeros until its first round).
     control: Option<FlatParams>,
+    /// What compressed updates left out (loaded from the state directory, if any).
+    feedback: ErrorFeedback,
 }
+
+/// The error-feedback residual's file in a site's state directory.
+const RESIDUAL_FILE: &str = "residual.safetensors";
 
 /// Runs a site until the federation is done or `shutdown` is cancelled.
 ///
@@ -369,7 +380,14 @@ async fn join(conn: &Connection, opts: &SiteOptions, table: &RawTable, guard: &m
     })?;
     conn.report_stats(&client_id, &prepared.stats, prepared.num_train() as u64).await?;
     tracing::info!(site = %opts.site, %client_id, train = prepared.num_train(), test = prepared.test.len(), "joined");
-    Ok(Session { client_id, task, seed, prepared, encoded: None, model: None, control: None })
+    let feedback = match &opts.state_dir {
+        Some(dir) => {
+            let path = dir.join(RESIDUAL_FILE);
+            ErrorFeedback::load(&path).map_err(|e| crate::state::StateError::Corrupt { path, message: format!("the error-feedback residual: {e}") })?
+        }
+        None => ErrorFeedback::default(),
+    };
+    Ok(Session { client_id, task, seed, prepared, encoded: None, model: None, control: None, feedback })
 }
 
 /// One piece of work; `Some(reason)` when the federation is done.
@@ -513,6 +531,7 @@ async fn step(
                     metrics: flotilla_common::train::TrainReport { epochs: metrics.epochs, record_epsilon: metrics.record_epsilon, ..Default::default() },
                     values_sha256: String::new(),
                     masked: true,
+                    encoding: Codec::F32,
                 };
                 drop(delta);
                 let bytes = (x.len() * 8) as u64;
@@ -544,6 +563,21 @@ async fn step(
                 }
                 return Ok(None);
             }
+            // Compression: what the coordinator will decode is what is hashed (and, under error
+            // feedback, what the residual is measured against).
+            let codec = opts.compress.unwrap_or(s.task.compression.update);
+            let lineage = format!("{}:{}", s.task.fingerprint(), delta.layout().fingerprint());
+            let (delta, encoded, compensated) = if codec == Codec::F32 {
+                (delta, None, None)
+            } else {
+                let compensated = if codec.uses_error_feedback() { s.feedback.compensate(&lineage, &delta) } else { delta };
+                let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(s.seed, &[&opts.site, "compress", &round.to_string()]));
+                let (bytes, decoded) = codec
+                    .round_trip(compensated.values(), &mut rng)
+                    .map_err(|e| flotilla_common::wire::WireError::Invalid(format!("this site's update: {e}")))?;
+                let sent = FlatParams::new(compensated.layout().clone(), decoded).map_err(flotilla_common::TrainError::from)?;
+                (sent, Some(bytes::Bytes::from(bytes)), codec.uses_error_feedback().then_some(compensated))
+            };
             let delta = Arc::new(delta);
             let header = UpdateHeader {
                 client_id: s.client_id.clone(),
@@ -555,11 +589,27 @@ async fn step(
                 metrics,
                 values_sha256: delta.hash(),
                 masked: false,
+                encoding: codec,
             };
-            let (update_sha256, update_bytes) = (header.values_sha256.clone(), header.total_values * 4);
+            let update_sha256 = header.values_sha256.clone();
+            let update_bytes = encoded.as_ref().map_or(header.total_values * 4, |b| b.len() as u64);
             let model = header.base_model_hash.clone();
-            match conn.upload_update(header, delta).await {
-                Ok(()) => {}
+            let uploaded = match encoded {
+                Some(bytes) => conn.upload_encoded(header, bytes).await,
+                None => conn.upload_update(header, delta.clone()).await,
+            };
+            match uploaded {
+                Ok(()) => {
+                    // Delivered: what it left out is carried to the next round (a refused or
+                    // lost update leaves the residual as it was).
+                    if let Some(compensated) = &compensated {
+                        s.feedback.record(&lineage, compensated, delta.values());
+                        if let Some(dir) = &opts.state_dir {
+                            let path = dir.join(RESIDUAL_FILE);
+                            s.feedback.save(&path).map_err(|source| crate::state::StateError::Io { path, source })?;
+                        }
+                    }
+                }
                 // The coordinator refused this update (its norm is above the federation's bound,
                 // say): that is this round's loss, not the site's end. It keeps its place and
                 // trains again when asked; SCAFFOLD's c_i stays where it was.

@@ -2,6 +2,7 @@
 //!
 //! - [`params`]: models as flat `f32` vectors with a layout and a fingerprint.
 //! - [`aggregate`]: federated averaging as pure, order-independent functions.
+//! - [`compress`]: update codecs (fp16, bf16, int8, top-k) and the sites' error feedback.
 //! - [`task`]: the federation's task (model, training, data spec), read from TOML.
 //! - [`data`]: the site-side data pipeline (CSV, cleaning, split, aggregates, shared plan).
 //! - [`model`]: the burn MLP and the one bridge between burn modules and flat parameters.
@@ -13,6 +14,7 @@
 //! - [`site`]: a site's data from file to encoded train/test splits.
 
 pub mod aggregate;
+pub mod compress;
 pub mod data;
 pub mod error;
 pub mod model;

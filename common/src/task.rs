@@ -33,6 +33,24 @@ pub struct Task {
     /// Record-level DP (DP-SGD at every site); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_privacy: Option<crate::privacy::RecordDp>,
+    /// How sites encode their updates (plain f32 unless set).
+    #[serde(default, skip_serializing_if = "Compression::is_plain")]
+    pub compression: Compression,
+}
+
+/// The `[compression]` section: the codec of the sites' updates.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compression {
+    /// `f32` (the default), `fp16`, `bf16`, `int8` or `topk:FRACTION` (with error feedback).
+    #[serde(default)]
+    pub update: crate::compress::Codec,
+}
+
+impl Compression {
+    fn is_plain(&self) -> bool {
+        self.update == crate::compress::Codec::F32
+    }
 }
 
 fn default_name() -> String {
@@ -369,6 +387,13 @@ impl Task {
             return Err(TaskError::Invalid(format!(
                 "secure aggregation reveals only the sum of updates: it works with fedavg, not {} (which needs each update)",
                 self.strategy.name
+            )));
+        }
+        if self.secure_aggregation && self.compression.update != crate::compress::Codec::F32 {
+            return Err(TaskError::Invalid(format!(
+                "compression.update = \"{}\" cannot be combined with secure aggregation: masked values are uniform in Z/2^64, so a \
+                 cast or quantisation saves nothing and a sparse update cannot be masked",
+                self.compression.update
             )));
         }
         if self.privacy.is_some_and(|p| p.distributed) && !self.secure_aggregation {

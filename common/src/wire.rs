@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flotilla_proto::pb;
 
+use crate::compress::Codec;
 use crate::data::stats::Bin;
 use crate::data::{ColumnKind, ColumnPlan, ColumnStats, Plan, SiteStats, TargetScale};
 use crate::params::{Checksum, FlatParams, Layout, TensorSpec, extend_from_le_bytes};
@@ -224,6 +225,9 @@ pub struct UpdateHeader {
     pub values_sha256: String,
     /// Secure aggregation: the values are a masked input (u64), not a plain delta.
     pub masked: bool,
+    /// How the values are encoded in the data chunks (plain `f32` unless compressed); the
+    /// checksum covers the decoded values.
+    pub encoding: Codec,
 }
 
 /// The chunks of an update (a delta), header first; produced lazily like [`model_chunks`].
@@ -247,6 +251,7 @@ pub fn update_chunks(header: UpdateHeader, delta: Arc<FlatParams>) -> impl Itera
             }),
             values_sha256: header.values_sha256,
             masked: header.masked,
+            encoding: header.encoding.wire_id(),
         })),
     };
     let n_chunks = delta.values().len().div_ceil(CHUNK_VALUES);
@@ -255,6 +260,54 @@ pub fn update_chunks(header: UpdateHeader, delta: Arc<FlatParams>) -> impl Itera
         let slice = &v[i * CHUNK_VALUES..((i + 1) * CHUNK_VALUES).min(v.len())];
         pb::UpdateChunk { kind: Some(pb::update_chunk::Kind::Data(Bytes::from(crate::params::f32_to_le_bytes(slice)))) }
     }))
+}
+
+/// The chunks of a compressed update: its header (whose `encoding` names the codec), then the
+/// encoded bytes.
+pub fn encoded_update_chunks(header: UpdateHeader, encoded: Bytes) -> impl Iterator<Item = pb::UpdateChunk> + Send {
+    let mut first = update_chunks(header, Arc::new(FlatParams::zeros(Layout::new(Vec::new()))));
+    let head = first.next();
+    let n_chunks = encoded.len().div_ceil(CHUNK_BYTES);
+    head.into_iter().chain((0..n_chunks).map(move |i| {
+        let end = ((i + 1) * CHUNK_BYTES).min(encoded.len());
+        pb::UpdateChunk { kind: Some(pb::update_chunk::Kind::Data(encoded.slice(i * CHUNK_BYTES..end))) }
+    }))
+}
+
+/// Reassembles a compressed update's bytes, at most what an honest encoding of the declared
+/// number of values takes, then decodes them (strictly) and checksums the decoded values.
+#[derive(Debug)]
+pub struct EncodedAssembler {
+    codec: Codec,
+    declared: u64,
+    bytes: Vec<u8>,
+    fingerprint: String,
+}
+
+impl EncodedAssembler {
+    pub fn new(codec: Codec, declared: u64, fingerprint: &str) -> Result<Self, WireError> {
+        if declared > MAX_VALUES {
+            return Err(WireError::TooLarge(declared));
+        }
+        Ok(Self { codec, declared, bytes: Vec::new(), fingerprint: fingerprint.to_owned() })
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        let max = self.codec.max_encoded_len(self.declared as usize);
+        if self.bytes.len().saturating_add(bytes.len()) > max {
+            return Err(WireError::Invalid(format!("{}: more bytes than {} values can take ({max})", self.codec.name(), self.declared)));
+        }
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// The decoded values and their checksum; the number of encoded bytes received.
+    pub fn finish(self) -> Result<(Vec<f32>, String, usize), WireError> {
+        let values = self.codec.decode(&self.bytes, self.declared as usize).map_err(|e| WireError::Invalid(e.to_string()))?;
+        let mut checksum = Checksum::new(&self.fingerprint);
+        checksum.update(&crate::params::f32_to_le_bytes(&values));
+        Ok((values, checksum.finish(), self.bytes.len()))
+    }
 }
 
 /// Splits an upload chunk into header or data.
@@ -267,6 +320,12 @@ pub enum UpdatePart {
 pub fn update_part(chunk: pb::UpdateChunk) -> Result<UpdatePart, WireError> {
     match chunk.kind.ok_or(WireError::Missing("chunk kind"))? {
         pb::update_chunk::Kind::Header(h) => {
+            let encoding = Codec::from_wire(h.encoding).ok_or_else(|| {
+                WireError::Invalid(format!(
+                    "update of `{}` for round {}: unknown update encoding {} (this coordinator reads 0 to 4: f32, fp16, bf16, int8, topk)",
+                    h.client_id, h.round, h.encoding
+                ))
+            })?;
             let m = h.metrics.unwrap_or_default();
             Ok(UpdatePart::Header(UpdateHeader {
                 client_id: h.client_id,
@@ -286,6 +345,7 @@ pub fn update_part(chunk: pb::UpdateChunk) -> Result<UpdatePart, WireError> {
                 },
                 values_sha256: h.values_sha256,
                 masked: h.masked,
+                encoding,
             }))
         }
         pb::update_chunk::Kind::Data(d) => Ok(UpdatePart::Data(d)),

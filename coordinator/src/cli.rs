@@ -301,6 +301,10 @@ pub struct RunArgs {
     /// Override the task's local epochs per round.
     #[arg(long, value_name = "E")]
     pub local_epochs: Option<u32>,
+    /// The codec of the sites' updates (the task's `[compression] update`): f32, fp16, bf16,
+    /// int8 (a scale per 256 values, stochastic rounding) or topk:FRACTION (error feedback).
+    #[arg(long, value_name = "CODEC")]
+    pub compress: Option<flotilla_common::compress::Codec>,
     /// Federation task (model, training, data spec) as TOML; see examples/.
     #[arg(long, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
@@ -587,6 +591,9 @@ impl RunArgs {
         };
         if let Some(e) = self.local_epochs {
             task.training.local_epochs = e;
+        }
+        if let Some(codec) = self.compress {
+            task.compression.update = codec;
         }
         if let Some(hidden) = &self.hidden {
             task.model.hidden = hidden.clone();

@@ -95,6 +95,85 @@ fn chart(runs: &[RunView]) -> String {
     s
 }
 
+/// Upload bytes per site per round of a run (`summary.json`'s `transfer`), when it says.
+fn upload_per_site_round(run: &RunView) -> Option<f64> {
+    let bytes = run.summary["transfer"]["update_bytes"].as_f64()?;
+    let sites = run.summary["sites"].as_object().map_or(0, |s| s.len()).max(1) as f64;
+    let rounds = run.summary["rounds"].as_f64().filter(|r| *r > 0.0)?;
+    Some(bytes / sites / rounds)
+}
+
+/// Accuracy against the cumulative bytes a site uploaded (log scale), one curve per run with
+/// transfer figures: how much quality each byte buys. A standalone SVG (`None` without any).
+pub fn bytes_chart(runs: &[RunView]) -> Option<String> {
+    let curves: Vec<(usize, Vec<(f64, f64)>)> = runs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, run)| {
+            let per_round = upload_per_site_round(run)?;
+            let points = run.curve.iter().filter(|p| p.0 > 0).filter_map(|&(round, acc, _)| acc.map(|a| (per_round * f64::from(round), a))).collect();
+            Some((i, points))
+        })
+        .collect();
+    let xs = || curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.0)).filter(|x| *x > 0.0);
+    let (lo, hi) = (xs().fold(f64::INFINITY, f64::min), xs().fold(0f64, f64::max));
+    if !(lo.is_finite() && hi > 0.0) {
+        return None;
+    }
+    let (lo, hi) = (lo.log10().floor(), hi.log10().ceil().max(lo.log10().floor() + 1.0));
+    let (w, h, l, r, t, b) = (760.0, 320.0, 44.0, 150.0, 10.0, 40.0);
+    let x = |bytes: f64| l + (w - l - r) * (bytes.log10() - lo) / (hi - lo);
+    // The accuracy axis from the lowest point (to a tenth) to 1, so the curves are not squeezed.
+    let floor = (curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.1)).fold(1f64, f64::min) * 10.0).floor().clamp(0.0, 9.0) / 10.0;
+    let y = |v: f64| t + (h - t - b) * (1.0 - ((v - floor) / (1.0 - floor)).clamp(0.0, 1.0));
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" font-family="sans-serif" role="img" aria-label="accuracy against upload bytes"><rect width="{w}" height="{h}" fill="white"/>"#
+    );
+    for g in 0..=4 {
+        let v = floor + (1.0 - floor) * f64::from(g) / 4.0;
+        let _ = write!(
+            s,
+            r##"<line x1="{l}" x2="{}" y1="{y}" y2="{y}" stroke="#e4e6eb"/><text x="4" y="{}" font-size="11" fill="#555">{v:.2}</text>"##,
+            w - r,
+            y(v) + 4.0,
+            y = y(v)
+        );
+    }
+    for e in (lo as i32)..=(hi as i32) {
+        let bytes = 10f64.powi(e);
+        let label = match e {
+            e if e >= 6 => format!("{} MB", 10f64.powi(e - 6)),
+            e if e >= 3 => format!("{} kB", 10f64.powi(e - 3)),
+            _ => format!("{bytes} B"),
+        };
+        let xv = x(bytes);
+        let _ = write!(
+            s,
+            r##"<line x1="{xv}" x2="{xv}" y1="{t}" y2="{}" stroke="#e4e6eb"/><text x="{}" y="{}" font-size="11" fill="#555">{label}</text>"##,
+            h - b,
+            xv - 14.0,
+            h - b + 16.0
+        );
+    }
+    let _ = write!(s, r##"<text x="{}" y="{}" font-size="12" fill="#333">uploaded by one site, cumulative (log scale) → accuracy</text>"##, l, h - 6.0);
+    for (k, (i, points)) in curves.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let pts: Vec<String> = points.iter().map(|&(bx, a)| format!("{:.1},{:.1}", x(bx), y(a))).collect();
+        let _ = write!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, pts.join(" "));
+        let _ = write!(
+            s,
+            r##"<rect x="{}" y="{}" width="14" height="3" fill="{color}"/><text x="{}" y="{}" font-size="12" fill="#333">{}</text>"##,
+            w - r + 10.0,
+            t + 14.0 + 18.0 * k as f64,
+            w - r + 30.0,
+            t + 19.0 + 18.0 * k as f64,
+            esc(&runs[*i].name())
+        );
+    }
+    s.push_str("</svg>");
+    Some(s)
+}
+
 /// The page comparing `runs`.
 pub fn html(runs: &[RunView]) -> String {
     let mut p = String::from(
@@ -114,7 +193,7 @@ pub fn html(runs: &[RunView]) -> String {
     };
     let get = |r: &RunView, path: &[&str]| path.iter().fold(&r.summary, |v, k| &v[*k]).clone();
     let regression = runs.iter().any(|r| !get(r, &["final", "r2"]).is_null());
-    let base: [(&str, &[&str]); 11] = [
+    let base: [(&str, &[&str]); 12] = [
         ("task", &["task"]),
         ("rounds", &["rounds"]),
         ("kept round", &["models", "model.safetensors", "round"]),
@@ -126,6 +205,7 @@ pub fn html(runs: &[RunView]) -> String {
         ("held-out accuracy", &["holdout", "accuracy"]),
         ("ε (central DP)", &["epsilon"]),
         ("ε per record (DP-SGD)", &["record_epsilon"]),
+        ("update encoding", &["transfer", "update_encoding"]),
     ];
     let mut figures = base.to_vec();
     if regression {
@@ -144,9 +224,14 @@ pub fn html(runs: &[RunView]) -> String {
         row(&mut p, label, runs.iter().map(|r| fmt(&get(r, path))).collect());
     }
     row(&mut p, "seconds", runs.iter().map(|r| fmt(&get(r, &["timings", "total_seconds"]))).collect());
+    row(&mut p, "update bytes per site and round", runs.iter().map(|r| upload_per_site_round(r).map_or("–".into(), |b| format!("{b:.0}"))).collect());
     row(&mut p, "kept model (params sha256)", runs.iter().map(|r| esc(get(r, &["params_sha256"]).as_str().map_or("–", |s| &s[..s.len().min(12)]))).collect());
     p.push_str("</table><h2>Accuracy per round</h2>");
     p.push_str(&chart(runs));
+    if let Some(svg) = bytes_chart(runs) {
+        p.push_str("<h2>Accuracy against the bytes a site uploaded</h2>");
+        p.push_str(&svg);
+    }
 
     p.push_str("<h2>Settings that differ</h2>");
     let configs: Vec<BTreeMap<String, String>> = runs
@@ -184,7 +269,13 @@ pub fn run(dirs: &[PathBuf], out: &Path) -> Result<(), String> {
         return Err("name at least one run directory".into());
     }
     let runs = dirs.iter().map(|d| RunView::read(d)).collect::<Result<Vec<_>, _>>()?;
-    std::fs::write(out, html(&runs)).map_err(|e| format!("{}: {e}", out.display()))
+    std::fs::write(out, html(&runs)).map_err(|e| format!("{}: {e}", out.display()))?;
+    // The bytes chart also as a picture of its own, beside the page.
+    if let Some(svg) = bytes_chart(&runs) {
+        let path = out.with_extension("bytes.svg");
+        std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -219,5 +310,29 @@ mod tests {
         assert_eq!(page.matches("<polyline").count(), 2);
         let err = run(&[root.path().join("nothing")], &out).unwrap_err();
         assert!(err.contains("summary.json") && err.contains("finished run"), "{err}");
+        assert!(!out.with_extension("bytes.svg").exists(), "no transfer figures, no bytes chart");
+    }
+
+    #[test]
+    fn runs_with_transfer_figures_get_accuracy_against_bytes() {
+        let root = tempfile::tempdir().unwrap();
+        let with_bytes = |name: &str, bytes: u64| {
+            let dir = run_dir(root.path(), name, 5, 0.8);
+            let path = dir.join("summary.json");
+            let mut summary: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            summary["transfer"] = serde_json::json!({ "update_bytes": bytes, "update_encoding": name });
+            summary["sites"] = serde_json::json!({ "a": {}, "b": {} });
+            std::fs::write(&path, summary.to_string()).unwrap();
+            dir
+        };
+        let (f32, topk) = (with_bytes("f32", 64_000), with_bytes("topk", 3_200));
+        let out = root.path().join("c.html");
+        run(&[f32, topk], &out).unwrap();
+        let svg = std::fs::read_to_string(out.with_extension("bytes.svg")).unwrap();
+        assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+        // 64,000 bytes over 2 sites and 2 rounds: 16 kB a site and round; top-k 800 B.
+        assert!(svg.contains("1 kB") && svg.contains("10 kB") && svg.contains("100 B"), "the axis spans both: {svg}");
+        let page = std::fs::read_to_string(&out).unwrap();
+        assert!(page.contains("16000") && page.contains("800"), "bytes per site and round in the table");
     }
 }

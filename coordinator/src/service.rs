@@ -5,6 +5,7 @@
 use std::pin::Pin;
 
 use flotilla_common::FlatParams;
+use flotilla_common::compress::Codec;
 use flotilla_common::wire::{self, Assembler, UpdatePart};
 use flotilla_proto::PROTOCOL_VERSION;
 use flotilla_proto::pb::{self, federation_server::Federation as FederationRpc};
@@ -216,6 +217,13 @@ impl FederationRpc for FederationService {
             }
         };
         if h.masked {
+            if h.encoding != Codec::F32 {
+                // Masked values are uniform in Z/2^64: a codec would save nothing and break the sum.
+                return Err(guard.fail(Status::invalid_argument(format!(
+                    "masked input of `{}` for round {}: secure aggregation sends u64 values, never a compressed encoding",
+                    h.client_id, h.round
+                ))));
+            }
             return self.receive_masked(&mut stream, h, &mut guard).await;
         }
         tracing::debug!(client = %h.client_id, round = h.round, values = h.total_values, "receiving update");
@@ -333,22 +341,40 @@ impl FederationService {
         Ok(Response::new(pb::Ack {}))
     }
 
-    /// Reads an update's values into one buffer of the declared size, refusing anything more.
-    /// The values of an update and their checksum, computed as they arrive.
+    /// Reads an update's values into one buffer of the declared size, refusing anything more,
+    /// and their checksum, computed as they arrive; a compressed update is buffered (at most
+    /// what its codec can take for the declared values) and decoded strictly at the end.
     async fn receive_values(&self, stream: &mut Streaming<pb::UpdateChunk>, h: &wire::UpdateHeader, fingerprint: &str) -> Result<(Vec<f32>, String), Status> {
         let what = |e: wire::WireError| Status::invalid_argument(format!("update of `{}` for round {}: {e}", h.client_id, h.round));
-        let mut asm = Assembler::new(h.total_values, fingerprint).map_err(what)?;
+        enum Receiving {
+            Plain(Assembler),
+            Encoded(wire::EncodedAssembler),
+        }
+        let mut asm = match h.encoding {
+            Codec::F32 => Receiving::Plain(Assembler::new(h.total_values, fingerprint).map_err(what)?),
+            codec => Receiving::Encoded(wire::EncodedAssembler::new(codec, h.total_values, fingerprint).map_err(what)?),
+        };
         while let Some(chunk) = streams::next_within(stream, self.limits.idle, "update stream").await? {
             match wire::update_part(chunk).map_err(what)? {
-                UpdatePart::Data(d) => asm.push(&d).map_err(what)?,
+                UpdatePart::Data(d) => match &mut asm {
+                    Receiving::Plain(a) => a.push(&d).map_err(what)?,
+                    Receiving::Encoded(a) => a.push(&d).map_err(what)?,
+                },
                 UpdatePart::Header(_) => return Err(what(wire::WireError::UnexpectedHeader)),
             }
             // Receiving is progress: keep the lease of a site with a slow link alive.
             self.handle.touch(h.client_id.clone()).await.map_err(status)?;
         }
-        let received = asm.finish().map_err(what)?;
-        self.handle.telemetry().metrics.received_bytes.inc_by(4 * received.0.len() as u64);
-        Ok(received)
+        let (values, sum, bytes) = match asm {
+            Receiving::Plain(a) => {
+                let (values, sum) = a.finish().map_err(what)?;
+                let bytes = 4 * values.len();
+                (values, sum, bytes)
+            }
+            Receiving::Encoded(a) => a.finish().map_err(what)?,
+        };
+        self.handle.telemetry().metrics.received_bytes.inc_by(bytes as u64);
+        Ok((values, sum))
     }
 }
 

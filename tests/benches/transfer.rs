@@ -70,6 +70,7 @@ async fn main() {
             metrics: flotilla_common::train::TrainReport { epochs: 1, ..Default::default() },
             values_sha256: checksum(model.layout().fingerprint(), delta.values()),
             masked: false,
+            encoding: flotilla_common::compress::Codec::F32,
         };
         (header, delta)
     };

@@ -187,6 +187,7 @@ impl RawSite {
             metrics: Some(pb::TrainMetrics { epochs: 1, ..Default::default() }),
             values_sha256: flotilla_common::params::checksum(layout_fingerprint, values),
             masked: false,
+            encoding: 0,
         };
         let mut chunks = vec![pb::UpdateChunk { kind: Some(pb::update_chunk::Kind::Header(header)) }];
         for part in values.chunks(1 << 18) {

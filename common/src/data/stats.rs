@@ -435,6 +435,20 @@ mod tests {
     }
 
     #[test]
+    fn a_hostile_regression_label_is_refused_like_a_column() {
+        let with_label = |label: ColumnStats| SiteStats { columns: vec![numeric("x", 10, 50.0, 300.0)], label_values: Some(label), ..Default::default() };
+        let label = |n: u64, sum: f64, sq: f64| numeric(LABEL_VALUES, n, sum, sq);
+        let limits = StatsLimits::default();
+        assert_eq!(with_label(label(10, 50.0, 300.0)).validate(10, &limits), Ok(()));
+        assert!(with_label(label(11, 50.0, 300.0)).validate(10, &limits).unwrap_err().contains("more than the 10 training rows"));
+        assert!(with_label(label(10, 50.0, 1.0)).validate(10, &limits).unwrap_err().contains("inconsistent"));
+        assert!(with_label(label(10, f64::NAN, 1.0)).validate(10, &limits).unwrap_err().contains("finite"));
+        let categorical =
+            ColumnStats { categorical: true, numeric_count: 0, sum: 0.0, sum_squares: 0.0, categories: [("a".to_owned(), 3)].into(), ..label(0, 0.0, 0.0) };
+        assert!(with_label(categorical).validate(10, &limits).unwrap_err().contains("must be numeric"));
+    }
+
+    #[test]
     fn a_histogram_never_shows_fewer_than_k_rows_in_a_bin_nor_a_value() {
         let mut text = String::from("x,y\n");
         for i in 0..40 {

@@ -225,6 +225,7 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
         let _ = tokio::time::timeout(Duration::from_secs(10), c).await;
     }
     stop_clients.cancel();
+    let telemetry = running.handle.telemetry();
     let outcome =
         running.finish(Duration::from_secs(2)).await.map_err(|e| SimulateError::Site(e.to_string()))?.filter(|_| finished).ok_or(SimulateError::Unfinished)?;
     let federation_seconds = start.elapsed().as_secs_f64();
@@ -256,6 +257,14 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     let seconds = start.elapsed().as_secs_f64();
     let mut summary = summary::summary(&opts.task, opts.seed, &outcome, comparison.as_ref());
     summary["timings"] = serde_json::json!({ "total_seconds": seconds, "federation_seconds": federation_seconds });
+    // What crossed the wire for models: the bytes of updates as encoded (compressed or not)
+    // and of model downloads.
+    let m = &telemetry.metrics;
+    summary["transfer"] = serde_json::json!({
+        "update_encoding": opts.task.compression.update.to_string(),
+        "update_bytes": m.received_bytes.get(),
+        "download_bytes": m.sent_bytes.get(),
+    });
     // Sites all ran this backend: models are reproducible on one backend, not across the two.
     summary["backend"] = serde_json::Value::String(opts.backend.to_string());
     summary["config"] = summary::config(&opts.task, &policy, opts.seed, Some(&opts.backend.to_string()));

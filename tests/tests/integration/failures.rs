@@ -121,6 +121,7 @@ async fn requests_for_closed_rounds_and_unknown_clients_get_clear_statuses() {
             metrics: None,
             values_sha256: String::new(),
             masked: false,
+            encoding: 0,
         })),
     };
     let err = rpc.upload_update(tokio_stream::iter(vec![header])).await.unwrap_err();

@@ -193,6 +193,7 @@ async fn uploads_are_bounded_per_site_and_a_silent_upload_is_cut_off() {
         metrics: Some(pb::TrainMetrics { epochs: 5, ..Default::default() }),
         values_sha256: "0".repeat(64),
         masked: false,
+        encoding: 0,
     };
     // Streams that send their header and then nothing: each holds a model-sized buffer.
     let mut open = Vec::new();

@@ -3,6 +3,7 @@
 //! once per file (each link is ~70 MB). `logs.rs` stays on its own: it installs a global
 //! tracing subscriber, which would capture every other test's logs.
 
+mod compression;
 mod crash_resume;
 mod failures;
 mod faults;

@@ -25,6 +25,15 @@ async fn upload(rpc: &mut FederationClient<Channel>, mut header: pb::UpdateHeade
     rpc.upload_update(tokio_stream::iter(chunks)).await.map(|_| ())
 }
 
+/// Streams an update whose data chunks hold `bytes` as they are (a compressed encoding).
+async fn upload_bytes(rpc: &mut FederationClient<Channel>, header: pb::UpdateHeader, bytes: Vec<u8>) -> Result<(), tonic::Status> {
+    let chunks = vec![
+        pb::UpdateChunk { kind: Some(pb::update_chunk::Kind::Header(header)) },
+        pb::UpdateChunk { kind: Some(pb::update_chunk::Kind::Data(bytes.into())) },
+    ];
+    rpc.upload_update(tokio_stream::iter(chunks)).await.map(|_| ())
+}
+
 /// Joins like an honest site, evaluates round 0 honestly, then (if `attack`) sends every kind
 /// of bad update for round 1, and vanishes. Returns the refusals it got.
 async fn mallory(url: String, attack: bool) -> Vec<(tonic::Code, String)> {
@@ -47,6 +56,7 @@ async fn mallory(url: String, attack: bool) -> Vec<(tonic::Code, String)> {
                     metrics: None,
                     values_sha256: String::new(),
                     masked: false,
+                    encoding: 0,
                 };
                 let small = vec![0.001f32; n];
                 let mut inf = small.clone();
@@ -70,6 +80,26 @@ async fn mallory(url: String, attack: bool) -> Vec<(tonic::Code, String)> {
                     }),
                     (header.clone(), inf),
                 ];
+                // Compressed streams that no honest encoder writes: top-k with an index past the
+                // end, top-k with a repeated index, int8 one byte short, an unknown encoding.
+                let topk = |indices: [u32; 2]| {
+                    let mut b = 2u32.to_le_bytes().to_vec();
+                    indices.iter().for_each(|i| b.extend(i.to_le_bytes()));
+                    b.extend([0.001f32, 0.002].iter().flat_map(|v| v.to_le_bytes()));
+                    b
+                };
+                let compressed = vec![(4, topk([1, n as u32])), (4, topk([3, 3])), (3, vec![0u8; n + 4 * n.div_ceil(256) - 1]), (9, vec![0u8; 8])];
+                let sum = checksum(&header.layout_fingerprint, &small);
+                let mut attempts = attempts.into_iter();
+                for (h, values) in attempts.by_ref().take(6) {
+                    let status = upload(&mut site.rpc, h, values).await.expect_err("a bad update must be refused");
+                    refusals.push((status.code(), status.message().to_owned()));
+                }
+                for (encoding, bytes) in compressed {
+                    let h = pb::UpdateHeader { encoding, values_sha256: sum.clone(), ..header.clone() };
+                    let status = upload_bytes(&mut site.rpc, h, bytes).await.expect_err("a malformed compressed update must be refused");
+                    refusals.push((status.code(), status.message().to_owned()));
+                }
                 for (h, values) in attempts {
                     let status = upload(&mut site.rpc, h, values).await.expect_err("a bad update must be refused");
                     refusals.push((status.code(), status.message().to_owned()));
@@ -113,6 +143,10 @@ async fn bad_updates_are_refused_and_the_model_is_as_if_they_were_never_sent() {
         (tonic::Code::FailedPrecondition, "was computed from model"),
         (tonic::Code::InvalidArgument, "it declared"),
         (tonic::Code::InvalidArgument, "sent more"),
+        (tonic::Code::InvalidArgument, "outside the update"),
+        (tonic::Code::InvalidArgument, "repeated"),
+        (tonic::Code::InvalidArgument, "cannot hold"),
+        (tonic::Code::InvalidArgument, "unknown update encoding 9"),
         (tonic::Code::DataLoss, "checksum mismatch"),
         (tonic::Code::InvalidArgument, "is not finite"),
     ];
@@ -122,8 +156,9 @@ async fn bad_updates_are_refused_and_the_model_is_as_if_they_were_never_sent() {
         assert!(message.contains(want), "expected `{want}` in `{message}`");
         assert!(message.contains("mallory") || message.contains("round"), "the reason names the site or round: {message}");
     }
-    // The update for round 2 counts against round 2, which never opened.
-    assert_eq!(rejected, expected.len() - 1);
+    // The update for round 2 counts against round 2, which never opened; an unknown encoding
+    // is refused with the header, before the update is claimed (a refused message, not update).
+    assert_eq!(rejected, expected.len() - 2);
 
     let (clean, none, rejected) = run(false).await;
     assert!(none.is_empty());
