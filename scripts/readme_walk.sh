@@ -29,7 +29,7 @@ grep -q "federated " "$w/out" || fail "no comparison table"
 for f in metrics.csv accuracy.svg summary.json model.safetensors checkpoint.safetensors pki/ca.pem; do
   [ -e "$w/runs/hospitals/$f" ] || fail "runs/hospitals/$f is missing"
 done
-[ "$(head -1 "$w/runs/hospitals/metrics.csv")" = "round,accuracy,loss,auc,clients,selected,failed,rejected,attempts,evaluated,train_loss,seconds,epsilon,clip_norm,params_sha256,refused,record_epsilon,validation_loss" ] || fail "metrics.csv header"
+[ "$(head -1 "$w/runs/hospitals/metrics.csv")" = "round,accuracy,loss,auc,clients,selected,failed,rejected,attempts,evaluated,train_loss,seconds,epsilon,clip_norm,params_sha256,refused,record_epsilon,validation_loss,mae,rmse,r2" ] || fail "metrics.csv header"
 for f in model-last.safetensors profile.json profile.svg site-metrics.csv; do
   [ -e "$w/runs/hospitals/$f" ] || fail "runs/hospitals/$f is missing"
 done

@@ -28,6 +28,8 @@ pub enum ClientError {
     Policy { site: String, policy: String, violation: crate::policy::Violation },
     #[error("this site's state directory: {0}")]
     State(#[from] crate::state::StateError),
+    #[error("compressing this site's update: {0}")]
+    Compress(#[from] flotilla_common::compress::CodecError),
     #[error("simulated crash in round {round} (fault injection)")]
     Crashed { round: u32, downtime: std::time::Duration },
 }

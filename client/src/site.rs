@@ -572,9 +572,7 @@ async fn step(
             } else {
                 let compensated = if codec.uses_error_feedback() { s.feedback.compensate(&lineage, &delta) } else { delta };
                 let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(s.seed, &[&opts.site, "compress", &round.to_string()]));
-                let (bytes, decoded) = codec
-                    .round_trip(compensated.values(), &mut rng)
-                    .map_err(|e| flotilla_common::wire::WireError::Invalid(format!("this site's update: {e}")))?;
+                let (bytes, decoded) = codec.round_trip(compensated.values(), &mut rng)?;
                 let sent = FlatParams::new(compensated.layout().clone(), decoded).map_err(flotilla_common::TrainError::from)?;
                 (sent, Some(bytes::Bytes::from(bytes)), codec.uses_error_feedback().then_some(compensated))
             };

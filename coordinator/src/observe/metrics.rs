@@ -42,6 +42,8 @@ pub struct Metrics {
     pub evaluation_accuracy: Gauge<f64, AtomicU64>,
     pub evaluation_loss: Gauge<f64, AtomicU64>,
     pub evaluation_auc: Gauge<f64, AtomicU64>,
+    pub evaluation_r2: Gauge<f64, AtomicU64>,
+    pub evaluation_rmse: Gauge<f64, AtomicU64>,
     pub validation_loss: Gauge<f64, AtomicU64>,
     pub epsilon: Gauge<f64, AtomicU64>,
     pub secagg_dropouts: Counter,
@@ -69,6 +71,8 @@ impl Metrics {
             evaluation_accuracy: Gauge::default(),
             evaluation_loss: Gauge::default(),
             evaluation_auc: Gauge::default(),
+            evaluation_r2: Gauge::default(),
+            evaluation_rmse: Gauge::default(),
             validation_loss: Gauge::default(),
             epsilon: Gauge::default(),
             secagg_dropouts: Counter::default(),
@@ -95,6 +99,8 @@ impl Metrics {
         registry.register("evaluation_accuracy", "Federated test accuracy of the last closed round", m.evaluation_accuracy.clone());
         registry.register("evaluation_loss", "Federated test loss of the last closed round", m.evaluation_loss.clone());
         registry.register("evaluation_auc", "Federated ROC AUC of the last closed round", m.evaluation_auc.clone());
+        registry.register("evaluation_r2", "Regression: federated R² of the last closed round (against the federation's mean)", m.evaluation_r2.clone());
+        registry.register("evaluation_rmse", "Regression: federated RMSE of the last closed round, in the label's units", m.evaluation_rmse.clone());
         registry.register("validation_loss", "Federated validation loss of the last closed round", m.validation_loss.clone());
         registry.register("epsilon", "Central DP: epsilon spent so far at the task's delta", m.epsilon.clone());
         registry.register("secagg_dropouts", "Secure aggregation: selected sites that did not deliver their masked input", m.secagg_dropouts.clone());

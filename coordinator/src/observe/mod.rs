@@ -125,6 +125,8 @@ impl Telemetry {
                         (&m.evaluation_accuracy, Some(r.accuracy)),
                         (&m.evaluation_loss, Some(r.loss)),
                         (&m.evaluation_auc, r.auc),
+                        (&m.evaluation_r2, r.regression.and_then(|x| x.r2())),
+                        (&m.evaluation_rmse, r.regression.map(|x| x.rmse())),
                         (&m.validation_loss, r.validation_loss),
                         (&m.epsilon, r.epsilon),
                     ] {
@@ -138,7 +140,8 @@ impl Telemetry {
                     b.epsilon = r.epsilon;
                     b.history.push(r.clone());
                     for (site, e) in fed.site_metrics() {
-                        b.sites.entry(site.clone()).or_default().accuracy = Some(e.accuracy);
+                        // The site table's figure: accuracy, or R² in a regression task.
+                        b.sites.entry(site.clone()).or_default().accuracy = Some(e.headline()).filter(|v| v.is_finite());
                     }
                 }
                 Event::Done => b.done = true,
@@ -238,5 +241,36 @@ mod tests {
         assert_eq!(sites.len(), 3);
         assert!(sites.contains_key("s49"), "the newest stays: {status}");
         assert_eq!(t.metrics.sites_joined.get(), 50);
+    }
+
+    #[test]
+    fn a_regression_round_sets_r2_and_rmse_and_leaves_accuracy_alone() {
+        let t = Telemetry::new("t", 1, 3);
+        let fed = Federation::new(Task::hospitals(), 1, crate::federation::Policy::default());
+        let m = flotilla_common::train::RegressionMetrics { mae: 3.0, mse: 16.0, total_squares: 64.0 };
+        let record = crate::federation::RoundRecord {
+            round: 1,
+            accuracy: f64::NAN,
+            loss: 0.25,
+            auc: None,
+            clients: 2,
+            selected: 2,
+            failed: 0,
+            rejected: 0,
+            attempts: 1,
+            evaluated: 2,
+            train_loss: None,
+            seconds: 0.1,
+            epsilon: None,
+            clip_norm: None,
+            model_hash: String::new(),
+            refused: 0,
+            record_epsilon: None,
+            validation_loss: None,
+            regression: Some(m),
+        };
+        t.on_events(&fed, &[Event::RoundClosed(record)]);
+        assert_eq!((t.metrics.evaluation_r2.get(), t.metrics.evaluation_rmse.get()), (0.75, 4.0));
+        assert_eq!(t.metrics.evaluation_accuracy.get(), 0.0, "no accuracy was set from a NaN");
     }
 }
