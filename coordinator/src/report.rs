@@ -13,7 +13,7 @@ use serde_json::Value;
 pub struct RunView {
     pub dir: PathBuf,
     pub summary: Value,
-    /// (round, accuracy, validation loss) per row of `metrics.csv`.
+    /// (round, accuracy — R² for regression —, validation loss) per row of `metrics.csv`.
     pub curve: Vec<(u32, Option<f64>, Option<f64>)>,
 }
 
@@ -27,7 +27,9 @@ impl RunView {
         let mut reader = csv::Reader::from_path(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let headers = reader.headers().map_err(|e| format!("{}: {e}", path.display()))?.clone();
         let col = |name: &str| headers.iter().position(|h| h == name);
-        let (round, accuracy, validation) = (col("round"), col("accuracy"), col("validation_loss"));
+        // The headline metric: accuracy, or R² for a regression run (whose accuracy is empty).
+        let regression = !summary["final"]["r2"].is_null();
+        let (round, accuracy, validation) = (col("round"), if regression { col("r2") } else { col("accuracy") }, col("validation_loss"));
         let mut curve = Vec::new();
         for (i, record) in reader.records().enumerate() {
             let record = record.map_err(|e| format!("{}: row {}: {e}", path.display(), i + 2))?;
@@ -226,7 +228,7 @@ pub fn html(runs: &[RunView]) -> String {
     row(&mut p, "seconds", runs.iter().map(|r| fmt(&get(r, &["timings", "total_seconds"]))).collect());
     row(&mut p, "update bytes per site and round", runs.iter().map(|r| upload_per_site_round(r).map_or("–".into(), |b| format!("{b:.0}"))).collect());
     row(&mut p, "kept model (params sha256)", runs.iter().map(|r| esc(get(r, &["params_sha256"]).as_str().map_or("–", |s| &s[..s.len().min(12)]))).collect());
-    p.push_str("</table><h2>Accuracy per round</h2>");
+    p.push_str(if regression { "</table><h2>Accuracy per round (R² for regression runs)</h2>" } else { "</table><h2>Accuracy per round</h2>" });
     p.push_str(&chart(runs));
     if let Some(svg) = bytes_chart(runs) {
         p.push_str("<h2>Accuracy against the bytes a site uploaded</h2>");
