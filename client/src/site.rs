@@ -566,15 +566,17 @@ async fn step(
             // Compression: what the coordinator will decode is what is hashed (and, under error
             // feedback, what the residual is measured against).
             let codec = opts.compress.unwrap_or(s.task.compression.update);
-            let lineage = format!("{}:{}", s.task.fingerprint(), delta.layout().fingerprint());
-            let (delta, encoded, compensated) = if codec == Codec::F32 {
+            // `feedback`: under error feedback, the lineage and the compensated delta, whose
+            // remainder is kept once the update is delivered.
+            let (delta, encoded, feedback) = if codec == Codec::F32 {
                 (delta, None, None)
             } else {
+                let lineage = format!("{}:{}", s.task.fingerprint(), delta.layout().fingerprint());
                 let compensated = if codec.uses_error_feedback() { s.feedback.compensate(&lineage, &delta) } else { delta };
                 let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(s.seed, &[&opts.site, "compress", &round.to_string()]));
                 let (bytes, decoded) = codec.round_trip(compensated.values(), &mut rng)?;
                 let sent = FlatParams::new(compensated.layout().clone(), decoded).map_err(flotilla_common::TrainError::from)?;
-                (sent, Some(bytes::Bytes::from(bytes)), codec.uses_error_feedback().then_some(compensated))
+                (sent, Some(bytes::Bytes::from(bytes)), codec.uses_error_feedback().then_some((lineage, compensated)))
             };
             let delta = Arc::new(delta);
             let header = UpdateHeader {
@@ -600,8 +602,8 @@ async fn step(
                 Ok(()) => {
                     // Delivered: what it left out is carried to the next round (a refused or
                     // lost update leaves the residual as it was).
-                    if let Some(compensated) = &compensated {
-                        s.feedback.record(&lineage, compensated, delta.values());
+                    if let Some((lineage, compensated)) = &feedback {
+                        s.feedback.record(lineage, compensated, delta.values());
                         if let Some(dir) = &opts.state_dir {
                             let path = dir.join(RESIDUAL_FILE);
                             s.feedback.save(&path).map_err(|source| crate::state::StateError::Io { path, source })?;

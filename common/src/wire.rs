@@ -535,6 +535,40 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_with_a_bad_or_tampered_target_is_refused() {
+        let plan = Plan { columns: Vec::new(), target: Some(TargetScale { mean: 120.0, std: 20.0 }) };
+        let pb = plan_to_pb(&plan);
+        assert_eq!(plan_from_pb(pb.clone()).unwrap(), Some(plan));
+        for std in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let bad = pb::Plan { target: Some(pb::NumericPlan { mean: 120.0, std }), ..pb.clone() };
+            assert!(plan_from_pb(bad).unwrap_err().to_string().contains("target"), "std {std}");
+        }
+        let moved = pb::Plan { target: Some(pb::NumericPlan { mean: 121.0, std: 20.0 }), ..pb.clone() };
+        assert!(plan_from_pb(moved).unwrap_err().to_string().contains("fingerprint"), "the fingerprint covers the target");
+        let dropped = pb::Plan { target: None, ..pb };
+        assert!(plan_from_pb(dropped).is_err());
+    }
+
+    #[test]
+    fn a_compressed_stream_is_bounded_by_its_codec_before_it_is_decoded() {
+        assert!(matches!(EncodedAssembler::new(Codec::Int8, MAX_VALUES + 1, "f"), Err(WireError::TooLarge(_))));
+        let mut asm = EncodedAssembler::new(Codec::F16, 10, "f").unwrap();
+        asm.push(&[0; 20]).unwrap();
+        assert!(asm.push(&[0]).unwrap_err().to_string().contains("more bytes than 10 values can take (20)"));
+        let mut asm = EncodedAssembler::new(Codec::TopK { fraction: 0.0 }, 4, "f").unwrap();
+        assert!(asm.push(&[0; 37]).is_err(), "top-k of 4 values takes at most 4 + 8·4 bytes");
+        let mut asm = EncodedAssembler::new(Codec::F16, 2, "f").unwrap();
+        asm.push(&half::f16::from_f32(1.5).to_le_bytes()).unwrap();
+        assert!(asm.finish().unwrap_err().to_string().contains("cannot hold"), "a truncated stream is refused at the end");
+        // What arrives decoded is what is checksummed: the same sum as the plain values'.
+        let mut asm = EncodedAssembler::new(Codec::F16, 2, "f").unwrap();
+        asm.push(&[half::f16::from_f32(1.5), half::f16::from_f32(-2.0)].iter().flat_map(|h| h.to_le_bytes()).collect::<Vec<_>>()).unwrap();
+        let (values, sum, bytes) = asm.finish().unwrap();
+        assert_eq!((values.clone(), bytes), (vec![1.5, -2.0], 4));
+        assert_eq!(sum, crate::params::checksum("f", &values));
+    }
+
+    #[test]
     fn a_hostile_record_epsilon_is_dropped_not_recorded() {
         let header = |e: f64| pb::UpdateChunk {
             kind: Some(pb::update_chunk::Kind::Header(pb::UpdateHeader {

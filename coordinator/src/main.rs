@@ -102,7 +102,7 @@ async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
         println!(
             "federated pooled {metric} {:.3} vs. local-only mean {:.3} vs. centralized {:.3}",
             c.federated.pooled.headline(),
-            report::local_mean_accuracy(c),
+            report::local_mean_score(c),
             c.centralized.pooled.headline(),
             metric = report::metric(c),
         );

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::federation::{Outcome, Policy};
 use crate::simulate::baselines::{Comparison, Scorecard};
-use crate::simulate::report::local_mean_accuracy;
+use crate::simulate::report::local_mean_score;
 
 /// The summary of a finished federation; with a comparison, `final` is measured on the
 /// pooled test split and the baselines are included.
@@ -45,7 +45,7 @@ pub fn summary(task: &Task, seed: u64, o: &Outcome, comparison: Option<&Comparis
         });
         // The local-only models' mean headline metric, named for what it is.
         let key = if c.federated.pooled.regression.is_some() { "local_mean_r2" } else { "local_mean_accuracy" };
-        v["baselines"][key] = json!(local_mean_accuracy(c));
+        v["baselines"][key] = json!(local_mean_score(c));
     }
     v
 }

@@ -36,6 +36,8 @@ enum Report {
     ManyCategories,
     /// A different number of training examples than before.
     Reweighted,
+    /// A regression label's aggregates, in a classification federation.
+    LabelValues,
 }
 
 #[derive(Debug, Clone)]
@@ -57,7 +59,8 @@ enum Op {
     Pull(usize),
     Download(usize, bool),
     Upload(usize, Upload),
-    Evaluate(usize, u64),
+    /// Examples claimed, and whether the metrics are a regression's (this federation classifies).
+    Evaluate(usize, u64, bool),
     Heartbeat(usize),
     Leave(usize),
     Tick(u64),
@@ -71,6 +74,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Report::HugeSums),
         1 => Just(Report::ManyCategories),
         1 => Just(Report::Reweighted),
+        1 => Just(Report::LabelValues),
     ];
     let upload = prop_oneof![
         8 => Just(Upload::Valid),
@@ -88,7 +92,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => site.clone().prop_map(Op::Pull),
         1 => (site.clone(), any::<bool>()).prop_map(|(s, b)| Op::Download(s, b)),
         5 => (site.clone(), upload).prop_map(|(s, u)| Op::Upload(s, u)),
-        4 => (site.clone(), prop_oneof![8 => Just(40u64), 1 => Just(0u64), 1 => Just(u64::MAX)]).prop_map(|(s, n)| Op::Evaluate(s, n)),
+        4 => (site.clone(), prop_oneof![8 => Just(40u64), 1 => Just(0u64), 1 => Just(u64::MAX)], prop_oneof![8 => Just(false), 1 => Just(true)])
+            .prop_map(|(s, n, r)| Op::Evaluate(s, n, r)),
         2 => site.clone().prop_map(Op::Heartbeat),
         1 => site.clone().prop_map(Op::Leave),
         3 => prop_oneof![Just(0u64), Just(500), Just(3_000), Just(20_000)].prop_map(Op::Tick),
@@ -181,6 +186,9 @@ impl Harness {
                         }
                     }
                     Report::Reweighted => n += 7,
+                    Report::LabelValues => {
+                        stats.label_values = Some(ColumnStats { name: "<label>".into(), numeric_count: 40, sum: 4.0, sum_squares: 1.0, ..Default::default() })
+                    }
                 }
                 let result = self.fed.report_stats(&self.client(*s), stats, n, self.now);
                 if result.is_ok() {
@@ -205,13 +213,15 @@ impl Harness {
                 Vec::new()
             }
             Op::Upload(s, kind) => self.upload(*s, kind, &mut valid_upload),
-            Op::Evaluate(s, n) => {
+            Op::Evaluate(s, n, regression) => {
                 let hash = before.clone().unwrap_or_default();
+                let regression = regression.then_some(flotilla_common::train::RegressionMetrics { mae: 1.0, mse: 2.0, total_squares: 4.0 });
                 let eval =
-                    Evaluation { examples: *n, loss: 0.5, accuracy: 0.5, auc: Some(0.5), validation_loss: Some(0.4), validation_examples: 3, regression: None };
+                    Evaluation { examples: *n, loss: 0.5, accuracy: 0.5, auc: Some(0.5), validation_loss: Some(0.4), validation_examples: 3, regression };
                 let result = self.fed.submit_evaluation(&self.client(*s), round_before, &hash, eval, self.now);
                 if result.is_ok() {
                     assert!(*n > 0 && *n <= 100, "an evaluation of {n} examples was accepted from a site of 100 rows");
+                    assert!(regression.is_none(), "regression metrics were accepted in a classification federation");
                 }
                 result.unwrap_or_default()
             }
@@ -343,7 +353,7 @@ fn the_harness_can_drive_a_federation_to_its_end() {
     }
     for _ in 0..200 {
         for s in 0..2 {
-            h.step(&Op::Evaluate(s, 40));
+            h.step(&Op::Evaluate(s, 40, false));
             h.step(&Op::Upload(s, Upload::Valid));
         }
         h.step(&Op::Tick(100));

@@ -36,10 +36,7 @@ pub struct Evaluation {
 impl Evaluation {
     /// The headline metric: R² for regression, accuracy otherwise (NaN when unknown).
     pub fn headline(&self) -> f64 {
-        match &self.regression {
-            Some(r) => r.r2().unwrap_or(f64::NAN),
-            None => self.accuracy,
-        }
+        headline(self.accuracy, self.regression.as_ref())
     }
 
     /// Names of [`Evaluation::metric_fields`], for CSV headers.
@@ -103,6 +100,15 @@ impl RegressionMetrics {
             sum.total_squares += w * m.total_squares;
         }
         (n > 0.0).then(|| RegressionMetrics { mae: sum.mae / n, mse: sum.mse / n, total_squares: sum.total_squares / n })
+    }
+}
+
+/// The headline metric of an evaluation or a round: R² when there are regression metrics
+/// (NaN when R² is undefined), the accuracy otherwise.
+pub fn headline(accuracy: f64, regression: Option<&RegressionMetrics>) -> f64 {
+    match regression {
+        Some(r) => r.r2().unwrap_or(f64::NAN),
+        None => accuracy,
     }
 }
 

@@ -4,7 +4,7 @@ use flotilla_common::train::RegressionMetrics;
 use serde::{Deserialize, Serialize};
 
 /// The metrics of one round (round 0 is the initial model, before any training).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct RoundRecord {
     pub round: u32,
     /// Example-weighted federated evaluation of the new global model on the sites' test splits;
@@ -115,10 +115,7 @@ impl RoundRecord {
 
     /// The headline metric of the round: R² for regression, accuracy otherwise.
     pub fn headline(&self) -> f64 {
-        match &self.regression {
-            Some(r) => r.r2().unwrap_or(f64::NAN),
-            None => self.accuracy,
-        }
+        flotilla_common::train::evaluate::headline(self.accuracy, self.regression.as_ref())
     }
 }
 

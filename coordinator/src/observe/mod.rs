@@ -248,27 +248,7 @@ mod tests {
         let t = Telemetry::new("t", 1, 3);
         let fed = Federation::new(Task::hospitals(), 1, crate::federation::Policy::default());
         let m = flotilla_common::train::RegressionMetrics { mae: 3.0, mse: 16.0, total_squares: 64.0 };
-        let record = crate::federation::RoundRecord {
-            round: 1,
-            accuracy: f64::NAN,
-            loss: 0.25,
-            auc: None,
-            clients: 2,
-            selected: 2,
-            failed: 0,
-            rejected: 0,
-            attempts: 1,
-            evaluated: 2,
-            train_loss: None,
-            seconds: 0.1,
-            epsilon: None,
-            clip_norm: None,
-            model_hash: String::new(),
-            refused: 0,
-            record_epsilon: None,
-            validation_loss: None,
-            regression: Some(m),
-        };
+        let record = crate::federation::RoundRecord { round: 1, accuracy: f64::NAN, loss: 0.25, evaluated: 2, regression: Some(m), ..Default::default() };
         t.on_events(&fed, &[Event::RoundClosed(record)]);
         assert_eq!((t.metrics.evaluation_r2.get(), t.metrics.evaluation_rmse.get()), (0.75, 4.0));
         assert_eq!(t.metrics.evaluation_accuracy.get(), 0.0, "no accuracy was set from a NaN");

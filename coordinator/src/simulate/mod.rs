@@ -250,7 +250,7 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     if let Some(c) = &comparison {
         let path = opts.out.join("site-metrics.csv");
         report::write_site_metrics(&path, c).map_err(|e| RunDirError::Other { path, message: e.to_string() })?;
-        let refs = vec![("centralized".to_owned(), c.centralized.pooled.headline()), ("local-only mean".to_owned(), report::local_mean_accuracy(c))];
+        let refs = vec![("centralized".to_owned(), c.centralized.pooled.headline()), ("local-only mean".to_owned(), report::local_mean_score(c))];
         let path = opts.out.join("accuracy.svg");
         chart::write_accuracy_chart(&path, &outcome.history, &refs).map_err(|e| RunDirError::Other { path, message: e.to_string() })?;
     }

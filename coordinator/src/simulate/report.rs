@@ -107,6 +107,6 @@ fn second(e: &flotilla_common::train::Evaluation) -> Option<f64> {
 }
 
 /// Mean pooled headline metric (accuracy, or R² for regression) of the local-only models.
-pub fn local_mean_accuracy(c: &Comparison) -> f64 {
+pub fn local_mean_score(c: &Comparison) -> f64 {
     c.local.values().map(|s| s.pooled.headline()).sum::<f64>() / c.local.len().max(1) as f64
 }

@@ -3,7 +3,7 @@
 use flotilla_common::Task;
 use flotilla_common::model_file::from_safetensors;
 use flotilla_coordinator::scenario::{Scenario, SiteSource};
-use flotilla_coordinator::simulate::{SimulateOptions, report::local_mean_accuracy, simulate};
+use flotilla_coordinator::simulate::{SimulateOptions, report::local_mean_score, simulate};
 use flotilla_tests::sim_options;
 use sha2::{Digest, Sha256};
 
@@ -18,7 +18,7 @@ async fn four_hospitals_learn_together_and_beat_training_alone() {
     let c = sim.comparison.as_ref().unwrap();
 
     assert!(c.federated.pooled.accuracy >= 0.78, "pooled accuracy {:.3} after 20 rounds", c.federated.pooled.accuracy);
-    let local_mean = local_mean_accuracy(c);
+    let local_mean = local_mean_score(c);
     assert!(c.federated.pooled.accuracy > local_mean, "federated {:.3} vs local-only mean {local_mean:.3}", c.federated.pooled.accuracy);
     assert_eq!(c.local.len(), 4);
     assert_eq!(c.federated.per_site.len(), 4);

@@ -483,3 +483,18 @@ fn a_regression_federation_pools_errors_and_refuses_the_other_kind_of_report() {
     // Row-weighted: mse (10·2 + 30·6) / 40 = 5, so R² = 1 − 5/8.
     assert!((r.mse - 5.0).abs() < 1e-12 && (r.r2().unwrap() - 0.375).abs() < 1e-12, "{r:?}");
 }
+
+#[test]
+fn a_classification_federation_refuses_label_values_and_regression_metrics() {
+    let now = Instant::now();
+    let mut f = Federation::new(Task::banks(), 1, Policy { min_clients: 1, rounds: 1, ..Policy::default() });
+    let a = f.join("a", &["creditability".to_owned(), "x".to_owned()], 100, now).unwrap().0.client_id;
+    let label = ColumnStats { name: "<label>".into(), numeric_count: 10, sum: 5.0, sum_squares: 10.0, ..Default::default() };
+    let err = f.report_stats(&a, SiteStats { label_values: Some(label), ..stats() }, 10, now).unwrap_err();
+    assert!(matches!(&err, Rejection::InvalidArgument(m) if m.contains("regression")), "{err:?}");
+    f.report_stats(&a, stats(), 10, now).unwrap();
+    let (_, h) = f.global().unwrap();
+    let regression = Evaluation { regression: Some(RegressionMetrics { mae: 1.0, mse: 2.0, total_squares: 4.0 }), ..eval() };
+    assert!(matches!(f.submit_evaluation(&a, 0, &h, regression, now), Err(Rejection::InvalidArgument(_))));
+    f.submit_evaluation(&a, 0, &h, eval(), now).unwrap();
+}
