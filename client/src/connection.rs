@@ -136,12 +136,22 @@ impl Connection {
 
     /// Downloads a global model chunk by chunk into one buffer and checks its hash. With
     /// `layout`, a header announcing another layout is refused before anything is allocated.
-    pub async fn download_model(&self, client_id: &str, round: u32, hash: &str, layout: Option<&flotilla_common::Layout>) -> Result<FlatParams, ClientError> {
+    /// With `held` (a model the site has, by hash), the coordinator may send the difference
+    /// from it instead; the result is checked against `hash` all the same.
+    pub async fn download_model(
+        &self,
+        client_id: &str,
+        round: u32,
+        hash: &str,
+        layout: Option<&flotilla_common::Layout>,
+        held: Option<(String, Arc<FlatParams>)>,
+    ) -> Result<FlatParams, ClientError> {
         let what = || format!("download the model of round {round}");
+        let have_model_hash = held.as_ref().map(|(h, _)| h.clone()).unwrap_or_default();
         let mut stream = self
             .rpc
             .clone()
-            .download_model(pb::DownloadModelRequest { client_id: client_id.to_owned(), round, model_hash: hash.to_owned() })
+            .download_model(pb::DownloadModelRequest { client_id: client_id.to_owned(), round, model_hash: hash.to_owned(), have_model_hash })
             .await
             .map_err(|s| ClientError::rpc(what(), s))?
             .into_inner();
@@ -149,12 +159,18 @@ impl Connection {
             Some(l) => ModelReceiver::expecting(l.clone()),
             None => ModelReceiver::default(),
         };
+        if let Some((h, base)) = held {
+            rx = rx.with_base(h, base);
+        }
         while let Some(chunk) = stream.message().await.map_err(|s| ClientError::rpc(what(), s))? {
             rx.push(chunk)?;
         }
         let (header, params) = rx.finish()?;
         if header.hash != hash {
             return Err(wire::WireError::Invalid(format!("asked for model {hash}, got {}", header.hash)).into());
+        }
+        if let Some(base) = &header.base_hash {
+            tracing::debug!(round, bytes = header.encoded_bytes, full = 4 * params.values().len(), base = %&base[..base.len().min(12)], "model received as a delta");
         }
         Ok(params)
     }

@@ -73,6 +73,10 @@ struct Args {
     /// topk:FRACTION (with error feedback).
     #[arg(long, value_name = "CODEC")]
     compress: Option<flotilla_common::compress::Codec>,
+    /// Always download full models, never the difference from the model this site holds
+    /// (which costs one more model copy in memory while it is applied).
+    #[arg(long)]
+    full_downloads: bool,
     /// δ of this site's budget.
     #[arg(long, default_value_t = 1e-5, value_name = "DELTA")]
     max_delta: f64,
@@ -337,6 +341,7 @@ async fn run_site_from_args(args: Args, policy: Option<Arc<SitePolicy>>) -> anyh
     opts.policy = policy;
     opts.state_dir = args.state_dir.clone();
     opts.compress = args.compress;
+    opts.full_downloads = args.full_downloads;
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

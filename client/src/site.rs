@@ -76,6 +76,9 @@ pub struct SiteOptions {
     /// The codec of this site's updates, in place of the task's (a site on a thin link may
     /// compress more than the federation asks).
     pub compress: Option<Codec>,
+    /// Always download full models, never the difference from the model the site holds
+    /// (delta downloads cost the site one more model copy while it applies one).
+    pub full_downloads: bool,
 }
 
 impl SiteOptions {
@@ -100,6 +103,7 @@ impl SiteOptions {
             policy: None,
             state_dir: None,
             compress: None,
+            full_downloads: false,
         }
     }
 }
@@ -440,7 +444,7 @@ async fn step(
             let controls = if control_hash.is_empty() {
                 None
             } else {
-                let c = download_heartbeating(conn, &s.client_id, opts, round, &control_hash, None).await?;
+                let c = download_heartbeating(conn, &s.client_id, opts, round, &control_hash, None, None).await?;
                 c.layout().ensure_same(global.layout()).map_err(flotilla_common::TrainError::from)?;
                 let ci = s.control.take().filter(|ci| ci.layout() == c.layout()).unwrap_or_else(|| FlatParams::zeros(c.layout().clone()));
                 Some((c, ci))
@@ -694,8 +698,10 @@ async fn ensure_model(
     {
         return Ok(m.clone());
     }
-    s.model = None; // free the old copy before the new one arrives
-    let m = Arc::new(download_heartbeating(conn, &s.client_id, opts, round, hash, Some(&shape.layout())).await?);
+    // The model held is the base of a delta download; without deltas it is freed before the
+    // new one arrives.
+    let held = s.model.take().filter(|_| !opts.full_downloads);
+    let m = Arc::new(download_heartbeating(conn, &s.client_id, opts, round, hash, Some(&shape.layout()), held).await?);
     s.model = Some((hash.to_owned(), m.clone()));
     Ok(m)
 }
@@ -738,9 +744,10 @@ async fn download_heartbeating(
     round: u32,
     hash: &str,
     layout: Option<&flotilla_common::Layout>,
+    held: Option<(String, Arc<FlatParams>)>,
 ) -> Result<FlatParams, ClientError> {
     let beat = spawn_heartbeat(conn, client_id, opts.heartbeat);
-    let model = conn.download_model(client_id, round, hash, layout).await;
+    let model = conn.download_model(client_id, round, hash, layout, held).await;
     beat.abort();
     model
 }

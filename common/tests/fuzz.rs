@@ -22,6 +22,9 @@ fn chunk_strategy() -> impl Strategy<Value = pb::ModelChunk> {
                     model_hash: String::new(),
                     round,
                     total_values: total % 4096,
+                    encoding: round % 3,
+                    base_model_hash: if round % 2 == 0 { "base".into() } else { String::new() },
+                    encoded_bytes: total % 8192,
                 })),
             }),
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| pb::ModelChunk { kind: Some(pb::model_chunk::Kind::Data(b.into())) }),
@@ -62,6 +65,38 @@ proptest! {
             }
         }
         let _ = rx.finish();
+    }
+
+    #[test]
+    fn a_delta_download_with_arbitrary_or_damaged_bytes_never_panics_nor_gives_a_wrong_model(
+        declared in 0u64..4096, flip in any::<usize>(), cut in any::<usize>(), noise in proptest::collection::vec(any::<u8>(), 0..256), honest in any::<bool>(),
+    ) {
+        let layout = flotilla_common::Layout::new(vec![flotilla_common::params::TensorSpec { name: "w".into(), shape: vec![64] }]);
+        let base = std::sync::Arc::new(flotilla_common::FlatParams::new(layout.clone(), (0..64).map(|i| i as f32 * 0.01).collect()).unwrap());
+        let target = flotilla_common::FlatParams::new(layout.clone(), (0..64).map(|i| i as f32 * 0.01 + 1e-4).collect()).unwrap();
+        let mut bytes = flotilla_common::compress::delta::encode(base.values(), target.values()).unwrap();
+        if honest {
+            // A real stream, damaged: one bit flipped, or cut short.
+            let i = flip % bytes.len();
+            bytes[i] ^= 1 << (flip % 8);
+            bytes.truncate(bytes.len() - cut % 2);
+        } else {
+            bytes = noise;
+        }
+        let encoded_bytes = if honest { bytes.len() as u64 } else { declared };
+        let mut chunks = wire::delta_chunks(&layout, bytes.into(), 1, target.hash(), "base".into()).collect::<Vec<_>>();
+        if let Some(pb::model_chunk::Kind::Header(h)) = &mut chunks[0].kind {
+            h.encoded_bytes = encoded_bytes;
+        }
+        let mut rx = ModelReceiver::expecting(layout).with_base("base".into(), base);
+        let mut ok = true;
+        for c in chunks {
+            ok &= rx.push(c).is_ok();
+        }
+        // Whatever comes out is the target, bit for bit: a damaged delta never becomes a model.
+        if ok && let Ok((_, m)) = rx.finish() {
+            prop_assert_eq!(m.hash(), target.hash());
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@
 pub mod chart;
 pub mod cli;
 pub mod cli_limits;
+pub mod delta_cache;
 pub mod durable;
 pub mod federation;
 pub mod holdout;

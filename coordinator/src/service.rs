@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use flotilla_common::pki;
 
+use crate::delta_cache::DeltaCache;
 use crate::federation::secure::{Answer, Step};
 use crate::federation::state::{UpdateClaim, site_of_client_id};
 use crate::federation::{FederationHandle, Rejection, Work};
@@ -27,6 +28,8 @@ pub struct FederationService {
     limits: StreamLimits,
     /// Uploads open per site.
     uploads: UploadSlots,
+    /// This round's delta download, encoded once for every site.
+    deltas: DeltaCache,
     /// With mutual TLS every request must carry a site certificate, and the site it names is
     /// the only site the request may speak for.
     mtls: bool,
@@ -34,7 +37,7 @@ pub struct FederationService {
 
 impl FederationService {
     pub fn new(handle: FederationHandle, limits: StreamLimits, mtls: bool) -> Self {
-        Self { handle, limits, uploads: UploadSlots::default(), mtls }
+        Self { handle, limits, uploads: UploadSlots::default(), deltas: DeltaCache::default(), mtls }
     }
 
     /// The site named by the caller's certificate (`None` without TLS).
@@ -165,9 +168,26 @@ impl FederationRpc for FederationService {
         self.authorize(&req, &req.get_ref().client_id)?;
         let r = req.into_inner();
         bounded("model_hash", &r.model_hash)?;
-        let model = self.handle.model(r.client_id.clone(), r.round, r.model_hash.clone()).await.map_err(status)?;
+        bounded("have_model_hash", &r.have_model_hash)?;
+        let served = self.handle.model(r.client_id.clone(), r.round, r.model_hash.clone(), r.have_model_hash).await.map_err(status)?;
+        let full = 4 * served.model.layout().total() as u64;
+        let delta = match served.base {
+            Some((base_hash, base)) => self.deltas.get(&base_hash, base, &r.model_hash, served.model.clone()).await.map(|d| (base_hash, d)),
+            None => None,
+        };
         // Chunks are made as the client reads them, and the site's lease is kept alive.
-        Ok(Response::new(Box::pin(streams::lease_keeping_download(self.handle.clone(), r.client_id, model, r.round, r.model_hash))))
+        let stream = match delta {
+            Some((base_hash, encoded)) => {
+                let bytes = encoded.len() as u64;
+                let metrics = &self.handle.telemetry().metrics;
+                metrics.delta_downloads.inc();
+                metrics.delta_saved_bytes.inc_by(full.saturating_sub(bytes));
+                let chunks = wire::delta_chunks(served.model.layout(), encoded, r.round, r.model_hash, base_hash);
+                streams::lease_keeping_download(self.handle.clone(), r.client_id, chunks, bytes)
+            }
+            None => streams::lease_keeping_download(self.handle.clone(), r.client_id, wire::model_chunks(served.model, r.round, r.model_hash), full),
+        };
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn upload_update(&self, req: Request<Streaming<pb::UpdateChunk>>) -> Result<Response<pb::Ack>, Status> {

@@ -6,8 +6,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_common::FlatParams;
-use flotilla_common::wire;
 use flotilla_proto::pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -79,16 +77,21 @@ pub async fn next_within<T>(stream: &mut tonic::Streaming<T>, idle: Duration, wh
     }
 }
 
-/// The chunks of `model` as a stream that a producer task fills as the site reads them (one
-/// chunk ahead, so memory stays one shared model plus a chunk or two), touching the site's
-/// lease every second until the server has taken the last chunk: a large model on a slow
-/// link keeps its site in. (Sites also heartbeat while they download.)
-pub fn lease_keeping_download(handle: FederationHandle, client: String, model: Arc<FlatParams>, round: u32, hash: String) -> DownloadStream {
+/// A download's chunks (a model, or a delta) as a stream that a producer task fills as the
+/// site reads them (one chunk ahead, so memory stays one shared model plus a chunk or two),
+/// touching the site's lease every second until the server has taken the last chunk: a
+/// large model on a slow link keeps its site in. (Sites also heartbeat while they download.)
+/// `bytes` is what the chunks carry, counted once the last one is taken.
+pub fn lease_keeping_download(
+    handle: FederationHandle,
+    client: String,
+    chunks: impl Iterator<Item = pb::ModelChunk> + Send + 'static,
+    bytes: u64,
+) -> DownloadStream {
     let (tx, rx) = mpsc::channel(1);
     let (alive, mut gone) = oneshot::channel::<()>();
-    let bytes = 4 * model.layout().total() as u64;
     tokio::spawn(async move {
-        let mut chunks = wire::model_chunks(model, round, hash);
+        let mut chunks = chunks;
         let mut beat = tokio::time::interval(Duration::from_secs(1));
         let mut tx = Some(tx);
         let mut next = chunks.next();

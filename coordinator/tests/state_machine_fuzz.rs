@@ -119,6 +119,8 @@ struct Harness {
     /// Updates accepted per training round since the last close.
     accepted: usize,
     last_round_closed: Option<u32>,
+    /// The global model's hash before it last changed: what a site that missed no round holds.
+    previous_hash: Option<String>,
 }
 
 impl Harness {
@@ -141,6 +143,7 @@ impl Harness {
             rounds: 3,
             accepted: 0,
             last_round_closed: None,
+            previous_hash: None,
         }
     }
 
@@ -206,9 +209,17 @@ impl Harness {
                     (true, Some(h)) => h.clone(),
                     _ => "aaaaaaaaaaaé-not-a-hash".to_owned(),
                 };
-                let got = self.fed.model(&self.client(*s), round_before, &hash, self.now);
+                // The site says it holds the previous model it saw, or something made up.
+                let have = if *current { self.previous_hash.clone().unwrap_or_default() } else { "made-up".to_owned() };
+                let got = self.fed.model(&self.client(*s), round_before, &hash, &have, self.now);
                 if !current {
                     assert!(got.is_err(), "a made-up hash named a model");
+                }
+                if let Ok(served) = &got {
+                    assert_eq!(served.model.hash(), hash, "another model than the one asked for");
+                    if let Some((h, base)) = &served.base {
+                        assert!(h == &have && base.hash() == have, "a delta base the site does not hold");
+                    }
                 }
                 Vec::new()
             }
@@ -289,6 +300,7 @@ impl Harness {
         let after = self.fed.global().map(|(_, h)| h);
         let training_closed = events.iter().any(|e| matches!(e, Event::EvaluationOpened { round, .. } if *round > 0));
         if before.is_some() && before != after {
+            self.previous_hash = before.clone();
             assert!(training_closed, "the global model changed without a training phase closing: {events:?}");
         }
         for e in events {

@@ -50,7 +50,7 @@ async fn main() {
     let mut model = None;
     let t = Instant::now();
     for _ in 0..DOWNLOADS {
-        model = Some(conn.download_model(&site.id, fit.round, &fit.model_hash, None).await.expect("download"));
+        model = Some(conn.download_model(&site.id, fit.round, &fit.model_hash, None, None).await.expect("download"));
     }
     let download = t.elapsed().as_secs_f64() / DOWNLOADS as f64;
     let model: FlatParams = model.expect("downloaded");

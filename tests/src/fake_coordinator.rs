@@ -23,6 +23,9 @@ pub enum Hostility {
     HugeVocabulary(usize),
     /// The model's data does not match the hash announced for it.
     WrongModelHash,
+    /// The model comes as a delta from a model of the fake's own, which it claims is the one
+    /// the site holds (or, when the site holds none, a made-up one).
+    DeltaFromAnotherModel,
     /// The model announced is wider than the plan's (hidden layers multiplied by 100).
     WiderModel,
     /// Fit work asks for this many local epochs, whatever the task says.
@@ -227,7 +230,14 @@ impl Federation for Fake {
         self.log("download_model", &r);
         let plan = self.plan()?.ok_or_else(|| Status::failed_precondition("no plan"))?;
         let (model, hash) = self.model(&plan);
-        let chunks: Vec<Result<pb::ModelChunk, Status>> = wire::model_chunks(Arc::new(model), r.round, hash).map(Ok).collect();
+        let chunks: Vec<Result<pb::ModelChunk, Status>> = if self.script.hostility == Hostility::DeltaFromAnotherModel {
+            let other = FlatParams::zeros(model.layout().clone());
+            let encoded = flotilla_common::compress::delta::encode(other.values(), model.values()).map_err(|e| Status::internal(e.to_string()))?;
+            let claimed = if r.have_model_hash.is_empty() { "0".repeat(64) } else { r.have_model_hash.clone() };
+            wire::delta_chunks(model.layout(), encoded.into(), r.round, hash, claimed).map(Ok).collect()
+        } else {
+            wire::model_chunks(Arc::new(model), r.round, hash).map(Ok).collect()
+        };
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 

@@ -13,6 +13,7 @@
 //! is strict: a stream of the wrong length, an index out of range or repeated, a scale or a
 //! value that is not finite is refused with the reason.
 
+pub mod delta;
 mod feedback;
 mod int8;
 mod topk;

@@ -16,7 +16,7 @@ use super::persist::{DurableWriter, Stored, UpdateJob};
 use super::record::{Metric, RoundRecord};
 use super::rejection::Rejection;
 use super::secure::{Answer, Step};
-use super::state::{Event, Federation, Joined, Outcome, UpdateClaim, Work, site_of_client_id};
+use super::state::{Event, Federation, Joined, Outcome, Served, UpdateClaim, Work, site_of_client_id};
 use crate::durable::StateDir;
 use crate::observe::Telemetry;
 use crate::run_dir::RunDir;
@@ -67,7 +67,8 @@ enum Request {
         client: String,
         round: u32,
         hash: String,
-        reply: Reply<Arc<FlatParams>>,
+        have: String,
+        reply: Reply<Served>,
     },
     BeginUpdate {
         claim: UpdateClaim,
@@ -157,8 +158,10 @@ impl FederationHandle {
     pub async fn touch(&self, client: String) -> Result<(), Rejection> {
         ask!(self, Touch { client: client })
     }
-    pub async fn model(&self, client: String, round: u32, hash: String) -> Result<Arc<FlatParams>, Rejection> {
-        ask!(self, Model { client: client, round: round, hash: hash })
+    /// The model `hash`, and the model `have` (the one the site holds) when it can be sent
+    /// as a difference from that.
+    pub async fn model(&self, client: String, round: u32, hash: String, have: String) -> Result<Served, Rejection> {
+        ask!(self, Model { client: client, round: round, hash: hash, have: have })
     }
     pub async fn begin_update(&self, claim: UpdateClaim) -> Result<Layout, Rejection> {
         ask!(self, BeginUpdate { claim: claim })
@@ -459,8 +462,8 @@ fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pen
             let _ = reply.send(fed.touch(&client, now));
             Vec::new()
         }
-        Request::Model { client, round, hash, reply } => {
-            let _ = reply.send(fed.model(&client, round, &hash, now));
+        Request::Model { client, round, hash, have, reply } => {
+            let _ = reply.send(fed.model(&client, round, &hash, &have, now));
             Vec::new()
         }
         Request::BeginUpdate { claim, reply } => {

@@ -14,4 +14,4 @@ pub use policy::Policy;
 pub use record::{Metric, RoundRecord};
 pub use rejection::Rejection;
 pub use snapshot::{AcceptedUpdate, Snapshot};
-pub use state::{Event, Federation, Joined, Outcome, Work};
+pub use state::{Event, Federation, Joined, Outcome, Served, Work};

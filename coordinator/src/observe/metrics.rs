@@ -36,6 +36,8 @@ pub struct Metrics {
     pub refused: Family<RefusalLabels, Counter>,
     pub received_bytes: Counter,
     pub sent_bytes: Counter,
+    pub delta_downloads: Counter,
+    pub delta_saved_bytes: Counter,
     pub round_seconds: Histogram,
     pub durable_write_seconds: Histogram,
     pub aggregation_seconds: Histogram,
@@ -65,6 +67,8 @@ impl Metrics {
             refused: Family::default(),
             received_bytes: Counter::default(),
             sent_bytes: Counter::default(),
+            delta_downloads: Counter::default(),
+            delta_saved_bytes: Counter::default(),
             round_seconds: Histogram::new(exponential_buckets(0.01, 3.0, 10)),
             durable_write_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             aggregation_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
@@ -89,6 +93,8 @@ impl Metrics {
         registry.register("refused", "Messages refused, by what and kind", m.refused.clone());
         registry.register("received_bytes", "Model bytes received in updates", m.received_bytes.clone());
         registry.register("sent_bytes", "Model bytes sent in downloads", m.sent_bytes.clone());
+        registry.register("delta_downloads", "Downloads sent as the difference from the model the site held", m.delta_downloads.clone());
+        registry.register("delta_saved_bytes", "Bytes delta downloads saved against sending the full models", m.delta_saved_bytes.clone());
         registry.register("round_duration_seconds", "Wall time of each closed round", m.round_seconds.clone());
         registry.register(
             "aggregation_duration_seconds",

@@ -258,12 +258,15 @@ pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError
     let mut summary = summary::summary(&opts.task, opts.seed, &outcome, comparison.as_ref());
     summary["timings"] = serde_json::json!({ "total_seconds": seconds, "federation_seconds": federation_seconds });
     // What crossed the wire for models: the bytes of updates as encoded (compressed or not)
-    // and of model downloads.
+    // and of model downloads (deltas where a site held the previous model), with what the
+    // deltas saved against full downloads.
     let m = &telemetry.metrics;
     summary["transfer"] = serde_json::json!({
         "update_encoding": opts.task.compression.update.to_string(),
         "update_bytes": m.received_bytes.get(),
         "download_bytes": m.sent_bytes.get(),
+        "delta_downloads": m.delta_downloads.get(),
+        "download_bytes_saved_by_deltas": m.delta_saved_bytes.get(),
     });
     // Sites all ran this backend: models are reproducible on one backend, not across the two.
     summary["backend"] = serde_json::Value::String(opts.backend.to_string());

@@ -71,3 +71,35 @@ async fn the_residual_is_kept_in_the_state_directory() {
     assert!(kept.compensate(&lineage, &zero).l2_norm() > 0.0, "this federation's lineage finds it");
     assert_eq!(kept.compensate("another federation", &zero).l2_norm(), 0.0);
 }
+
+/// Sites that hold the previous global model receive the next one as its difference (the
+/// integer difference of the bit patterns, zstd): fewer bytes down, and not one bit of any model changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_downloads_save_bytes_and_change_no_bit() {
+    async fn run(full_downloads: bool) -> (String, u64, u64, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let running = flotilla_tests::start_coordinator(flotilla_tests::synthetic_task(vec![256]), 5, flotilla_tests::test_policy(4, 2), dir.path()).await;
+        let telemetry = running.handle.telemetry();
+        let token = tokio_util::sync::CancellationToken::new();
+        let mut sites = Vec::new();
+        for (i, name) in ["north", "south"].into_iter().enumerate() {
+            let mut opts = flotilla_tests::test_site(running.url(), name);
+            opts.full_downloads = full_downloads;
+            sites.push(tokio::spawn(flotilla_client::run_site(opts, flotilla_tests::synthetic_table(name, 80, i * 80), token.clone())));
+        }
+        for s in sites {
+            assert_eq!(s.await.unwrap().unwrap().rounds_trained, 4);
+        }
+        let m = &telemetry.metrics;
+        let counts = (m.sent_bytes.get(), m.delta_downloads.get(), m.delta_saved_bytes.get());
+        let outcome = running.stop(std::time::Duration::from_secs(1)).await.unwrap();
+        (outcome.model.hash(), counts.0, counts.1, counts.2)
+    }
+    let (full, full_bytes, none, _) = run(true).await;
+    let (delta, delta_bytes, deltas, saved) = run(false).await;
+    assert_eq!(delta, full, "a delta download gives back the model bit for bit");
+    assert_eq!(none, 0, "a site that asks for full models gets them");
+    // Rounds 1..4 each give a new model that both sites evaluate (from the one they trained on).
+    assert!(deltas >= 8, "{deltas} delta downloads");
+    assert!(saved > 0 && delta_bytes < full_bytes, "{delta_bytes} bytes with deltas, {full_bytes} without");
+}

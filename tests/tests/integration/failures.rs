@@ -37,7 +37,7 @@ async fn vanishing_site(url: String, name: String, table: RawTable) -> u32 {
                 let plan = wire::plan_from_pb(rpc.get_plan(pb::GetPlanRequest { client_id: id.clone() }).await.unwrap().into_inner()).unwrap().unwrap();
                 let data = prepared.encode(&plan, &task, joined.seed).unwrap();
                 let mut stream = rpc
-                    .download_model(pb::DownloadModelRequest { client_id: id.clone(), round: e.round, model_hash: e.model_hash.clone() })
+                    .download_model(pb::DownloadModelRequest { client_id: id.clone(), round: e.round, model_hash: e.model_hash.clone(), ..Default::default() })
                     .await
                     .unwrap()
                     .into_inner();

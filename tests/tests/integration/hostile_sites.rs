@@ -43,7 +43,7 @@ async fn hostile_identifiers_get_an_error_and_the_federation_goes_on() {
 
     // A hash whose 12th byte starts a multi-byte character once killed the actor.
     let id = mallory.id.clone();
-    let download = |hash: String| pb::DownloadModelRequest { client_id: id.clone(), round: 0, model_hash: hash };
+    let download = |hash: String| pb::DownloadModelRequest { client_id: id.clone(), round: 0, model_hash: hash, ..Default::default() };
     let err = mallory.rpc.download_model(download("aaaaaaaaaaaé".into())).await.expect_err("not a model");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("aaaaaaaaaaaé") && err.message().contains("not the current global model"), "{}", err.message());

@@ -192,6 +192,14 @@ async fn a_model_that_does_not_match_its_announced_hash_is_refused() {
 }
 
 #[tokio::test]
+async fn a_delta_download_from_a_model_the_site_does_not_hold_is_refused() {
+    let (result, r) = run(Script { task: task(), rounds: 1, hostility: Hostility::DeltaFromAnotherModel }, |url| site(url, None, None)).await;
+    let err = result.expect_err("a delta from a model the site never had is refused").to_string();
+    assert!(err.contains("comes as a delta from 000000000000") && err.contains("asked for the full model"), "{err}");
+    assert!(r.updates.is_empty(), "nothing was trained on it");
+}
+
+#[tokio::test]
 async fn categories_rarer_than_the_sites_k_are_not_reported() {
     // 80 rows, 64 in training: each smoker value has about 21. A k of 25 folds them all.
     let raised = format!("{POLICY}[privacy]\nmin_category_count = 25\n");

@@ -12,6 +12,13 @@ pub(super) struct EvalRound {
     pub(super) fit: Option<FitSummary>,
 }
 
+/// A model to send, and the model the site holds that it may be sent as a difference from.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub model: Arc<FlatParams>,
+    pub base: Option<(String, Arc<FlatParams>)>,
+}
+
 /// The training half of a round: when it started, and its counts (the durable part).
 #[derive(Debug, Clone)]
 pub(super) struct FitSummary {
@@ -20,16 +27,21 @@ pub(super) struct FitSummary {
 }
 
 impl Federation {
-    /// The global model a site asks for, if it is the current one.
-    pub fn model(&mut self, client_id: &str, round: u32, hash: &str, now: Instant) -> Result<Arc<FlatParams>, Rejection> {
+    /// The global model a site asks for, if it is the current one (or SCAFFOLD's control
+    /// variate), with the model it may be sent as a difference from: the previous global,
+    /// when that is the one the site says it holds.
+    pub fn model(&mut self, client_id: &str, round: u32, hash: &str, have: &str, now: Instant) -> Result<Served, Rejection> {
         self.client_mut(client_id, now)?;
         if let Some((c, h)) = &self.control
             && hash == h
         {
-            return Ok(c.clone());
+            return Ok(Served { model: c.clone(), base: None });
         }
         match &self.global {
-            Some(g) if hash == self.global_hash => Ok(g.clone()),
+            Some(g) if hash == self.global_hash => {
+                let base = self.previous.as_ref().filter(|(h, _)| !have.is_empty() && h == have).cloned();
+                Ok(Served { model: g.clone(), base })
+            }
             _ => Err(Rejection::Stale(format!(
                 "model {} of round {round} is not the current global model (round {} is {})",
                 short(hash),

@@ -394,8 +394,8 @@ impl Federation {
             };
             match collected.map(|c| self.strategy.aggregate(global, c)) {
                 Some(Ok(next)) => {
-                    self.global_hash = next.hash();
-                    self.global = Some(Arc::new(next));
+                    let hash = std::mem::replace(&mut self.global_hash, next.hash());
+                    self.previous = self.global.replace(Arc::new(next)).map(|g| (hash, g));
                     self.refresh_control();
                 }
                 // The strategy could not run on this cohort (too few updates for its

@@ -40,6 +40,7 @@ mod resume;
 
 pub use dp::{Release, poisson_cohort};
 use evaluate::{EvalRound, FitSummary};
+pub use evaluate::Served;
 pub use events::{Event, Joined, Outcome, UpdateClaim, Work};
 pub use fit::sample_cohort;
 use fit::{FitRound, MAX_ATTEMPTS};
@@ -79,6 +80,9 @@ pub struct Federation {
     shape: Option<ModelShape>,
     global: Option<Arc<FlatParams>>,
     global_hash: String,
+    /// The global model before the current one, and its hash: a site that holds it gets the
+    /// current one as a difference from it. Not durable: after a resume, sites get full models.
+    previous: Option<(String, Arc<FlatParams>)>,
     phase: Phase,
     history: Vec<RoundRecord>,
     final_site_metrics: BTreeMap<String, Evaluation>,
@@ -142,6 +146,7 @@ impl Federation {
             shape: None,
             global: None,
             global_hash: String::new(),
+            previous: None,
             phase: Phase::Gathering { next: 0 },
             history: Vec::new(),
             final_site_metrics: BTreeMap::new(),

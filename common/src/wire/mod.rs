@@ -74,34 +74,10 @@ pub fn layout_from_pb(l: &pb::Layout) -> Result<Layout, WireError> {
     Ok(layout)
 }
 
-// ---- model download -----------------------------------------------------------------------
+mod download;
+pub use download::{ModelHeader, ModelReceiver, delta_chunks, model_chunks, model_from_chunks};
 
-/// The chunks of a global model: a header, then 1 MiB data chunks produced lazily, so the
-/// sender holds the shared model and one chunk, never a serialised copy of the whole.
-pub fn model_chunks(model: Arc<FlatParams>, round: u32, hash: String) -> impl Iterator<Item = pb::ModelChunk> + Send {
-    let header = pb::ModelChunk {
-        kind: Some(pb::model_chunk::Kind::Header(pb::ModelHeader {
-            layout: Some(layout_to_pb(model.layout())),
-            model_hash: hash,
-            round,
-            total_values: model.values().len() as u64,
-        })),
-    };
-    let n_chunks = model.values().len().div_ceil(CHUNK_VALUES);
-    std::iter::once(header).chain((0..n_chunks).map(move |i| {
-        let v = model.values();
-        let slice = &v[i * CHUNK_VALUES..((i + 1) * CHUNK_VALUES).min(v.len())];
-        pb::ModelChunk { kind: Some(pb::model_chunk::Kind::Data(Bytes::from(crate::params::f32_to_le_bytes(slice)))) }
-    }))
-}
-
-/// The header of a model download, as a domain value.
-#[derive(Debug, Clone)]
-pub struct ModelHeader {
-    pub layout: Layout,
-    pub hash: String,
-    pub round: u32,
-}
+// ---- reassembly ---------------------------------------------------------------------------
 
 /// Reassembles a stream of values into one preallocated buffer, refusing more than declared,
 /// and computes their checksum (with the layout's fingerprint) as the bytes arrive.
@@ -142,72 +118,6 @@ impl Assembler {
     }
 }
 
-/// Reads a downloaded model: header first, then data, verified against the declared hash.
-pub fn model_from_chunks(chunks: impl IntoIterator<Item = pb::ModelChunk>) -> Result<(ModelHeader, FlatParams), WireError> {
-    let mut it = chunks.into_iter();
-    let mut state = ModelReceiver::default();
-    for c in it.by_ref() {
-        state.push(c)?;
-    }
-    state.finish()
-}
-
-/// Incremental form of [`model_from_chunks`] for streams.
-#[derive(Debug, Default)]
-pub struct ModelReceiver {
-    header: Option<(ModelHeader, Assembler)>,
-    /// The layout the receiver knows the model must have (a site knows its plan's shape).
-    expected: Option<Layout>,
-}
-
-impl ModelReceiver {
-    /// A receiver that refuses a header announcing any other layout than `layout`, before
-    /// allocating for it.
-    pub fn expecting(layout: Layout) -> Self {
-        Self { header: None, expected: Some(layout) }
-    }
-
-    /// Takes the next chunk.
-    pub fn push(&mut self, chunk: pb::ModelChunk) -> Result<(), WireError> {
-        match (chunk.kind, &mut self.header) {
-            (Some(pb::model_chunk::Kind::Header(h)), None) => {
-                let layout = layout_from_pb(h.layout.as_ref().ok_or(WireError::Missing("layout"))?)?;
-                if layout.total() as u64 != h.total_values {
-                    return Err(WireError::Invalid(format!("header declares {} values but its layout holds {}", h.total_values, layout.total())));
-                }
-                if let Some(expected) = &self.expected
-                    && *expected != layout
-                {
-                    return Err(WireError::Invalid(format!(
-                        "the model announced has {} values in {} tensors; the federation's plan makes {} in {}",
-                        layout.total(),
-                        layout.tensors().len(),
-                        expected.total(),
-                        expected.tensors().len()
-                    )));
-                }
-                let asm = Assembler::new(h.total_values, layout.fingerprint())?;
-                self.header = Some((ModelHeader { layout, hash: h.model_hash, round: h.round }, asm));
-                Ok(())
-            }
-            (Some(pb::model_chunk::Kind::Header(_)), Some(_)) => Err(WireError::UnexpectedHeader),
-            (Some(pb::model_chunk::Kind::Data(d)), Some((_, asm))) => asm.push(&d),
-            (Some(pb::model_chunk::Kind::Data(_)), None) => Err(WireError::DataBeforeHeader),
-            (None, _) => Err(WireError::Missing("chunk kind")),
-        }
-    }
-
-    /// The model; its hash must equal the one the header announced.
-    pub fn finish(self) -> Result<(ModelHeader, FlatParams), WireError> {
-        let (header, asm) = self.header.ok_or(WireError::Empty)?;
-        let (values, hash) = asm.finish()?;
-        let params = FlatParams::new(header.layout.clone(), values).map_err(|e| WireError::Invalid(e.to_string()))?;
-        if hash != header.hash {
-            return Err(WireError::Invalid(format!("model hash {hash} does not match the announced {}", header.hash)));
-        }
-        Ok((header, params))
-    }
-}
 
 // ---- update upload ------------------------------------------------------------------------
 
