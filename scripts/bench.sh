@@ -80,7 +80,7 @@ simulate "W1 many clients, flex" 100 500 20 10 --backend flex
 w1_flex=$(cat "$work/last")
 processes "W1 many clients" 10 5000 20 10
 processes "W1 many clients, flex" 10 5000 20 10 flex
-simulate "W2 big model (784-2048-2048-512-1)" 10 200 784 5 --hidden 2048,2048,512
+simulate "W2 big model (784-2048-2048-512-1)" 10 200 784 5 --hidden 2048,2048,512 --max-columns 1024
 w2=$(cat "$work/last")
 processes "W3 hospitals-sized" 5 120 30 20
 w3=$(cat "$work/last")

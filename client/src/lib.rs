@@ -17,6 +17,7 @@ pub mod secure;
 pub mod shutdown;
 pub mod site;
 pub mod state;
+pub mod threads;
 pub mod tls;
 
 pub use error::ClientError;

@@ -77,6 +77,12 @@ struct Args {
     /// (which costs one more model copy in memory while it is applied).
     #[arg(long)]
     full_downloads: bool,
+    /// The most CPU threads this site computes with (an edge device shares its cores): a
+    /// pool of N for training and evaluation, N runtime threads, and on Linux the process
+    /// pinned to N CPUs. The policy's resources.threads, when lower, wins. The model does
+    /// not depend on N.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     /// δ of this site's budget.
     #[arg(long, default_value_t = 1e-5, value_name = "DELTA")]
     max_delta: f64,
@@ -289,17 +295,23 @@ fn check_policy(policy: &std::path::Path, task: Option<&std::path::Path>) -> any
     Ok(())
 }
 
-/// Reads the policy, then starts the runtime with the threads it allows.
+/// Reads the policy, then starts the runtime with the threads it and `--threads` allow.
 fn run(args: Args) -> anyhow::Result<()> {
     let policy = args.policy.as_deref().map(SitePolicy::from_file).transpose()?.map(Arc::new);
-    let threads = policy.as_ref().and_then(|p| p.resources.threads);
+    let threads = [policy.as_ref().and_then(|p| p.resources.threads), args.threads.map(usize::from)].into_iter().flatten().min();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(n) = threads {
-        // Training runs on blocking threads, burn-ndarray's parallel operations on rayon's
-        // global pool: both are held to the policy's count. Results do not depend on it.
+        // Before any thread exists, so that every thread the process starts inherits it.
+        match flotilla_client::threads::pin_to_cpus(n) {
+            Ok(cpus) if !cpus.is_empty() => tracing::info!(threads = n, ?cpus, "compute capped"),
+            Ok(_) => tracing::info!(threads = n, "compute capped (thread pools only on this system)"),
+            Err(e) => tracing::warn!(error = %e, "could not pin the process to CPUs; the thread pools still cap it"),
+        }
+        // Training and evaluation run in a pool of n (the site's options); the async runtime,
+        // its blocking threads and rayon's global pool are held to n as well.
         runtime.worker_threads(n).max_blocking_threads(n);
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("limiting compute threads (resources.threads)")?;
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("limiting compute threads")?;
     }
     runtime.build().context("starting the async runtime")?.block_on(run_site_from_args(args, policy))
 }
@@ -342,6 +354,7 @@ async fn run_site_from_args(args: Args, policy: Option<Arc<SitePolicy>>) -> anyh
     opts.state_dir = args.state_dir.clone();
     opts.compress = args.compress;
     opts.full_downloads = args.full_downloads;
+    opts.threads = args.threads.map(usize::from);
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

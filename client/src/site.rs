@@ -79,6 +79,10 @@ pub struct SiteOptions {
     /// Always download full models, never the difference from the model the site holds
     /// (delta downloads cost the site one more model copy while it applies one).
     pub full_downloads: bool,
+    /// The most threads this site trains and evaluates with (a rayon pool of that size; see
+    /// [`crate::threads`]). The policy's `resources.threads`, when lower, wins. The model
+    /// does not depend on it.
+    pub threads: Option<usize>,
 }
 
 impl SiteOptions {
@@ -104,6 +108,7 @@ impl SiteOptions {
             state_dir: None,
             compress: None,
             full_downloads: false,
+            threads: None,
         }
     }
 }
@@ -186,7 +191,14 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
 }
 
 async fn run_guarded(opts: &SiteOptions, table: &RawTable, guard: &mut Guard, shutdown: CancellationToken) -> Result<SiteReport, ClientError> {
-    let opts = opts.clone();
+    let mut opts = opts.clone();
+    // The site's policy caps its compute threads below whatever it was started with.
+    if let Some(cap) = guard.policy().and_then(|p| p.resources.threads) {
+        opts.threads = Some(opts.threads.map_or(cap, |n| n.min(cap)));
+    }
+    if opts.threads == Some(0) {
+        return Err(ClientError::Join("a site needs at least one compute thread (--threads, resources.threads)".into()));
+    }
     let conn = match &opts.connection {
         Some(c) => c.clone(),
         None => Connection::connect(&opts.coordinator, opts.tls.as_ref(), opts.connect_patience).await?,
@@ -765,7 +777,15 @@ async fn with_heartbeat<T: Send + 'static>(
         Some(slots) => Some(slots.clone().acquire_owned().await.map_err(|e| ClientError::Join(e.to_string()))?),
         None => None,
     };
-    let out = tokio::task::spawn_blocking(work).await;
+    let pool = match opts.threads {
+        Some(n) => Some(crate::threads::compute_pool(n).map_err(|e| ClientError::Join(format!("a pool of {n} compute threads: {e}")))?),
+        None => None,
+    };
+    let out = tokio::task::spawn_blocking(move || match pool {
+        Some(pool) => pool.install(work),
+        None => work(),
+    })
+    .await;
     drop(permit);
     beat.abort();
     out.map_err(|e| ClientError::Join(e.to_string()))

@@ -165,7 +165,8 @@ impl RawSite {
 
     /// Downloads the global model named in `fit`.
     pub async fn global(&mut self, fit: &flotilla_proto::pb::FitWork) -> flotilla_common::FlatParams {
-        let req = flotilla_proto::pb::DownloadModelRequest { client_id: self.id.clone(), round: fit.round, model_hash: fit.model_hash.clone(), ..Default::default() };
+        let req =
+            flotilla_proto::pb::DownloadModelRequest { client_id: self.id.clone(), round: fit.round, model_hash: fit.model_hash.clone(), ..Default::default() };
         let mut s = self.rpc.download_model(req).await.expect("download").into_inner();
         let mut chunks = Vec::new();
         while let Some(c) = s.message().await.expect("chunk") {

@@ -127,4 +127,3 @@ mod tests {
         assert!(encode(&base, &target[..10]).is_err());
     }
 }
-

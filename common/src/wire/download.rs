@@ -52,9 +52,11 @@ pub fn delta_chunks(layout: &Layout, encoded: Bytes, round: u32, hash: String, b
         })),
     };
     let n_chunks = encoded.len().div_ceil(CHUNK_BYTES);
-    std::iter::once(header).chain((0..n_chunks).map(move |i| {
-        pb::ModelChunk { kind: Some(pb::model_chunk::Kind::Data(encoded.slice(i * CHUNK_BYTES..((i + 1) * CHUNK_BYTES).min(encoded.len())))) }
-    }))
+    std::iter::once(header).chain(
+        (0..n_chunks).map(move |i| pb::ModelChunk {
+            kind: Some(pb::model_chunk::Kind::Data(encoded.slice(i * CHUNK_BYTES..((i + 1) * CHUNK_BYTES).min(encoded.len())))),
+        }),
+    )
 }
 
 /// The header of a model download, as a domain value.

@@ -118,7 +118,6 @@ impl Assembler {
     }
 }
 
-
 // ---- update upload ------------------------------------------------------------------------
 
 /// What a site says about its update, before the values.

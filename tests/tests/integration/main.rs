@@ -20,3 +20,4 @@ mod security;
 mod site_policy;
 mod soak;
 mod strategies;
+mod threads;

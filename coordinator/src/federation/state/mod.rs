@@ -39,8 +39,8 @@ mod membership;
 mod resume;
 
 pub use dp::{Release, poisson_cohort};
-use evaluate::{EvalRound, FitSummary};
 pub use evaluate::Served;
+use evaluate::{EvalRound, FitSummary};
 pub use events::{Event, Joined, Outcome, UpdateClaim, Work};
 pub use fit::sample_cohort;
 use fit::{FitRound, MAX_ATTEMPTS};
