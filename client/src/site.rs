@@ -719,29 +719,27 @@ async fn ensure_model(
 }
 
 /// Heartbeats every `every` until the returned task is aborted. Each heartbeat is sent without
-/// waiting for the previous answer (at most four in flight): behind a large download on a
-/// slow link an answer can take longer than the lease, but the request still gets through.
+/// waiting for the previous answer: behind a large download on a slow link an answer can take
+/// longer than the lease, but the request still gets through. One leaves every interval however
+/// many are unanswered (a cap on those once left a gap longer than the lease, with the download
+/// still in the link's buffers after the coordinator had handed over its last chunk); the
+/// timeout bounds how many are in flight.
 fn spawn_heartbeat(conn: &Connection, client_id: &str, every: Duration) -> tokio::task::JoinHandle<()> {
+    const UNANSWERED: u32 = 8;
     let conn = conn.clone();
     let id = client_id.to_owned();
     tokio::spawn(async move {
-        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
             tick.tick().await;
-            if in_flight.load(std::sync::atomic::Ordering::Relaxed) >= 4 {
-                continue;
-            }
-            in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (conn, id, in_flight) = (conn.clone(), id.clone(), in_flight.clone());
+            let (conn, id) = (conn.clone(), id.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(every * 8, conn.heartbeat(&id)).await {
+                match tokio::time::timeout(every * UNANSWERED, conn.heartbeat(&id)).await {
                     Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat failed"),
                     Err(_) => tracing::debug!("heartbeat unanswered"),
                     Ok(Ok(())) => {}
                 }
-                in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             });
         }
     })
