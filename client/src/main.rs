@@ -15,6 +15,7 @@ use flotilla_client::{ClientTls, SiteOptions, run_site};
 use flotilla_common::Task;
 use flotilla_common::data::RawTable;
 use flotilla_common::pki;
+use flotilla_common::site::SiteInput;
 use flotilla_common::train::Backend;
 use tokio_util::sync::CancellationToken;
 
@@ -243,6 +244,9 @@ fn audit(dir: &std::path::Path) -> anyhow::Result<()> {
 /// `predict`: a CSV of predictions, one row per input row, in input order.
 fn predict(model: &std::path::Path, data: &std::path::Path, out: &std::path::Path, id: Option<&str>, backend: Backend) -> anyhow::Result<()> {
     let m = flotilla_common::predict::Model::load(model)?;
+    if m.card.task.data.images.is_some() {
+        anyhow::bail!("{}: this model classifies images; `predict` reads CSV rows (`evaluate` reads labelled images)", model.display());
+    }
     let table = RawTable::read(data)?;
     let id_index = id.map(|c| table.column_index(c).with_context(|| format!("{}: --id column `{c}` is not in the header", data.display()))).transpose()?;
     let predictions = m.predict(&table, backend)?;
@@ -274,10 +278,17 @@ fn predict(model: &std::path::Path, data: &std::path::Path, out: &std::path::Pat
     Ok(())
 }
 
-/// `evaluate`: the model's metrics on a labelled CSV, as JSON on stdout.
+/// `evaluate`: the model's metrics on a labelled CSV (or labelled images, for an image
+/// model), as JSON on stdout.
 fn evaluate(model: &std::path::Path, data: &std::path::Path, backend: Backend) -> anyhow::Result<()> {
     let m = flotilla_common::predict::Model::load(model)?;
-    let e = m.evaluate(&RawTable::read(data)?, backend)?;
+    let e = match m.card.task.data.images {
+        Some(spec) => {
+            let images = flotilla_common::data::images::ImageSet::read(data, spec, m.card.task.data.label.classes.as_deref().unwrap_or_default())?;
+            m.evaluate_images(&images, backend)?
+        }
+        None => m.evaluate(&RawTable::read(data)?, backend)?,
+    };
     println!("{}", e.metrics_json());
     Ok(())
 }
@@ -336,10 +347,16 @@ async fn run_site_from_args(args: Args, policy: Option<Arc<SitePolicy>>) -> anyh
     if !(args.heartbeat > 0.0 && args.connect_timeout >= 0.0) {
         anyhow::bail!("--heartbeat must be positive and --connect-timeout non-negative");
     }
-    // With a policy, columns it does not allow are never read past the header.
-    let table = match &policy {
-        Some(p) => RawTable::read_keeping(&data, &|c| p.may_read(c)),
-        None => RawTable::read(&data),
+    // With a policy, columns it does not allow are never read past the header. Images are
+    // counted now and read once the task says their size and classes.
+    let input = if SiteInput::looks_like_images(&data) {
+        SiteInput::image_files(&data)
+    } else {
+        match &policy {
+            Some(p) => RawTable::read_keeping(&data, &|c| p.may_read(c)),
+            None => RawTable::read(&data),
+        }
+        .map(SiteInput::Table)
     }
     .with_context(|| format!("reading the data of site `{site}`"))?;
     let mut opts = SiteOptions::new(coordinator, site.clone());
@@ -362,7 +379,7 @@ async fn run_site_from_args(args: Args, policy: Option<Arc<SitePolicy>>) -> anyh
         tracing::warn!("interrupted: leaving the federation");
         signal.cancel();
     });
-    let report = run_site(opts, table, shutdown).await.with_context(|| format!("site `{site}`"))?;
+    let report = run_site(opts, input, shutdown).await.with_context(|| format!("site `{site}`"))?;
     tracing::info!(
         trained = report.rounds_trained,
         evaluations = report.evaluations,

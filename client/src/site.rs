@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_common::compress::{Codec, ErrorFeedback};
-use flotilla_common::data::{Plan, RawTable};
+use flotilla_common::data::Plan;
 use flotilla_common::model::ModelShape;
 use flotilla_common::seed::derive_seed;
+use flotilla_common::site::SiteInput;
 use flotilla_common::site::{PreparedSite, SiteData};
 use flotilla_common::train::local::LocalConfig;
 use flotilla_common::train::{Backend, DpSgd, train_dp_sgd, train_local};
@@ -161,16 +162,18 @@ const RESIDUAL_FILE: &str = "residual.safetensors";
 
 /// Runs a site until the federation is done or `shutdown` is cancelled.
 ///
-/// With a policy, only the columns it allows are kept from `table` (the CLI does not even
-/// read the others), and everything the coordinator sends is checked against it.
-pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: CancellationToken) -> Result<SiteReport, ClientError> {
+/// The input is a table (a [`RawTable`](flotilla_common::data::RawTable)) or images (an
+/// [`ImageSet`](flotilla_common::data::images::ImageSet)). With a policy, only the columns it
+/// allows are kept from a table (the CLI does not even read the others), and everything the
+/// coordinator sends is checked against it.
+pub async fn run_site(opts: SiteOptions, input: impl Into<SiteInput>, shutdown: CancellationToken) -> Result<SiteReport, ClientError> {
     if let Some(tls) = &opts.tls {
         flotilla_common::pki::check_validity(&tls.cert_pem).map_err(|e| ClientError::Certificate(e.to_string()))?;
     }
     let mut guard = Guard::open(&opts.site, opts.policy.clone(), opts.budget, opts.state_dir.as_deref())?;
-    let table = match guard.policy() {
-        Some(p) => table.keeping(&|c| p.may_read(c)),
-        None => table,
+    let input = match (guard.policy(), input.into()) {
+        (Some(p), SiteInput::Table(table)) => SiteInput::Table(table.keeping(&|c| p.may_read(c))),
+        (_, input) => input,
     };
     guard.record(AuditEvent::Started {
         site: opts.site.clone(),
@@ -181,7 +184,7 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
             hex::encode(sha2::Sha256::digest(b))
         }),
     })?;
-    let result = run_guarded(&opts, &table, &mut guard, shutdown).await;
+    let result = run_guarded(&opts, &input, &mut guard, shutdown).await;
     let reason = match &result {
         Ok(r) => r.reason.clone(),
         Err(e) => format!("stopped: {}", crate::error::describe(e)),
@@ -190,7 +193,7 @@ pub async fn run_site(opts: SiteOptions, table: RawTable, shutdown: Cancellation
     result
 }
 
-async fn run_guarded(opts: &SiteOptions, table: &RawTable, guard: &mut Guard, shutdown: CancellationToken) -> Result<SiteReport, ClientError> {
+async fn run_guarded(opts: &SiteOptions, input: &SiteInput, guard: &mut Guard, shutdown: CancellationToken) -> Result<SiteReport, ClientError> {
     let mut opts = opts.clone();
     // The site's policy caps its compute threads below whatever it was started with.
     if let Some(cap) = guard.policy().and_then(|p| p.resources.threads) {
@@ -207,7 +210,7 @@ async fn run_guarded(opts: &SiteOptions, table: &RawTable, guard: &mut Guard, sh
     let mut backoff = Backoff::default();
     // The first join retries too: the coordinator may be (re)starting as the site starts.
     let mut session = loop {
-        match join(&conn, &opts, table, guard).await {
+        match join(&conn, &opts, input, guard).await {
             Ok(s) => break s,
             Err(e) if is_transient(&e) || forgot_us(&e) => backoff.wait(&opts, e, &shutdown).await?,
             Err(e) => return Err(e),
@@ -246,7 +249,7 @@ async fn run_guarded(opts: &SiteOptions, table: &RawTable, guard: &mut Guard, sh
                     _ = shutdown.cancelled() => {}
                 }
                 report.crashes += 1;
-                match join(&conn, &opts, table, guard).await {
+                match join(&conn, &opts, input, guard).await {
                     Ok(mut s) => {
                         s.control = session.control.take();
                         session = s;
@@ -258,7 +261,7 @@ async fn run_guarded(opts: &SiteOptions, table: &RawTable, guard: &mut Guard, sh
             // The coordinator forgot us (lease expired, or it restarted): join again.
             Err(e) if e.code() == Some(tonic::Code::NotFound) => {
                 tracing::warn!(site = %opts.site, error = %e, "rejoining");
-                match join(&conn, &opts, table, guard).await {
+                match join(&conn, &opts, input, guard).await {
                     Ok(mut s) => {
                         // SCAFFOLD's c_i is the site's own state: it survives a rejoin.
                         s.control = session.control.take();
@@ -351,8 +354,15 @@ fn is_handshake_refusal(message: &str) -> bool {
     m.contains("certificate") || m.contains("alert")
 }
 
-async fn join(conn: &Connection, opts: &SiteOptions, table: &RawTable, guard: &mut Guard) -> Result<Session, ClientError> {
-    let Joined { client_id, task_toml, seed } = conn.join(&opts.site, table.rows.len() as u64, table.header.clone()).await.map_err(|e| match e {
+async fn join(conn: &Connection, opts: &SiteOptions, input: &SiteInput, guard: &mut Guard) -> Result<Session, ClientError> {
+    // Images are announced by their channels, as a table by its header.
+    let columns = match input {
+        SiteInput::Table(t) => t.header.clone(),
+        SiteInput::Images(i) => flotilla_common::data::images::channel_names(i.spec.channels),
+        // Not read yet: the channels are the task's.
+        SiteInput::ImageFiles { .. } => Vec::new(),
+    };
+    let Joined { client_id, task_toml, seed } = conn.join(&opts.site, input.len() as u64, columns.clone()).await.map_err(|e| match e {
         ClientError::Rpc {
             code: tonic::Code::InvalidArgument | tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition | tonic::Code::Unauthenticated,
             message,
@@ -382,8 +392,13 @@ async fn join(conn: &Connection, opts: &SiteOptions, table: &RawTable, guard: &m
     let k = guard.policy().map_or(task.data.min_category_count, |p| p.min_category_count(task.data.min_category_count));
     // Another allowed label column is not a feature unless the policy lists it as one. (Only
     // a policy costs a copy of the table: thousands of simulated sites have none.)
-    let narrowed = guard.policy().map(|p| table.clone().keeping(&|c| p.may_use(c, &task.data.label.column)));
-    let prepared = PreparedSite::with_min_count(&opts.site, narrowed.as_ref().unwrap_or(table), &task, seed, k)?;
+    let prepared = match input {
+        SiteInput::Table(table) => {
+            let narrowed = guard.policy().map(|p| table.clone().keeping(&|c| p.may_use(c, &task.data.label.column)));
+            PreparedSite::with_min_count(&opts.site, narrowed.as_ref().unwrap_or(table), &task, seed, k)?
+        }
+        images => PreparedSite::from_input(&opts.site, images, &task, seed, k)?,
+    };
     for skipped in &prepared.rows.skipped {
         tracing::warn!(site = %opts.site, "skipped row: {skipped}");
     }
@@ -391,7 +406,7 @@ async fn join(conn: &Connection, opts: &SiteOptions, table: &RawTable, guard: &m
         client_id: client_id.clone(),
         task: task.name.clone(),
         task_fingerprint: task.fingerprint(),
-        columns: table.header.clone(),
+        columns,
         min_category_count: k,
     })?;
     conn.report_stats(&client_id, &prepared.stats, prepared.num_train() as u64).await?;
@@ -473,6 +488,7 @@ async fn step(
                 proximal_mu,
                 scaffold_correction,
                 backend: opts.backend,
+                optimizer: flotilla_common::train::local::Optim::for_task(&s.task.training),
             };
             let lr = cfg.learning_rate;
             let g = global.clone();

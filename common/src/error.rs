@@ -11,6 +11,8 @@ pub enum ParamsError {
     LengthMismatch { expected: usize, found: usize },
     #[error("byte length {len} is not a multiple of 4 (f32)")]
     RaggedBytes { len: usize },
+    #[error("model: {0}")]
+    Invalid(String),
     #[error("model file: {0}")]
     Safetensors(String),
 }

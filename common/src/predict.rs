@@ -76,6 +76,9 @@ impl Model {
     /// may be absent); a column missing, or a value a numeric column cannot read, is an
     /// error naming file, line and column.
     pub fn predict(&self, table: &RawTable, backend: Backend) -> Result<Vec<Prediction>, PredictError> {
+        if self.card.task.data.images.is_some() {
+            return Err(DataError::File { file: table.source.clone(), message: "is a table, and this model classifies images".into() }.into());
+        }
         let rows = self.feature_rows(table)?;
         let all: Vec<usize> = (0..rows.rows.len()).collect();
         let data = self.card.plan.encode(&rows, &all, self.card.task.data.label.num_classes())?;
@@ -111,8 +114,23 @@ impl Model {
         Ok(crate::train::evaluate(&self.params, &self.shape, &data, backend)?)
     }
 
+    /// Loss and accuracy of an image model on labelled images, encoded as the sites encoded theirs.
+    pub fn evaluate_images(&self, images: &crate::data::images::ImageSet, backend: Backend) -> Result<Evaluation, PredictError> {
+        if self.card.task.data.images != Some(images.spec) {
+            return Err(
+                DataError::File { file: images.source.clone(), message: "holds images of another size, or the model is not an image model".into() }.into()
+            );
+        }
+        let all: Vec<usize> = (0..images.len()).collect();
+        let data = images.encode(&self.card.plan, &all, self.card.task.data.label.num_classes())?;
+        Ok(crate::train::evaluate(&self.params, &self.shape, &data, backend)?)
+    }
+
     /// A labelled table encoded with the model's plan.
     pub fn labelled(&self, table: &RawTable) -> Result<Dataset, PredictError> {
+        if self.card.task.data.images.is_some() {
+            return Err(DataError::File { file: table.source.clone(), message: "is a table, and this model classifies images".into() }.into());
+        }
         self.check_columns(table)?;
         Ok(encode_labelled(table, &self.card.task, &self.card.plan)?)
     }

@@ -57,14 +57,82 @@ fn default_name() -> String {
     "federation".to_owned()
 }
 
-/// A multilayer perceptron `inputs → hidden… → outputs`, ReLU between layers.
+/// The model: a multilayer perceptron `inputs → hidden… → outputs` with ReLU between layers,
+/// or a CNN whose convolutions feed such layers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
-    /// Hidden layer widths; the seed article's model is `[64, 32]`.
+    /// `mlp` (the default) or `cnn` (images only: `[data.images]`).
+    #[serde(default, skip_serializing_if = "ModelKind::is_mlp")]
+    pub kind: ModelKind,
+    /// Hidden layer widths; the seed article's model is `[64, 32]`. In a CNN, the fully
+    /// connected layers after the convolutions (the FedAvg paper's CNN: `[512]`).
     #[serde(default = "default_hidden")]
     pub hidden: Vec<usize>,
+    /// CNN: the filters of each convolution (`"same"` padding, ReLU, then a 2×2 max-pool);
+    /// the FedAvg paper's CNN is `[32, 64]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<usize>,
+    /// CNN: the convolutions' kernel size, odd (5 unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<usize>,
 }
+
+/// The kind of model a task trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    #[default]
+    Mlp,
+    Cnn,
+}
+
+impl ModelKind {
+    fn is_mlp(&self) -> bool {
+        *self == ModelKind::Mlp
+    }
+}
+
+/// The kernel of a CNN's convolutions unless the task sets one.
+pub const DEFAULT_KERNEL: usize = 5;
+
+/// The optimiser of local training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    /// Adam (β = 0.9, 0.999), the default.
+    #[default]
+    Adam,
+    /// Stochastic gradient descent, with `momentum` when set (the FedAvg paper's optimiser).
+    Sgd,
+}
+
+impl OptimizerName {
+    fn is_adam(&self) -> bool {
+        *self == OptimizerName::Adam
+    }
+}
+
+/// Images of a fixed size: a site reads them from IDX files (MNIST's format, gzipped or
+/// not) or a folder per class (`root/<class>/*.png`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// 1 (grey) or 3 (RGB).
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ImageSpec {
+    /// Values per image: the model's input width.
+    pub fn values(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+}
+
+/// Largest image side accepted (a hostile task cannot make sites allocate without bound).
+pub const MAX_IMAGE_SIDE: usize = 1024;
 
 fn default_hidden() -> Vec<usize> {
     vec![64, 32]
@@ -79,12 +147,22 @@ pub struct TrainingSpec {
     pub local_epochs: u32,
     #[serde(default = "default_batch")]
     pub batch_size: usize,
-    /// Adam's learning rate on the sites.
+    /// The sites' learning rate.
     #[serde(default = "default_lr")]
     pub learning_rate: f64,
+    /// `adam` (the default) or `sgd`.
+    #[serde(default, skip_serializing_if = "OptimizerName::is_adam")]
+    pub optimizer: OptimizerName,
+    /// SGD's momentum (0: plain SGD, as in the FedAvg paper); no dampening.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub momentum: f64,
     /// Server learning rate η in `w ← w + η · Σ (n_k / n) Δ_k`.
     #[serde(default = "default_server_lr")]
     pub server_learning_rate: f32,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn default_epochs() -> u32 {
@@ -139,6 +217,10 @@ pub struct DataSpec {
     pub validation_fraction: f64,
     #[serde(default)]
     pub augmentation: Augmentation,
+    /// Images instead of a CSV: their size. The label's `classes` name the classes (IDX
+    /// label values or folder names). Absent for tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImageSpec>,
     /// k: a site reports a category only when at least k of its training rows have it;
     /// rarer values become one `(other)` category at the site before anything is sent (or
     /// missing, when even those are fewer than k). A site's policy may raise it.
@@ -351,6 +433,7 @@ impl Task {
         if self.model.hidden.contains(&0) {
             return Err(TaskError::Invalid("model.hidden: every layer needs at least one unit".into()));
         }
+        self.validate_model_and_images()?;
         let t = &self.training;
         if t.local_epochs == 0 || t.batch_size == 0 {
             return Err(TaskError::Invalid("training: local_epochs and batch_size must be positive".into()));
@@ -435,6 +518,63 @@ impl Task {
         Ok(())
     }
 
+    /// The model kind against the data: a CNN needs images, images need classes, the
+    /// optimiser's settings agree.
+    fn validate_model_and_images(&self) -> Result<(), TaskError> {
+        let invalid = |m: String| Err(TaskError::Invalid(m));
+        let t = &self.training;
+        if !(t.momentum.is_finite() && (0.0..1.0).contains(&t.momentum)) {
+            return invalid(format!("training.momentum must be in [0, 1), got {}", t.momentum));
+        }
+        if t.momentum > 0.0 && t.optimizer != OptimizerName::Sgd {
+            return invalid("training.momentum is SGD's: set optimizer = \"sgd\" (Adam has its own moments)".into());
+        }
+        if let Some(img) = &self.data.images {
+            if !matches!(img.channels, 1 | 3) || img.height == 0 || img.width == 0 || img.height > MAX_IMAGE_SIDE || img.width > MAX_IMAGE_SIDE {
+                return invalid(format!(
+                    "data.images: {}×{}×{} is not an image size this federation reads (1 or 3 channels, sides 1 to {MAX_IMAGE_SIDE})",
+                    img.channels, img.height, img.width
+                ));
+            }
+            if self.data.label.is_regression() || self.data.label.classes.is_none() {
+                return invalid("data.images: image labels are classes; list them in data.label.classes (IDX label values or folder names)".into());
+            }
+        }
+        let m = &self.model;
+        match m.kind {
+            ModelKind::Mlp => {
+                if !m.filters.is_empty() || m.kernel.is_some() {
+                    return invalid("model.filters and model.kernel belong to kind = \"cnn\"".into());
+                }
+            }
+            ModelKind::Cnn => {
+                let Some(img) = &self.data.images else {
+                    return invalid("model.kind = \"cnn\" convolves images: the task needs [data.images]".into());
+                };
+                let kernel = m.kernel.unwrap_or(DEFAULT_KERNEL);
+                if m.filters.is_empty() || m.filters.contains(&0) || m.filters.len() > 8 {
+                    return invalid("model.filters: a CNN needs 1 to 8 convolutions, each with at least one filter".into());
+                }
+                if kernel.is_multiple_of(2) || kernel > 15 {
+                    return invalid(format!("model.kernel must be odd and at most 15 (\"same\" padding), got {kernel}"));
+                }
+                if img.height >> m.filters.len() == 0 || img.width >> m.filters.len() == 0 {
+                    return invalid(format!(
+                        "model.filters: {} convolutions each halve the image, and {}×{} does not survive {} halvings",
+                        m.filters.len(),
+                        img.height,
+                        img.width,
+                        m.filters.len()
+                    ));
+                }
+                if self.record_privacy.is_some() {
+                    return invalid("record-level DP (DP-SGD) computes per-example gradients of the MLP only: it is not implemented for a CNN".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The hospitals task (UCI Heart Disease, the seed article's model).
     pub fn hospitals() -> Self {
         // The bundled example file is the source of truth; this keeps the CLI scenario equal to it.
@@ -454,6 +594,18 @@ impl Task {
         task
     }
 
+    /// MNIST with the FedAvg paper's 2NN (`examples/mnist_2nn.toml`).
+    pub fn mnist_2nn() -> Self {
+        Self::from_toml(include_str!("../../examples/mnist_2nn.toml"), "examples/mnist_2nn.toml")
+            .unwrap_or_else(|e| panic!("bundled MNIST task is invalid: {e}"))
+    }
+
+    /// MNIST with the FedAvg paper's CNN (`examples/mnist_cnn.toml`).
+    pub fn mnist_cnn() -> Self {
+        Self::from_toml(include_str!("../../examples/mnist_cnn.toml"), "examples/mnist_cnn.toml")
+            .unwrap_or_else(|e| panic!("bundled MNIST task is invalid: {e}"))
+    }
+
     /// The banks task (German credit).
     pub fn banks() -> Self {
         Self::from_toml(include_str!("../../examples/banks.toml"), "examples/banks.toml").unwrap_or_else(|e| panic!("bundled banks task is invalid: {e}"))
@@ -466,7 +618,7 @@ mod tests {
 
     #[test]
     fn bundled_tasks_parse_and_round_trip() {
-        for task in [Task::hospitals(), Task::banks()] {
+        for task in [Task::hospitals(), Task::banks(), Task::mnist_2nn(), Task::mnist_cnn()] {
             let again = Task::from_toml(&task.to_toml(), "round trip").unwrap();
             assert_eq!(task, again);
         }
@@ -492,6 +644,31 @@ mod tests {
         let changed = Task::from_toml(&text.replace("batch_size = 32", "batch_size = 31"), "c").unwrap();
         assert_ne!(a.fingerprint(), changed.fingerprint());
         assert_eq!(a.fingerprint().len(), 64);
+    }
+
+    #[test]
+    fn a_cnn_needs_images_and_image_tasks_need_classes() {
+        let cnn = include_str!("../../examples/mnist_cnn.toml");
+        let task = Task::from_toml(cnn, "c.toml").unwrap();
+        assert_eq!((task.model.kind, task.training.optimizer), (ModelKind::Cnn, OptimizerName::Sgd));
+        let refused = |text: String, expected: &str| {
+            let err = Task::from_toml(&text, "x.toml").unwrap_err().to_string();
+            assert!(err.contains(expected), "expected `{expected}` in: {err}");
+        };
+        let no_images = cnn.replace("[data.images]\nchannels = 1\nheight = 28\nwidth = 28\n", "");
+        refused(no_images, "needs [data.images]");
+        refused(cnn.replace("height = 28", "height = 2"), "does not survive 2 halvings");
+        refused(cnn.replace("kernel = 5", "kernel = 4"), "model.kernel must be odd");
+        refused(cnn.replace("channels = 1", "channels = 2"), "not an image size");
+        refused(cnn.replace("optimizer = \"sgd\"", "momentum = 0.9"), "set optimizer = \"sgd\"");
+        refused(cnn.replace("optimizer = \"sgd\"", "optimizer = \"sgd\"\nmomentum = 1.5"), "momentum must be in [0, 1)");
+        let two_nn = include_str!("../../examples/mnist_2nn.toml");
+        refused(two_nn.replace("hidden = [200, 200]", "hidden = [200, 200]\nfilters = [8]"), "belong to kind = \"cnn\"");
+        refused(
+            two_nn.replace("classes = [\"0\", \"1\", \"2\", \"3\", \"4\", \"5\", \"6\", \"7\", \"8\", \"9\"]", "positive_above = 4"),
+            "list them in data.label.classes",
+        );
+        assert!(!Task::hospitals().to_toml().contains("optimizer") && !Task::hospitals().to_toml().contains("images"), "table tasks keep their fingerprint");
     }
 
     #[test]

@@ -33,7 +33,16 @@ fn training_only(clients: usize, samples: usize, features: usize, hidden: &[usiz
     let shape = ModelShape::for_task(&task, plan.width());
     let global = shape.init_params(1);
     let data: Vec<_> = prepared.iter().map(|p| p.encode(&plan, &task, 1).expect("encode")).collect();
-    let cfg = LocalConfig { epochs: 1, batch_size: 32, learning_rate: 0.001, seed: 1, proximal_mu: 0.0, scaffold_correction: None, backend };
+    let cfg = LocalConfig {
+        epochs: 1,
+        batch_size: 32,
+        learning_rate: 0.001,
+        seed: 1,
+        proximal_mu: 0.0,
+        scaffold_correction: None,
+        backend,
+        optimizer: Default::default(),
+    };
     let n: usize = data.iter().map(|d| d.train.len()).sum();
     let start = Instant::now();
     for d in &data {
@@ -93,7 +102,7 @@ fn loopback_throughput() -> f64 {
 /// GB/s of adding W2-sized updates (6.85 M parameters) into the exact sum, counted as the f32
 /// bytes read per update.
 fn aggregation_throughput() -> f64 {
-    let shape = ModelShape { inputs: 784, hidden: vec![2048, 2048, 512], outputs: 1 };
+    let shape = ModelShape { inputs: 784, hidden: vec![2048, 2048, 512], outputs: 1, conv: None };
     let delta = shape.init_params(2);
     let mut sum = WeightedSum::new(delta.layout().clone());
     // Untimed: the first add faults the accumulator in; the coordinator reuses it every round.

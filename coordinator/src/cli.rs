@@ -396,11 +396,12 @@ pub struct SourceArgs {
     /// A CSV file to split across simulated sites (needs --config and --clients).
     #[arg(long, value_name = "FILE.csv", conflicts_with = "clients_dir")]
     pub data: Option<PathBuf>,
-    /// Number of simulated sites for --data.
+    /// Number of simulated sites for --data (MNIST: 100).
     #[arg(long, value_name = "N")]
     pub clients: Option<usize>,
-    /// How --data is split: iid (the default), dirichlet:ALPHA, or column:NAME (one site per
-    /// value of column NAME; then without --clients).
+    /// How --data (or MNIST) is split: iid (the default), dirichlet:ALPHA, shards:N (the
+    /// FedAvg paper's pathological non-IID split: N label-sorted shards per site), or
+    /// column:NAME (one site per value of column NAME; then without --clients).
     #[arg(long, value_name = "HOW")]
     pub partition: Option<String>,
     /// A directory with one CSV per site (the file stem is the site name; needs --config).
@@ -410,7 +411,7 @@ pub struct SourceArgs {
     /// --clients N --samples S --features F [--skew ALPHA].
     #[arg(long, conflicts_with_all = ["scenario", "data", "clients_dir"], requires_all = ["clients", "samples", "features"])]
     pub synthetic: bool,
-    /// Rows per synthetic client.
+    /// Rows per synthetic client (MNIST: images per site, 600).
     #[arg(long, value_name = "S")]
     pub samples: Option<usize>,
     /// Features of the synthetic data.
@@ -690,6 +691,16 @@ impl SourceArgs {
             return self.synthetic_spec().map(SiteSource::Synthetic).ok_or_else(|| "--synthetic needs --clients N --samples S --features F".into());
         }
         match (&self.scenario, &self.data, &self.clients_dir) {
+            (Some(s), None, None) if s.is_mnist() => {
+                only("--scenario mnist", &["--clients", "--partition", "--samples"])?;
+                let partition: Partition = self.partition.as_deref().unwrap_or("iid").parse()?;
+                if let Partition::Column(c) = &partition {
+                    return Err(format!("--partition column:{c}: MNIST's images have no columns; use iid, shards:N or dirichlet:ALPHA"));
+                }
+                let clients = self.clients.unwrap_or(crate::scenario::MNIST_SITES);
+                let per_site = self.samples.unwrap_or(crate::scenario::MNIST_PER_SITE);
+                Ok(SiteSource::Mnist { clients, per_site, partition })
+            }
             (Some(s), None, None) => {
                 only("--scenario", &[])?;
                 Ok(SiteSource::Scenario(*s))
@@ -715,7 +726,7 @@ impl SourceArgs {
                 need_config("--clients-dir")?;
                 Ok(SiteSource::Dir(dir.clone()))
             }
-            _ => Err("say where the sites come from: --scenario hospitals|banks, --data FILE.csv --clients N, or --clients-dir DIR".into()),
+            _ => Err("say where the sites come from: --scenario hospitals|banks|mnist|mnist-cnn, --data FILE.csv --clients N, or --clients-dir DIR".into()),
         }
     }
 }

@@ -93,7 +93,12 @@ async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
         straggler_epochs: a.straggler_epochs.unwrap_or(1),
         backend: a.backend,
         force: a.run.force,
-        test_data: a.run.test_data.clone(),
+        // MNIST's own test images score every round, as in the FedAvg paper.
+        test_data: match (&a.run.test_data, a.source.scenario) {
+            (Some(d), _) => Some(d.clone()),
+            (None, Some(s)) if s.is_mnist() => Some(flotilla_coordinator::scenario::mnist_test_images()?),
+            (None, _) => None,
+        },
         operator: a.run.operator().map_err(anyhow::Error::msg)?,
     })
     .await?;
@@ -295,7 +300,7 @@ fn run_privacy(p: &PrivacyArgs) -> anyhow::Result<()> {
 }
 
 /// The task and the sites of `split` and `profile` (`verb` names the command in the error).
-fn task_and_sites(a: &SplitArgs, verb: &str) -> anyhow::Result<(Task, Vec<(String, flotilla_common::data::RawTable)>)> {
+fn task_and_sites(a: &SplitArgs, verb: &str) -> anyhow::Result<(Task, Vec<(String, flotilla_common::site::SiteInput)>)> {
     let source = a.source.source(a.config.is_some()).map_err(anyhow::Error::msg)?;
     let task = match (&a.config, a.source.scenario) {
         (Some(path), _) => Task::from_file(path)?,
@@ -317,7 +322,7 @@ fn run_profile(a: SplitArgs) -> anyhow::Result<()> {
 }
 
 fn run_split(a: SplitArgs) -> anyhow::Result<()> {
-    let (_, sites) = task_and_sites(&a, "split")?;
+    let (task, sites) = task_and_sites(&a, "split")?;
     // Every name is checked before anything is written: a data value cannot escape --out.
     let paths = sites
         .iter()
@@ -325,10 +330,22 @@ fn run_split(a: SplitArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    for ((_, table), path) in sites.iter().zip(&paths) {
-        let path = path.clone();
-        table.write(&path)?;
-        println!("{} rows -> {}", table.rows.len(), path.display());
+    for ((_, input), path) in sites.iter().zip(&paths) {
+        match input {
+            flotilla_common::site::SiteInput::Table(table) => {
+                table.write(path)?;
+                println!("{} rows -> {}", table.rows.len(), path.display());
+            }
+            // Images go out as an IDX pair, which `flotilla-client --data` reads.
+            flotilla_common::site::SiteInput::Images(images) => {
+                let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("site");
+                let (pixels, labels) =
+                    (path.with_file_name(format!("{name}-images-idx3-ubyte.gz")), path.with_file_name(format!("{name}-labels-idx1-ubyte.gz")));
+                images.write_idx(&pixels, &labels, task.data.label.classes.as_deref().unwrap_or_default())?;
+                println!("{} images -> {}", images.len(), pixels.display());
+            }
+            flotilla_common::site::SiteInput::ImageFiles { path, .. } => anyhow::bail!("{}: images not read yet", path.display()),
+        }
     }
     Ok(())
 }

@@ -285,8 +285,10 @@ fn column_profile(c: &flotilla_common::data::ColumnPlan, sites: &[(&str, &SiteSt
 
 /// The profile a federation of these sites would make (what `flotilla-coordinator profile`
 /// writes): each site prepares its rows as it would to join, and only its aggregates are used.
-pub fn of_sites(sites: &[(String, flotilla_common::data::RawTable)], task: &Task, seed: u64) -> Result<Profile, flotilla_common::DataError> {
-    let mut prepared = sites.iter().map(|(name, table)| flotilla_common::site::PreparedSite::new(name, table, task, seed)).collect::<Result<Vec<_>, _>>()?;
+pub fn of_sites(sites: &[(String, flotilla_common::site::SiteInput)], task: &Task, seed: u64) -> Result<Profile, flotilla_common::DataError> {
+    let k = task.data.min_category_count;
+    let mut prepared =
+        sites.iter().map(|(name, input)| flotilla_common::site::PreparedSite::from_input(name, input, task, seed, k)).collect::<Result<Vec<_>, _>>()?;
     prepared.sort_by(|a, b| a.name.cmp(&b.name));
     let stats: Vec<&SiteStats> = prepared.iter().map(|p| &p.stats).collect();
     let plan = Plan::combine(&stats);

@@ -16,7 +16,8 @@ use flotilla_coordinator::scenario::{Scenario, SiteSource, load_sites};
 
 /// The four hospitals with their rows.
 pub fn hospital_sites(seed: u64) -> Vec<(String, RawTable)> {
-    load_sites(&SiteSource::Scenario(Scenario::Hospitals), &Task::hospitals(), seed).expect("bundled hospitals load")
+    let sites = load_sites(&SiteSource::Scenario(Scenario::Hospitals), &Task::hospitals(), seed).expect("bundled hospitals load");
+    sites.into_iter().map(|(name, input)| (name, input.table().cloned().expect("the hospitals are tables"))).collect()
 }
 
 /// A policy for tests: short lease so dead clients are noticed quickly.

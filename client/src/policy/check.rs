@@ -2,6 +2,7 @@
 //! encoding, each piece of work before it runs.
 
 use flotilla_common::Task;
+use flotilla_common::task::{DEFAULT_KERNEL, ModelKind};
 
 use super::memory::{checked_params, estimate_bytes};
 use super::{RequiredDp, SitePolicy, task_diff};
@@ -178,13 +179,30 @@ impl SitePolicy {
     }
 }
 
-/// Parameters of the task's model with `width` inputs, `None` past `u64`.
+/// Parameters of the task's model with `width` inputs (an image task's input is its image,
+/// whatever the plan's width), `None` past `u64`.
 pub fn model_params(task: &Task, width: u64) -> Option<u64> {
     let classes = task.data.label.num_classes() as u64;
-    let mut widths = vec![width];
+    let (convolutions, first) = match (&task.data.images, task.model.kind) {
+        (Some(image), ModelKind::Cnn) => {
+            let k = task.model.kernel.unwrap_or(DEFAULT_KERNEL) as u64;
+            let (mut channels, mut params) = (image.channels as u64, 0u64);
+            for &f in &task.model.filters {
+                let f = f as u64;
+                params = params.checked_add(f.checked_mul(channels.checked_mul(k.checked_mul(k)?)?.checked_add(1)?)?)?;
+                channels = f;
+            }
+            let halvings = u32::try_from(task.model.filters.len()).ok()?;
+            let side = |s: usize| (s as u64).checked_shr(halvings).unwrap_or(0);
+            (params, channels.checked_mul(side(image.height))?.checked_mul(side(image.width))?)
+        }
+        (Some(image), ModelKind::Mlp) => (0, image.values() as u64),
+        (None, _) => (0, width),
+    };
+    let mut widths = vec![first];
     widths.extend(task.model.hidden.iter().map(|&h| h as u64));
     widths.push(if classes == 2 { 1 } else { classes });
-    checked_params(&widths)
+    checked_params(&widths)?.checked_add(convolutions)
 }
 
 fn list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {

@@ -15,6 +15,8 @@ const PARAMETER_COPIES: u64 = 7;
 /// `test_rows` encoded rows of `width` features: an upper estimate (saturating, never
 /// overflowing, whatever a hostile plan announces).
 pub fn estimate_bytes(task: &Task, params: u64, width: u64, train_rows: u64, test_rows: u64) -> u64 {
+    // An image task's rows are its images, whatever the plan's width.
+    let width = task.data.images.map_or(width, |i| i.values() as u64);
     let aug = &task.data.augmentation;
     let copies = 1u64.saturating_add(u64::from(aug.jitter_copies)).saturating_mul(if aug.oversample_minority { 2 } else { 1 });
     let rows = train_rows.saturating_mul(copies).saturating_add(test_rows);
@@ -22,7 +24,15 @@ pub fn estimate_bytes(task: &Task, params: u64, width: u64, train_rows: u64, tes
     let data = rows.saturating_mul(width.saturating_add(1)).saturating_mul(4);
     let model = params.saturating_mul(4).saturating_mul(PARAMETER_COPIES);
     // Activations of one batch, forward and backward.
-    let layers: u64 = task.model.hidden.iter().fold(width, |acc, &h| acc.saturating_add(h as u64));
+    let mut layers: u64 = task.model.hidden.iter().fold(width, |acc, &h| acc.saturating_add(h as u64));
+    if let (Some(image), flotilla_common::task::ModelKind::Cnn) = (task.data.images, task.model.kind) {
+        // Each convolution's output before its pool: filters × the side it works at.
+        let mut plane = (image.height as u64).saturating_mul(image.width as u64);
+        for &f in &task.model.filters {
+            layers = layers.saturating_add((f as u64).saturating_mul(plane));
+            plane /= 4;
+        }
+    }
     let activations = (task.training.batch_size as u64).saturating_mul(layers).saturating_mul(4).saturating_mul(4);
     BASE_BYTES.saturating_add(data).saturating_add(model).saturating_add(activations)
 }

@@ -125,3 +125,17 @@ fn the_plan_is_bounded_by_parameters_and_memory() {
     assert_eq!(v.rule, "resources.max_memory_mb");
     assert!(v.message.contains("MiB"), "{v}");
 }
+
+#[test]
+fn an_image_tasks_model_is_counted_from_its_image_and_its_convolutions() {
+    // The plan of an image task has one column per channel: the input is still the image.
+    assert_eq!(super::check::model_params(&Task::mnist_cnn(), 1), Some(1_663_370));
+    assert_eq!(super::check::model_params(&Task::mnist_2nn(), 1), Some(199_210));
+    let mut hostile = Task::mnist_cnn();
+    hostile.model.filters = vec![usize::MAX, usize::MAX];
+    assert_eq!(super::check::model_params(&hostile, 1), None, "a hostile filter count cannot overflow the count");
+    let p = policy("[bounds]\nmax_parameters = 1000000\n");
+    let err = p.check_model(&Task::mnist_cnn(), 1).unwrap_err();
+    assert!(err.message.contains("1663370 parameters"), "{}", err.message);
+    assert_eq!(p.check_model(&Task::mnist_2nn(), 1), Ok(199_210));
+}

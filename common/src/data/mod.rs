@@ -8,6 +8,7 @@
 
 pub mod augment;
 pub mod dataset;
+pub mod images;
 pub mod partition;
 pub mod plan;
 pub mod rows;

@@ -1,4 +1,5 @@
-//! Cutting one table into simulated sites: IID, Dirichlet label skew, or by a column.
+//! Cutting one table (or one set of images) into simulated sites: IID, Dirichlet label skew,
+//! the FedAvg paper's label shards, or by a column.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +23,9 @@ pub enum Partition {
     Dirichlet(f64),
     /// One site per distinct value of a column (e.g. the hospital).
     Column(String),
+    /// The FedAvg paper's pathological non-IID split: sort by label, cut into `clients × n`
+    /// equal shards, deal each site `n` at random (with n = 2 most sites see two classes).
+    Shards(usize),
 }
 
 impl std::str::FromStr for Partition {
@@ -37,12 +41,18 @@ impl std::str::FromStr for Partition {
                 _ => Err(format!("dirichlet alpha must be a positive number, got `{a}`")),
             };
         }
+        if let Some(n) = s.strip_prefix("shards:") {
+            return match n.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => Ok(Partition::Shards(n)),
+                _ => Err(format!("shards per site must be a whole number from 1 to 1000, got `{n}`")),
+            };
+        }
         if let Some(c) = s.strip_prefix("column:")
             && !c.is_empty()
         {
             return Ok(Partition::Column(c.to_owned()));
         }
-        Err(format!("unknown partition `{s}`: use iid, dirichlet:ALPHA or column:NAME"))
+        Err(format!("unknown partition `{s}`: use iid, dirichlet:ALPHA, shards:N or column:NAME"))
     }
 }
 
@@ -65,40 +75,69 @@ pub fn partition(table: &RawTable, how: &Partition, clients: usize, label: &Labe
             }
             Ok(groups.into_iter().map(|(k, rows)| sub(&k, rows)).collect())
         }
+        Partition::Iid | Partition::Dirichlet(_) | Partition::Shards(_) => {
+            // Rows with an unreadable label are kept (the first site's cleaning reports them).
+            let classes: Vec<Option<u32>> = match how {
+                Partition::Iid => vec![None; table.rows.len()],
+                _ => {
+                    let rule = label.rule().map_err(|e| DataError::Spec(e.to_string()))?;
+                    let li = table.column_index(&label.column).ok_or_else(|| DataError::File {
+                        file: table.source.clone(),
+                        message: format!("label column `{}` is not in the header", label.column),
+                    })?;
+                    table.rows.iter().map(|r| parse_label(&r.fields[li], &rule).ok().map(|(c, _)| c)).collect()
+                }
+            };
+            let parts = split_indices(&classes, how, clients, &mut rng)?;
+            Ok(parts.into_iter().enumerate().map(|(i, idx)| sub(&site(i), sort_by_line(idx.into_iter().map(|j| table.rows[j].clone()).collect()))).collect())
+        }
+    }
+}
+
+/// Splits examples with these classes into sites (their indices, ascending); for images and
+/// any other data whose labels are known. Deterministic in `seed`; `Column` is refused.
+pub fn partition_labels(labels: &[u32], how: &Partition, clients: usize, seed: u64) -> Result<Vec<Vec<usize>>, DataError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7061_7274); // "part"
+    let classes: Vec<Option<u32>> = labels.iter().map(|&l| Some(l)).collect();
+    let mut parts = split_indices(&classes, how, clients, &mut rng)?;
+    parts.iter_mut().for_each(|p| p.sort_unstable());
+    Ok(parts)
+}
+
+/// The index-level split behind both: examples `0..classes.len()`, each with its class
+/// (`None`: unreadable, given to the first site).
+fn split_indices(classes: &[Option<u32>], how: &Partition, clients: usize, rng: &mut ChaCha8Rng) -> Result<Vec<Vec<usize>>, DataError> {
+    let n = classes.len();
+    check_clients(n, clients)?;
+    let mut by_class: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    let mut unlabelled = Vec::new();
+    for (i, c) in classes.iter().enumerate() {
+        match c {
+            Some(c) => by_class.entry(*c).or_default().push(i),
+            None => unlabelled.push(i),
+        }
+    }
+    match how {
+        Partition::Column(_) => Err(DataError::Spec("a column partition needs a table".into())),
         Partition::Iid => {
-            check_clients(table, clients)?;
-            let mut rows = table.rows.clone();
-            rows.shuffle(&mut rng);
-            let mut parts: Vec<Vec<RawRow>> = vec![Vec::new(); clients];
-            for (i, r) in rows.into_iter().enumerate() {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(rng);
+            let mut parts: Vec<Vec<usize>> = vec![Vec::new(); clients];
+            for (i, r) in order.into_iter().enumerate() {
                 parts[i % clients].push(r);
             }
-            Ok(parts.into_iter().enumerate().map(|(i, rows)| sub(&site(i), sort_by_line(rows))).collect())
+            Ok(parts)
         }
         Partition::Dirichlet(alpha) => {
-            check_clients(table, clients)?;
-            let rule = label.rule().map_err(|e| DataError::Spec(e.to_string()))?;
-            let li = table
-                .column_index(&label.column)
-                .ok_or_else(|| DataError::File { file: table.source.clone(), message: format!("label column `{}` is not in the header", label.column) })?;
-            // Rows with an unreadable label go to the first site, whose cleaning reports them.
-            let mut by_class: BTreeMap<u32, Vec<RawRow>> = BTreeMap::new();
-            let mut unlabelled = Vec::new();
-            for r in &table.rows {
-                match parse_label(&r.fields[li], &rule) {
-                    Ok((c, _)) => by_class.entry(c).or_default().push(r.clone()),
-                    Err(_) => unlabelled.push(r.clone()),
-                }
-            }
             let gamma = Gamma::new(*alpha, 1.0).map_err(|e| DataError::Spec(format!("dirichlet alpha: {e}")))?;
-            let min_rows = (table.rows.len() / clients / 20).clamp(4, 20);
+            let min_rows = (n / clients / 20).clamp(4, 20);
             // Redraw until every site holds a usable number of rows (as FL benchmarks do).
             for _ in 0..1000 {
-                let mut parts: Vec<Vec<RawRow>> = vec![Vec::new(); clients];
+                let mut parts: Vec<Vec<usize>> = vec![Vec::new(); clients];
                 for rows in by_class.values() {
                     let mut rows = rows.clone();
-                    rows.shuffle(&mut rng);
-                    let draws: Vec<f64> = (0..clients).map(|_| gamma.sample(&mut rng)).collect();
+                    rows.shuffle(rng);
+                    let draws: Vec<f64> = (0..clients).map(|_| gamma.sample(rng)).collect();
                     let total: f64 = draws.iter().sum();
                     let mut start = 0;
                     let mut acc = 0.0;
@@ -111,17 +150,34 @@ pub fn partition(table: &RawTable, how: &Partition, clients: usize, label: &Labe
                 }
                 if parts.iter().all(|p| p.len() >= min_rows) {
                     parts[0].extend(unlabelled);
-                    return Ok(parts.into_iter().enumerate().map(|(i, rows)| sub(&site(i), sort_by_line(rows))).collect());
+                    return Ok(parts);
                 }
             }
             Err(DataError::Spec(format!("could not draw a Dirichlet({alpha}) partition giving each of {clients} sites {min_rows} rows")))
         }
+        Partition::Shards(per_site) => {
+            let sorted: Vec<usize> = by_class.into_values().flatten().collect();
+            let shards = clients * per_site;
+            if sorted.len() < shards {
+                return Err(DataError::Spec(format!("cannot cut {} labelled rows into {shards} shards ({clients} sites × {per_site})", sorted.len())));
+            }
+            // Equal shards; the last takes the remainder.
+            let size = sorted.len() / shards;
+            let mut ids: Vec<usize> = (0..shards).collect();
+            ids.shuffle(rng);
+            let mut parts: Vec<Vec<usize>> = ids
+                .chunks(*per_site)
+                .map(|mine| mine.iter().flat_map(|&s| &sorted[s * size..if s + 1 == shards { sorted.len() } else { (s + 1) * size }]).copied().collect())
+                .collect();
+            parts[0].extend(unlabelled);
+            Ok(parts)
+        }
     }
 }
 
-fn check_clients(table: &RawTable, clients: usize) -> Result<(), DataError> {
-    if clients == 0 || clients > table.rows.len() / 2 {
-        return Err(DataError::Spec(format!("cannot split {} rows across {clients} clients (need 1 to {})", table.rows.len(), table.rows.len() / 2)));
+fn check_clients(rows: usize, clients: usize) -> Result<(), DataError> {
+    if clients == 0 || clients > rows / 2 {
+        return Err(DataError::Spec(format!("cannot split {rows} rows across {clients} clients (need 1 to {})", rows / 2)));
     }
     Ok(())
 }
@@ -168,7 +224,31 @@ mod tests {
     }
 
     #[test]
+    fn shards_give_each_site_two_labels_and_every_example_once() {
+        // Ten classes of 60 examples, 10 sites × 2 shards of 30: no shard straddles two classes.
+        let labels: Vec<u32> = (0..600).map(|i| (i * 7 % 10) as u32).collect();
+        let parts = partition_labels(&labels, &Partition::Shards(2), 10, 1).unwrap();
+        let mut all: Vec<usize> = parts.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..600).collect::<Vec<_>>());
+        for p in &parts {
+            let classes: std::collections::BTreeSet<u32> = p.iter().map(|&i| labels[i]).collect();
+            assert!((1..=2).contains(&classes.len()) && p.len() == 60, "{classes:?} {}", p.len());
+        }
+        assert!(parts.iter().any(|p| p.iter().map(|&i| labels[i]).collect::<std::collections::BTreeSet<_>>().len() == 2));
+        assert_eq!(parts, partition_labels(&labels, &Partition::Shards(2), 10, 1).unwrap(), "seeded");
+        assert_ne!(parts, partition_labels(&labels, &Partition::Shards(2), 10, 2).unwrap());
+        // IID: 60 each, every class nearly everywhere.
+        let iid = partition_labels(&labels, &Partition::Iid, 10, 1).unwrap();
+        assert!(iid.iter().all(|p| p.len() == 60 && p.iter().map(|&i| labels[i]).collect::<std::collections::BTreeSet<_>>().len() >= 7));
+        assert!(partition_labels(&labels, &Partition::Shards(100), 10, 1).unwrap_err().to_string().contains("1000 shards"));
+        assert!(partition_labels(&labels, &Partition::Column("x".into()), 10, 1).is_err());
+    }
+
+    #[test]
     fn partition_spec_parses() {
+        assert_eq!("shards:2".parse::<Partition>().unwrap(), Partition::Shards(2));
+        assert!("shards:0".parse::<Partition>().is_err());
         assert_eq!("dirichlet:0.5".parse::<Partition>().unwrap(), Partition::Dirichlet(0.5));
         assert!("dirichlet:-1".parse::<Partition>().is_err());
         assert_eq!("column:dataset".parse::<Partition>().unwrap(), Partition::Column("dataset".into()));

@@ -1,9 +1,9 @@
 //! The multilayer perceptron in burn: linear layers with ReLU between them, logits out.
 
-use burn::module::Param;
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::prelude::*;
 
+use super::net::{Net, linear_layers, mlp_forward, squared_distance_of, values_in_order};
 use super::shape::ModelShape;
 use crate::error::ParamsError;
 use crate::params::FlatParams;
@@ -26,49 +26,31 @@ impl Mlp {
     /// from the values: no random initialisation to throw away, as [`Mlp::new`] followed by
     /// `bridge::write_params` would do at every local training. Parameters require gradients.
     pub fn from_params(shape: &ModelShape, params: &FlatParams, device: &Device) -> Result<Self, ParamsError> {
-        shape.layout().ensure_same(params.layout())?;
-        let values = params.values();
-        let mut offset = 0;
-        let mut take = |n: usize| {
-            let slice = values[offset..offset + n].to_vec();
-            offset += n;
-            slice
-        };
-        let layers = shape
-            .widths()
-            .windows(2)
-            .map(|w| {
-                let (fan_in, fan_out) = (w[0], w[1]);
-                let weight = Param::from_data(TensorData::new(take(fan_in * fan_out), [fan_in, fan_out]), device);
-                let bias = Param::from_data(TensorData::new(take(fan_out), [fan_out]), device);
-                Linear { weight, bias: Some(bias) }
-            })
-            .collect();
-        Ok(Self { layers, activation: Relu::new() })
-    }
-
-    /// `Σ ‖p − a‖²` over every parameter: FedProx's proximal term against `anchor`.
-    pub fn squared_distance(&self, anchor: &Mlp) -> Tensor<1> {
-        let mut terms = Vec::new();
-        for (l, a) in self.layers.iter().zip(&anchor.layers) {
-            terms.push((l.weight.val() - a.weight.val()).powi_scalar(2).sum());
-            if let (Some(b), Some(ab)) = (&l.bias, &a.bias) {
-                terms.push((b.val() - ab.val()).powi_scalar(2).sum());
-            }
-        }
-        // An MLP has at least one layer, so there is at least one term.
-        terms.into_iter().reduce(|s, t| s + t).unwrap_or_else(|| unreachable!("an MLP has a layer"))
+        <Self as Net>::from_params(shape, params, device)
     }
 
     /// `[batch, inputs]` → logits `[batch, outputs]`.
-    pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
-        let last = self.layers.len() - 1;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x);
-            if i < last {
-                x = self.activation.forward(x);
-            }
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        mlp_forward(&self.layers, &self.activation, x)
+    }
+}
+
+impl Net for Mlp {
+    fn from_params(shape: &ModelShape, params: &FlatParams, device: &Device) -> Result<Self, ParamsError> {
+        shape.layout().ensure_same(params.layout())?;
+        if shape.conv.is_some() {
+            return Err(ParamsError::Invalid("an MLP has no convolutions; this shape is a CNN's".into()));
         }
-        x
+        let mut take = values_in_order(params.values());
+        Ok(Self { layers: linear_layers(&shape.widths(), &mut take, device), activation: Relu::new() })
+    }
+
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        Mlp::forward(self, x)
+    }
+
+    fn squared_distance(&self, anchor: &Self) -> Tensor<1> {
+        // An MLP has at least one layer, so there is at least one term.
+        squared_distance_of(&self.layers, &anchor.layers).into_iter().reduce(|s, t| s + t).unwrap_or_else(|| unreachable!("an MLP has a layer"))
     }
 }

@@ -7,7 +7,7 @@ use super::device::Backend;
 use super::metrics::roc_auc;
 use crate::data::{Dataset, TargetScale};
 use crate::error::TrainError;
-use crate::model::{Mlp, ModelShape};
+use crate::model::{ModelShape, Net};
 use crate::params::FlatParams;
 
 /// Metrics of one model on one dataset.
@@ -131,8 +131,7 @@ pub fn evaluate(params: &FlatParams, shape: &ModelShape, data: &Dataset, backend
     }
     backend.run(|| {
         let device = backend.inference();
-        let model = Mlp::from_params(shape, params, &device)?;
-        let logits = predict_logits(&model, data, &device);
+        let logits = crate::with_net!(shape, M => predict_logits(&M::from_params(shape, params, &device)?, data, &device));
         Ok(match data.target_scale {
             Some(scale) => score_regression(&logits, &data.targets, scale),
             None => score(&logits, shape.outputs, &data.labels),
@@ -148,13 +147,12 @@ pub fn logits(params: &FlatParams, shape: &ModelShape, data: &Dataset, backend: 
     }
     backend.run(|| {
         let device = backend.inference();
-        let model = Mlp::from_params(shape, params, &device)?;
-        Ok(predict_logits(&model, data, &device))
+        Ok(crate::with_net!(shape, M => predict_logits(&M::from_params(shape, params, &device)?, data, &device)))
     })
 }
 
 /// Logits for every example, row-major `[n, outputs]`.
-pub fn predict_logits(model: &Mlp, data: &Dataset, device: &Device) -> Vec<f32> {
+pub fn predict_logits<M: Net>(model: &M, data: &Dataset, device: &Device) -> Vec<f32> {
     let mut out = Vec::new();
     for start in (0..data.len()).step_by(EVAL_BATCH) {
         let end = (start + EVAL_BATCH).min(data.len());

@@ -1,10 +1,12 @@
-//! Local training: E epochs of Adam on a site's training split, starting from the global model.
+//! Local training: E epochs of Adam or SGD on a site's training split, starting from the
+//! global model. Written once for any [`Net`]; the shape picks the MLP or the CNN.
 
 use std::time::Instant;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{ModuleVisitor, Param};
 use burn::nn::loss::{BinaryCrossEntropyLossConfig, CrossEntropyLossConfig};
-use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -13,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use super::device::Backend;
 use crate::data::Dataset;
 use crate::error::TrainError;
-use crate::model::{Mlp, ModelShape, bridge};
+use crate::model::{ModelShape, Net, bridge};
 use crate::params::FlatParams;
 
 /// What a site reports about its local training.
@@ -48,14 +50,45 @@ pub struct LocalConfig {
     pub scaffold_correction: Option<FlatParams>,
     /// The burn backend that runs the training.
     pub backend: Backend,
+    /// Adam or SGD (SCAFFOLD always uses plain SGD).
+    pub optimizer: Optim,
+}
+
+/// The optimiser of local training.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Optim {
+    #[default]
+    Adam,
+    /// SGD with this momentum (0: plain), without dampening (PyTorch's default).
+    Sgd { momentum: f64 },
+}
+
+impl Optim {
+    /// The optimiser a task's training section names.
+    pub fn for_task(t: &crate::task::TrainingSpec) -> Self {
+        match t.optimizer {
+            crate::task::OptimizerName::Adam => Optim::Adam,
+            crate::task::OptimizerName::Sgd => Optim::Sgd { momentum: t.momentum },
+        }
+    }
+
+    fn init(self) -> ModuleOptimizer {
+        match self {
+            Optim::Adam => AdamConfig::new().init(),
+            Optim::Sgd { momentum } if momentum > 0.0 => {
+                SgdConfig::new().with_momentum(Some(MomentumConfig::new().with_momentum(momentum).with_dampening(0.0))).init()
+            }
+            Optim::Sgd { .. } => SgdConfig::new().init(),
+        }
+    }
 }
 
 /// Trains a model of `shape`, starting from `global`, and returns the local model.
 pub fn train_local(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg: &LocalConfig) -> Result<(FlatParams, TrainReport), TrainError> {
-    cfg.backend.run(|| train(global, shape, data, cfg))
+    cfg.backend.run(|| crate::with_net!(shape, M => train::<M>(global, shape, data, cfg)))
 }
 
-fn train(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg: &LocalConfig) -> Result<(FlatParams, TrainReport), TrainError> {
+fn train<M: Net>(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg: &LocalConfig) -> Result<(FlatParams, TrainReport), TrainError> {
     if data.n_features != shape.inputs {
         return Err(TrainError::FeatureMismatch { expected: shape.inputs, found: data.n_features });
     }
@@ -64,12 +97,12 @@ fn train(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg: &LocalCon
     }
     let start = Instant::now();
     let device = cfg.backend.training();
-    let mut model = Mlp::from_params(shape, global, &device)?;
+    let mut model = M::from_params(shape, global, &device)?;
     // The anchor of FedProx's proximal term: the global model, outside the graph.
     let anchor = (cfg.proximal_mu > 0.0).then(|| model.clone().no_grad());
     let mut optim = match cfg.scaffold_correction {
-        Some(_) => SgdConfig::new().init(),
-        None => AdamConfig::new().init(),
+        Some(_) => Optim::Sgd { momentum: 0.0 }.init(),
+        None => cfg.optimizer.init(),
     };
     if let Some(c) = &cfg.scaffold_correction {
         global.layout().ensure_same(c.layout())?;
@@ -183,11 +216,19 @@ mod tests {
 
     #[test]
     fn training_learns_and_is_deterministic() {
-        let shape = ModelShape { inputs: 2, hidden: vec![8], outputs: 1 };
+        let shape = ModelShape { inputs: 2, hidden: vec![8], outputs: 1, conv: None };
         let global = shape.init_params(1);
         let data = blobs(128);
-        let cfg =
-            LocalConfig { epochs: 20, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: 0.0, scaffold_correction: None, backend: Backend::Ndarray };
+        let cfg = LocalConfig {
+            epochs: 20,
+            batch_size: 16,
+            learning_rate: 0.01,
+            seed: 5,
+            proximal_mu: 0.0,
+            scaffold_correction: None,
+            backend: Backend::Ndarray,
+            optimizer: Optim::Adam,
+        };
         let (local, report) = train_local(&global, &shape, &data, &cfg).unwrap();
         assert_eq!(report.steps, 20 * 8);
         let before = evaluate(&global, &shape, &data, Backend::Ndarray).unwrap();
@@ -209,10 +250,18 @@ mod tests {
             data.labels.push(0);
             data.targets.push(2.0 * a - b);
         }
-        let shape = ModelShape { inputs: 2, hidden: vec![16], outputs: 1 };
+        let shape = ModelShape { inputs: 2, hidden: vec![16], outputs: 1, conv: None };
         let global = shape.init_params(1);
-        let cfg =
-            LocalConfig { epochs: 40, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: 0.0, scaffold_correction: None, backend: Backend::Ndarray };
+        let cfg = LocalConfig {
+            epochs: 40,
+            batch_size: 16,
+            learning_rate: 0.01,
+            seed: 5,
+            proximal_mu: 0.0,
+            scaffold_correction: None,
+            backend: Backend::Ndarray,
+            optimizer: Optim::Adam,
+        };
         let (local, report) = train_local(&global, &shape, &data, &cfg).unwrap();
         let before = evaluate(&global, &shape, &data, Backend::Ndarray).unwrap();
         let after = evaluate(&local, &shape, &data, Backend::Ndarray).unwrap();
@@ -226,12 +275,20 @@ mod tests {
 
     #[test]
     fn the_proximal_term_keeps_the_local_model_near_the_global_one() {
-        let shape = ModelShape { inputs: 2, hidden: vec![8], outputs: 1 };
+        let shape = ModelShape { inputs: 2, hidden: vec![8], outputs: 1, conv: None };
         let global = shape.init_params(1);
         let data = blobs(128);
         let run = |mu| {
-            let cfg =
-                LocalConfig { epochs: 10, batch_size: 16, learning_rate: 0.01, seed: 5, proximal_mu: mu, scaffold_correction: None, backend: Backend::Ndarray };
+            let cfg = LocalConfig {
+                epochs: 10,
+                batch_size: 16,
+                learning_rate: 0.01,
+                seed: 5,
+                proximal_mu: mu,
+                scaffold_correction: None,
+                backend: Backend::Ndarray,
+                optimizer: Optim::Adam,
+            };
             train_local(&global, &shape, &data, &cfg).unwrap().0.delta_from(&global).unwrap().l2_norm()
         };
         let (free, tied) = (run(0.0), run(10.0));
@@ -243,12 +300,20 @@ mod tests {
         // With a constant correction c on every gradient, K SGD steps of rate η move each
         // parameter by an extra −K·η·c relative to the uncorrected run (before nonlinear effects):
         // here a huge correction dominates, so the delta is about −K·η·c.
-        let shape = ModelShape { inputs: 2, hidden: vec![4], outputs: 1 };
+        let shape = ModelShape { inputs: 2, hidden: vec![4], outputs: 1, conv: None };
         let global = shape.init_params(1);
         let data = blobs(32);
         let c = FlatParams::new(global.layout().clone(), vec![100.0; global.layout().total()]).unwrap();
-        let cfg =
-            LocalConfig { epochs: 1, batch_size: 16, learning_rate: 0.001, seed: 5, proximal_mu: 0.0, scaffold_correction: Some(c), backend: Backend::Ndarray };
+        let cfg = LocalConfig {
+            epochs: 1,
+            batch_size: 16,
+            learning_rate: 0.001,
+            seed: 5,
+            proximal_mu: 0.0,
+            scaffold_correction: Some(c),
+            backend: Backend::Ndarray,
+            optimizer: Optim::Adam,
+        };
         let (local, report) = train_local(&global, &shape, &data, &cfg).unwrap();
         let expected = -(report.steps as f64) * 0.001 * 100.0; // −0.2
         let delta = local.delta_from(&global).unwrap();
@@ -257,10 +322,50 @@ mod tests {
     }
 
     #[test]
+    fn a_cnn_learns_with_sgd_and_momentum_and_is_deterministic() {
+        use crate::model::ConvShape;
+        // 6×6 grey images: class 1 has a bright top half, class 0 a bright bottom half.
+        let mut data = Dataset { n_features: 36, num_classes: 2, ..Default::default() };
+        for i in 0..64 {
+            let y = (i % 2) as u32;
+            let noise = |j: usize| ((i * 31 + j * 17) % 10) as f32 / 20.0;
+            data.features.extend((0..36).map(|j| if (j < 18) == (y == 1) { 1.0 } else { 0.0 } + noise(j) - 0.25));
+            data.labels.push(y);
+        }
+        let conv = ConvShape { channels: 1, height: 6, width: 6, filters: vec![4], kernel: 3 };
+        let shape = ModelShape { inputs: 36, hidden: vec![8], outputs: 1, conv: Some(conv) };
+        let global = shape.init_params(2);
+        let cfg = LocalConfig {
+            epochs: 10,
+            batch_size: 8,
+            learning_rate: 0.05,
+            seed: 3,
+            proximal_mu: 0.0,
+            scaffold_correction: None,
+            backend: Backend::Ndarray,
+            optimizer: Optim::Sgd { momentum: 0.9 },
+        };
+        let (local, _) = train_local(&global, &shape, &data, &cfg).unwrap();
+        let after = evaluate(&local, &shape, &data, Backend::Ndarray).unwrap();
+        assert!(after.accuracy > 0.95, "{after:?}");
+        assert_eq!(local.hash(), train_local(&global, &shape, &data, &cfg).unwrap().0.hash(), "same seed, same model");
+        let plain = LocalConfig { optimizer: Optim::Sgd { momentum: 0.0 }, ..cfg.clone() };
+        assert_ne!(local.hash(), train_local(&global, &shape, &data, &plain).unwrap().0.hash(), "momentum is in the path");
+    }
+
+    #[test]
     fn wrong_feature_count_is_an_error() {
-        let shape = ModelShape { inputs: 3, hidden: vec![4], outputs: 1 };
-        let cfg =
-            LocalConfig { epochs: 1, batch_size: 4, learning_rate: 0.01, seed: 1, proximal_mu: 0.0, scaffold_correction: None, backend: Backend::Ndarray };
+        let shape = ModelShape { inputs: 3, hidden: vec![4], outputs: 1, conv: None };
+        let cfg = LocalConfig {
+            epochs: 1,
+            batch_size: 4,
+            learning_rate: 0.01,
+            seed: 1,
+            proximal_mu: 0.0,
+            scaffold_correction: None,
+            backend: Backend::Ndarray,
+            optimizer: Optim::Adam,
+        };
         let err = train_local(&shape.init_params(1), &shape, &blobs(8), &cfg).unwrap_err();
         assert!(matches!(err, TrainError::FeatureMismatch { expected: 3, found: 2 }));
     }

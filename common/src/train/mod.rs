@@ -9,4 +9,4 @@ pub mod metrics;
 pub use device::Backend;
 pub use dp_sgd::{DpSgd, train_dp_sgd};
 pub use evaluate::{Evaluation, RegressionMetrics, evaluate};
-pub use local::{TrainReport, train_local};
+pub use local::{Optim, TrainReport, train_local};

@@ -102,6 +102,7 @@ impl Schedule<'_> {
                 proximal_mu: 0.0,
                 scaffold_correction: None,
                 backend: self.backend,
+                optimizer: flotilla_common::train::local::Optim::for_task(&self.task.training),
             };
             current = train_local(&current, self.shape, train, &cfg)?.0;
             match (validation_loss(&current)?, best.0) {

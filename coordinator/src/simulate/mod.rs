@@ -286,7 +286,7 @@ struct SimulationPki {
     sites: BTreeMap<String, ClientTls>,
 }
 
-fn provision(dir: &std::path::Path, sites: &[(String, flotilla_common::data::RawTable)]) -> Result<SimulationPki, SimulateError> {
+fn provision(dir: &std::path::Path, sites: &[(String, flotilla_common::site::SiteInput)]) -> Result<SimulationPki, SimulateError> {
     let names: Vec<String> = sites.iter().map(|(n, _)| n.clone()).collect();
     pki::init_dir(dir, &names, &["localhost".to_owned()], &[std::net::IpAddr::from([127, 0, 0, 1])], 2)?;
     let server = ServerTls::from_files(&dir.join("coordinator.pem"), &dir.join("coordinator.key"), &dir.join("ca.pem"))?;
@@ -300,14 +300,14 @@ fn provision(dir: &std::path::Path, sites: &[(String, flotilla_common::data::Raw
 
 /// Every site's data, encoded with the federation's final plan (as the sites did).
 fn encode_sites(
-    sites: &[(String, flotilla_common::data::RawTable)],
+    sites: &[(String, flotilla_common::site::SiteInput)],
     task: &Task,
     o: &Outcome,
     seed: u64,
 ) -> Result<BTreeMap<String, SiteData>, flotilla_common::DataError> {
     let mut out = BTreeMap::new();
-    for (name, table) in sites {
-        let prepared = PreparedSite::new(name, table, task, seed)?;
+    for (name, input) in sites {
+        let prepared = PreparedSite::from_input(name, input, task, seed, task.data.min_category_count)?;
         out.insert(name.clone(), prepared.encode(&o.plan, task, seed)?);
     }
     Ok(out)

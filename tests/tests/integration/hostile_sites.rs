@@ -327,3 +327,28 @@ async fn an_update_the_coordinator_could_not_keep_is_never_reported_as_accepted(
     site.upload(&fit, global.layout().fingerprint(), &values).await.expect("kept and accepted");
     running.stop(Duration::ZERO).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_federation_refuses_aggregates_that_no_images_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = flotilla_common::Task::mnist_2nn();
+    let policy = Policy { rounds: 1, min_clients: 2, ..Policy::default() };
+    let running = start_coordinator(task, 3, policy, dir.path()).await;
+    let pixels = |n: u64, sum: f64, sq: f64| numeric("pixels", n, sum, sq);
+    // A table's columns, a second channel, and pixel moments outside [0, 1] could each move
+    // the plan's normalisation (or the model's input width) for every site.
+    for (columns, expected) in [
+        (vec![numeric("age", 50, 2500.0, 130_000.0)], "the channels [\"pixels\"]"),
+        (vec![pixels(50, 6.5, 1.0), numeric("red", 50, 6.5, 1.0)], "the channels [\"pixels\"]"),
+        (vec![pixels(50, 60.0, 3600.0)], "cannot sum to 60"),
+        (vec![pixels(50, -1.0, 1.0)], "cannot sum to -1"),
+    ] {
+        let mut site = RawSite::join_only(running.url(), "mallory", 60, vec!["pixels".into()]).await.unwrap();
+        let err = site.report(columns, 50).await.expect_err("hostile image aggregates");
+        assert!(err.message().contains(expected), "expected `{expected}` in: {}", err.message());
+    }
+    // An honest image site's aggregates are accepted.
+    let mut honest = RawSite::join_only(running.url(), "honest", 60, vec!["pixels".into()]).await.unwrap();
+    honest.report(vec![pixels(50, 6.5, 5.0)], 50).await.expect("plausible image aggregates");
+    running.stop(Duration::ZERO).await;
+}

@@ -9,6 +9,7 @@ mod failures;
 mod faults;
 mod hospitals;
 mod hostile_sites;
+mod images;
 mod large_model;
 mod operator;
 mod own_data;

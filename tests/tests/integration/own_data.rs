@@ -111,7 +111,8 @@ async fn predictions_equal_the_models_own_evaluation() {
     assert_eq!(model.params.hash(), sim.outcome.model.hash());
     assert_eq!(model.card.plan, *sim.outcome.plan, "the file carries the plan the sites encoded with");
     let sites = flotilla_coordinator::scenario::load_sites(&SiteSource::Scenario(Scenario::Hospitals), &task, 5).unwrap();
-    for (name, table) in &sites {
+    for (name, input) in &sites {
+        let table = input.table().expect("the hospitals are tables");
         let prepared = PreparedSite::new(name, table, &task, 5).unwrap();
         let test_rows: Vec<_> = prepared.test.iter().map(|&i| table.rows[i].clone()).collect();
         let test = table.with_rows(dir.path().join(format!("{name}.csv")), test_rows);

@@ -33,8 +33,9 @@ impl Federation {
         {
             return Err(Rejection::Forbidden(format!("site `{site}` is not on this federation's allow list")));
         }
+        // A table names its label column; images carry their labels in their files.
         let label = &self.task.data.label.column;
-        if !columns.contains(label) {
+        if self.task.data.images.is_none() && !columns.contains(label) {
             return Err(Rejection::InvalidArgument(format!("site `{site}`: its data has no column `{label}` (the label)")));
         }
         if num_rows == 0 || num_rows > MAX_SITE_ROWS {
@@ -75,6 +76,10 @@ impl Federation {
             return Err(Rejection::InvalidArgument(format!("site `{site}` must report at least one feature column")));
         }
         stats.validate(num_train, &limits).map_err(|why| Rejection::InvalidArgument(format!("aggregates of site `{site}`: {why}")))?;
+        if let Some(spec) = &self.task.data.images {
+            flotilla_common::data::images::validate_image_stats(&stats, spec)
+                .map_err(|why| Rejection::InvalidArgument(format!("aggregates of site `{site}`: {why}")))?;
+        }
         if stats.label_values.is_some() != self.task.data.label.is_regression() {
             return Err(Rejection::InvalidArgument(format!(
                 "aggregates of site `{site}`: the label's values are reported for a regression task, and only for one"
