@@ -171,7 +171,8 @@ impl PreparedSite {
         let input = input.load(task)?;
         match (input.as_ref(), &task.data.images) {
             (SiteInput::Table(table), _) => Self::with_min_count(name, table, task, seed, k),
-            (SiteInput::ImageFiles { .. }, _) => unreachable!("loaded above"),
+            // `load` read them; nothing is left unread.
+            (SiteInput::ImageFiles { path, .. }, _) => Err(DataError::File { file: path.clone(), message: "the images were not read".into() }),
             (SiteInput::Images(images), Some(spec)) if images.spec == *spec => {
                 Self::prepare(name, image_rows(images), Some(images.clone()), &images.source, task, seed, k)
             }
