@@ -47,7 +47,9 @@ cell_spec() {
 run_cell() { # dir lr rounds target scenario partition E B [smoke args]
   local dir=$1 lr=$2 rounds=$3 target=$4 scenario=$5 partition=$6 epochs=$7 batch=$8; shift 8
   rm -rf "$dir"
-  "$coord" --log error simulate --scenario "$scenario" --partition "$partition" "$@" --fraction-fit 0.1 \
+  # burn-ndarray's convolutions are an order of magnitude slower than burn-flex's (README).
+  local backend=ndarray; [ "$scenario" = mnist-cnn ] && backend=flex
+  "$coord" --log error simulate --scenario "$scenario" --partition "$partition" "$@" --fraction-fit 0.1 --backend "$backend" \
     --rounds "$rounds" --learning-rate "$lr" --local-epochs "$epochs" --seed 1 \
     --out "$dir" --quiet --insecure --no-baselines --lease 600 > "$dir.log" 2>&1 &
   local pid=$! start=$SECONDS

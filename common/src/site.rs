@@ -228,7 +228,12 @@ impl PreparedSite {
         let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, &[&self.name, "augment"]));
         // Every value of an image is a standardised number.
         let numeric = if self.images.is_some() { (0..train.n_features).collect() } else { plan.numeric_positions() };
-        let train = augment(&train, &task.data.augmentation, &numeric, &mut rng);
+        let mut train = augment(&train, &task.data.augmentation, &numeric, &mut rng);
+        if let Some(images) = self.images.as_ref().filter(|_| task.data.augmentation.image_copies > 0) {
+            // Black, in each channel's standard units, fills what a shift or a turn uncovers.
+            let black: Vec<f32> = crate::data::images::channel_moments(plan, images.spec.channels)?.iter().map(|(mean, std)| -mean / std).collect();
+            train = crate::data::images::augment_images(&train, images.spec, &task.data.augmentation, &black, &mut rng);
+        }
         Ok(SiteData { train, validation, test })
     }
 }

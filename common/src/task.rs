@@ -389,6 +389,28 @@ pub struct Augmentation {
     /// Randomly duplicate minority-class rows until classes are balanced.
     #[serde(default)]
     pub oversample_minority: bool,
+    /// Images: extra copies of each training image, each randomly shifted, mirrored and
+    /// rotated as the next three settings allow (0 = off).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub image_copies: u32,
+    /// Images: a copy is shifted by up to this many pixels each way, the uncovered border
+    /// filled with black (a random crop of the image padded by this much; MNIST: 2).
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub crop_padding: usize,
+    /// Images: a copy is mirrored left to right half the time (not for digits or text).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flip: bool,
+    /// Images: a copy is rotated by a random angle within ± this many degrees (at most 45).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rotation_degrees: f64,
+}
+
+fn is_zero_u32(x: &u32) -> bool {
+    *x == 0
+}
+
+fn is_zero_usize(x: &usize) -> bool {
+    *x == 0
 }
 
 impl DataSpec {
@@ -496,9 +518,9 @@ impl Task {
                 ));
             }
             let aug = &self.data.augmentation;
-            if aug.jitter_copies > 0 || aug.oversample_minority {
+            if aug.jitter_copies > 0 || aug.oversample_minority || aug.image_copies > 0 {
                 return Err(TaskError::Invalid(
-                    "record-level DP (DP-SGD) cannot be combined with augmentation that copies rows (jitter_copies, oversample_minority): \
+                    "record-level DP (DP-SGD) cannot be combined with augmentation that copies rows (jitter_copies, oversample_minority, image_copies): \
                      the copies of one record would each count as another record"
                         .into(),
                 ));
@@ -528,6 +550,24 @@ impl Task {
         }
         if t.momentum > 0.0 && t.optimizer != OptimizerName::Sgd {
             return invalid("training.momentum is SGD's: set optimizer = \"sgd\" (Adam has its own moments)".into());
+        }
+        let aug = &self.data.augmentation;
+        if aug.image_copies > 0 || aug.crop_padding > 0 || aug.flip || aug.rotation_degrees != 0.0 {
+            let Some(img) = &self.data.images else {
+                return invalid("data.augmentation: image_copies, crop_padding, flip and rotation_degrees transform images; this task has none".into());
+            };
+            if !(aug.rotation_degrees.is_finite() && (0.0..=45.0).contains(&aug.rotation_degrees)) {
+                return invalid(format!("data.augmentation.rotation_degrees must be in [0, 45], got {}", aug.rotation_degrees));
+            }
+            if aug.crop_padding >= img.height.min(img.width) {
+                return invalid(format!("data.augmentation.crop_padding {} would shift a {}×{} image out of itself", aug.crop_padding, img.height, img.width));
+            }
+            if aug.image_copies > 16 {
+                return invalid(format!("data.augmentation.image_copies is {}; at most 16 copies of each image", aug.image_copies));
+            }
+            if aug.image_copies > 0 && aug.crop_padding == 0 && !aug.flip && aug.rotation_degrees == 0.0 {
+                return invalid("data.augmentation.image_copies needs crop_padding, flip or rotation_degrees: identical copies only reweight".into());
+            }
         }
         if let Some(img) = &self.data.images {
             if !matches!(img.channels, 1 | 3) || img.height == 0 || img.width == 0 || img.height > MAX_IMAGE_SIDE || img.width > MAX_IMAGE_SIDE {

@@ -94,11 +94,7 @@ async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
         backend: a.backend,
         force: a.run.force,
         // MNIST's own test images score every round, as in the FedAvg paper.
-        test_data: match (&a.run.test_data, a.source.scenario) {
-            (Some(d), _) => Some(d.clone()),
-            (None, Some(s)) if s.is_mnist() => Some(flotilla_coordinator::scenario::mnist_test_images()?),
-            (None, _) => None,
-        },
+        test_data: held_out(a.run.test_data.as_ref(), a.source.scenario)?,
         operator: a.run.operator().map_err(anyhow::Error::msg)?,
     })
     .await?;
@@ -125,6 +121,16 @@ async fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
     println!("{} rounds in {:.1} s; run directory {}", a.run.rounds, sim.seconds, a.run.out.display());
     println!("model file sha256 {}", sim.model_sha256);
     refuse_unusable(&sim.outcome.history, &a.run.out)
+}
+
+/// The held-out set: `--test-data`, else MNIST's own test images in the MNIST scenarios (as
+/// the FedAvg paper scores every round).
+fn held_out(given: Option<&std::path::PathBuf>, scenario: Option<flotilla_coordinator::scenario::Scenario>) -> anyhow::Result<Option<std::path::PathBuf>> {
+    Ok(match (given, scenario) {
+        (Some(d), _) => Some(d.clone()),
+        (None, Some(s)) if s.is_mnist() => Some(flotilla_coordinator::scenario::mnist_test_images()?),
+        (None, _) => None,
+    })
 }
 
 #[tokio::main]
@@ -177,7 +183,8 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         state.clear()?;
         (Federation::new(task.clone(), a.run.seed, policy.clone()), RunDir::create(&a.run.out)?)
     };
-    let run_dir = match &a.run.test_data {
+    let test_data = held_out(a.run.test_data.as_ref(), a.scenario)?;
+    let run_dir = match &test_data {
         Some(data) => {
             let mut dir = run_dir.with_holdout(data, &task)?;
             if let Some(plan) = federation.plan() {
@@ -218,7 +225,7 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let mut summary = summary::summary(&task, a.run.seed, &outcome, None);
     summary["config"] = summary::config(&task, &policy, a.run.seed, None);
-    if let Some(data) = &a.run.test_data {
+    if let Some(data) = &test_data {
         summary["holdout"] = flotilla_coordinator::holdout::summary_of_kept(data, &task, &outcome.plan, &outcome.model).map_err(anyhow::Error::msg)?;
     }
     let sha = write_final(&a.run.out, &task, &outcome, &summary)?;

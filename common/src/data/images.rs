@@ -232,13 +232,7 @@ impl ImageSet {
     pub fn encode(&self, plan: &Plan, indices: &[usize], num_classes: usize) -> Result<Dataset, DataError> {
         let spec = self.spec;
         let plane = spec.height * spec.width;
-        let moments = channel_names(spec.channels)
-            .iter()
-            .map(|name| match plan.columns.iter().find(|c| c.name == *name).map(|c| &c.kind) {
-                Some(ColumnKind::Numeric { mean, std }) => Ok(((*mean) as f32, if *std > 0.0 { (*std) as f32 } else { 1.0 })),
-                _ => Err(DataError::Spec(format!("the plan has no numeric `{name}` channel for these images"))),
-            })
-            .collect::<Result<Vec<(f32, f32)>, _>>()?;
+        let moments = channel_moments(plan, spec.channels)?;
         let mut features = Vec::with_capacity(indices.len() * spec.values());
         for &i in indices {
             for (c, values) in self.image(i).chunks(plane).enumerate() {
@@ -288,6 +282,55 @@ fn idx_labels_beside(images: &Path) -> Result<PathBuf, DataError> {
         return Err(DataError::File { file: images.to_owned(), message: format!("has no labels file beside it (looked for {})", path.display()) });
     }
     Ok(path)
+}
+
+/// Each channel's mean and deviation in the plan (values scaled to [0, 1]).
+pub fn channel_moments(plan: &Plan, channels: usize) -> Result<Vec<(f32, f32)>, DataError> {
+    channel_names(channels)
+        .iter()
+        .map(|name| match plan.columns.iter().find(|c| c.name == *name).map(|c| &c.kind) {
+            Some(ColumnKind::Numeric { mean, std }) => Ok(((*mean) as f32, if *std > 0.0 { (*std) as f32 } else { 1.0 })),
+            _ => Err(DataError::Spec(format!("the plan has no numeric `{name}` channel for these images"))),
+        })
+        .collect()
+}
+
+/// Appends `aug.image_copies` transformed copies of every encoded image of `data`: each
+/// shifted by up to `crop_padding` pixels each way (a random crop of the padded image),
+/// mirrored left to right half the time with `flip`, and rotated within ±`rotation_degrees`
+/// about its centre, sampled at the nearest pixel. Uncovered pixels are black (`black`: each
+/// channel's standardised 0). Seeded by `rng`; the originals come first, unchanged.
+pub fn augment_images(data: &Dataset, spec: ImageSpec, aug: &crate::task::Augmentation, black: &[f32], rng: &mut rand_chacha::ChaCha8Rng) -> Dataset {
+    use rand::Rng;
+    let mut out = data.clone();
+    let (h, w, plane) = (spec.height as i64, spec.width as i64, spec.height * spec.width);
+    let pad = aug.crop_padding as i64;
+    let (cy, cx) = ((h - 1) as f64 / 2.0, (w - 1) as f64 / 2.0);
+    for _ in 0..aug.image_copies {
+        for i in 0..data.len() {
+            let (dy, dx) = (rng.random_range(-pad..=pad), rng.random_range(-pad..=pad));
+            let mirror = aug.flip && rng.random_bool(0.5);
+            let angle = if aug.rotation_degrees > 0.0 { rng.random_range(-aug.rotation_degrees..=aug.rotation_degrees).to_radians() } else { 0.0 };
+            let (sin, cos) = angle.sin_cos();
+            let source = data.row(i);
+            let mut row = Vec::with_capacity(source.len());
+            for (c, &fill) in black.iter().enumerate().take(spec.channels) {
+                for y in 0..h {
+                    for x in 0..w {
+                        // Where this output pixel comes from: undo the shift, then the rotation
+                        // about the centre, then the mirror.
+                        let (u, v) = ((x - dx) as f64 - cx, (y - dy) as f64 - cy);
+                        let (sx, sy) = (cos * u + sin * v + cx, -sin * u + cos * v + cy);
+                        let (sx, sy) = (sx.round() as i64, sy.round() as i64);
+                        let sx = if mirror { w - 1 - sx } else { sx };
+                        row.push(if (0..w).contains(&sx) && (0..h).contains(&sy) { source[c * plane + (sy * w + sx) as usize] } else { fill });
+                    }
+                }
+            }
+            out.push_copy(data, i, &row);
+        }
+    }
+    out
 }
 
 /// The names a site's channel aggregates carry: `pixels` for grey images, `red`, `green` and
@@ -511,6 +554,48 @@ mod tests {
         // Under k = 3 two images say nothing: no moments, no label counts.
         let hidden = set.summarise(&[0, 1], 2, 3);
         assert_eq!((hidden.columns[0].numeric_count, hidden.columns[0].missing, hidden.label_counts.len()), (0, 2, 0));
+    }
+
+    #[test]
+    fn augmented_copies_are_shifted_mirrored_and_rotated_images_of_the_originals() {
+        use rand::SeedableRng;
+        let spec = ImageSpec { channels: 1, height: 5, width: 5 };
+        // One image, black (-1 standardised) but for a bright pixel at row 2, column 3.
+        let mut image = vec![-1.0f32; 25];
+        image[2 * 5 + 3] = 1.0;
+        let data = Dataset { features: image.clone(), n_features: 25, labels: vec![4], num_classes: 10, ..Default::default() };
+        let bright = |row: &[f32]| row.iter().enumerate().filter(|(_, v)| **v > 0.0).map(|(p, _)| (p / 5, p % 5)).collect::<Vec<_>>();
+        let aug = |copies, crop_padding, flip, rotation_degrees| crate::task::Augmentation {
+            image_copies: copies,
+            crop_padding,
+            flip,
+            rotation_degrees,
+            ..Default::default()
+        };
+        let run = |a: &crate::task::Augmentation, seed| augment_images(&data, spec, a, &[-1.0], &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        let shifted = run(&aug(8, 1, false, 0.0), 1);
+        assert_eq!((shifted.len(), shifted.row(0), shifted.labels.clone()), (9, &image[..], vec![4; 9]), "the original first, labels kept");
+        let mut moves = std::collections::BTreeSet::new();
+        for k in 1..9 {
+            let [(y, x)] = bright(shifted.row(k))[..] else { panic!("one bright pixel in copy {k}: {:?}", shifted.row(k)) };
+            assert!(y.abs_diff(2) <= 1 && x.abs_diff(3) <= 1, "a shift of at most the padding: ({y}, {x})");
+            moves.insert((y, x));
+        }
+        assert!(moves.len() > 2, "the shifts vary: {moves:?}");
+        assert_eq!(shifted.features, run(&aug(8, 1, false, 0.0), 1).features, "seeded");
+        let mirrored = run(&aug(8, 0, true, 0.0), 2);
+        let sides: std::collections::BTreeSet<_> = (1..9).map(|k| bright(mirrored.row(k))).collect();
+        assert_eq!(sides, [vec![(2, 1)], vec![(2, 3)]].into_iter().collect(), "mirrored about the middle column, or not");
+        // A turn of at most 45° about the centre moves a pixel one off the centre to a
+        // neighbour of where it was (nearest-pixel sampling may draw it twice or not at all).
+        let rotated = run(&aug(8, 0, false, 45.0), 3);
+        let mut turned = false;
+        for k in 1..9 {
+            let lit = bright(rotated.row(k));
+            assert!(lit.len() <= 2 && lit.iter().all(|&(y, x)| y.abs_diff(2) <= 1 && x.abs_diff(3) <= 1 && (y, x) != (2, 2)), "{lit:?}");
+            turned |= lit.iter().any(|&p| p != (2, 3));
+        }
+        assert!(turned, "some copy is turned");
     }
 
     #[test]

@@ -102,3 +102,25 @@ fn a_table_task_refuses_images_and_an_image_task_refuses_tables() {
     let err = flotilla_common::site::PreparedSite::new("b", &table, &Task::mnist_2nn(), 1).unwrap_err().to_string();
     assert!(err.contains("is a table, and this task trains on images"), "{err}");
 }
+
+#[test]
+fn augmentation_adds_transformed_training_images_and_leaves_the_test_split_alone() {
+    let mut task = Task::mnist_2nn();
+    task.data.test_fraction = 0.2;
+    let aug = &mut task.data.augmentation;
+    (aug.image_copies, aug.crop_padding, aug.rotation_degrees) = (2, 2, 10.0);
+    task.validate().unwrap();
+    let sites = load_sites(&SiteSource::Mnist { clients: 2, per_site: 50, partition: Partition::Iid }, &task, 1).unwrap();
+    let prepared = flotilla_common::site::PreparedSite::from_input("a", &sites[0].1, &task, 1, 5).unwrap();
+    let plan = flotilla_common::data::Plan::combine(&[&prepared.stats]);
+    let data = prepared.encode(&plan, &task, 1).unwrap();
+    assert_eq!((data.train.len(), data.test.len()), (3 * prepared.train.len(), prepared.test.len()));
+    let n = data.train.n_features;
+    assert_ne!(data.train.features[..prepared.train.len() * n], data.train.features[prepared.train.len() * n..2 * prepared.train.len() * n], "copies differ");
+    // Refused where it cannot apply, or where a copy of a record would count as another record.
+    let mut table = Task::hospitals();
+    table.data.augmentation.flip = true;
+    assert!(table.validate().unwrap_err().to_string().contains("transform images; this task has none"));
+    task.data.augmentation.crop_padding = 28;
+    assert!(task.validate().unwrap_err().to_string().contains("out of itself"));
+}
