@@ -62,22 +62,9 @@ impl ImageSet {
     /// with `labels` for `images` and `idx1` for `idx3`, as MNIST's), a folder holding one such
     /// pair, or a folder per class (see [`ImageSet::read_folder`]).
     pub fn read(path: &Path, spec: ImageSpec, classes: &[String]) -> Result<ImageSet, DataError> {
-        if path.is_file() {
-            let labels = idx_labels_beside(path)?;
-            return Self::read_idx(path, &labels, spec, classes);
-        }
-        let entries = std::fs::read_dir(path).map_err(|source| DataError::Io { path: path.to_owned(), source })?;
-        let mut idx: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("images-idx3")))
-            .collect();
-        idx.sort();
-        match &idx[..] {
-            [] => Self::read_folder(path, spec, classes),
-            [one] => Self::read_idx(one, &idx_labels_beside(one)?, spec, classes),
-            several => {
-                Err(DataError::File { file: path.to_owned(), message: format!("holds {} IDX image files; name one of them with --data", several.len()) })
-            }
+        match locate(path)? {
+            Located::Idx(images) => Self::read_idx(&images, &idx_labels_beside(&images)?, spec, classes),
+            Located::Folder(root) => Self::read_folder(&root, spec, classes),
         }
     }
 
@@ -130,17 +117,8 @@ impl ImageSet {
     /// are skipped; any other file or folder is an error naming it.
     pub fn read_folder(root: &Path, spec: ImageSpec, classes: &[String]) -> Result<ImageSet, DataError> {
         let file_error = |file: &Path, message: String| DataError::File { file: file.to_owned(), message };
-        let listing = |dir: &Path| -> Result<Vec<PathBuf>, DataError> {
-            let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.to_owned(), source })?;
-            let mut paths: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
-                .collect();
-            paths.sort();
-            Ok(paths)
-        };
         let mut set = ImageSet { source: root.to_owned(), spec, pixels: Vec::new(), labels: Vec::new() };
-        for class_dir in listing(root)? {
+        for class_dir in visible_entries(root)? {
             let name = class_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
             if !class_dir.is_dir() {
                 return Err(file_error(&class_dir, "is a file where the image folder holds one folder per class".into()));
@@ -148,7 +126,7 @@ impl ImageSet {
             let Some(class) = classes.iter().position(|c| *c == name) else {
                 return Err(file_error(&class_dir, format!("is not one of the task's classes ({})", classes.join(", "))));
             };
-            for file in listing(&class_dir)? {
+            for file in visible_entries(&class_dir)? {
                 set.pixels.extend(read_png(&file, spec)?);
                 set.labels.push(class as u32);
             }
@@ -248,28 +226,47 @@ impl ImageSet {
 /// How many images `path` holds (as [`ImageSet::read`] would read them), without decoding
 /// them: an IDX labels file's declared count, or the files of a folder per class.
 pub fn count_images(path: &Path) -> Result<usize, DataError> {
-    let idx = |images: &Path| -> Result<usize, DataError> {
-        let labels = idx_labels_beside(images)?;
-        let (dims, _) = read_idx_file(&labels)?;
-        Ok(dims.first().copied().unwrap_or(0))
-    };
+    match locate(path)? {
+        Located::Idx(images) => Ok(read_idx_file(&idx_labels_beside(&images)?)?.0.first().copied().unwrap_or(0)),
+        Located::Folder(root) => {
+            let mut n = 0;
+            for dir in visible_entries(&root)?.iter().filter(|p| p.is_dir()) {
+                n += visible_entries(dir)?.len();
+            }
+            Ok(n)
+        }
+    }
+}
+
+/// Where a site's images are.
+enum Located {
+    /// An IDX images file (its labels beside it).
+    Idx(PathBuf),
+    /// A folder per class.
+    Folder(PathBuf),
+}
+
+/// An IDX images file, a folder holding exactly one, or else a folder per class.
+fn locate(path: &Path) -> Result<Located, DataError> {
     if path.is_file() {
-        return idx(path);
+        return Ok(Located::Idx(path.to_owned()));
     }
-    let listing = |dir: &Path| -> Result<Vec<PathBuf>, DataError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.to_owned(), source })?;
-        Ok(entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))).collect())
-    };
-    let entries = listing(path)?;
-    let pairs: Vec<&PathBuf> = entries.iter().filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("images-idx3"))).collect();
-    if let [one] = &pairs[..] {
-        return idx(one);
+    let idx: Vec<PathBuf> =
+        visible_entries(path)?.into_iter().filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("images-idx3"))).collect();
+    match &idx[..] {
+        [] => Ok(Located::Folder(path.to_owned())),
+        [one] => Ok(Located::Idx(one.clone())),
+        several => Err(DataError::File { file: path.to_owned(), message: format!("holds {} IDX image files; name one of them with --data", several.len()) }),
     }
-    let mut n = 0;
-    for dir in entries.iter().filter(|p| p.is_dir()) {
-        n += listing(dir)?.len();
-    }
-    Ok(n)
+}
+
+/// A folder's entries in name order, hidden ones (`.DS_Store`) left out.
+fn visible_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.to_owned(), source })?;
+    let mut paths: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))).collect();
+    paths.sort();
+    Ok(paths)
 }
 
 /// The labels file of an IDX images file: `train-images-idx3-ubyte.gz` →
