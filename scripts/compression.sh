@@ -16,7 +16,7 @@ flotilla_bins debug
 seeds=${1:-3}; rounds=${2:-20}; w2_rounds=${3:-5}; mnist_rounds=${4:-60}
 out=${FLOTILLA_REPORT_DIR:-docs}
 w=$(mktemp -d); trap 'rm -rf "$w"' EXIT
-codecs="f32 fp16 bf16 int8 topk:0.05 topk:0.02"
+codecs="f32 fp16 bf16 int8 topk:0.05 topk:0.02 topk8:0.05 topk8:0.02"
 for c in $codecs; do
   for s in $(seq 1 "$seeds"); do
     "$coord" simulate --scenario hospitals --seed "$s" --rounds "$rounds" --compress "$c" --out "$w/${c/:/-}-$s" --quiet --insecure --no-baselines > /dev/null 2>&1 \
@@ -44,7 +44,7 @@ print("|---|---|---|---|---|---|---|---|")
 for c, b, a, lo, d, r in rows:
     print(f"| `{c}` | {b:,.0f} | {base_bytes / b:.1f}× | {a:.3f} | {a - base_acc:+.3f} | {lo:.3f} | {d:,.0f} | {r:.2f}× |")
 PY
-w2_codecs="f32 int8 topk:0.02"
+w2_codecs="f32 int8 topk:0.02 topk8:0.02"
 if [ "$w2_rounds" -gt 0 ]; then
   for c in $w2_codecs; do
     "$coord" --log error simulate --synthetic --clients 10 --samples 200 --features 784 --max-columns 1024 --hidden 2048,2048,512 --seed 1 --rounds "$w2_rounds" \
@@ -70,7 +70,7 @@ for c in codecs:
     print(f"| `{c}` | {up:,.0f} | {base / up:.1f}× | {down:,.0f} | {full:.2f}× | {float(last['loss']):.2e} | {float(last['accuracy']):.3f} |")
 PY
 fi
-mnist_codecs="f32 int8 topk:0.05 topk:0.02"
+mnist_codecs="f32 int8 topk:0.05 topk:0.02 topk8:0.05 topk8:0.1"
 if [ "$mnist_rounds" -gt 0 ]; then
   for c in $mnist_codecs; do
     "$coord" --log error simulate --scenario mnist --fraction-fit 0.1 --learning-rate 0.1 --seed 1 --rounds "$mnist_rounds" \
@@ -107,7 +107,7 @@ mkdir -p "$out"
   echo "on the same seeds (accuracy: the kept model on the pooled test split; bytes: the updates as the"
   echo "coordinator received them, over every site and round). The seed MLP has about 4,100 parameters"
   echo "(the input width follows the categories each seed's split keeps), so f32 is about 16 kB a round;"
-  echo "int8 adds a 4-byte scale per 256 values, top-k sends 8 bytes (index and value) per kept value,"
+  echo "int8 adds a 4-byte scale per 256 values, top-k sends 8 bytes (index and value) per kept value and topk8 about 2 (a varint gap and an int8 value),"
   echo "with error feedback at the site."
   echo
   cat "$w/table.md"

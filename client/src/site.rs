@@ -166,6 +166,24 @@ const RESIDUAL_FILE: &str = "residual.safetensors";
 /// [`ImageSet`](flotilla_common::data::images::ImageSet)). With a policy, only the columns it
 /// allows are kept from a table (the CLI does not even read the others), and everything the
 /// coordinator sends is checked against it.
+///
+/// A hospital's site over mutual TLS, as `flotilla-client` runs it (a custom model's binary
+/// registers its module with `flotilla_common::model::register` first, and runs the same):
+///
+/// ```no_run
+/// # async fn site() -> Result<(), Box<dyn std::error::Error>> {
+/// use flotilla_client::{ClientTls, SiteOptions, run_site};
+/// use flotilla_common::data::RawTable;
+/// use std::path::Path;
+///
+/// let mut opts = SiteOptions::new("https://coordinator.example.org:50051", "cleveland");
+/// opts.tls = Some(ClientTls::from_files(Path::new("ca.pem"), Path::new("cleveland.pem"), Path::new("cleveland.key"))?);
+/// opts.state_dir = Some("state/cleveland".into()); // the privacy ledger and audit log
+/// let rows = RawTable::read(Path::new("cleveland.csv"))?; // never leaves this process
+/// let report = run_site(opts, rows, tokio_util::sync::CancellationToken::new()).await?;
+/// println!("trained {} rounds", report.rounds_trained);
+/// # Ok(()) }
+/// ```
 pub async fn run_site(opts: SiteOptions, input: impl Into<SiteInput>, shutdown: CancellationToken) -> Result<SiteReport, ClientError> {
     if let Some(tls) = &opts.tls {
         flotilla_common::pki::check_validity(&tls.cert_pem).map_err(|e| ClientError::Certificate(e.to_string()))?;
@@ -705,6 +723,8 @@ async fn ensure_plan(conn: &Connection, s: &mut Session, guard: &mut Guard, fing
     let parameters = guard.check_plan(&s.task, &plan, s.prepared.num_train(), s.prepared.test.len())?;
     let data = Arc::new(s.prepared.encode(&plan, &s.task, s.seed)?);
     let shape = ModelShape::for_task(&s.task, plan.width());
+    // A custom model: this process must have the module, with the layout announced.
+    flotilla_common::model::registry::check_custom(&shape)?;
     guard.record(AuditEvent::PlanAccepted { plan_fingerprint: plan.fingerprint(), features: plan.width() as u64, parameters })?;
     s.encoded = Some((plan.fingerprint(), data.clone(), shape.clone()));
     Ok((data, shape))

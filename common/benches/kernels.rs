@@ -18,8 +18,8 @@ use flotilla_common::wire::{ModelReceiver, model_chunks};
 
 /// The seed MLP (4,097 parameters) and W2's big MLP (6.85 M parameters, 27 MB).
 fn models() -> Vec<(&'static str, FlatParams)> {
-    let seed = ModelShape { inputs: 20, hidden: vec![64, 32], outputs: 1, conv: None };
-    let big = ModelShape { inputs: 784, hidden: vec![2048, 2048, 512], outputs: 1, conv: None };
+    let seed = ModelShape { inputs: 20, hidden: vec![64, 32], outputs: 1, conv: None, custom: None };
+    let big = ModelShape { inputs: 784, hidden: vec![2048, 2048, 512], outputs: 1, conv: None, custom: None };
     vec![("seed_mlp", seed.init_params(1)), ("w2_mlp", big.init_params(2))]
 }
 

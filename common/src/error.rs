@@ -87,4 +87,6 @@ pub enum TrainError {
     Diverged(f64),
     #[error("DP-SGD: {0}")]
     DpSgd(String),
+    #[error("{0}")]
+    CustomModel(String),
 }

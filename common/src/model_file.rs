@@ -56,6 +56,10 @@ pub fn from_safetensors(bytes: &[u8]) -> Result<(FlatParams, HashMap<String, Str
             names
         }
     };
+    // Every tensor once: a file whose order leaves one out or names one twice is not a model.
+    if order.len() != st.len() || order.iter().collect::<std::collections::BTreeSet<_>>().len() != order.len() {
+        return Err(ParamsError::Safetensors(format!("the file holds {} tensors, and its recorded order names {} (or repeats one)", st.len(), order.len())));
+    }
     let mut specs = Vec::with_capacity(order.len());
     let mut values = Vec::new();
     for name in order {
@@ -149,7 +153,7 @@ mod tests {
         changed.values_mut()[0] += 1.0;
         let tampered = to_safetensors(&changed, card.metadata(&p)).unwrap();
         assert!(ModelCard::read(&tampered, "m.safetensors").unwrap_err().to_string().contains("damaged"));
-        let other = ModelShape { inputs: 2, hidden: vec![64, 32], outputs: 1, conv: None }.init_params(1);
+        let other = ModelShape { inputs: 2, hidden: vec![64, 32], outputs: 1, conv: None, custom: None }.init_params(1);
         let wrong = to_safetensors(&other, card.metadata(&other)).unwrap();
         assert!(ModelCard::read(&wrong, "m.safetensors").unwrap_err().to_string().contains("layout"));
         let mut bad_plan = card.metadata(&p);
@@ -159,7 +163,7 @@ mod tests {
 
     #[test]
     fn safetensors_round_trip_keeps_order_and_bits() {
-        let p = ModelShape { inputs: 3, hidden: vec![5, 4], outputs: 1, conv: None }.init_params(4);
+        let p = ModelShape { inputs: 3, hidden: vec![5, 4], outputs: 1, conv: None, custom: None }.init_params(4);
         let bytes = to_safetensors(&p, HashMap::from([("round".into(), "7".into())])).unwrap();
         let (back, meta) = from_safetensors(&bytes).unwrap();
         assert_eq!(back, p);

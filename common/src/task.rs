@@ -76,6 +76,43 @@ pub struct ModelSpec {
     /// CNN: the convolutions' kernel size, odd (5 unless set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<usize>,
+    /// `kind = "custom"`: the name a site's own burn module is registered under
+    /// ([`crate::model::register`]); a site without a module of that name refuses to train.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `kind = "custom"`: the module's parameter tensors in the order burn visits them. The
+    /// coordinator fills it in from the initial model (`serve --init-model`, or
+    /// [`ModelSpec::custom`]); every site checks it against its own module before training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Vec<crate::params::TensorSpec>>,
+    /// `kind = "custom"`: the SHA-256 of the initial parameters, when the federation starts
+    /// from given values instead of the seeded initialisation, so that a resumed federation
+    /// cannot start again from other values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<String>,
+}
+
+/// Limits on a custom model's layout (it arrives in a task file or an initial-model file).
+pub const MAX_CUSTOM_TENSORS: usize = 4096;
+/// A custom model's name: letters, digits, `-`, `_`, `.`, at most this long.
+pub const MAX_MODEL_NAME: usize = 64;
+/// A custom model's parameters; the wire and the policy bound every model further.
+pub const MAX_CUSTOM_PARAMS: usize = 1 << 30;
+
+impl ModelSpec {
+    /// A custom model `name` with these tensors (from `flotilla_common::model::bridge::read_layout`
+    /// of the module) and, when the federation starts from given values, their hash.
+    pub fn custom(name: &str, layout: &crate::params::Layout, initial: Option<String>) -> Self {
+        Self {
+            kind: ModelKind::Custom,
+            hidden: Vec::new(),
+            filters: Vec::new(),
+            kernel: None,
+            name: Some(name.to_owned()),
+            layout: Some(layout.tensors().to_vec()),
+            initial,
+        }
+    }
 }
 
 /// The kind of model a task trains.
@@ -85,6 +122,8 @@ pub enum ModelKind {
     #[default]
     Mlp,
     Cnn,
+    /// A site's own burn module, registered under `model.name` (see `examples/custom_model`).
+    Custom,
 }
 
 impl ModelKind {
@@ -581,12 +620,16 @@ impl Task {
             }
         }
         let m = &self.model;
+        if m.kind != ModelKind::Custom && (m.name.is_some() || m.layout.is_some() || m.initial.is_some()) {
+            return invalid("model.name, model.layout and model.initial belong to kind = \"custom\"".into());
+        }
         match m.kind {
             ModelKind::Mlp => {
                 if !m.filters.is_empty() || m.kernel.is_some() {
                     return invalid("model.filters and model.kernel belong to kind = \"cnn\"".into());
                 }
             }
+            ModelKind::Custom => validate_custom(m, self.record_privacy.is_some())?,
             ModelKind::Cnn => {
                 let Some(img) = &self.data.images else {
                     return invalid("model.kind = \"cnn\" convolves images: the task needs [data.images]".into());
@@ -613,6 +656,20 @@ impl Task {
             }
         }
         Ok(())
+    }
+
+    /// A custom model's layout, or why the task has none yet (the coordinator fills it in
+    /// from the initial model before the federation starts).
+    pub fn custom_layout(&self) -> Result<Option<crate::params::Layout>, TaskError> {
+        match (self.model.kind, &self.model.layout) {
+            (ModelKind::Custom, Some(tensors)) => Ok(Some(crate::params::Layout::new(tensors.clone()))),
+            (ModelKind::Custom, None) => Err(TaskError::Invalid(
+                "model.kind = \"custom\" needs the model's layout: start the coordinator with --init-model FILE.safetensors \
+                 (written by the model's own binary), or set model.layout"
+                    .into(),
+            )),
+            _ => Ok(None),
+        }
     }
 
     /// The hospitals task (UCI Heart Disease, the seed article's model).
@@ -650,6 +707,53 @@ impl Task {
     pub fn banks() -> Self {
         Self::from_toml(include_str!("../../examples/banks.toml"), "examples/banks.toml").unwrap_or_else(|e| panic!("bundled banks task is invalid: {e}"))
     }
+}
+
+/// A custom model's name and layout, which arrive in files and over the network.
+fn validate_custom(m: &ModelSpec, record_privacy: bool) -> Result<(), TaskError> {
+    let invalid = |m: String| Err(TaskError::Invalid(m));
+    let name = m.name.as_deref().unwrap_or("");
+    if name.is_empty() || name.len() > MAX_MODEL_NAME || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return invalid(format!(
+            "model.name: kind = \"custom\" needs the name its sites registered the module under (1 to {MAX_MODEL_NAME} letters, digits, '-', '_' or '.'), got {name:?}"
+        ));
+    }
+    if !m.filters.is_empty() || m.kernel.is_some() {
+        return invalid("model.filters and model.kernel describe the built-in CNN; a custom model's module defines its own layers".into());
+    }
+    if record_privacy {
+        return invalid(
+            "record-level DP (DP-SGD) computes per-example gradients of the MLP only: it is not implemented for a custom model (update-level DP is)".into(),
+        );
+    }
+    if let Some(h) = &m.initial
+        && (h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return invalid(format!("model.initial must be a SHA-256 in hex (64 characters), got {:?}", h.chars().take(80).collect::<String>()));
+    }
+    let Some(tensors) = &m.layout else { return Ok(()) };
+    if tensors.is_empty() || tensors.len() > MAX_CUSTOM_TENSORS {
+        return invalid(format!("model.layout has {} tensors; a model has 1 to {MAX_CUSTOM_TENSORS}", tensors.len()));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut total: usize = 0;
+    for (i, t) in tensors.iter().enumerate() {
+        if t.name.is_empty() || t.name.len() > 256 || !names.insert(t.name.as_str()) {
+            return invalid(format!(
+                "model.layout: tensor {i} has an empty, overlong (over 256 bytes) or repeated name {:?}",
+                t.name.chars().take(80).collect::<String>()
+            ));
+        }
+        if t.shape.is_empty() || t.shape.len() > 8 || t.shape.contains(&0) {
+            return invalid(format!("model.layout: tensor `{}` has shape {:?}; every tensor has 1 to 8 dimensions, none of them 0", t.name, t.shape));
+        }
+        let len = t.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).filter(|&n| n <= MAX_CUSTOM_PARAMS);
+        total = match len.and_then(|n| total.checked_add(n)).filter(|&n| n <= MAX_CUSTOM_PARAMS) {
+            Some(t) => t,
+            None => return invalid(format!("model.layout: the tensors up to `{}` hold more than {MAX_CUSTOM_PARAMS} values", t.name)),
+        };
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -709,6 +813,34 @@ mod tests {
             "list them in data.label.classes",
         );
         assert!(!Task::hospitals().to_toml().contains("optimizer") && !Task::hospitals().to_toml().contains("images"), "table tasks keep their fingerprint");
+    }
+
+    #[test]
+    fn a_custom_models_name_and_layout_are_checked_as_hostile_input() {
+        let base = include_str!("../../examples/custom_model/task.toml");
+        let task = Task::from_toml(base, "t.toml").unwrap();
+        assert_eq!((task.model.kind, task.model.name.as_deref()), (ModelKind::Custom, Some("tiny-net")));
+        assert!(task.custom_layout().unwrap_err().to_string().contains("--init-model"), "no layout yet: the coordinator must be given one");
+        let with_layout = |tensors: &str| format!("{base}\n{tensors}").replace("name = \"tiny-net\"", "name = \"tiny-net\"\nlayout = LAYOUT");
+        let refused = |text: String, expected: &str| {
+            let err = Task::from_toml(&text, "x.toml").unwrap_err().to_string();
+            assert!(err.contains(expected), "expected `{expected}` in: {err}");
+        };
+        let layout = |l: &str| with_layout("").replace("LAYOUT", l);
+        let ok = Task::from_toml(&layout(r#"[{ name = "w", shape = [3, 2] }, { name = "b", shape = [2] }]"#), "ok.toml").unwrap();
+        assert_eq!(ok.custom_layout().unwrap().unwrap().total(), 8);
+        assert_ne!(ok.fingerprint(), task.fingerprint(), "the layout is part of the task's identity");
+        refused(layout("[]"), "1 to 4096");
+        refused(layout(r#"[{ name = "w", shape = [3] }, { name = "w", shape = [2] }]"#), "repeated name");
+        refused(layout(r#"[{ name = "", shape = [3] }]"#), "empty");
+        refused(layout(r#"[{ name = "w", shape = [3, 0] }]"#), "none of them 0");
+        refused(layout(r#"[{ name = "w", shape = [] }]"#), "1 to 8 dimensions");
+        refused(layout(r#"[{ name = "w", shape = [65536, 65536, 65536] }]"#), "more than");
+        refused(layout(r#"[{ name = "a", shape = [1073741824] }, { name = "b", shape = [1] }]"#), "up to `b`");
+        refused(base.replace("name = \"tiny-net\"", "name = \"../etc\""), "model.name");
+        refused(base.replace("name = \"tiny-net\"", "name = \"tiny-net\"\ninitial = \"beef\""), "SHA-256 in hex");
+        refused(base.replace("name = \"tiny-net\"", "name = \"tiny-net\"\nfilters = [8]"), "built-in CNN");
+        refused(base.replace("kind = \"custom\"\n", ""), "belong to kind = \"custom\"");
     }
 
     #[test]

@@ -102,7 +102,7 @@ fn loopback_throughput() -> f64 {
 /// GB/s of adding W2-sized updates (6.85 M parameters) into the exact sum, counted as the f32
 /// bytes read per update.
 fn aggregation_throughput() -> f64 {
-    let shape = ModelShape { inputs: 784, hidden: vec![2048, 2048, 512], outputs: 1, conv: None };
+    let shape = ModelShape { inputs: 784, hidden: vec![2048, 2048, 512], outputs: 1, conv: None, custom: None };
     let delta = shape.init_params(2);
     let mut sum = WeightedSum::new(delta.layout().clone());
     // Untimed: the first add faults the accumulator in; the coordinator reuses it every round.

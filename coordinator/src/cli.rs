@@ -528,6 +528,12 @@ pub struct ServeArgs {
     /// The task, seed and round policy must be the ones the run was started with.
     #[arg(long, conflicts_with = "force")]
     pub resume: bool,
+    /// A custom model's initial parameters (`[model] kind = "custom"`): a safetensors file of
+    /// f32 tensors in burn's order, written by the model's own binary (see
+    /// `examples/custom_model`). The coordinator takes the model's layout from it and never
+    /// runs the model's code; every site checks the layout against its own module.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub init_model: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunArgs,
 }

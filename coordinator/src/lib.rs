@@ -14,11 +14,13 @@
 //! - [`summary`]: the content of `summary.json`.
 //! - [`tls`]: the coordinator's mutual-TLS material.
 //! - [`verdict`]: whether a finished federation has a usable model.
+//! - [`custom_model`]: a custom model's layout and initial values for a coordinator without its code.
 //! - [`cli`]: command-line flags and the two-step config (flags and TOML, then validated settings).
 
 pub mod chart;
 pub mod cli;
 pub mod cli_limits;
+pub mod custom_model;
 pub mod delta_cache;
 pub mod durable;
 pub mod federation;

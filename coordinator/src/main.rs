@@ -16,7 +16,7 @@ use flotilla_coordinator::run_dir::{self, RunDir, write_final};
 use flotilla_coordinator::scenario::load_sites;
 use flotilla_coordinator::simulate::{SimulateOptions, report, simulate};
 use flotilla_coordinator::tls::ServerTls;
-use flotilla_coordinator::{runner, summary};
+use flotilla_coordinator::{custom_model, runner, summary};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -149,7 +149,12 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         }
         tracing::warn!(listen = %a.listen, "SERVING PLAINTEXT ON A NETWORK ADDRESS: models and updates can be read and altered in transit");
     }
-    let task = a.run.task(a.scenario).map_err(anyhow::Error::msg)?;
+    let mut task = a.run.task(a.scenario).map_err(anyhow::Error::msg)?;
+    let initial = match &a.init_model {
+        Some(path) => Some(std::sync::Arc::new(custom_model::take_initial(&mut task, path).map_err(anyhow::Error::msg)?)),
+        None => None,
+    };
+    custom_model::check_servable(&task, a.run.test_data.is_some()).map_err(anyhow::Error::msg)?;
     let policy = a.run.policy(a.min_clients).map_err(anyhow::Error::msg)?;
     policy.validate_for_task(&task).map_err(anyhow::Error::msg)?;
     if let Some(allowed) = &policy.allowed_sites {
@@ -183,6 +188,10 @@ async fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         state.clear()?;
         (Federation::new(task.clone(), a.run.seed, policy.clone()), RunDir::create(&a.run.out)?)
     };
+    let mut federation = federation;
+    if let Some(initial) = initial {
+        federation.set_initial_model(initial).map_err(|e| anyhow::anyhow!("--init-model: {e}"))?;
+    }
     let test_data = held_out(a.run.test_data.as_ref(), a.scenario)?;
     let run_dir = match &test_data {
         Some(data) => {

@@ -29,6 +29,33 @@ pub struct Running {
 }
 
 /// Starts a federation on `listener`, recording into `run_dir`; `tls` turns on mutual TLS.
+///
+/// A whole federation in one process: the four hospitals, one round, plaintext on loopback.
+///
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use flotilla_client::{SiteOptions, run_site};
+/// use flotilla_common::Task;
+/// use flotilla_coordinator::federation::Policy;
+/// use flotilla_coordinator::runner;
+/// use flotilla_coordinator::scenario::{Scenario, SiteSource, load_sites};
+///
+/// let task = Task::hospitals();
+/// let policy = Policy { rounds: 1, min_clients: 4, ..Policy::default() };
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let running = runner::start(task.clone(), 1, policy, None, listener, None)?;
+/// let mut sites = Vec::new();
+/// for (name, rows) in load_sites(&SiteSource::Scenario(Scenario::Hospitals), &task, 1)? {
+///     sites.push(tokio::spawn(run_site(SiteOptions::new(running.url(), name), rows, Default::default())));
+/// }
+/// for site in sites {
+///     assert_eq!(site.await??.rounds_trained, 1);
+/// }
+/// let outcome = running.stop(std::time::Duration::from_secs(5)).await.ok_or("the federation did not finish")?;
+/// println!("global model {}", outcome.model.hash());
+/// # Ok(()) }
+/// ```
 pub fn start(task: Task, seed: u64, policy: Policy, run_dir: Option<RunDir>, listener: TcpListener, tls: Option<ServerTls>) -> std::io::Result<Running> {
     let federation = Federation::new(task, seed, policy.clone());
     start_federation(federation, &policy, run_dir, None, listener, tls)

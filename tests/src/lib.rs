@@ -33,6 +33,27 @@ pub fn test_site(url: String, name: &str) -> flotilla_client::SiteOptions {
 }
 
 /// Starts a coordinator on 127.0.0.1:0 writing into `out`.
+///
+/// The integration tests' harness: a coordinator and real sites in one process.
+///
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() {
+/// use flotilla_tests::{hospital_sites, start_coordinator, test_policy, test_site};
+///
+/// let out = tempfile::tempdir().unwrap();
+/// let running = start_coordinator(flotilla_common::Task::hospitals(), 1, test_policy(1, 4), out.path()).await;
+/// let sites: Vec<_> = hospital_sites(1)
+///     .into_iter()
+///     .map(|(name, rows)| tokio::spawn(flotilla_client::run_site(test_site(running.url(), &name), rows, Default::default())))
+///     .collect();
+/// for site in sites {
+///     site.await.unwrap().unwrap();
+/// }
+/// assert!(running.stop(std::time::Duration::from_secs(5)).await.is_some());
+/// assert!(out.path().join("metrics.csv").is_file(), "the run directory is written");
+/// # }
+/// ```
 pub async fn start_coordinator(task: Task, seed: u64, policy: Policy, out: &std::path::Path) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let run_dir = RunDir::create(out).expect("run dir");

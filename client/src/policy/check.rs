@@ -182,6 +182,12 @@ impl SitePolicy {
 /// Parameters of the task's model with `width` inputs (an image task's input is its image,
 /// whatever the plan's width), `None` past `u64`.
 pub fn model_params(task: &Task, width: u64) -> Option<u64> {
+    if task.model.kind == ModelKind::Custom {
+        // The coordinator's announced layout (checked against the site's own module later);
+        // its sizes come from the network, so every product is checked.
+        let tensors = task.model.layout.as_ref()?;
+        return tensors.iter().try_fold(0u64, |sum, t| sum.checked_add(t.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64))?));
+    }
     let classes = task.data.label.num_classes() as u64;
     let (convolutions, first) = match (&task.data.images, task.model.kind) {
         (Some(image), ModelKind::Cnn) => {
@@ -196,7 +202,7 @@ pub fn model_params(task: &Task, width: u64) -> Option<u64> {
             let side = |s: usize| (s as u64).checked_shr(halvings).unwrap_or(0);
             (params, channels.checked_mul(side(image.height))?.checked_mul(side(image.width))?)
         }
-        (Some(image), ModelKind::Mlp) => (0, image.values() as u64),
+        (Some(image), _) => (0, image.values() as u64),
         (None, _) => (0, width),
     };
     let mut widths = vec![first];

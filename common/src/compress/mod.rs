@@ -3,7 +3,8 @@
 //! A codec turns the delta's `n` values into bytes and back. `f32` is the plain encoding;
 //! `fp16` and `bf16` cast each value; `int8` quantises blocks of values against a per-block
 //! scale with stochastic rounding (unbiased: the expected decoded value is the value);
-//! `topk:F` keeps the largest `F·n` values by magnitude, with their indices. The lossy codecs
+//! `topk:F` keeps the largest `F·n` values by magnitude, with their indices; `topk8:F` keeps
+//! the same values in about a quarter of the bytes (varint gaps, int8 values). The lossy codecs
 //! are paired with error feedback at the site ([`ErrorFeedback`]): what was not sent is
 //! added to the next round's delta, so nothing is lost over rounds.
 //!
@@ -40,6 +41,9 @@ pub enum Codec {
     Int8,
     /// The largest `fraction` of the values by magnitude, 8 bytes each (index and value).
     TopK { fraction: f64 },
+    /// The same values, packed: varint gaps between their indices and int8 values (about 2
+    /// bytes each at a fraction of 0.05).
+    TopK8 { fraction: f64 },
 }
 
 /// Why a compressed stream cannot be decoded.
@@ -61,6 +65,7 @@ impl Codec {
             Codec::Bf16 => 2,
             Codec::Int8 => 3,
             Codec::TopK { .. } => 4,
+            Codec::TopK8 { .. } => 5,
         }
     }
 
@@ -73,6 +78,7 @@ impl Codec {
             2 => Codec::Bf16,
             3 => Codec::Int8,
             4 => Codec::TopK { fraction: 0.0 },
+            5 => Codec::TopK8 { fraction: 0.0 },
             _ => return None,
         })
     }
@@ -84,6 +90,7 @@ impl Codec {
             Codec::Bf16 => "bf16",
             Codec::Int8 => "int8",
             Codec::TopK { .. } => "topk",
+            Codec::TopK8 { .. } => "topk8",
         }
     }
 
@@ -95,7 +102,7 @@ impl Codec {
     /// True for the codecs whose error is carried to the next round by error feedback:
     /// sparsification drops most of each update, which would otherwise be lost.
     pub fn uses_error_feedback(self) -> bool {
-        matches!(self, Codec::TopK { .. })
+        matches!(self, Codec::TopK { .. } | Codec::TopK8 { .. })
     }
 
     /// The most bytes an honest encoding of `n` values takes: what a receiver may buffer.
@@ -105,6 +112,7 @@ impl Codec {
             Codec::F16 | Codec::Bf16 => n.saturating_mul(2),
             Codec::Int8 => int8::encoded_len(n),
             Codec::TopK { .. } => topk::max_encoded_len(n),
+            Codec::TopK8 { .. } => topk::max_packed_len(n),
         }
     }
 
@@ -117,6 +125,7 @@ impl Codec {
             Codec::Bf16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
             Codec::Int8 => int8::encode(values, rng),
             Codec::TopK { fraction } => topk::encode(values, fraction),
+            Codec::TopK8 { fraction } => topk::encode_packed(values, fraction, rng),
         }
     }
 
@@ -137,6 +146,7 @@ impl Codec {
             }
             Codec::Int8 => int8::decode(bytes, n)?,
             Codec::TopK { .. } => topk::decode(bytes, n)?,
+            Codec::TopK8 { .. } => topk::decode_packed(bytes, n)?,
         };
         match values.iter().position(|v: &f32| !v.is_finite()) {
             Some(i) => Err(CodecError::Invalid { codec: self.name(), message: format!("value {i} is not finite") }),
@@ -157,6 +167,7 @@ impl fmt::Display for Codec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Codec::TopK { fraction } => write!(f, "topk:{fraction}"),
+            Codec::TopK8 { fraction } => write!(f, "topk8:{fraction}"),
             c => f.write_str(c.name()),
         }
     }
@@ -172,11 +183,17 @@ impl FromStr for Codec {
             "fp16" | "f16" => Ok(Codec::F16),
             "bf16" => Ok(Codec::Bf16),
             "int8" => Ok(Codec::Int8),
-            _ => match s.strip_prefix("topk:").map(str::parse::<f64>) {
-                Some(Ok(fraction)) if fraction > 0.0 && fraction <= 1.0 => Ok(Codec::TopK { fraction }),
-                Some(_) => Err(format!("`{s}`: topk needs a fraction in (0, 1], as in topk:0.01")),
-                None => Err(format!("unknown codec `{s}`: expected f32, fp16, bf16, int8 or topk:FRACTION")),
-            },
+            _ => {
+                let (packed, rest) = match (s.strip_prefix("topk8:"), s.strip_prefix("topk:")) {
+                    (Some(rest), _) => (true, rest),
+                    (None, Some(rest)) => (false, rest),
+                    (None, None) => return Err(format!("unknown codec `{s}`: expected f32, fp16, bf16, int8, topk:FRACTION or topk8:FRACTION")),
+                };
+                match rest.parse::<f64>() {
+                    Ok(fraction) if fraction > 0.0 && fraction <= 1.0 => Ok(if packed { Codec::TopK8 { fraction } } else { Codec::TopK { fraction } }),
+                    _ => Err(format!("`{s}`: top-k needs a fraction in (0, 1], as in topk:0.01")),
+                }
+            }
         }
     }
 }
@@ -218,11 +235,12 @@ mod tests {
 
     #[test]
     fn names_parse_and_bad_ones_are_refused() {
-        for c in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8, Codec::TopK { fraction: 0.01 }] {
+        for c in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8, Codec::TopK { fraction: 0.01 }, Codec::TopK8 { fraction: 0.05 }] {
             assert_eq!(c.to_string().parse::<Codec>().unwrap(), c);
             assert_eq!(Codec::from_wire(c.wire_id()).map(Codec::wire_id), Some(c.wire_id()));
         }
         assert!("topk:0".parse::<Codec>().is_err() && "topk:1.5".parse::<Codec>().is_err() && "zip".parse::<Codec>().is_err());
+        assert!("topk8:nan".parse::<Codec>().is_err() && "topk8:".parse::<Codec>().is_err());
         assert_eq!(Codec::from_wire(9), None);
     }
 

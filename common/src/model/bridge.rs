@@ -96,14 +96,14 @@ mod tests {
 
     #[test]
     fn layout_from_shape_matches_burn_order() {
-        let shape = ModelShape { inputs: 5, hidden: vec![4, 3], outputs: 1, conv: None };
+        let shape = ModelShape { inputs: 5, hidden: vec![4, 3], outputs: 1, conv: None, custom: None };
         let model = Mlp::new(&shape, &device());
         assert_eq!(read_layout(&model), shape.layout());
     }
 
     #[test]
     fn write_then_read_is_identity() {
-        let shape = ModelShape { inputs: 5, hidden: vec![4], outputs: 2, conv: None };
+        let shape = ModelShape { inputs: 5, hidden: vec![4], outputs: 2, conv: None, custom: None };
         let params = shape.init_params(9);
         let model = write_params(Mlp::new(&shape, &device()), &params).unwrap();
         assert_eq!(read_params(&model), params);
@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn written_params_still_train() {
-        let shape = ModelShape { inputs: 2, hidden: vec![3], outputs: 1, conv: None };
+        let shape = ModelShape { inputs: 2, hidden: vec![3], outputs: 1, conv: None, custom: None };
         let d = device().autodiff();
         let model = write_params(Mlp::new(&shape, &d), &shape.init_params(1)).unwrap();
         let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2.0], [1, 2]), &d);
@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn a_model_built_from_params_reads_back_the_same_and_trains() {
-        let shape = ModelShape { inputs: 3, hidden: vec![4, 2], outputs: 1, conv: None };
+        let shape = ModelShape { inputs: 3, hidden: vec![4, 2], outputs: 1, conv: None, custom: None };
         let params = shape.init_params(4);
         let d = device().autodiff();
         let model = Mlp::from_params(&shape, &params, &d).unwrap();
@@ -136,7 +136,7 @@ mod tests {
             &model,
         );
         assert_eq!(g.len(), 6, "every parameter must require gradients");
-        let other = ModelShape { inputs: 4, hidden: vec![4, 2], outputs: 1, conv: None };
+        let other = ModelShape { inputs: 4, hidden: vec![4, 2], outputs: 1, conv: None, custom: None };
         assert!(matches!(Mlp::from_params(&other, &params, &d), Err(ParamsError::LayoutMismatch { .. })));
     }
 
@@ -144,7 +144,7 @@ mod tests {
     fn a_cnn_built_from_params_has_burns_layout_reads_back_and_trains() {
         use crate::model::{Cnn, ConvShape, Net};
         let conv = ConvShape { channels: 2, height: 8, width: 8, filters: vec![3, 4], kernel: 3 };
-        let shape = ModelShape { inputs: 128, hidden: vec![6], outputs: 3, conv: Some(conv) };
+        let shape = ModelShape { inputs: 128, hidden: vec![6], outputs: 3, conv: Some(conv), custom: None };
         let params = shape.init_params(5);
         let d = device().autodiff();
         let model = Cnn::from_params(&shape, &params, &d).unwrap();
@@ -160,8 +160,8 @@ mod tests {
 
     #[test]
     fn a_foreign_layout_is_refused() {
-        let shape = ModelShape { inputs: 5, hidden: vec![4], outputs: 1, conv: None };
-        let other = ModelShape { inputs: 6, hidden: vec![4], outputs: 1, conv: None };
+        let shape = ModelShape { inputs: 5, hidden: vec![4], outputs: 1, conv: None, custom: None };
+        let other = ModelShape { inputs: 6, hidden: vec![4], outputs: 1, conv: None, custom: None };
         let err = write_params(Mlp::new(&shape, &device()), &other.init_params(1)).unwrap_err();
         assert!(matches!(err, ParamsError::LayoutMismatch { .. }));
     }

@@ -27,6 +27,10 @@ pub struct Cnn {
 }
 
 impl Net for Cnn {
+    fn init(shape: &ModelShape, device: &Device) -> Result<Self, ParamsError> {
+        Self::from_params(shape, &shape.init_params(0), device)
+    }
+
     fn from_params(shape: &ModelShape, params: &FlatParams, device: &Device) -> Result<Self, ParamsError> {
         shape.layout().ensure_same(params.layout())?;
         let conv = shape.conv.as_ref().ok_or_else(|| ParamsError::Invalid("a CNN needs the shape of its convolutions".into()))?;

@@ -36,6 +36,10 @@ impl Mlp {
 }
 
 impl Net for Mlp {
+    fn init(shape: &ModelShape, device: &Device) -> Result<Self, ParamsError> {
+        Ok(Mlp::new(shape, device))
+    }
+
     fn from_params(shape: &ModelShape, params: &FlatParams, device: &Device) -> Result<Self, ParamsError> {
         shape.layout().ensure_same(params.layout())?;
         if shape.conv.is_some() {

@@ -1,8 +1,10 @@
-//! What local training and evaluation need of a model: built straight from flat parameters,
-//! logits from rows, and FedProx's distance to an anchor. The MLP and the CNN implement it;
-//! [`with_net!`](crate::with_net) picks the one a shape describes.
+//! What local training and evaluation need of a model: built from flat parameters, logits from
+//! rows, and FedProx's distance to an anchor. The MLP and the CNN implement it;
+//! [`with_net!`](crate::with_net) picks the one a shape describes. A library user's own module
+//! implements it too ([`Net::init`] and [`Net::forward`] are all it must write) and is
+//! registered under a name with [`crate::model::register`].
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{Linear, Relu};
 use burn::prelude::*;
 
@@ -11,16 +13,75 @@ use crate::error::ParamsError;
 use crate::params::FlatParams;
 
 /// A burn module that a federation trains.
+///
+/// A custom model writes [`Net::init`] and [`Net::forward`]; the federation replaces the
+/// initial values with the global model's at every round (keeping `require_grad`), so `init`
+/// only has to build the layers. Parameters are visited in burn's order, and their names and
+/// shapes are the model's layout on the wire.
+///
+/// ```
+/// use burn::nn::{Linear, LinearConfig, Relu};
+/// use burn::prelude::*;
+/// use flotilla_common::error::ParamsError;
+/// use flotilla_common::model::{ModelShape, Net};
+///
+/// /// Logistic regression with one hidden layer of 8.
+/// #[derive(Module, Debug)]
+/// struct Small {
+///     hidden: Linear,
+///     out: Linear,
+///     relu: Relu,
+/// }
+///
+/// impl Net for Small {
+///     fn init(shape: &ModelShape, device: &Device) -> Result<Self, ParamsError> {
+///         Ok(Self { hidden: LinearConfig::new(shape.inputs, 8).init(device), out: LinearConfig::new(8, shape.outputs).init(device), relu: Relu::new() })
+///     }
+///     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+///         self.out.forward(self.relu.forward(self.hidden.forward(x)))
+///     }
+/// }
+///
+/// flotilla_common::model::register::<Small>("small").unwrap();
+/// # let _ = Small::init;
+/// ```
 pub trait Net: Module + Sized {
-    /// A model of `shape` holding `params` (the shape's layout), every parameter requiring
-    /// gradients.
-    fn from_params(shape: &ModelShape, params: &FlatParams, device: &Device) -> Result<Self, ParamsError>;
+    /// A freshly initialised model for `shape`: `shape.inputs` values a row (an image row is
+    /// `shape.image()`, channels first), `shape.outputs` logits (1 for a binary task). Refuse
+    /// a shape the module cannot take with [`ParamsError::Invalid`].
+    fn init(shape: &ModelShape, device: &Device) -> Result<Self, ParamsError>;
 
     /// `[batch, inputs]` → logits `[batch, outputs]`.
     fn forward(&self, x: Tensor<2>) -> Tensor<2>;
 
+    /// A model of `shape` holding `params`, every parameter requiring gradients. By default
+    /// [`Net::init`] then the values written in; refused unless the layouts are the same.
+    fn from_params(shape: &ModelShape, params: &FlatParams, device: &Device) -> Result<Self, ParamsError> {
+        super::bridge::write_params(Self::init(shape, device)?, params)
+    }
+
     /// `Σ ‖p − a‖²` over every parameter: FedProx's proximal term against `anchor`.
-    fn squared_distance(&self, anchor: &Self) -> Tensor<1>;
+    fn squared_distance(&self, anchor: &Self) -> Tensor<1> {
+        let (mine, theirs) = (flattened(self), flattened(anchor));
+        let terms = mine.into_iter().zip(theirs).map(|(p, a)| (p - a).powi_scalar(2).sum());
+        // A federated model has parameters (an empty layout is refused).
+        terms.reduce(|s, t| s + t).unwrap_or_else(|| unreachable!("a model without parameters"))
+    }
+}
+
+/// Every float parameter of `module` as a flat tensor, in burn's order (gradients flow).
+fn flattened<M: Module>(module: &M) -> Vec<Tensor<1>> {
+    struct Flatten(Vec<Tensor<1>>);
+    impl ModuleVisitor for Flatten {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val();
+            let n = t.dims().iter().product::<usize>();
+            self.0.push(t.reshape([n]));
+        }
+    }
+    let mut f = Flatten(Vec::new());
+    module.visit(&mut f);
+    f.0
 }
 
 /// Runs `$body` with `$net` bound to the model type of `$shape` (the MLP, or the CNN when the
@@ -37,6 +98,21 @@ macro_rules! with_net {
                 type $net = $crate::model::Cnn;
                 $body
             }
+        }
+    };
+}
+
+/// Runs `$custom` with the registered operations of a custom shape, or `$body` with `$net`
+/// bound to the built-in model type (see [`with_net!`]).
+#[macro_export]
+macro_rules! with_model {
+    ($shape:expr, $ops:ident => $custom:expr, $net:ident => $body:expr) => {
+        match &$shape.custom {
+            Some(c) => {
+                let $ops = $crate::model::registry::lookup(&c.name)?;
+                $custom
+            }
+            None => $crate::with_net!($shape, $net => $body),
         }
     };
 }

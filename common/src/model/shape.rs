@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::params::{FlatParams, Layout, TensorSpec};
-use crate::task::{DEFAULT_KERNEL, ModelKind, Task};
+use crate::task::{DEFAULT_KERNEL, ImageSpec, ModelKind, Task};
 
 /// A model's shape: an MLP `inputs → hidden… → outputs`, or a CNN whose convolutions
 /// (`conv`) come before those fully connected layers.
@@ -18,6 +18,18 @@ pub struct ModelShape {
     pub outputs: usize,
     /// A CNN's convolutions; `None` for an MLP.
     pub conv: Option<ConvShape>,
+    /// A site's own module (`kind = "custom"`): its registered name and layout. `hidden` and
+    /// `conv` are then unused.
+    pub custom: Option<CustomShape>,
+}
+
+/// A custom model as the federation knows it without its code: the name its sites registered
+/// the module under, the layout of its parameters, and the image it reads (if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomShape {
+    pub name: String,
+    pub layout: Layout,
+    pub image: Option<ImageSpec>,
 }
 
 /// The convolutional part of a CNN: each convolution has `"same"` padding and is followed by
@@ -42,11 +54,13 @@ impl ConvShape {
 impl ModelShape {
     /// An MLP of these widths.
     pub fn mlp(inputs: usize, hidden: Vec<usize>, outputs: usize) -> Self {
-        Self { inputs, hidden, outputs, conv: None }
+        Self { inputs, hidden, outputs, conv: None, custom: None }
     }
 
     /// The shape of a task's model once the number of encoded features is known (an image
     /// task's input is its image, whatever the plan's width).
+    /// A custom task whose layout is not set yet (see [`Task::custom_layout`]) gets an empty
+    /// layout here, which no model and no update matches.
     pub fn for_task(task: &Task, inputs: usize) -> Self {
         let classes = task.data.label.num_classes();
         let outputs = if classes == 2 { 1 } else { classes };
@@ -61,7 +75,21 @@ impl ModelShape {
             }),
             _ => None,
         };
-        Self { inputs, hidden: task.model.hidden.clone(), outputs, conv }
+        let custom = (task.model.kind == ModelKind::Custom).then(|| CustomShape {
+            name: task.model.name.clone().unwrap_or_default(),
+            layout: Layout::new(task.model.layout.clone().unwrap_or_default()),
+            image: task.data.images,
+        });
+        Self { inputs, hidden: task.model.hidden.clone(), outputs, conv, custom }
+    }
+
+    /// The image an input row holds, if the model reads images.
+    pub fn image(&self) -> Option<ImageSpec> {
+        match (&self.conv, &self.custom) {
+            (Some(c), _) => Some(ImageSpec { channels: c.channels, height: c.height, width: c.width }),
+            (None, Some(c)) => c.image,
+            (None, None) => None,
+        }
     }
 
     /// Widths of the fully connected layers including their input and the output.
@@ -75,6 +103,9 @@ impl ModelShape {
     /// Names and shapes in the order burn visits them: a CNN's `convs.i.weight [out, in, k, k]`
     /// and `convs.i.bias`, then `layers.i.weight [in, out]` and `layers.i.bias`.
     pub fn layout(&self) -> Layout {
+        if let Some(custom) = &self.custom {
+            return custom.layout.clone();
+        }
         let w = self.widths();
         let mut tensors = Vec::new();
         if let Some(c) = &self.conv {
@@ -100,19 +131,26 @@ impl ModelShape {
     /// Initial parameters from a seed: `U(−k, k)` with `k = 1/√fan_in` for weights and biases
     /// (burn's and PyTorch's default for linear and convolutional layers; a convolution's fan-in
     /// is `in × k × k`), drawn from ChaCha8 so that the same seed gives the same model on every
-    /// machine.
+    /// machine. A custom model's layout gets the same rule (see [`seeded_init`]).
     pub fn init_params(&self, seed: u64) -> FlatParams {
-        let layout = self.layout();
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x696e_6974); // "init"
-        let mut values = Vec::with_capacity(layout.total());
-        for t in layout.tensors() {
-            let fan_in = weight_fan_in(&t.shape).unwrap_or_else(|| values_fan_in(layout.tensors(), &t.name));
-            let k = 1.0 / (fan_in.max(1) as f32).sqrt();
-            values.extend((0..t.len()).map(|_| rng.random_range(-k..k)));
-        }
-        // Lengths agree by construction.
-        FlatParams::new(layout, values).unwrap_or_else(|e| unreachable!("{e}"))
+        seeded_init(self.layout(), seed)
     }
+}
+
+/// Seeded initial values for any layout: a 2-D `[in, out]` weight and a 4-D `[out, in, k, k]`
+/// convolution take `U(−1/√fan_in, 1/√fan_in)`, a bias `x.bias` that of its `x.weight`, any
+/// other tensor `U(−1, 1)`. A custom module whose layers want another rule (a norm's scale of
+/// ones, say) should start from its own values: `serve --init-model`.
+pub fn seeded_init(layout: Layout, seed: u64) -> FlatParams {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x696e_6974); // "init"
+    let mut values = Vec::with_capacity(layout.total());
+    for t in layout.tensors() {
+        let fan_in = weight_fan_in(&t.shape).unwrap_or_else(|| values_fan_in(layout.tensors(), &t.name));
+        let k = 1.0 / (fan_in.max(1) as f32).sqrt();
+        values.extend((0..t.len()).map(|_| rng.random_range(-k..k)));
+    }
+    // Lengths agree by construction.
+    FlatParams::new(layout, values).unwrap_or_else(|e| unreachable!("{e}"))
 }
 
 /// The fan-in of a weight: a linear layer's `[in, out]`, a convolution's `[out, in, k, k]`.
@@ -136,7 +174,7 @@ mod tests {
 
     #[test]
     fn seed_model_has_the_expected_size() {
-        let s = ModelShape { inputs: 30, hidden: vec![64, 32], outputs: 1, conv: None };
+        let s = ModelShape { inputs: 30, hidden: vec![64, 32], outputs: 1, conv: None, custom: None };
         assert_eq!(s.num_params(), 30 * 64 + 64 + 64 * 32 + 32 + 32 + 1);
         assert_eq!(s.num_params(), 4097);
         assert_eq!(s.layout().tensors()[0].name, "layers.0.weight");
@@ -149,6 +187,7 @@ mod tests {
             hidden: vec![512],
             outputs: 10,
             conv: Some(ConvShape { channels: 1, height: 28, width: 28, filters: vec![32, 64], kernel: 5 }),
+            custom: None,
         };
         assert_eq!(cnn.num_params(), 1_663_370, "McMahan et al. 2017, section 3");
         let layout = cnn.layout();
@@ -169,7 +208,7 @@ mod tests {
 
     #[test]
     fn init_is_seeded_and_bounded() {
-        let s = ModelShape { inputs: 4, hidden: vec![8], outputs: 1, conv: None };
+        let s = ModelShape { inputs: 4, hidden: vec![8], outputs: 1, conv: None, custom: None };
         assert_eq!(s.init_params(1).hash(), s.init_params(1).hash());
         assert_ne!(s.init_params(1).hash(), s.init_params(2).hash());
         let p = s.init_params(3);

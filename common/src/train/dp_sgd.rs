@@ -319,7 +319,7 @@ mod tests {
     #[test]
     fn per_example_gradients_are_burns_autodiff_and_clipping_bounds_each() {
         for (classes, outputs) in [(2, 1), (3, 3)] {
-            let shape = ModelShape { inputs: 3, hidden: vec![16, 8], outputs, conv: None };
+            let shape = ModelShape { inputs: 3, hidden: vec![16, 8], outputs, conv: None, custom: None };
             let params = shape.init_params(7);
             let data = blobs(12, classes);
             let mlp = Mlp::new(&shape);
@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn dp_sgd_learns_with_moderate_noise_and_takes_the_steps_it_accounts() {
-        let shape = ModelShape { inputs: 3, hidden: vec![8], outputs: 1, conv: None };
+        let shape = ModelShape { inputs: 3, hidden: vec![8], outputs: 1, conv: None, custom: None };
         let global = shape.init_params(1);
         let data = blobs(256, 2);
         let dp = DpSgd { clip_norm: 1.0, noise_multiplier: 0.8, sampling_rate: 16.0 / 256.0 };
@@ -369,7 +369,7 @@ mod tests {
         assert!((std - 1.0).abs() < 0.01 && mean.abs() < 0.01, "σC = 1: std {std}, mean {mean}");
         // And the same rng state gives the same model, another state another: the noise and the
         // sampling are the rng's, nothing else's.
-        let shape = ModelShape { inputs: 3, hidden: vec![8], outputs: 1, conv: None };
+        let shape = ModelShape { inputs: 3, hidden: vec![8], outputs: 1, conv: None, custom: None };
         let global = shape.init_params(1);
         let data = blobs(64, 2);
         let run = |seed| train_dp_sgd(&global, &shape, &data, &cfg(1), &dp, &mut ChaCha20Rng::seed_from_u64(seed)).unwrap().0.hash();

@@ -131,7 +131,7 @@ pub fn evaluate(params: &FlatParams, shape: &ModelShape, data: &Dataset, backend
     }
     backend.run(|| {
         let device = backend.inference();
-        let logits = crate::with_net!(shape, M => predict_logits(&M::from_params(shape, params, &device)?, data, &device));
+        let logits = crate::with_model!(shape, ops => ops.logits(params, shape, data, &device)?, M => predict_logits(&M::from_params(shape, params, &device)?, data, &device));
         Ok(match data.target_scale {
             Some(scale) => score_regression(&logits, &data.targets, scale),
             None => score(&logits, shape.outputs, &data.labels),
@@ -147,7 +147,7 @@ pub fn logits(params: &FlatParams, shape: &ModelShape, data: &Dataset, backend: 
     }
     backend.run(|| {
         let device = backend.inference();
-        Ok(crate::with_net!(shape, M => predict_logits(&M::from_params(shape, params, &device)?, data, &device)))
+        Ok(crate::with_model!(shape, ops => ops.logits(params, shape, data, &device)?, M => predict_logits(&M::from_params(shape, params, &device)?, data, &device)))
     })
 }
 

@@ -85,7 +85,12 @@ impl Optim {
 
 /// Trains a model of `shape`, starting from `global`, and returns the local model.
 pub fn train_local(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg: &LocalConfig) -> Result<(FlatParams, TrainReport), TrainError> {
-    cfg.backend.run(|| crate::with_net!(shape, M => train::<M>(global, shape, data, cfg)))
+    crate::with_model!(shape, ops => ops.train(global, shape, data, cfg), M => train_with::<M>(global, shape, data, cfg))
+}
+
+/// [`train_local`] for the model type `M`, on the configured backend's thread pool.
+pub(crate) fn train_with<M: Net>(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg: &LocalConfig) -> Result<(FlatParams, TrainReport), TrainError> {
+    cfg.backend.run(|| train::<M>(global, shape, data, cfg))
 }
 
 fn train<M: Net>(global: &FlatParams, shape: &ModelShape, data: &Dataset, cfg: &LocalConfig) -> Result<(FlatParams, TrainReport), TrainError> {
@@ -216,7 +221,7 @@ mod tests {
 
     #[test]
     fn training_learns_and_is_deterministic() {
-        let shape = ModelShape { inputs: 2, hidden: vec![8], outputs: 1, conv: None };
+        let shape = ModelShape { inputs: 2, hidden: vec![8], outputs: 1, conv: None, custom: None };
         let global = shape.init_params(1);
         let data = blobs(128);
         let cfg = LocalConfig {
@@ -250,7 +255,7 @@ mod tests {
             data.labels.push(0);
             data.targets.push(2.0 * a - b);
         }
-        let shape = ModelShape { inputs: 2, hidden: vec![16], outputs: 1, conv: None };
+        let shape = ModelShape { inputs: 2, hidden: vec![16], outputs: 1, conv: None, custom: None };
         let global = shape.init_params(1);
         let cfg = LocalConfig {
             epochs: 40,
@@ -275,7 +280,7 @@ mod tests {
 
     #[test]
     fn the_proximal_term_keeps_the_local_model_near_the_global_one() {
-        let shape = ModelShape { inputs: 2, hidden: vec![8], outputs: 1, conv: None };
+        let shape = ModelShape { inputs: 2, hidden: vec![8], outputs: 1, conv: None, custom: None };
         let global = shape.init_params(1);
         let data = blobs(128);
         let run = |mu| {
@@ -300,7 +305,7 @@ mod tests {
         // With a constant correction c on every gradient, K SGD steps of rate η move each
         // parameter by an extra −K·η·c relative to the uncorrected run (before nonlinear effects):
         // here a huge correction dominates, so the delta is about −K·η·c.
-        let shape = ModelShape { inputs: 2, hidden: vec![4], outputs: 1, conv: None };
+        let shape = ModelShape { inputs: 2, hidden: vec![4], outputs: 1, conv: None, custom: None };
         let global = shape.init_params(1);
         let data = blobs(32);
         let c = FlatParams::new(global.layout().clone(), vec![100.0; global.layout().total()]).unwrap();
@@ -333,7 +338,7 @@ mod tests {
             data.labels.push(y);
         }
         let conv = ConvShape { channels: 1, height: 6, width: 6, filters: vec![4], kernel: 3 };
-        let shape = ModelShape { inputs: 36, hidden: vec![8], outputs: 1, conv: Some(conv) };
+        let shape = ModelShape { inputs: 36, hidden: vec![8], outputs: 1, conv: Some(conv), custom: None };
         let global = shape.init_params(2);
         let cfg = LocalConfig {
             epochs: 10,
@@ -355,7 +360,7 @@ mod tests {
 
     #[test]
     fn wrong_feature_count_is_an_error() {
-        let shape = ModelShape { inputs: 3, hidden: vec![4], outputs: 1, conv: None };
+        let shape = ModelShape { inputs: 3, hidden: vec![4], outputs: 1, conv: None, custom: None };
         let cfg = LocalConfig {
             epochs: 1,
             batch_size: 4,

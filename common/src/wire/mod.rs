@@ -507,7 +507,7 @@ mod tests {
     #[test]
     fn model_round_trips_through_chunks() {
         // 600k values: three chunks, the last one partial.
-        let shape = ModelShape { inputs: 1000, hidden: vec![600], outputs: 1, conv: None };
+        let shape = ModelShape { inputs: 1000, hidden: vec![600], outputs: 1, conv: None, custom: None };
         let model = Arc::new(shape.init_params(1));
         let hash = model.hash();
         let chunks: Vec<_> = model_chunks(model.clone(), 3, hash.clone()).collect();
@@ -519,7 +519,7 @@ mod tests {
 
     #[test]
     fn tampered_streams_are_refused() {
-        let shape = ModelShape { inputs: 4, hidden: vec![3], outputs: 1, conv: None };
+        let shape = ModelShape { inputs: 4, hidden: vec![3], outputs: 1, conv: None, custom: None };
         let model = Arc::new(shape.init_params(1));
         let good: Vec<_> = model_chunks(model.clone(), 1, model.hash()).collect();
 

@@ -96,6 +96,7 @@ pub enum SimulateError {
 /// Runs the federation, then the baselines; writes the run directory.
 pub async fn simulate(opts: SimulateOptions) -> Result<Simulation, SimulateError> {
     let start = Instant::now();
+    crate::custom_model::check_servable(&opts.task, opts.test_data.is_some()).map_err(SimulateError::Policy)?;
     let sites = load_sites(&opts.source, &opts.task, opts.seed)?;
     let mut policy = opts.policy.clone();
     policy.min_clients = policy.min_clients.max(sites.len());

@@ -80,6 +80,9 @@ pub struct Federation {
     shape: Option<ModelShape>,
     global: Option<Arc<FlatParams>>,
     global_hash: String,
+    /// A custom model's given initial parameters (`serve --init-model`); `None` starts from
+    /// the seeded initialisation of the task's layout.
+    initial: Option<Arc<FlatParams>>,
     /// The global model before the current one, and its hash: a site that holds it gets the
     /// current one as a difference from it. Not durable: after a resume, sites get full models.
     previous: Option<(String, Arc<FlatParams>)>,
@@ -146,6 +149,7 @@ impl Federation {
             shape: None,
             global: None,
             global_hash: String::new(),
+            initial: None,
             previous: None,
             phase: Phase::Gathering { next: 0 },
             history: Vec::new(),
@@ -157,6 +161,23 @@ impl Federation {
             noise_seed,
             best: None,
         }
+    }
+
+    /// Starts the federation's custom model from `params` instead of the seeded
+    /// initialisation. The task must name them: `model.layout` their layout and
+    /// `model.initial` their hash (the coordinator's CLI sets both from `--init-model`), so
+    /// that the federation's identity, and so a resume, is bound to these values.
+    pub fn set_initial_model(&mut self, params: Arc<FlatParams>) -> Result<(), String> {
+        let layout = self.task.custom_layout().map_err(|e| e.to_string())?.ok_or("an initial model is for [model] kind = \"custom\"")?;
+        if *params.layout() != layout {
+            let diff = flotilla_common::model::registry::describe_difference(&layout, params.layout()).unwrap_or_default();
+            return Err(format!("the initial model does not have the task's model.layout: {diff}"));
+        }
+        if self.task.model.initial.as_deref() != Some(params.hash().as_str()) {
+            return Err(format!("the initial model hashes to {}, and the task's model.initial is {:?}", short(&params.hash()), self.task.model.initial));
+        }
+        self.initial = Some(params);
+        Ok(())
     }
 
     /// The current round (0 until training starts).
@@ -385,7 +406,10 @@ impl Federation {
         let sites: Vec<(&str, &SiteStats, u64)> = by_site.iter().map(|(name, s)| (name.as_str(), *s, rows.get(name.as_str()).copied().unwrap_or(0))).collect();
         let profile = Arc::new(crate::profile::Profile::build(&self.task, &plan, &sites));
         let shape = ModelShape::for_task(&self.task, plan.width());
-        let global = shape.init_params(self.seed);
+        let global = match &self.initial {
+            Some(initial) => FlatParams::clone(initial),
+            None => shape.init_params(self.seed),
+        };
         self.global_hash = global.hash();
         self.global = Some(Arc::new(global));
         self.refresh_control();
