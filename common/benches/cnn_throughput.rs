@@ -9,8 +9,9 @@
 
 use std::time::Instant;
 
+use flotilla_common::Task;
 use flotilla_common::data::Dataset;
-use flotilla_common::model::{ConvShape, ModelShape};
+use flotilla_common::model::ModelShape;
 use flotilla_common::train::local::LocalConfig;
 use flotilla_common::train::{Backend, Optim, train_local};
 
@@ -20,13 +21,8 @@ fn main() {
     let images: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(600);
     let backends: Vec<Backend> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
     let backends = if backends.is_empty() { Backend::ALL.to_vec() } else { backends };
-    let shape = ModelShape {
-        inputs: 784,
-        hidden: vec![512],
-        outputs: 10,
-        conv: Some(ConvShape { channels: 1, height: 28, width: 28, filters: vec![32, 64], kernel: 5 }),
-        custom: None,
-    };
+    // The task's image, not the plan's width, is the CNN's input.
+    let shape = ModelShape::for_task(&Task::mnist_cnn(), 0);
     assert_eq!(shape.num_params(), 1_663_370);
     let global = shape.init_params(1);
     // Values do not change the arithmetic; a fixed pattern keeps runs comparable.

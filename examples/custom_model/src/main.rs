@@ -5,8 +5,8 @@
 //! custom-model init --out init.safetensors
 //! flotilla-coordinator serve --config examples/custom_model/task.toml --init-model init.safetensors --insecure --min-clients 2 --out runs/tiny
 //! flotilla-coordinator split --scenario mnist --clients 2 --samples 300 --out sites/
-//! custom-model site --coordinator http://127.0.0.1:50051 --insecure --site site-1 --data sites/site-1-images-idx3-ubyte.gz
-//! custom-model site --coordinator http://127.0.0.1:50051 --insecure --site site-2 --data sites/site-2-images-idx3-ubyte.gz
+//! custom-model site --coordinator http://127.0.0.1:50051 --insecure --site site-001 --data sites/site-001-images-idx3-ubyte.gz
+//! custom-model site --coordinator http://127.0.0.1:50051 --insecure --site site-002 --data sites/site-002-images-idx3-ubyte.gz
 //! ```
 
 use std::path::PathBuf;
