@@ -50,15 +50,21 @@ pub fn encode(values: &[f32], fraction: f64) -> Vec<u8> {
     out
 }
 
-pub fn decode(bytes: &[u8], n: usize) -> Result<Vec<f32>, CodecError> {
-    let invalid = |message: String| CodecError::Invalid { codec: "topk", message };
+/// The count of kept values that opens both encodings, at most `n`.
+fn kept_count(codec: &'static str, bytes: &[u8], n: usize) -> Result<usize, CodecError> {
     let Some(head) = bytes.get(..4) else {
-        return Err(CodecError::Length { codec: "topk", bytes: bytes.len(), values: n, expected: "at least 4".into() });
+        return Err(CodecError::Length { codec, bytes: bytes.len(), values: n, expected: "at least 4".into() });
     };
     let k = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     if k > n {
-        return Err(invalid(format!("{k} values kept of an update of {n}")));
+        return Err(CodecError::Invalid { codec, message: format!("{k} values kept of an update of {n}") });
     }
+    Ok(k)
+}
+
+pub fn decode(bytes: &[u8], n: usize) -> Result<Vec<f32>, CodecError> {
+    let invalid = |message: String| CodecError::Invalid { codec: "topk", message };
+    let k = kept_count("topk", bytes, n)?;
     if bytes.len() != 4 + 8 * k {
         return Err(CodecError::Length { codec: "topk", bytes: bytes.len(), values: n, expected: format!("{} for {k} kept values", 4 + 8 * k) });
     }
@@ -109,13 +115,7 @@ pub fn encode_packed(values: &[f32], fraction: f64, rng: &mut ChaCha8Rng) -> Vec
 
 pub fn decode_packed(bytes: &[u8], n: usize) -> Result<Vec<f32>, CodecError> {
     let invalid = |message: String| CodecError::Invalid { codec: "topk8", message };
-    let Some(head) = bytes.get(..4) else {
-        return Err(CodecError::Length { codec: "topk8", bytes: bytes.len(), values: n, expected: "at least 4".into() });
-    };
-    let k = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    if k > n {
-        return Err(invalid(format!("{k} values kept of an update of {n}")));
-    }
+    let k = kept_count("topk8", bytes, n)?;
     let mut indices = Vec::with_capacity(k);
     let (mut at, mut next) = (4usize, 0u64);
     for j in 0..k {

@@ -407,11 +407,11 @@ impl Federation {
         let profile = Arc::new(crate::profile::Profile::build(&self.task, &plan, &sites));
         let shape = ModelShape::for_task(&self.task, plan.width());
         let global = match &self.initial {
-            Some(initial) => FlatParams::clone(initial),
-            None => shape.init_params(self.seed),
+            Some(initial) => initial.clone(),
+            None => Arc::new(shape.init_params(self.seed)),
         };
         self.global_hash = global.hash();
-        self.global = Some(Arc::new(global));
+        self.global = Some(global);
         self.refresh_control();
         let ev = Event::PlanReady { features: plan.width(), params: shape.num_params(), profile };
         self.plan = Some(Arc::new(plan));
