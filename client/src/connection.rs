@@ -7,7 +7,7 @@ use std::time::Duration;
 use flotilla_common::FlatParams;
 use flotilla_common::data::{Plan, SiteStats};
 pub use flotilla_common::secagg::{Answer as SecAggReply, Step as SecAggSend};
-use flotilla_common::train::Evaluation;
+use flotilla_common::train::{DeclineCause, Evaluation};
 use flotilla_common::wire::{self, ModelReceiver, UpdateHeader};
 use flotilla_proto::PROTOCOL_VERSION;
 use flotilla_proto::pb::{self, federation_client::FederationClient};
@@ -231,6 +231,16 @@ impl Connection {
             .submit_evaluation(wire::evaluation_to_pb(client_id, round, hash, e))
             .await
             .map_err(|s| ClientError::rpc(format!("submit the evaluation of round {round}"), s))?;
+        Ok(())
+    }
+
+    /// Says this site cannot deliver its update of `round` (trained from `model_hash`).
+    pub async fn decline_fit(&self, client_id: &str, round: u32, model_hash: &str, cause: DeclineCause) -> Result<(), ClientError> {
+        let cause = match cause {
+            DeclineCause::Diverged => pb::DeclineCause::Diverged,
+        };
+        let request = pb::DeclineFitRequest { client_id: client_id.to_owned(), round, model_hash: model_hash.to_owned(), cause: cause.into() };
+        self.rpc.clone().decline_fit(request).await.map_err(|s| ClientError::rpc(format!("decline round {round}"), s))?;
         Ok(())
     }
 

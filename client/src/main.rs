@@ -386,6 +386,7 @@ async fn run_site_from_args(args: Args, policy: Option<Arc<SitePolicy>>) -> anyh
         train = report.train_examples,
         test = report.test_examples,
         refused_updates = report.refused_updates,
+        rounds_declined = report.rounds_declined,
         "{}",
         report.reason
     );

@@ -137,6 +137,9 @@ pub struct SiteReport {
     pub crashes: u32,
     /// Updates the coordinator refused (norm bound, non-finite values); the site stayed on.
     pub refused_updates: u32,
+    /// Rounds the site was asked to train and declined (its local training diverged); it
+    /// stayed on for the next.
+    pub rounds_declined: u32,
     /// Why the federation ended.
     pub reason: String,
 }
@@ -522,7 +525,23 @@ async fn step(
                 }
                 None => with_heartbeat(conn, &s.client_id, opts, move || train_local(&g, &shape, &data.train, &cfg)).await?,
             };
-            let (local, mut metrics) = trained?;
+            let (local, mut metrics) = match trained {
+                Ok(t) => t,
+                Err(e) => match e.decline_cause() {
+                    // A failure of this round, not of the site: say so and stay on. The round
+                    // counts against the budget (all its planned DP-SGD steps: how many ran
+                    // is not known) before the one bit of the cause leaves the site.
+                    Some(cause) => {
+                        tracing::warn!(site = %opts.site, round, error = %e, "declining the round");
+                        guard.spend(&s.task, record.map(|(_, step)| step))?;
+                        guard.record(AuditEvent::Declined { round, model_hash: model_hash.clone(), cause: cause.as_str().to_owned() })?;
+                        conn.decline_fit(&s.client_id, round, &model_hash, cause).await?;
+                        report.rounds_declined += 1;
+                        return Ok(None);
+                    }
+                    None => return Err(e.into()),
+                },
+            };
             // The round counts against the budget before anything of it leaves the site.
             guard.spend(&s.task, record.map(|(_, step)| flotilla_common::privacy::Step { count: metrics.steps, ..step }))?;
             metrics.record_epsilon = record.and(guard.epsilon(&s.task));

@@ -224,7 +224,7 @@ mod tests {
             next_client: 5,
             plan: None,
             global_hash: global.hash(),
-            phase: SavedPhase::Fit { round: 3, attempt: 1, cohort: vec!["a".into(), "b".into()], target: 2, failed: vec![], rejected: 1 },
+            phase: SavedPhase::Fit { round: 3, attempt: 1, cohort: vec!["a".into(), "b".into()], target: 2, failed: vec![], declined: vec![], rejected: 1 },
             history: vec![],
             final_site_metrics: Default::default(),
             record_epsilon: Default::default(),

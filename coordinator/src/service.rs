@@ -6,6 +6,7 @@ use std::pin::Pin;
 
 use flotilla_common::FlatParams;
 use flotilla_common::compress::Codec;
+use flotilla_common::train::DeclineCause;
 use flotilla_common::wire::{self, Assembler, UpdatePart};
 use flotilla_proto::PROTOCOL_VERSION;
 use flotilla_proto::pb::{self, federation_server::Federation as FederationRpc};
@@ -318,6 +319,22 @@ impl FederationRpc for FederationService {
             Answer::Done(reason) => PbAnswer::Done(reason),
         };
         Ok(Response::new(pb::SecAggResponse { answer: Some(answer) }))
+    }
+
+    async fn decline_fit(&self, req: Request<pb::DeclineFitRequest>) -> Result<Response<pb::Ack>, Status> {
+        self.authorize(&req, &req.get_ref().client_id)?;
+        let r = req.into_inner();
+        bounded("model_hash", &r.model_hash)?;
+        let cause = match pb::DeclineCause::try_from(r.cause) {
+            Ok(pb::DeclineCause::Diverged) => DeclineCause::Diverged,
+            // Unspecified, or a cause this coordinator does not know: the site must say why.
+            _ => {
+                let message = format!("client `{}` declined round {} with cause {}, which is not one this coordinator knows", r.client_id, r.round, r.cause);
+                return Err(self.refuse(&r.client_id, Status::invalid_argument(message)).await);
+            }
+        };
+        self.handle.decline(r.client_id, r.round, r.model_hash, cause).await.map_err(status)?;
+        Ok(Response::new(pb::Ack {}))
     }
 
     async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::Ack>, Status> {

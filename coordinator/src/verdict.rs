@@ -15,8 +15,12 @@ pub fn unusable_model(history: &[RoundRecord]) -> Option<String> {
     }
     if history.iter().skip(1).all(|r| r.clients == 0) {
         let rejected: usize = history.iter().skip(1).map(|r| r.rejected).sum();
+        let declined: usize = history.iter().skip(1).map(|r| r.declined).sum();
+        // Every site declining (its training diverged) says the task's learning rate is the
+        // likely fault, not the sites.
+        let hint = if declined > 0 { format!(", {declined} declined: local training diverged; try a lower learning rate") } else { String::new() };
         return Some(format!(
-            "no round accepted an update ({rejected} refused; see the `rejected` and `failed` columns of metrics.csv): \
+            "no round accepted an update ({rejected} refused{hint}; see the `rejected`, `declined` and `failed` columns of metrics.csv): \
              the final model is the untrained initial one"
         ));
     }
@@ -39,6 +43,7 @@ mod tests {
             clients,
             selected: 4,
             failed: 4 - clients,
+            declined: 0,
             rejected: 4 - clients,
             attempts: 1,
             evaluated,

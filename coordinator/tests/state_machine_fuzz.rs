@@ -63,6 +63,9 @@ enum Op {
     Evaluate(usize, u64, bool),
     Heartbeat(usize),
     Leave(usize),
+    /// Declines the round it is asked to train: from the model it was given (true), or from
+    /// a made-up one.
+    Decline(usize, bool),
     Tick(u64),
 }
 
@@ -96,6 +99,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(s, n, r)| Op::Evaluate(s, n, r)),
         2 => site.clone().prop_map(Op::Heartbeat),
         1 => site.clone().prop_map(Op::Leave),
+        1 => (site.clone(), prop_oneof![4 => Just(true), 1 => Just(false)]).prop_map(|(s, b)| Op::Decline(s, b)),
         3 => prop_oneof![Just(0u64), Just(500), Just(3_000), Just(20_000)].prop_map(Op::Tick),
     ]
 }
@@ -245,6 +249,19 @@ impl Harness {
                 self.sites[*s].client = None;
                 ev
             }
+            Op::Decline(s, current) => {
+                let client = self.client(*s);
+                let (round, hash) = match self.fed.pull_work(&client, self.now) {
+                    Ok(Work::Fit { round, model_hash, .. }) => (round, model_hash),
+                    _ => (round_before, before.clone().unwrap_or_default()),
+                };
+                let hash = if *current { hash } else { "made-up".to_owned() };
+                let result = self.fed.decline_fit(&client, round, &hash, flotilla_common::train::DeclineCause::Diverged, self.now);
+                if result.is_ok() {
+                    assert!(*current, "a decline for a made-up model was accepted");
+                }
+                result.unwrap_or_default()
+            }
             Op::Tick(ms) => {
                 self.now += Duration::from_millis(*ms);
                 self.fed.tick(self.now)
@@ -310,6 +327,7 @@ impl Harness {
                 assert!(r.round <= self.rounds, "no round past the last");
                 assert!(r.clients <= r.selected, "{r:?}");
                 assert!(r.failed <= r.selected, "{r:?}");
+                assert!(r.declined <= r.failed, "a declined site is one that did not deliver: {r:?}");
                 assert!(r.evaluated <= SITES.len(), "{r:?}");
                 assert!(r.accuracy.is_nan() || (0.0..=1.0).contains(&r.accuracy), "{r:?}");
                 if r.round > 0 {

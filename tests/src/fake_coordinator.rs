@@ -52,6 +52,8 @@ pub struct Received {
     /// Update headers, with the bytes of values that followed each.
     pub updates: Vec<(pb::UpdateHeader, usize)>,
     pub evaluations: Vec<pb::EvaluationResult>,
+    /// Rounds the site declined (its training diverged), with their cause.
+    pub declines: Vec<pb::DeclineFitRequest>,
     pub leaves: usize,
     /// Every request, as debug text: a test searches it for what must never leave the site.
     pub transcript: String,
@@ -262,6 +264,13 @@ impl Federation for Fake {
         let r = request.into_inner();
         self.log("submit_evaluation", &r);
         self.with(|s| s.received.evaluations.push(r))?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn decline_fit(&self, request: Request<pb::DeclineFitRequest>) -> Result<Response<pb::Ack>, Status> {
+        let r = request.into_inner();
+        self.log("decline_fit", &r);
+        self.with(|s| s.received.declines.push(r))?;
         Ok(Response::new(pb::Ack {}))
     }
 

@@ -36,6 +36,9 @@ pub enum AuditEvent {
         epsilon: Option<f64>,
         secure_aggregation: bool,
     },
+    /// The site was asked to train a round and could not (`cause`, e.g. `diverged`): it sent
+    /// the coordinator that cause and nothing else.
+    Declined { round: u32, model_hash: String, cause: String },
     /// The site evaluated a global model on its test split.
     Evaluated { round: u32, model_hash: String, examples: u64 },
     /// The site refused what the coordinator asked, by its policy or its budget.
@@ -105,6 +108,7 @@ pub fn summary(path: &Path) -> Result<String, StateError> {
     let (mut starts, mut plans, mut trained, mut evaluated, mut bytes, mut examples) = (0u32, 0u32, 0u32, 0u32, 0u64, 0u64);
     let mut epsilon = None;
     let mut refusals = Vec::new();
+    let mut declined = Vec::new();
     let mut columns = None;
     for (at, e) in &events {
         match e {
@@ -124,6 +128,7 @@ pub fn summary(path: &Path) -> Result<String, StateError> {
                 epsilon = *eps;
             }
             AuditEvent::Evaluated { .. } => evaluated += 1,
+            AuditEvent::Declined { round, cause, .. } => declined.push(format!("{round} ({cause})")),
             AuditEvent::Refused { round, rule, message } => refusals.push((at.clone(), *round, rule.clone(), message.clone())),
             AuditEvent::Left { .. } => {}
         }
@@ -145,6 +150,9 @@ pub fn summary(path: &Path) -> Result<String, StateError> {
             let _ = writeln!(s, "  privacy: rounds without differential privacy were trained (ε unbounded)");
         }
         None => {}
+    }
+    if !declined.is_empty() {
+        let _ = writeln!(s, "  rounds declined (only the cause was sent): {}", declined.join(", "));
     }
     let _ = writeln!(s, "  refusals: {}", refusals.len());
     for (at, round, rule, message) in refusals {

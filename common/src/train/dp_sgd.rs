@@ -71,9 +71,6 @@ pub fn train_dp_sgd(
         for _ in 0..dp.steps_per_epoch() {
             let batch: Vec<usize> = (0..data.len()).filter(|_| rng.random_bool(dp.sampling_rate)).collect();
             let step = mlp.clipped_sum(&params, data, &batch, dp.clip_norm);
-            if !step.loss.is_finite() {
-                return Err(TrainError::Diverged(step.loss));
-            }
             loss_sum += step.loss;
             correct += step.correct;
             seen += batch.len();
@@ -81,6 +78,11 @@ pub fn train_dp_sgd(
             let noisy = privatize(&step.sum, &noise, expected_batch, rng);
             adam.step(&mut params, &noisy, cfg.learning_rate);
             report.steps += 1;
+            // Divergence is read from the noised parameters, never from the raw loss: whether
+            // a site declines the round is then post-processing of what DP-SGD protects.
+            if params.iter().any(|p| !p.is_finite()) {
+                return Err(TrainError::Diverged(step.loss));
+            }
         }
         report.loss = if seen > 0 { loss_sum / seen as f64 } else { 0.0 };
         report.accuracy = if seen > 0 { correct as f64 / seen as f64 } else { 0.0 };

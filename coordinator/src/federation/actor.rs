@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_common::data::{Plan, SiteStats};
-use flotilla_common::train::{Evaluation, TrainReport};
+use flotilla_common::train::{DeclineCause, Evaluation, TrainReport};
 use flotilla_common::{FlatParams, Layout};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -108,6 +108,13 @@ enum Request {
     Leave {
         client: String,
     },
+    Decline {
+        client: String,
+        round: u32,
+        hash: String,
+        cause: DeclineCause,
+        reply: Reply<()>,
+    },
     /// Fault injection for tests (in-process only; no message on the wire leads here).
     Panic,
     /// A message the service refused before it reached the state machine (malformed).
@@ -197,6 +204,11 @@ impl FederationHandle {
     /// Tells the actor that the service refused a malformed message, to log and count it.
     pub async fn refused(&self, what: String, reason: String) {
         let _ = self.tx.send(Request::Refused { what, reason }).await;
+    }
+
+    /// A site cannot deliver its update of `round` (see `Federation::decline_fit`).
+    pub async fn decline(&self, client: String, round: u32, hash: String, cause: DeclineCause) -> Result<(), Rejection> {
+        ask!(self, Decline { client: client, round: round, hash: hash, cause: cause })
     }
 
     pub async fn leave(&self, client: String) {
@@ -504,6 +516,11 @@ fn handle(fed: &mut Federation, req: Request, durable: Option<&DurableWriter<Pen
             respond(reply, result)
         }
         Request::Leave { client } => fed.leave(&client, now),
+        Request::Decline { client, round, hash, cause, reply } => {
+            let result = fed.decline_fit(&client, round, &hash, cause, now);
+            refusal(fed, t, &client, "decline", &result);
+            respond(reply, result)
+        }
         Request::Panic => panic!("fault injected by a test"),
         Request::Refused { what, reason } => {
             tracing::warn!(from = %printable(&what), %reason, "message refused");
@@ -554,6 +571,7 @@ fn record(fed: &Federation, events: &[Event], writer: Option<&RoundWriter>, prog
             Event::Joined { site, client_id } => tracing::info!(%site, %client_id, "site joined"),
             Event::Dropped { site, round, reason } => tracing::warn!(%site, round, %reason, "site dropped"),
             Event::Left { site } => tracing::info!(%site, "site left"),
+            Event::Declined { site, round, cause } => tracing::warn!(%site, round, %cause, "site declined the round; it stays in the federation"),
             Event::PlanReady { features, params, profile } => {
                 tracing::info!(features, params, "preprocessing plan ready; global model initialised");
                 for f in &profile.flags {
@@ -586,7 +604,8 @@ fn record(fed: &Federation, events: &[Event], writer: Option<&RoundWriter>, prog
     // Long-polling sites wake on a change of phase, not on every accepted update: with
     // thousands of sites waiting, waking all of them per update was most of a round's work.
     progress.send_if_modified(|p| {
-        let wake = p.connected != connected || events.iter().any(|e| !matches!(e, Event::UpdateAccepted { .. } | Event::Dropped { .. }));
+        let wake =
+            p.connected != connected || events.iter().any(|e| !matches!(e, Event::UpdateAccepted { .. } | Event::Dropped { .. } | Event::Declined { .. }));
         if wake {
             p.epoch += 1;
         }

@@ -19,8 +19,12 @@ pub struct RoundRecord {
     pub clients: usize,
     /// Sites selected for training.
     pub selected: usize,
-    /// Selected sites that did not deliver (dropped, timed out, refused).
+    /// Selected sites that did not deliver (dropped, timed out, refused, declined).
     pub failed: usize,
+    /// Of `failed`, the sites that said they could not train this round (their local
+    /// training diverged, say) and stayed in the federation.
+    #[serde(default)]
+    pub declined: usize,
     /// Updates refused by validation (each logged with site, round and reason).
     pub rejected: usize,
     /// Training attempts: more than 1 when attempts were abandoned (too few updates by the
@@ -61,7 +65,7 @@ pub struct RoundRecord {
 
 impl RoundRecord {
     /// Column names of `metrics.csv`, in order.
-    pub const HEADER: [&'static str; 21] = [
+    pub const HEADER: [&'static str; 22] = [
         "round",
         "accuracy",
         "loss",
@@ -83,6 +87,7 @@ impl RoundRecord {
         "mae",
         "rmse",
         "r2",
+        "declined",
     ];
 
     /// The record as CSV fields (empty for absent values).
@@ -110,6 +115,7 @@ impl RoundRecord {
             opt(self.regression.map(|r| r.mae)),
             opt(self.regression.map(|r| r.rmse())),
             opt(self.regression.and_then(|r| r.r2())),
+            self.declined.to_string(),
         ]
     }
 
@@ -151,6 +157,7 @@ mod tests {
             clients: 0,
             selected: 4,
             failed: 4,
+            declined: 0,
             rejected: 4,
             attempts: 1,
             evaluated: 0,

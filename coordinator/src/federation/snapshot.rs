@@ -62,6 +62,9 @@ pub enum SavedPhase {
         cohort: Vec<String>,
         target: usize,
         failed: Vec<String>,
+        /// Those of `failed` that declined the round (older snapshots: none).
+        #[serde(default)]
+        declined: Vec<String>,
         rejected: usize,
     },
     /// The model of `round` is being evaluated; `fit` summarises its training half.
@@ -78,6 +81,8 @@ pub struct SavedFit {
     pub clients: usize,
     pub selected: usize,
     pub failed: usize,
+    #[serde(default)]
+    pub declined: usize,
     pub rejected: usize,
     pub attempts: u32,
     pub train_loss: Option<f64>,

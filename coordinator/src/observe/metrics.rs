@@ -18,6 +18,11 @@ pub struct RefusalLabels {
 
 /// A phase of the round state machine.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeclineLabels {
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub phase: String,
 }
@@ -33,6 +38,7 @@ pub struct Metrics {
     pub sites_connected: Gauge,
     pub cohort_sites: Gauge,
     pub updates_accepted: Counter,
+    pub updates_declined: Family<DeclineLabels, Counter>,
     pub refused: Family<RefusalLabels, Counter>,
     pub received_bytes: Counter,
     pub sent_bytes: Counter,
@@ -64,6 +70,7 @@ impl Metrics {
             sites_connected: Gauge::default(),
             cohort_sites: Gauge::default(),
             updates_accepted: Counter::default(),
+            updates_declined: Family::default(),
             refused: Family::default(),
             received_bytes: Counter::default(),
             sent_bytes: Counter::default(),
@@ -90,6 +97,7 @@ impl Metrics {
         registry.register("sites_connected", "Sites connected now", m.sites_connected.clone());
         registry.register("cohort_sites", "Sites selected for the open training round", m.cohort_sites.clone());
         registry.register("updates_accepted", "Updates accepted into a round's sum", m.updates_accepted.clone());
+        registry.register("updates_declined", "Training requests a site declined, by cause (its local training diverged)", m.updates_declined.clone());
         registry.register("refused", "Messages refused, by what and kind", m.refused.clone());
         registry.register("received_bytes", "Model bytes received in updates", m.received_bytes.clone());
         registry.register("sent_bytes", "Model bytes sent in downloads", m.sent_bytes.clone());

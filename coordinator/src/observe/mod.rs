@@ -60,6 +60,8 @@ pub struct SiteBoard {
     /// Seconds since the Unix epoch of the last thing heard of it.
     pub last_seen: f64,
     pub rounds_contributed: u32,
+    /// Rounds it was asked to train and declined (its local training diverged).
+    pub rounds_declined: u32,
     pub refusals: u64,
     pub last_refusal: Option<String>,
     /// Its evaluation of the last evaluated model.
@@ -108,6 +110,11 @@ impl Telemetry {
                     if let Some(s) = b.sites.get_mut(site) {
                         s.connected = false;
                     }
+                }
+                Event::Declined { site, cause, .. } => {
+                    m.updates_declined.get_or_create(&crate::observe::metrics::DeclineLabels { cause: cause.as_str().to_owned() }).inc();
+                    let s = b.sites.entry(site.clone()).or_default();
+                    (s.rounds_declined, s.last_seen) = (s.rounds_declined + 1, now());
                 }
                 Event::UpdateAccepted { site, .. } => {
                     m.updates_accepted.inc();

@@ -83,6 +83,111 @@ async fn a_site_that_vanishes_mid_round_does_not_hang_the_round() {
     assert_eq!(outcome.history[2].selected, 3, "the vanished site is no longer sampled");
 }
 
+/// A decline of `fit` with `cause` (1 = diverged), as a site would send it.
+fn decline(id: &str, fit: &pb::FitWork, cause: i32) -> pb::DeclineFitRequest {
+    pb::DeclineFitRequest { client_id: id.to_owned(), round: fit.round, model_hash: fit.model_hash.clone(), cause }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_that_declines_a_round_is_not_waited_for_and_stays_in_the_federation() {
+    let dir = tempfile::tempdir().unwrap();
+    let sites = hospital_sites(1);
+    // The deadline is an hour away: without the decline, round 1 would wait for it.
+    let policy = flotilla_coordinator::federation::Policy { round_timeout: Duration::from_secs(3600), ..test_policy(2, 4) };
+    let running = start_coordinator(Task::hospitals(), 1, policy, dir.path()).await;
+    let token = CancellationToken::new();
+    let honest: Vec<_> =
+        sites.iter().take(3).cloned().map(|(name, table)| tokio::spawn(run_site(test_site(running.url(), &name), table, token.clone()))).collect();
+    let (name, table) = sites[3].clone();
+    let mut raw = flotilla_tests::RawSite::join(running.url(), &name, &table).await;
+    let mut declined = Vec::new();
+    let driven = async {
+        loop {
+            match raw.pull().await {
+                pb::work_item::Kind::Fit(fit) => {
+                    if fit.round == 1 {
+                        // A cause the coordinator does not know, or none, is refused with it.
+                        for cause in [0, 99] {
+                            let err = raw.rpc.decline_fit(decline(&raw.id, &fit, cause)).await.unwrap_err();
+                            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+                            assert!(err.message().contains(&format!("cause {cause}")) && err.message().contains("round 1"), "{}", err.message());
+                        }
+                        let stale = pb::DeclineFitRequest { model_hash: "00".into(), ..decline(&raw.id, &fit, 1) };
+                        let err = raw.rpc.decline_fit(stale).await.unwrap_err();
+                        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+                    }
+                    raw.rpc.decline_fit(decline(&raw.id, &fit, 1)).await.unwrap();
+                    declined.push(fit.round);
+                    if fit.round == 1 {
+                        let err = raw.rpc.decline_fit(decline(&raw.id, &fit, 1)).await.unwrap_err();
+                        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "a second decline: {err:?}");
+                    }
+                }
+                pb::work_item::Kind::Evaluate(e) => raw.evaluate(e).await,
+                pb::work_item::Kind::Wait(_) => {}
+                pb::work_item::Kind::Done(_) => break,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), driven).await.expect("the federation must go on without the declining site, long before the deadline");
+    assert_eq!(declined, vec![1, 2], "the site is asked again after declining");
+    for h in honest {
+        assert_eq!(h.await.unwrap().unwrap().rounds_trained, 2);
+    }
+    let outcome = running.stop(Duration::from_secs(1)).await.unwrap();
+    for r in &outcome.history[1..] {
+        assert_eq!((r.selected, r.clients, r.failed, r.declined, r.evaluated), (4, 3, 1, 1, 4), "{r:?}");
+    }
+    let metrics = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
+    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+    let column = header.iter().position(|c| *c == "declined").expect("metrics.csv has a `declined` column");
+    let declined_column: Vec<&str> = metrics.lines().skip(1).map(|l| l.split(',').nth(column).unwrap()).collect();
+    assert_eq!(declined_column, ["0", "1", "1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sites_whose_training_diverges_decline_and_the_model_is_never_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut task = Task::hospitals();
+    // Far beyond any sane rate: every site's loss overflows within a few steps.
+    task.training.learning_rate = 1e30;
+    let policy = flotilla_coordinator::federation::Policy { round_timeout: Duration::from_secs(3600), ..test_policy(2, 4) };
+    let running = start_coordinator(task, 1, policy, dir.path()).await;
+    let token = CancellationToken::new();
+    let sites: Vec<_> = hospital_sites(1)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, table))| {
+            let mut o = test_site(running.url(), &name);
+            o.state_dir = (i == 0).then(|| state.path().to_owned());
+            tokio::spawn(run_site(o, table, token.clone()))
+        })
+        .collect();
+    let reports = tokio::time::timeout(Duration::from_secs(120), async {
+        let mut reports = Vec::new();
+        for s in sites {
+            reports.push(s.await.unwrap().expect("a diverging site declines and stays on; it does not fail"));
+        }
+        reports
+    })
+    .await
+    .expect("declines close the rounds long before their deadline");
+    for r in &reports {
+        assert_eq!((r.rounds_trained, r.rounds_declined, r.evaluations), (0, 2, 3), "{r:?}");
+    }
+    let outcome = running.stop(Duration::from_secs(1)).await.unwrap();
+    let initial = &outcome.history[0].model_hash;
+    for r in &outcome.history[1..] {
+        assert_eq!((r.clients, r.declined), (0, 4), "{r:?}");
+        assert_eq!(&r.model_hash, initial, "no update was sent, so the global model never moved");
+    }
+    let verdict = flotilla_coordinator::verdict::unusable_model(&outcome.history).expect("a run that never aggregated is not a success");
+    assert!(verdict.contains("8 declined") && verdict.contains("learning rate"), "{verdict}");
+    let audit = flotilla_client::state::audit::summary(&state.path().join("audit.jsonl")).unwrap();
+    assert!(audit.contains("rounds declined (only the cause was sent): 1 (diverged), 2 (diverged)"), "{audit}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_for_closed_rounds_and_unknown_clients_get_clear_statuses() {
     let dir = tempfile::tempdir().unwrap();

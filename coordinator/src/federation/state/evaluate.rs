@@ -111,6 +111,7 @@ impl Federation {
             clients: fit.as_ref().map_or(0, |f| f.counts.clients),
             selected: fit.as_ref().map_or(0, |f| f.counts.selected),
             failed: fit.as_ref().map_or(0, |f| f.counts.failed),
+            declined: fit.as_ref().map_or(0, |f| f.counts.declined),
             rejected: fit.as_ref().map_or(0, |f| f.counts.rejected),
             attempts: fit.as_ref().map_or(0, |f| f.counts.attempts),
             evaluated: e.results.len(),

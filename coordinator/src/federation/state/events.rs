@@ -26,6 +26,12 @@ pub enum Event {
     Left {
         site: String,
     },
+    /// A site of the cohort said it cannot deliver its update this round; it stays on.
+    Declined {
+        site: String,
+        round: u32,
+        cause: DeclineCause,
+    },
     PlanReady {
         features: usize,
         params: usize,
@@ -78,6 +84,7 @@ impl Event {
                 | Event::EvaluationOpened { .. }
                 | Event::RoundClosed(_)
                 | Event::Dropped { .. }
+                | Event::Declined { .. }
                 | Event::Resumed { .. }
                 | Event::Done
         )

@@ -14,6 +14,8 @@ pub(super) struct FitRound {
     pub(super) all: Option<BTreeMap<String, (FlatParams, u64)>>,
     pub(super) contributors: BTreeMap<String, (u64, TrainReport)>,
     pub(super) failed: BTreeSet<String>,
+    /// Sites of `failed` that said why they could not deliver (see [`Federation::decline_fit`]).
+    pub(super) declined: BTreeSet<String>,
     /// Updates refused by validation in this round.
     pub(super) rejected: usize,
     /// Updates the round needs; with over-selection fewer than the cohort.
@@ -245,6 +247,32 @@ impl Federation {
         }
     }
 
+    /// A site of the cohort cannot deliver its update this round (`cause`): it leaves the
+    /// round at once, as a dropped site would, so nobody waits for it until the deadline,
+    /// and it stays in the federation for the next round. Nothing of the global model moves.
+    pub fn decline_fit(&mut self, client_id: &str, round: u32, base_hash: &str, cause: DeclineCause, now: Instant) -> Result<Vec<Event>, Rejection> {
+        let site = self.client_mut(client_id, now)?.site.clone();
+        self.open_fit(&site, round)?;
+        if base_hash != self.global_hash {
+            return Err(Rejection::Stale(format!(
+                "site `{site}` declined round {round} for model {}, not the current {}",
+                short(base_hash),
+                short(&self.global_hash)
+            )));
+        }
+        if let Phase::Fit(f) = &mut self.phase {
+            f.pending.remove(&site);
+            f.failed.insert(site.clone());
+            f.declined.insert(site.clone());
+            if let Some(secure) = f.secure.as_mut() {
+                secure.site_gone(&site);
+            }
+        }
+        let mut events = vec![Event::Declined { site, round, cause }];
+        events.extend(self.advance(now));
+        Ok(events)
+    }
+
     /// An upload whose header was accepted broke off or overflowed: count it as rejected.
     pub fn upload_failed(&mut self, round: u32) {
         self.count_rejection(round);
@@ -303,6 +331,7 @@ impl Federation {
             all: self.strategy.needs_all_updates().then(BTreeMap::new),
             contributors: BTreeMap::new(),
             failed: BTreeSet::new(),
+            declined: BTreeSet::new(),
             rejected: 0,
             target,
             attempt,
@@ -346,6 +375,17 @@ impl Federation {
         // Under secure aggregation no site's training metrics are known (sites do not send them).
         let train_loss = (total > 0 && f.secure.is_none()).then(|| f.contributors.values().map(|(n, m)| *n as f64 * m.loss).sum::<f64>() / total as f64);
         let mut events = Vec::new();
+        if f.contributors.len() < self.policy.min_fit_results {
+            let reason = format!(
+                "{} update(s) of the {} the round needs: {} of {} selected site(s) did not deliver ({} declined)",
+                f.contributors.len(),
+                self.policy.min_fit_results,
+                f.failed.len(),
+                f.cohort.len(),
+                f.declined.len()
+            );
+            events.push(Event::ModelKept { round: f.round, reason });
+        }
         if f.contributors.len() >= self.policy.min_fit_results
             && let Some(global) = &self.global
         {
@@ -423,6 +463,7 @@ impl Federation {
                 clients: f.contributors.len(),
                 selected: f.cohort.len(),
                 failed: f.failed.len(),
+                declined: f.declined.len(),
                 rejected: f.rejected,
                 attempts: f.attempt,
                 train_loss,

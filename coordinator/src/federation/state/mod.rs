@@ -13,7 +13,7 @@ use flotilla_common::aggregate::WeightedSum;
 use flotilla_common::data::{Plan, SiteStats};
 use flotilla_common::model::ModelShape;
 use flotilla_common::seed::derive_seed;
-use flotilla_common::train::{Evaluation, RegressionMetrics, TrainReport};
+use flotilla_common::train::{DeclineCause, Evaluation, RegressionMetrics, TrainReport};
 use flotilla_common::{FlatParams, Layout, Task};
 use rand::SeedableRng;
 use rand::seq::IndexedRandom;

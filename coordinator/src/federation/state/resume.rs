@@ -25,6 +25,7 @@ impl Federation {
             cohort: f.cohort.iter().cloned().collect(),
             target: f.target,
             failed: f.failed.iter().cloned().collect(),
+            declined: f.declined.iter().cloned().collect(),
             rejected: f.rejected,
         };
         let (phase, connected) = match &self.phase {
@@ -132,9 +133,10 @@ impl Federation {
             }
             SavedPhase::Gathering { next } => Resume::Gathering { next },
             SavedPhase::Evaluate { round, fit } => Resume::Evaluate { round, fit: fit.map(|counts| FitSummary { started: now, counts }) },
-            SavedPhase::Fit { round, attempt, cohort, target, failed, rejected } => {
+            SavedPhase::Fit { round, attempt, cohort, target, failed, declined, rejected } => {
                 let mut fit = f.new_fit_round(round, attempt, cohort.into_iter().collect(), target, now);
                 fit.failed = failed.into_iter().collect();
+                fit.declined = declined.into_iter().filter(|s| fit.failed.contains(s)).collect();
                 fit.rejected = rejected;
                 Resume::Fit(Box::new(fit))
             }

@@ -498,3 +498,64 @@ fn a_classification_federation_refuses_label_values_and_regression_metrics() {
     assert!(matches!(f.submit_evaluation(&a, 0, &h, regression, now), Err(Rejection::InvalidArgument(_))));
     f.submit_evaluation(&a, 0, &h, eval(), now).unwrap();
 }
+
+#[test]
+fn a_site_that_declines_leaves_the_round_at_once_keeps_its_place_and_is_counted() {
+    // A deadline far away: only the decline can close the round now.
+    let (mut f, a, b, now) = in_round_one(Policy { round_timeout: Duration::from_secs(3600), min_fit_results: 1, ..Policy::default() });
+    let (_, h) = f.global().unwrap();
+    // Hostile or confused declines are refused with their reason and change nothing.
+    let cases: Vec<(&str, Result<Vec<Event>, Rejection>)> = vec![
+        ("not open", f.decline_fit(&a, 2, &h, DeclineCause::Diverged, now)),
+        ("declined round 1 for model", f.decline_fit(&a, 1, "ffff", DeclineCause::Diverged, now)),
+        ("unknown", f.decline_fit("a#99", 1, &h, DeclineCause::Diverged, now)),
+    ];
+    for (reason, result) in cases {
+        let err = result.expect_err(reason);
+        assert!(err.to_string().contains(reason), "expected `{reason}`, got `{err}`");
+    }
+    f.submit_update(&claim(&a, 1, &h, 10), &delta(&f, 0.01), TrainReport { epochs: 5, ..TrainReport::default() }, now).unwrap();
+    let err = f.decline_fit(&a, 1, &h, DeclineCause::Diverged, now).expect_err("a site that delivered cannot decline");
+    assert!(matches!(err, Rejection::Duplicate(_)), "{err:?}");
+
+    let events = f.decline_fit(&b, 1, &h, DeclineCause::Diverged, now).unwrap();
+    assert!(events.iter().any(|e| matches!(e, Event::Declined { site, round: 1, cause: DeclineCause::Diverged } if site == "b")), "{events:?}");
+    assert!(matches!(f.phase, Phase::Evaluate(_)), "the round closed without waiting for its deadline: {:?}", f.phase_name());
+    assert!(matches!(f.decline_fit(&b, 1, &h, DeclineCause::Diverged, now), Err(Rejection::Closed(_))), "a second decline is refused");
+    // `b` is still a member: it evaluates, and is asked to train in the next round.
+    let (_, h1) = f.global().unwrap();
+    assert_ne!(h1, h, "a's update was aggregated");
+    for c in [&a, &b] {
+        assert!(matches!(f.pull_work(c, now).unwrap(), Work::Evaluate { round: 1, .. }));
+        f.submit_evaluation(c, 1, &h1, eval(), now).unwrap();
+    }
+    let record = f.history.last().unwrap().clone();
+    assert_eq!((record.clients, record.failed, record.declined), (1, 1, 1), "{record:?}");
+    assert!(matches!(f.pull_work(&b, now).unwrap(), Work::Fit { round: 2, .. }));
+}
+
+#[test]
+fn a_decline_survives_a_restart_of_the_coordinator() {
+    let policy = Policy { min_clients: 2, rounds: 2, round_timeout: Duration::from_secs(3600), min_fit_results: 1, ..Policy::default() };
+    let (mut crashed, _, b, now) = in_round_one(policy.clone());
+    let (_, h) = crashed.global().unwrap();
+    crashed.decline_fit(&b, 1, &h, DeclineCause::Diverged, now).unwrap();
+    let snapshot = crashed.snapshot();
+    let SavedPhase::Fit { declined, .. } = &snapshot.phase else { panic!("training is open: {:?}", snapshot.phase) };
+    assert_eq!(declined, &["b".to_owned()]);
+
+    let mut resumed = Federation::resume(Task::banks(), 1, policy, snapshot, Vec::new(), now).unwrap();
+    let cols = vec!["creditability".to_owned(), "x".to_owned()];
+    let (a2, b2) = (resumed.join("a", &cols, 100, now).unwrap().0.client_id, resumed.join("b", &cols, 100, now).unwrap().0.client_id);
+    resumed.report_stats(&a2, stats(), 10, now).unwrap();
+    resumed.report_stats(&b2, stats(), 20, now).unwrap();
+    assert!(matches!(resumed.pull_work(&b2, now).unwrap(), Work::Wait { .. }), "b declined before the crash: it is not asked again");
+    assert!(matches!(resumed.pull_work(&a2, now).unwrap(), Work::Fit { round: 1, .. }));
+    resumed.submit_update(&claim(&a2, 1, &h, 10), &delta(&resumed, 0.01), TrainReport { epochs: 5, ..TrainReport::default() }, now).unwrap();
+    let (_, h1) = resumed.global().unwrap();
+    for c in [&a2, &b2] {
+        resumed.submit_evaluation(c, 1, &h1, eval(), now).unwrap();
+    }
+    let record = resumed.history.last().unwrap();
+    assert_eq!((record.round, record.clients, record.declined), (1, 1, 1), "{record:?}");
+}
