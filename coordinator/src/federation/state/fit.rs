@@ -32,6 +32,17 @@ pub(super) struct FitRound {
     pub(super) storing: BTreeSet<String>,
 }
 
+impl FitRound {
+    /// `site` will not deliver this round: if it was still pending, it has failed (true).
+    pub(super) fn fail(&mut self, site: &str) -> bool {
+        let pending = self.pending.remove(site);
+        if pending {
+            self.failed.insert(site.to_owned());
+        }
+        pending
+    }
+}
+
 impl Federation {
     /// Checks an update's header before its values are received; returns the layout to expect.
     /// A refusal is counted in the round's metrics.
@@ -261,8 +272,7 @@ impl Federation {
             )));
         }
         if let Phase::Fit(f) = &mut self.phase {
-            f.pending.remove(&site);
-            f.failed.insert(site.clone());
+            f.fail(&site);
             f.declined.insert(site.clone());
             if let Some(secure) = f.secure.as_mut() {
                 secure.site_gone(&site);
@@ -284,9 +294,8 @@ impl Federation {
         self.count_rejection(round);
         if let Phase::Fit(f) = &mut self.phase
             && f.round == round
-            && f.pending.remove(site)
         {
-            f.failed.insert(site.to_owned());
+            f.fail(site);
         }
     }
 

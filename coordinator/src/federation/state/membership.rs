@@ -142,11 +142,7 @@ impl Federation {
                 if let Some(secure) = f.secure.as_mut() {
                     secure.site_gone(site);
                 }
-                let p = f.pending.remove(site);
-                if p {
-                    f.failed.insert(site.to_owned());
-                }
-                p
+                f.fail(site)
             }
             Phase::Evaluate(e) => e.pending.remove(site),
             _ => false,
